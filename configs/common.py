@@ -1,0 +1,53 @@
+"""Fields every stage config shares; stage configs start from `base_config()`.
+
+All configs are locked (`config_flags(lock_config=True)`), so a mistyped override such
+as `--config.optim.lrr=1` fails before any compute, naming the key.
+"""
+
+import ml_collections
+
+
+def base_config(stage: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.seed = 0
+  c.batch_size = 256  # global, over all processes and devices
+  c.num_train_steps = 100_000
+  c.log_every = 100
+  c.ckpt_every = 5_000
+  c.eval_every = 5_000
+  c.keep_checkpoints = 3
+  c.async_checkpoint = True
+  c.max_skipped_steps = 100  # non-finite steps tolerated (skipped) before halting
+  c.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay fp32)
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: the remaining devices
+  c.shard_min_size = 2**16  # arrays with fewer elements are replicated, larger ones fsdp-split
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-4, lr_groups=ml_collections.ConfigDict(), warmup_steps=1_000, min_lr_ratio=0.1,
+      weight_decay=0.0, b1=0.9, b2=0.99, eps=1e-8, grad_clip=1.0))
+  c.ema_decay = 0.9999
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="shapes",  # "shapes" | "folder"
+      path="",  # folder for source="folder"
+      image_size=256,  # pixel target side
+      num_train=1_000_000,  # shapes: number of distinct training scenes
+      num_eval=10_000,
+      seed=0,
+      num_workers=0,
+      prefetch=2,
+      crop="center",  # "center" | "random"
+      random_flip=False))  # never for shapes: captions name left and right
+
+  c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
+  return c
+
+
+def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> str:
+  """The `:arg` of `--config=configs/x.py:arg` must name a known variant."""
+  arg = arg or default
+  if arg not in variants:
+    raise ValueError(f"Unknown config variant {arg!r}; expected one of {variants}.")
+  return arg

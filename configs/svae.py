@@ -1,0 +1,87 @@
+"""Stage 1 (S-VAE): train E_s and D_s on a frozen DINOv2 (and D_p on a detached latent).
+
+  python -m psvae_jax.main --config=configs/svae.py:tiny --workdir=runs/svae
+  python -m psvae_jax.main --config=configs/svae.py:dinov2_b --workdir=gs://b/svae \
+      --config.model.encoder.weights=/ckpt/dinov2-base --config.data.source=folder \
+      --config.data.path=/data/imagenet/train
+
+Variants: `dinov2_b` (the PS-VAE paper: DINOv2-B, 224 in, 256 out, C=96, conv decoder),
+`dinov2_l` (the seed: DINOv2-L, d=1024), `tiny` (CPU demo and tests: 32 px shapes, a
+small random-init ViT with 4 px patches, 8x8x16 latent, small conv decoder).
+"""
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("dinov2_b", "dinov2_l", "tiny")
+
+
+def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
+  """Shared by stage 1 and stage 2 so that stage 2 can restore stage 1's params."""
+  c = common.base_config(stage)
+  c.init_from = ""  # stage 2: the stage-1 workdir
+  c.model = ml_collections.ConfigDict(dict(
+      encoder=ml_collections.ConfigDict(dict(
+          size="B",  # S | B | L | g | tiny
+          registers=False,
+          weights="",  # a Hugging Face DINOv2 checkpoint directory; "" = random init
+          image_size=224,  # encoder input side (images are resized to it)
+          hidden_size=0, num_layers=0, num_heads=0, patch_size=0)),  # 0 = the size's value
+      latent_channels=96,
+      num_sem_blocks=3,
+      sem_init_from_encoder=True,  # E_s blocks start from the encoder's last blocks (paper)
+      pixel_decoder=ml_collections.ConfigDict(dict(
+          type="conv", ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, mid_attention=True,
+          groups=32, hidden_size=768, num_layers=12, num_heads=12, patch_size=16,
+          refine_channels=0)),
+  ))
+  c.loss = ml_collections.ConfigDict(dict(sem=1.0, cos=0.0, pix=1.0, lpips=0.1, kl=1e-4))
+  # LPIPS weights: torchvision vgg16 .pth/.safetensors and the lpips package's vgg.pth
+  # heads. "random" (tests only) uses random VGG weights, which are not perceptual.
+  c.lpips = ml_collections.ConfigDict(dict(vgg="", heads=""))
+  c.optim.lr_groups.encoder = 1e-5  # stage 2 fine-tunes the encoder gently
+  c.optim.lr = 1e-4
+  c.batch_size = 256
+  c.data.image_size = 256
+
+  if variant == "dinov2_l":
+    c.model.encoder.size = "L"
+  if variant == "tiny":
+    c.seed = 0
+    c.batch_size = 32
+    c.num_train_steps = 250
+    c.log_every = 50
+    c.ckpt_every = 250
+    c.eval_every = 250
+    c.ema_decay = 0.995
+    c.optim.lr = 1e-3
+    c.optim.lr_groups.encoder = 5e-5
+    c.optim.warmup_steps = 50
+    c.data.image_size = 32
+    c.data.num_train = 100_000
+    c.data.num_eval = 256
+    c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
+    e = c.model.encoder
+    e.size, e.image_size, e.hidden_size, e.num_layers, e.num_heads, e.patch_size = (
+        "tiny", 32, 64, 3, 2, 4)
+    c.model.latent_channels = 16
+    c.model.num_sem_blocks = 1
+    c.model.sem_init_from_encoder = False
+    # XLA:CPU convs at few channels are slow (~28 GFLOP/s vs ~60 for the ViT's matmuls):
+    # a 2-block ViT on the 8x8 tokens, 4x4x16 sub-pixels per token, then one full-res
+    # ResBlock that smooths patch seams (a linear patch output alone makes shapes blocky).
+    p = c.model.pixel_decoder
+    p.type, p.hidden_size, p.num_layers, p.num_heads, p.patch_size = "vit", 96, 2, 2, 4
+    p.refine_channels, p.groups = 16, 8
+    # No VGG weights can ship with the demo, and random-VGG LPIPS is not perceptual.
+    c.loss.lpips = 0.0
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = common.parse_arg(arg, VARIANTS, "dinov2_b")
+  c = autoencoder_config("svae", variant)
+  if variant == "tiny":
+    c.optim.lr_groups.encoder = 0.0  # unused: stage 1 freezes the encoder
+  return c

@@ -1,0 +1,53 @@
+"""Metric writers (CLU: TensorBoard + logs, process 0 only), image grids and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+from etils import epath
+
+
+def create_writer(workdir: str):
+  """A CLU writer for TensorBoard under `workdir`; other processes only log."""
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TF must not take the GPUs from JAX.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
+  return metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] float images to uint8."""
+  return np.asarray(np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255),
+                    np.uint8)
+
+
+def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
+  """Tiles (N, H, W, 3) uint8 images into one (rows*H, cols*W, 3) image."""
+  n, h, w, c = images.shape
+  cols = cols or int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / cols))
+  out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
+  for i, im in enumerate(images):
+    r, k = divmod(i, cols)
+    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = im
+  return out
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(image).save(path)
+
+
+def write_metrics_json(workdir: str, metrics: Mapping[str, float]) -> None:
+  """Merges flat {name: value} into DIR/metrics.json (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / "metrics.json"
+  current = json.loads(path.read_text()) if path.exists() else {}
+  current.update({k: float(v) for k, v in metrics.items()})
+  path.write_text(json.dumps(current, indent=2, sort_keys=True))

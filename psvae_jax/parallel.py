@@ -1,0 +1,121 @@
+"""Device mesh, parameter sharding rules and host-to-global batch assembly.
+
+Everything in psvae-jax runs on one `jax.sharding.Mesh` with axes ("data", "fsdp"):
+the batch is split over both axes, parameters (and their optimizer state and EMA) are
+split over "fsdp" along their largest divisible dimension when they are large, and
+replicated when small. The same code runs on 1 CPU device, 8 simulated devices, a GPU
+host and a TPU pod slice.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds a ("data", "fsdp") mesh with Auto axis types over all (or given) devices.
+
+  Args:
+    data: size of the data axis; -1 takes all devices not used by fsdp.
+    fsdp: size of the fsdp axis; -1 takes all devices not used by data.
+    devices: devices to use (default: all).
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  if data == -1 and fsdp == -1:
+    raise ValueError("At most one of mesh.data and mesh.fsdp may be -1.")
+  if data == -1:
+    data = n // fsdp
+  if fsdp == -1:
+    fsdp = n // data
+  if data * fsdp != n:
+    raise ValueError(f"Mesh data={data} x fsdp={fsdp} does not cover the {n} devices.")
+  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
+                       devices=devices)
+
+
+def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> P:
+  """Shards the largest dimension divisible by the fsdp axis; replicates small arrays."""
+  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def param_shardings(tree: Any, mesh: Mesh, *, min_size: int = 2**16,
+                    rules: Sequence[tuple[str, P]] = ()) -> Any:
+  """NamedShardings for a (possibly abstract) pytree.
+
+  Args:
+    tree: pytree of arrays or ShapeDtypeStructs.
+    mesh: the mesh.
+    min_size: arrays with fewer elements are replicated.
+    rules: optional (regex, PartitionSpec) pairs matched against "a/b/c" leaf paths
+      first; the first match wins. Otherwise the fsdp default applies.
+  """
+  fsdp_size = mesh.shape["fsdp"]
+  compiled = [(re.compile(r), s) for r, s in rules]
+
+  def one(path, leaf):
+    name = _path_str(path)
+    for regex, spec in compiled:
+      if regex.search(name):
+        return NamedSharding(mesh, spec)
+    return NamedSharding(mesh, fsdp_spec(np.shape(leaf), fsdp_size, min_size))
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Shards the leading (batch) dimension over data x fsdp."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  """Per-process batch; the global batch must split evenly over processes."""
+  count = jax.process_count()
+  if global_batch_size % count:
+    raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
+                     f"{count} processes.")
+  return global_batch_size // count
+
+
+def to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Turns a per-process numpy batch into global arrays sharded over the batch axes.
+
+  Non-numeric fields (captions as strings) stay on the host and are dropped here.
+  """
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    if v.dtype.kind not in "biuf":
+      continue
+    sharding = batch_sharding(mesh, v.ndim)
+    out[k] = jax.make_array_from_process_local_data(sharding, v)
+  return out
+
+
+def check_batch_divides_mesh(global_batch_size: int, mesh: Mesh) -> None:
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch_size % n:
+    raise ValueError(f"batch_size={global_batch_size} must be divisible by the {n} "
+                     f"devices of the mesh {dict(mesh.shape)}.")

@@ -1,0 +1,213 @@
+"""The one training loop: config -> mesh -> data -> sharded state -> jitted step -> metrics/checkpoints.
+
+Stage specifics live in a task (psvae_jax/train/tasks); this file knows only its interface.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from psvae_jax import checkpoint
+from psvae_jax import metrics as metrics_lib
+from psvae_jax import parallel
+from psvae_jax.data import pipeline
+from psvae_jax.train import optim
+from psvae_jax.train import tasks
+from psvae_jax.train.state import TrainState, ema_decay, update_ema
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves at the next step boundary and returns."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving at the next step boundary.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          return True
+      except Exception:  # pylint: disable=broad-except  (no preemption service configured)
+        pass
+    return self.requested
+
+
+def create_train_state(rng, *, task, tx) -> TrainState:
+  params, frozen = task.init(rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params), frozen=frozen,
+                    skipped=jnp.zeros((), jnp.int32))
+
+
+def reset_params(state: TrainState, params, *, task) -> TrainState:
+  """Replaces params (e.g. a warm start); EMA and frozen copies follow."""
+  return state.replace(params=jax.tree.map(jnp.copy, params),
+                       ema_params=jax.tree.map(jnp.copy, params),
+                       frozen=task.make_frozen(params))
+
+
+def train_step(state: TrainState, batch, consts, *, task, tx, config) -> tuple[TrainState, dict]:
+  """One optimizer step; a non-finite loss or gradient leaves the state unchanged (counted)."""
+  rng = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  (loss, metrics), grads = grad_fn(state.params, state.frozen, consts, batch, rng)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = update_ema(state.ema_params, params, ema_decay(state.step, config.ema_decay))
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                        opt_state=keep(opt_state, state.opt_state),
+                        ema_params=keep(ema, state.ema_params),
+                        skipped=state.skipped + (~ok).astype(jnp.int32))
+  metrics.update(grad_norm=grad_norm, nonfinite=(~ok).astype(jnp.float32))
+  return state, metrics
+
+
+def _with_sharding(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains config.stage in workdir (resuming if it has checkpoints); returns final eval metrics."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+  parallel.check_batch_divides_mesh(config.batch_size, mesh)
+  logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
+               jax.process_count())
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  task = tasks.get_task(config)
+  tx = optim.make_optimizer(config.optim, config.num_train_steps,
+                            functools.partial(optim.label_params, groups=task.param_groups))
+  init_fn = functools.partial(create_train_state, task=task, tx=tx)
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(init_fn, rng)
+  shardings = parallel.param_shardings(abstract, mesh, min_size=config.shard_min_size)
+  consts = task.constants()
+  consts = jax.device_put(consts, parallel.param_shardings(consts, mesh,
+                                                           min_size=config.shard_min_size))
+
+  train_iter = pipeline.build_train_iterator(config.data, global_batch_size=config.batch_size,
+                                             seed=config.seed)
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"),
+                                 max_to_keep=config.keep_checkpoints,
+                                 async_save=config.async_checkpoint)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    logging.info("Resuming from %s/checkpoints/%d", workdir, latest)
+    state, data_state = ckpt.restore(latest, _with_sharding(abstract, shardings))
+    if data_state:
+      train_iter.set_state(data_state)
+  else:
+    state = jax.jit(init_fn, out_shardings=shardings)(rng)
+    warm = task.warm_start(state.params)
+    if warm is not None:
+      state = jax.jit(functools.partial(reset_params, task=task), out_shardings=shardings,
+                      donate_argnums=0)(state, warm)
+
+  step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, config=config),
+                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+  writer = metrics_lib.create_writer(str(workdir))
+  start = int(jax.device_get(state.step))
+  final: dict[str, Any] = {}
+
+  def run_eval(step):
+    scalars, images = task.evaluate(state, consts, mesh, step)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
+    writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
+    if jax.process_index() == 0:
+      for k, v in images.items():
+        metrics_lib.save_png(str(workdir / "samples" / f"{k}_{step:07d}.png"), v)
+    metrics_lib.write_metrics_json(str(workdir), scalars)
+    logging.info("eval step %d: %s", step, json.dumps({k: round(v, 4) for k, v in scalars.items()}))
+    return scalars
+
+  def save(step):
+    ckpt.save(step, state, data_state=train_iter.get_state(), config=config.to_dict())
+
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (imports TF)
+  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
+                                             writer=writer, every_steps=config.log_every)
+  pending: list[dict] = []
+  step = start
+  with _Preemption() as preemption:
+    for step in range(start + 1, config.num_train_steps + 1):
+      batch = parallel.to_global(next(train_iter), mesh)
+      if step == start + 1:
+        t0 = time.time()
+        step_fn = step_fn.lower(state, batch, consts).compile()  # compile once, reuse
+        logging.info("Compiled train step in %.1f s.", time.time() - t0)
+        cost = step_fn.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float((cost or {}).get("flops", 0.0))
+        writer.write_scalars(step, {"perf/compile_seconds": time.time() - t0,
+                                    "perf/gflops_per_step": flops / 1e9})
+      state, m = step_fn(state, batch, consts)
+      pending.append(m)
+      progress(step)
+      if step % config.log_every == 0 or step == config.num_train_steps:
+        host = jax.device_get(pending)
+        pending = []
+        scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
+        skipped = int(jax.device_get(state.skipped))
+        scalars["train/skipped_steps"] = skipped
+        writer.write_scalars(step, scalars)
+        if skipped > config.max_skipped_steps:
+          save(step)
+          ckpt.close()
+          raise FloatingPointError(
+              f"{skipped} steps had a non-finite loss or gradient (max_skipped_steps="
+              f"{config.max_skipped_steps}); stopped at step {step}. Lower the learning rate "
+              "or check the data.")
+      if step % config.eval_every == 0 or step == config.num_train_steps:
+        final = run_eval(step)
+      if step % config.ckpt_every == 0 or step == config.num_train_steps:
+        save(step)
+      if preemption.should_stop(step):
+        if step % config.ckpt_every:
+          save(step)
+        logging.warning("Preempted: saved step %d, exiting.", step)
+        ckpt.close()
+        writer.flush()
+        return {"preempted_at": step}
+  if start >= config.num_train_steps:
+    final = run_eval(start)
+  task.finish(state, consts, mesh, str(workdir), train_iter)
+  ckpt.close()
+  writer.flush()
+  return final

@@ -1,0 +1,60 @@
+"""Optimizer: AdamW with warmup + cosine, grad clipping, per-group learning rates and frozen masks."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+import optax
+
+FROZEN = "frozen"
+
+
+def schedule(lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=max(warmup_steps, 1),
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=lr * min_ratio)
+
+
+def label_params(params: Any, groups: Mapping[str, str]) -> Any:
+  """Labels each leaf with the first group whose regex matches its "a/b/c" path.
+
+  Args:
+    params: parameter tree.
+    groups: {regex: label}; label "frozen" means the leaf never changes; any
+      other label names an entry of the optimizer's `lr_groups`. Unmatched
+      leaves get "default".
+  """
+  compiled = [(re.compile(r), lab) for r, lab in groups.items()]
+
+  def one(path, _):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    for regex, lab in compiled:
+      if regex.search(name):
+        return lab
+    return "default"
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
+                   labels: Callable[[Any], Any] | Any) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay) per label group; "frozen" leaves get zero updates.
+
+  cfg fields: lr, warmup_steps, weight_decay, b1, b2, eps, grad_clip, min_lr_ratio and
+  lr_groups ({label: lr}) for groups other than "default".
+  """
+  def adamw(lr):
+    return optax.adamw(schedule(lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio),
+                       b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+  transforms = {"default": adamw(cfg.lr), FROZEN: optax.set_to_zero()}
+  for label, lr in cfg.lr_groups.items():
+    transforms[label] = adamw(lr)
+  chain = []
+  if cfg.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+  chain.append(optax.multi_transform(transforms, labels))
+  return optax.chain(*chain)

@@ -1,0 +1,19 @@
+"""Stage-specific tasks: what a stage trains and how; the loop knows only this interface.
+
+A task has:
+  init(rng) -> (params, frozen)            pure; traced by eval_shape and jit
+  make_frozen(params) -> frozen            the non-trained copy derived from params
+  param_groups: {regex: label}             optimizer groups ("frozen" = never updated)
+  constants() -> pytree                    fixed arrays the loss needs (e.g. LPIPS weights)
+  loss(params, frozen, consts, batch, rng) -> (loss, {name: scalar})
+  warm_start(params) -> params | None      e.g. stage 2 reads stage 1's weights
+  evaluate(state, consts, mesh, step) -> ({name: value}, {name: uint8 image})
+  finish(state, consts, mesh, workdir)     e.g. latent statistics for stage 3
+"""
+
+
+def get_task(config):
+  if config.stage in ("svae", "psvae"):
+    from psvae_jax.train.tasks import autoencoder  # pylint: disable=g-import-not-at-top
+    return autoencoder.AutoencoderTask(config)
+  raise ValueError(f"Unknown stage {config.stage!r}.")

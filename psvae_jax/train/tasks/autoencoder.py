@@ -1,0 +1,177 @@
+"""Stages 1 (S-VAE) and 2 (PS-VAE): init, loss, evaluation and latent statistics.
+
+Stage 1 trains E_s and D_s on the frozen encoder's features, and D_p on a detached
+latent (only so stage 1 can be judged in pixels). Stage 2 trains everything and keeps a
+frozen copy of the encoder (state.frozen["encoder"]) as the semantic target.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from psvae_jax import checkpoint
+from psvae_jax import losses
+from psvae_jax import parallel
+from psvae_jax.data import pipeline  # noqa
+from psvae_jax.evals import image_metrics
+from psvae_jax.models import builders
+from psvae_jax.models.autoencoder import PSVAE, reparameterize
+
+
+class AutoencoderTask:
+  """The S-VAE / PS-VAE stage, chosen by config.stage ("svae" | "psvae")."""
+
+  def __init__(self, config):
+    self.config = config
+    self.stage2 = config.stage == "psvae"
+    self.dtype = jnp.dtype(config.dtype)
+    self.model: PSVAE = builders.build_psvae(config.model, dtype=self.dtype)
+    # Stage 1 freezes the encoder through the optimizer mask (and stop_gradient).
+    self.param_groups = {r"^encoder/": "encoder" if self.stage2 else "frozen"}
+    self._lpips = None
+    if config.loss.lpips > 0:
+      self._lpips = builders.build_lpips(config.lpips, config.data.image_size)
+
+  # ---- init -----------------------------------------------------------------------------
+  def init(self, rng: jax.Array):
+    s = self.config.data.image_size
+    dummy = jnp.zeros((1, s, s, 3), jnp.float32)
+    params = self.model.init(rng, dummy)["params"]
+    if self.config.model.sem_init_from_encoder:
+      params = builders.sem_blocks_from_encoder(params)
+    return params, self.make_frozen(params)
+
+  def make_frozen(self, params):
+    return {"encoder": jax.tree.map(jnp.copy, params["encoder"])} if self.stage2 else {}
+
+  def constants(self):
+    return {} if self._lpips is None else {"lpips": self._lpips[1]}
+
+  def warm_start(self, params):
+    """Stage 2: stage 1's EMA weights; otherwise pretrained encoder weights, if given."""
+    if self.stage2:
+      if not self.config.init_from:
+        logging.warning("Stage 2 without --config.init_from: starting from scratch.")
+      else:
+        logging.info("Initialising from stage-1 workdir %s", self.config.init_from)
+        return checkpoint.restore_params(self.config.init_from, params, key="ema_params")
+    if self.config.model.encoder.weights:
+      enc = builders.load_encoder_params(self.config.model.encoder.weights, params["encoder"])
+      return {**params, "encoder": enc}
+    return None
+
+  # ---- training ---------------------------------------------------------------------------
+  def loss(self, params, frozen, consts, batch, rng):
+    cfg = self.config.loss
+    x = batch["image"]
+    apply = functools.partial(self.model.apply, {"params": params})
+    f = apply(x, method=PSVAE.features)
+    if self.stage2:
+      target = jax.lax.stop_gradient(
+          self.model.apply({"params": frozen}, x, method=PSVAE.features))
+    else:
+      f = target = jax.lax.stop_gradient(f)
+    mu, logvar = apply(f, method=PSVAE.encode_features)
+    z = reparameterize(rng, mu, logvar)
+    f_hat = apply(z, method=PSVAE.decode_features)
+    z_pix = z if self.stage2 else jax.lax.stop_gradient(z)
+    x_hat = apply(z_pix, method=PSVAE.decode)
+
+    l_sem = losses.semantic_loss(f_hat, target, cfg.cos)
+    l_kl = losses.kl_loss(mu, logvar)
+    l_pix = losses.pixel_loss(x_hat, x)
+    total = cfg.sem * l_sem + cfg.pix * l_pix + cfg.kl * l_kl
+    metrics = {"loss": total, "loss_sem": l_sem, "loss_pix": l_pix, "loss_kl": l_kl,
+               "sem_recon_cos": jnp.mean(losses.cosine(f_hat, target))}
+    if self._lpips is not None:
+      l_lp = jnp.mean(self._lpips[0].apply(consts["lpips"], x_hat, x))
+      total = total + cfg.lpips * l_lp
+      metrics.update(loss=total, loss_lpips=l_lp)
+    if self.stage2:
+      metrics["semantic_cos"] = jnp.mean(losses.cosine(f, target))
+    return total, metrics
+
+  # ---- evaluation -------------------------------------------------------------------------
+  @functools.partial(jax.jit, static_argnums=0)
+  def _eval_batch(self, params, frozen, consts, x):
+    apply = functools.partial(self.model.apply, {"params": params})
+    f = apply(x, method=PSVAE.features)
+    target = self.model.apply({"params": frozen}, x, method=PSVAE.features) if self.stage2 else f
+    mu, _ = apply(f, method=PSVAE.encode_features)
+    f_hat = apply(mu, method=PSVAE.decode_features)
+    x_hat = jnp.clip(apply(mu, method=PSVAE.decode), -1.0, 1.0)
+    out = {"psnr": image_metrics.psnr(x_hat, x), "ssim": image_metrics.ssim(x_hat, x),
+           "semantic_cos": jnp.mean(losses.cosine(f, target), axis=(1, 2)),
+           "sem_recon_cos": jnp.mean(losses.cosine(f_hat, target), axis=(1, 2))}
+    if self._lpips is not None:
+      out["lpips"] = self._lpips[0].apply(consts["lpips"], x_hat, x)
+    return out, x_hat
+
+  def eval_set(self):
+    if not hasattr(self, "_eval_set"):
+      self._eval_set = pipeline.build_eval_set(self.config.data, self.config.eval.num_images)
+    return self._eval_set
+
+  def reconstruct(self, state, consts, mesh, images: np.ndarray):
+    """Per-image metrics and reconstructions for host images, in fixed-size padded batches."""
+    bs = self.config.eval.batch_size
+    parallel.check_batch_divides_mesh(bs, mesh)
+    per_image, recons = {}, []
+    for i in range(0, len(images), bs):
+      chunk = images[i:i + bs]
+      n = len(chunk)
+      if n < bs:  # pad to the compiled batch size; padded rows are dropped below
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, axis=0)])
+      x = jax.device_put(chunk, parallel.batch_sharding(mesh, 4))
+      out, x_hat = self._eval_batch(state.ema_params, state.frozen, consts, x)
+      for k, v in jax.device_get(out).items():
+        per_image.setdefault(k, []).append(np.asarray(v)[:n])
+      recons.append(np.asarray(jax.device_get(x_hat))[:n])
+    return {k: np.concatenate(v) for k, v in per_image.items()}, np.concatenate(recons)
+
+  def evaluate(self, state, consts, mesh, step):
+    del step
+    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+    data = self.eval_set()
+    per_image, recons = self.reconstruct(state, consts, mesh, data["image"])
+    scalars = {k: float(np.mean(v)) for k, v in per_image.items()}
+    recon_u8 = metrics_lib.to_uint8(recons)
+    if self.config.data.source == "shapes":
+      from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
+      scalars["recon_adherence"] = float(np.mean(shapes.score_batch(recon_u8, data["caption"])))
+    k = min(self.config.eval.num_grid, len(recons))
+    pairs = np.concatenate([metrics_lib.to_uint8(data["image"][:k]), recon_u8[:k]])
+    images = {"reconstructions": metrics_lib.grid(pairs, cols=k)}
+    return scalars, images
+
+  # ---- after training ---------------------------------------------------------------------
+  @functools.partial(jax.jit, static_argnums=0)
+  def _moments(self, params, x):
+    mu, _ = self.model.apply({"params": params}, x, method=PSVAE.encode)
+    flat = mu.reshape(-1, mu.shape[-1]).astype(jnp.float32)
+    return jnp.sum(flat, 0), jnp.sum(jnp.square(flat), 0), flat.shape[0]
+
+  def latent_stats(self, state, mesh, train_iter, num_batches: int):
+    """Per-channel mean/std of the posterior mean over `num_batches` training batches."""
+    s1 = s2 = 0.0
+    count = 0
+    for _ in range(num_batches):
+      batch = parallel.to_global(next(train_iter), mesh)
+      a, b, n = self._moments(state.ema_params, batch["image"])
+      s1, s2, count = s1 + np.asarray(a, np.float64), s2 + np.asarray(b, np.float64), count + int(n)
+    mean = s1 / count
+    std = np.sqrt(np.maximum(s2 / count - mean**2, 1e-12))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+  def finish(self, state, consts, mesh, workdir, train_iter):
+    del consts
+    num = max(1, min(50_000 // self.config.batch_size, 64))
+    mean, std = self.latent_stats(state, mesh, train_iter, num)
+    checkpoint.save_latent_stats(workdir, mean, std)
+    logging.info("latent_stats: mean %s std %s", np.round(mean, 3), np.round(std, 3))

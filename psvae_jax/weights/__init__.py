@@ -1,0 +1,1 @@
+"""Importers for foreign checkpoints: each `load_*(path)` returns `(module, params)`."""

@@ -1,0 +1,50 @@
+"""Configs: every variant builds; overrides of unknown keys fail at parse time, naming the key."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from configs import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("module,variant", [
+    ("svae", "tiny"), ("svae", "dinov2_b"), ("svae", "dinov2_l"),
+    ("psvae", "tiny"), ("psvae", "dinov2_b"), ("psvae", "dinov2_l")])
+def test_variants_build(module, variant):
+  c = importlib.import_module(f"configs.{module}").get_config(variant)
+  for key in ("num_train_steps", "batch_size", "seed", "log_every", "ckpt_every", "eval_every"):
+    assert key in c
+  assert c.stage == module
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="nope"):
+    common.parse_arg("nope", ("a",), "a")
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, "-m", "psvae_jax.main", *args], capture_output=True,
+                        text=True, timeout=60, cwd=ROOT)
+
+
+def test_config_typo_fails_before_compute(tmp_path):
+  r = _main("--config=configs/psvae.py:tiny", f"--workdir={tmp_path}", "--config.optim.lrr=1")
+  assert r.returncode != 0
+  assert "lrr" in r.stderr
+  assert not (tmp_path / "config.json").exists()  # nothing ran
+
+
+def test_config_file_override():
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+  fv(["prog", "--config=configs/psvae.py:tiny"])
+  assert fv.config.optim.lr == 5e-4
+  with pytest.raises(AttributeError, match="lrr"):
+    fv.config.optim.lrr = 1  # locked: unknown keys cannot be added
