@@ -30,16 +30,38 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.ema_decay = 0.9999
 
   c.data = ml_collections.ConfigDict(dict(
-      source="shapes",  # "shapes" | "folder"
-      path="",  # folder for source="folder"
+      source="shapes",  # "shapes" | "folder" | "tfds" | "latents" (psvae_jax/data/sources.py)
+      path="",  # folder root; tfds data_dir (or a prepared dataset dir); latent cache dir
       image_size=256,  # pixel target side
-      num_train=1_000_000,  # shapes: number of distinct training scenes
+      num_train=1_000_000,  # shapes: number of distinct training scenes; others: a cap
       num_eval=10_000,
       seed=0,
-      num_workers=0,
-      prefetch=2,
+      num_workers=0,  # grain worker processes (0: in-process)
+      prefetch=2,  # batches buffered per worker
+      num_threads=8,  # reader threads per process
       crop="center",  # "center" | "random"
-      random_flip=False))  # never for shapes: captions name left and right
+      random_flip=False,  # never for shapes: captions name left and right
+      encoder_image_size=0,  # > 0: also an "image_enc" field at this side (same crop)
+      # tfds (psvae_jax/data/tfds_source.py says how to prepare ImageNet, COCO, folders)
+      tfds_name="",  # e.g. "imagenet2012", "coco_captions"
+      train_split="train",
+      eval_split="validation",
+      image_key="",  # "" = auto-detect; nested features as "a/b"
+      caption_key="",
+      label_key="",
+      label_captions=False,  # class names as captions (tfds ClassLabel, folder subfolders)
+      label_names="",  # file mapping class ids to words (e.g. ImageNet synsets)
+      label_template="{}",  # caption template for label captions, e.g. "a photo of a {}"
+      # captions and tokenization
+      tokenizer="",  # local transformers tokenizer dir -> "input_ids", "attention_mask"
+      max_length=77,  # tokens (padded / truncated)
+      max_caption_chars=1000,  # longer captions are cut at a word boundary (counted)
+      empty_captions="keep",  # missing / empty captions: "keep" as "" or "skip" the record
+      # bad input (psvae_jax/data/decode.py)
+      max_pixels=50_000_000,  # larger: JPEG decoded downscaled (draft), others skipped
+      min_image_size=8,  # shorter side below this (e.g. 1x1): skipped
+      alpha_background="white",  # transparent pixels composited on "white" | "black"
+      probe_records=64))  # records checked at start-up: none usable -> fail fast
 
   c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
   return c

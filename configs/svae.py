@@ -21,6 +21,7 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   """Shared by stage 1 and stage 2 so that stage 2 can restore stage 1's params."""
   c = common.base_config(stage)
   c.init_from = ""  # stage 2: the stage-1 workdir
+  c.latent_stats_images = 50_000  # stage 2: images for the per-channel latent statistics
   c.model = ml_collections.ConfigDict(dict(
       encoder=ml_collections.ConfigDict(dict(
           size="B",  # S | B | L | g | tiny
@@ -61,6 +62,7 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.data.num_train = 100_000
     c.data.num_eval = 256
+    c.latent_stats_images = 2048
     c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
     e = c.model.encoder
     e.size, e.image_size, e.hidden_size, e.num_layers, e.num_heads, e.patch_size = (

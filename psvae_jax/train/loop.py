@@ -186,7 +186,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
         skipped = int(jax.device_get(state.skipped))
         scalars["train/skipped_steps"] = skipped
+        if hasattr(train_iter, "counters"):  # skipped / repaired input records, by kind
+          scalars.update({f"data/{k}": v for k, v in train_iter.counters().items()})
         writer.write_scalars(step, scalars)
+        logging.info("step %d: %s", step, " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in scalars.items()))
         if skipped > config.max_skipped_steps:
           save(step)
           ckpt.close()

@@ -170,8 +170,11 @@ class AutoencoderTask:
     return mean.astype(np.float32), std.astype(np.float32)
 
   def finish(self, state, consts, mesh, workdir, train_iter):
+    """Stage 2 writes DIR/latent_stats.npz for stage 3 (over config.latent_stats_images)."""
     del consts
-    num = max(1, min(50_000 // self.config.batch_size, 64))
+    if not self.stage2:
+      return
+    num = max(1, self.config.latent_stats_images // self.config.batch_size)
     mean, std = self.latent_stats(state, mesh, train_iter, num)
     checkpoint.save_latent_stats(workdir, mean, std)
     logging.info("latent_stats: mean %s std %s", np.round(mean, 3), np.round(std, 3))

@@ -1,0 +1,108 @@
+"""Loading a trained PS-VAE workdir for encoding/decoding (stage 3, latent cache, API).
+
+  ae = load_autoencoder("runs/demo/psvae")
+  mu, logvar = ae.encode(images)          # (B, h, w, C), images (B, H, W, 3) in [-1, 1]
+  z = ae.normalize(mu)                    # per-channel (z - mean) / std, from latent_stats.npz
+  images = ae.decode(ae.denormalize(z))   # (B, H', W', 3) in about [-1, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from psvae_jax import checkpoint
+from psvae_jax import parallel
+from psvae_jax.models import builders
+from psvae_jax.models.autoencoder import PSVAE
+
+
+@dataclasses.dataclass
+class Autoencoder:
+  """A frozen PS-VAE: module, EMA params (sharded on `mesh`), config and latent statistics."""
+  model: PSVAE
+  params: Any
+  config: ml_collections.ConfigDict
+  latent_mean: np.ndarray | None
+  latent_std: np.ndarray | None
+
+  @property
+  def latent_channels(self) -> int:
+    return self.config.model.latent_channels
+
+  @property
+  def image_size(self) -> int:
+    return self.config.data.image_size
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.model.apply({"params": self.params}, images, method=PSVAE.encode)
+
+  def encode_with(self, params, images):
+    """Pure variant for use inside other jitted functions."""
+    return self.model.apply({"params": params}, images, method=PSVAE.encode)
+
+  def decode_with(self, params, z):
+    return self.model.apply({"params": params}, z, method=PSVAE.decode)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def decode(self, z: jax.Array) -> jax.Array:
+    return self.model.apply({"params": self.params}, z, method=PSVAE.decode)
+
+  def _stats(self):
+    if self.latent_mean is None:
+      raise ValueError("This autoencoder workdir has no latent_stats.npz (stage 2 writes it at "
+                       "the end of training).")
+    return jnp.asarray(self.latent_mean), jnp.asarray(self.latent_std)
+
+  def normalize(self, z: jax.Array) -> jax.Array:
+    mean, std = self._stats()
+    return (z - mean) / std
+
+  def denormalize(self, z: jax.Array) -> jax.Array:
+    mean, std = self._stats()
+    return z * std + mean
+
+  def __hash__(self):
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{workdir} is not a psvae-jax workdir (no config.json).")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
+                     min_shard_size: int = 2**16) -> Autoencoder:
+  """Restores a stage-1/2 workdir's EMA params, sharded over `mesh` (default: all devices)."""
+  config = read_config(workdir)
+  if config.stage not in ("svae", "psvae"):
+    raise ValueError(f"{workdir} holds a {config.stage!r} run, not an autoencoder.")
+  mesh = mesh or parallel.make_mesh(-1, 1)
+  model = builders.build_psvae(config.model, dtype=jnp.dtype(config.dtype))
+  s = config.data.image_size
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"]
+  shardings = parallel.param_shardings(abstract, mesh, min_size=min_shard_size)
+  target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                        abstract, shardings)
+  params = checkpoint.restore_params(workdir, target, key="ema_params")
+  stats = epath.Path(workdir) / "latent_stats.npz"
+  mean = std = None
+  if stats.exists():
+    with stats.open("rb") as f:
+      data = np.load(f)
+      mean, std = data["mean"], data["std"]
+  return Autoencoder(model, params, config, mean, std)
