@@ -42,6 +42,13 @@ class Autoencoder:
   def image_size(self) -> int:
     return self.config.data.image_size
 
+  @property
+  def latent_shape(self) -> tuple[int, int, int]:
+    s = self.image_size
+    mu, _ = jax.eval_shape(self.encode_with, self.params, jax.ShapeDtypeStruct((1, s, s, 3),
+                                                                               jnp.float32))
+    return tuple(mu.shape[1:])
+
   @functools.partial(jax.jit, static_argnums=0)
   def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.model.apply({"params": self.params}, images, method=PSVAE.encode)

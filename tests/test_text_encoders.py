@@ -1,5 +1,10 @@
 """Parity tests: flax CLIP text / T5 encoders and importers vs tiny random HF models."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import numpy as np
 import pytest
@@ -159,3 +164,72 @@ def test_demo_text_encoder(tmp_path):
   # Same word, different context -> different states; same prefix -> same.
   np.testing.assert_allclose(hidden[0, :2], hidden[1, :2], atol=1e-6)  # [BOS] a
   assert _max_err(hidden[0, 2], hidden[1, 2]) > 1e-3  # red vs blue
+
+
+def _demo_captions() -> list[str]:
+  objs = [shapes.ShapeObject("circle", "red", "left"),
+          shapes.ShapeObject("square", "blue", "right"),
+          shapes.ShapeObject("triangle", "green", "top")]
+  return [shapes.caption(objs[:2]), shapes.caption(objs[1:2]),
+          shapes.caption(objs[2:]), shapes.caption(objs[::-1])]
+
+
+def test_demo_text_encoder_loads_in_transformers(tmp_path):
+  vocab = demo_text.shapes_vocabulary()
+  out = demo_text.build_demo_text_encoder(str(tmp_path / "te"), vocab,
+                                          hidden_size=32, layers=2, heads=2,
+                                          max_length=16, seed=3)
+  ref_model, info = transformers.CLIPTextModel.from_pretrained(
+      out, local_files_only=True, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  assert not info["mismatched_keys"] and not info["error_msgs"]
+  ref_model.eval()
+  module, params = clip_weights.load_clip_text(out)
+  # Every stored tensor is consumed by our importer too.
+  _, unused = clip_weights.convert_clip_text_state_dict(
+      load_file(os.path.join(out, "model.safetensors")))
+  assert not unused
+  tokenizer = clip_weights.load_tokenizer(out)
+  ids, mask = clip_weights.tokenize(tokenizer, _demo_captions(), max_length=16)
+  assert tokenizer.unk_token_id not in ids[mask == 1]
+  with torch.no_grad():
+    ref = ref_model(input_ids=torch.from_numpy(ids).long(),
+                    attention_mask=torch.from_numpy(mask).long())
+  hidden, pooled = jax.jit(module.apply)({"params": params}, ids, mask)
+  assert _max_err(hidden, ref.last_hidden_state.numpy()) <= _TOL
+  assert _max_err(pooled, ref.pooler_output.numpy()) <= _TOL
+
+
+def test_demo_text_encoder_builds_without_torch(tmp_path):
+  out = str(tmp_path / "te")
+  script = textwrap.dedent(f"""
+      import sys
+      sys.modules["torch"] = None  # Any `import torch` now raises ImportError.
+      from psvae_jax.weights import demo_text
+      demo_text.build_demo_text_encoder(
+          {out!r}, demo_text.shapes_vocabulary(), hidden_size=32, seed=5)
+      assert sys.modules["torch"] is None
+      print("built-without-torch")
+      """)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [repo] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+  proc = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert "built-without-torch" in proc.stdout
+  # The result is a complete, deterministic directory: same seed, same weights.
+  again = demo_text.build_demo_text_encoder(
+      str(tmp_path / "again"), demo_text.shapes_vocabulary(), hidden_size=32,
+      seed=5)
+  a = load_file(os.path.join(out, "model.safetensors"))
+  b = load_file(os.path.join(again, "model.safetensors"))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  module, params = clip_weights.load_clip_text(out)
+  ids, mask = clip_weights.tokenize(clip_weights.load_tokenizer(out),
+                                    _demo_captions(), max_length=16)
+  hidden, _ = jax.jit(module.apply)({"params": params}, ids, mask)
+  assert hidden.shape == (4, 16, 32) and np.all(np.isfinite(hidden))

@@ -108,10 +108,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel.check_batch_divides_mesh(config.batch_size, mesh)
   logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
                jax.process_count())
+  task = tasks.get_task(config, mesh)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-  task = tasks.get_task(config)
   tx = optim.make_optimizer(config.optim, config.num_train_steps,
                             functools.partial(optim.label_params, groups=task.param_groups))
   init_fn = functools.partial(create_train_state, task=task, tx=tx)

@@ -7,10 +7,15 @@ network. So the demo builds, once, a Hugging Face-format directory holding
   (``tokenizers`` WordLevel model, lowercase normaliser, Whitespace
   pre-tokenizer, ``[BOS] … [EOS]`` template) saved as a
   ``transformers.PreTrainedTokenizerFast``, and
-* a randomly initialised, tiny ``transformers.CLIPTextModel`` saved with
-  ``save_pretrained`` (safetensors),
+* a randomly initialised, tiny CLIP text model in ``transformers.CLIPTextModel``
+  format: ``config.json`` (a ``CLIPTextConfig``) and ``model.safetensors`` with
+  the Hugging Face tensor names and layouts (``text_model.`` prefix, linear
+  weights ``(out, in)``), drawn with numpy at CLIP's initialisation scales,
 
-which the regular importers read back (``load_tokenizer`` + ``load_clip_text``).
+which the regular importers read back (``load_tokenizer`` + ``load_clip_text``),
+and which ``transformers.CLIPTextModel.from_pretrained`` loads as well. Nothing
+here imports torch (a test-only dependency): the tokenizer side needs only
+``tokenizers`` and transformers' tokenizer/config classes.
 The encoder stays frozen and random: its token states are a random but
 injective function of the words (and of their left context, since CLIP attends
 causally), so distinct captions give distinct per-token states; the DiT's
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import itertools
 import os
+
+import numpy as np
 
 from psvae_jax.data import shapes
 
@@ -75,10 +82,56 @@ def _build_tokenizer(vocab_words: list[str], max_length: int):
       padding_side="right", truncation_side="right")
 
 
+def _random_clip_text_weights(vocab_size: int, hidden_size: int, layers: int,
+                               max_length: int, seed: int) -> dict[str, np.ndarray]:
+  """Random CLIPTextModel tensors under transformers' names, float32.
+
+  Scales follow ``CLIPPreTrainedModel._init_weights`` (initializer_factor 1):
+  embeddings N(0, 0.02); q/k/v and fc2 N(0, d^-0.5 (2 L)^-0.5); out_proj
+  N(0, d^-0.5); fc1 N(0, (2 d)^-0.5); biases 0; LayerNorms weight 1, bias 0.
+  """
+  rng = np.random.default_rng(seed)
+  d, ff = hidden_size, 4 * hidden_size
+  in_std = d**-0.5 * (2 * layers)**-0.5
+
+  def normal(shape, std):
+    return (std * rng.standard_normal(shape)).astype(np.float32)
+
+  def zeros(n):
+    return np.zeros((n,), np.float32)
+
+  def ones(n):
+    return np.ones((n,), np.float32)
+
+  sd = {
+      "embeddings.token_embedding.weight": normal((vocab_size, d), 0.02),
+      "embeddings.position_embedding.weight": normal((max_length, d), 0.02),
+  }
+  for i in range(layers):
+    p = f"encoder.layers.{i}."
+    for name, std in (("q_proj", in_std), ("k_proj", in_std),
+                      ("v_proj", in_std), ("out_proj", d**-0.5)):
+      sd[p + f"self_attn.{name}.weight"] = normal((d, d), std)  # (out, in)
+      sd[p + f"self_attn.{name}.bias"] = zeros(d)
+    sd[p + "mlp.fc1.weight"] = normal((ff, d), (2 * d)**-0.5)
+    sd[p + "mlp.fc1.bias"] = zeros(ff)
+    sd[p + "mlp.fc2.weight"] = normal((d, ff), in_std)
+    sd[p + "mlp.fc2.bias"] = zeros(d)
+    for norm in ("layer_norm1", "layer_norm2"):
+      sd[p + f"{norm}.weight"] = ones(d)
+      sd[p + f"{norm}.bias"] = zeros(d)
+  sd["final_layer_norm.weight"] = ones(d)
+  sd["final_layer_norm.bias"] = zeros(d)
+  return {"text_model." + k: v for k, v in sd.items()}
+
+
 def build_demo_text_encoder(out_dir: str, vocab_words: list[str],
                             hidden_size: int = 64, layers: int = 2, heads: int = 2,
                             max_length: int = 16, seed: int = 0) -> str:
-  """Writes the demo tokenizer and a random tiny CLIPTextModel to ``out_dir``.
+  """Writes the demo tokenizer and a random tiny CLIP text model to ``out_dir``.
+
+  Needs no torch: the weights are numpy arrays written with
+  ``safetensors.numpy``.
 
   Args:
     out_dir: directory to create (files in it are overwritten).
@@ -86,27 +139,36 @@ def build_demo_text_encoder(out_dir: str, vocab_words: list[str],
       anything else maps to ``[UNK]``.
     hidden_size: encoder width (MLP width is 4x).
     layers: encoder layers.
-    heads: attention heads.
+    heads: attention heads (must divide ``hidden_size``).
     max_length: token positions, BOS and EOS included.
-    seed: torch seed of the random initialisation.
+    seed: seed of the numpy generator that draws the weights.
 
   Returns:
-    ``out_dir``, readable by ``load_tokenizer`` and ``load_clip_text``.
+    ``out_dir``, readable by ``load_tokenizer`` and ``load_clip_text`` (and by
+    ``transformers`` ``AutoTokenizer`` / ``CLIPTextModel.from_pretrained``).
   """
   # pylint: disable=g-import-not-at-top
-  import torch
+  from safetensors.numpy import save_file
   import transformers
   # pylint: enable=g-import-not-at-top
+  if hidden_size % heads:
+    raise ValueError(f"heads={heads} does not divide hidden_size={hidden_size}")
   os.makedirs(out_dir, exist_ok=True)
   tokenizer = _build_tokenizer(vocab_words, max_length)
   tokenizer.save_pretrained(out_dir)
+  vocab_size = len(tokenizer)
   config = transformers.CLIPTextConfig(
-      vocab_size=len(tokenizer), hidden_size=hidden_size,
+      vocab_size=vocab_size, hidden_size=hidden_size,
       intermediate_size=4 * hidden_size, num_hidden_layers=layers,
       num_attention_heads=heads, max_position_embeddings=max_length,
-      hidden_act="quick_gelu", pad_token_id=tokenizer.pad_token_id,
-      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-  torch.manual_seed(seed)
-  model = transformers.CLIPTextModel(config).eval()
-  model.save_pretrained(out_dir, safe_serialization=True)
+      hidden_act="quick_gelu", layer_norm_eps=1e-5,
+      pad_token_id=tokenizer.pad_token_id,
+      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+      architectures=["CLIPTextModel"])
+  config.to_json_file(os.path.join(out_dir, "config.json"))
+  weights = _random_clip_text_weights(vocab_size, hidden_size, layers,
+                                      max_length, seed)
+  # "format": "pt" marks the usual transformers layout (older releases insist).
+  save_file(weights, os.path.join(out_dir, "model.safetensors"),
+            metadata={"format": "pt"})
   return out_dir

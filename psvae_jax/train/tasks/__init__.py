@@ -12,8 +12,14 @@ A task has:
 """
 
 
-def get_task(config):
+def get_task(config, mesh):
+  """The task of config.stage ("svae" | "psvae" | "dit")."""
   if config.stage in ("svae", "psvae"):
     from psvae_jax.train.tasks import autoencoder  # pylint: disable=g-import-not-at-top
     return autoencoder.AutoencoderTask(config)
+  if config.stage == "dit":
+    from psvae_jax.train.tasks import dit  # pylint: disable=g-import-not-at-top
+    if config.model.cond_type == "text" and not config.data.tokenizer:
+      config.data.tokenizer = config.text_encoder  # the encoder's own tokenizer
+    return dit.DiTTask(config, mesh)
   raise ValueError(f"Unknown stage {config.stage!r}.")

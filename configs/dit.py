@@ -1,0 +1,60 @@
+"""Stage 3 (DiT): diffusion in the frozen PS-VAE's normalised latent, text- or class-conditioned.
+
+  python -m psvae_jax.main --config=configs/dit.py:tiny --workdir=runs/dit \
+      --config.autoencoder=runs/psvae --config.text_encoder=runs/text_encoder
+  python -m psvae_jax.main --config=configs/dit.py:XL_text --workdir=gs://b/dit \
+      --config.autoencoder=gs://b/psvae --config.text_encoder=/ckpt/t5-v1_1-xxl \
+      --config.data.source=latents --config.data.path=gs://b/latents
+
+Variants: `<S|B|L|XL>_<text|class>` (DiT paper sizes, patch 1 on the 16x16xC latent, batch
+256, 400k steps) and `tiny` (CPU demo: width 128, depth 4, text, 8x8x16 shapes latents).
+Objective: eps-prediction with the linear beta schedule (seed) or flow matching with
+logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
+"""
+
+import ml_collections
+
+from configs import common
+
+SIZES = ("S", "B", "L", "XL")
+CONDS = ("text", "class")
+VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + ("tiny",)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = common.parse_arg(arg, VARIANTS, "XL_text")
+  c = common.base_config("dit")
+  c.autoencoder = ""  # stage-2 (PS-VAE) workdir: frozen encoder/decoder + latent_stats.npz
+  c.text_encoder = ""  # HF directory of a CLIP text model or T5 encoder (+ its tokenizer)
+  size, cond = ("tiny", "text") if variant == "tiny" else variant.split("_")
+  c.model = ml_collections.ConfigDict(dict(
+      size=size, patch_size=1, cond_type=cond, num_classes=1000, remat=False,
+      attention_impl=""))  # "" = jax's default; "cudnn" | "xla"
+  c.diffusion = ml_collections.ConfigDict(dict(
+      objective="eps", schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+      flow_shift=1.0, p_uncond=0.1, latent_sample=True))
+  c.sample = ml_collections.ConfigDict(dict(steps=50, cfg=7.5, eta=0.0))
+  c.data.max_length = 77
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 5_000
+  c.optim.weight_decay = 0.0
+  c.ema_decay = 0.9999
+  c.num_train_steps = 400_000
+  c.batch_size = 256
+  c.eval.num_images = 64
+
+  if variant == "tiny":
+    c.batch_size = 64
+    c.num_train_steps = 600
+    c.log_every = 50
+    c.ckpt_every = 300
+    c.eval_every = 600
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 50
+    c.optim.grad_clip = 1.0
+    c.ema_decay = 0.995
+    c.data.image_size = 32
+    c.data.num_eval = 256
+    c.data.max_length = 16
+    c.eval = ml_collections.ConfigDict(dict(num_images=64, batch_size=64, num_grid=16))
+  return c

@@ -1,0 +1,220 @@
+"""Diffusion samplers: DDIM (ε-prediction) and Euler (flow matching), each one ``lax.scan`` inside one jit.
+
+Both samplers take any ``model_fn(z, t, cond) -> prediction`` where ``z`` is (B, ...) latents, ``t``
+float32 (B,) model time (0..1000 scale: DDIM timesteps as they are, flow time × 1000) and ``cond`` a pytree
+whose leaves have the batch as their first axis. Classifier-free guidance runs the conditional and
+unconditional halves as ONE batch of 2B: ``pred = pred(∅) + s · (pred(c) − pred(∅))``; pass ``uncond=None``
+to sample without guidance.
+
+Compile once, vary freely: the number of steps, the start index (SDEdit strength), ``cfg_scale``, ``eta`` and
+the rng are traced values. DDIM takes a timesteps array of a fixed length padded with −1
+(``ddim_timesteps(n, max_steps=M)``); the Euler sampler takes a static scan length ``max_steps`` and a traced
+``num_steps ≤ max_steps``. Steps that are padding or before ``start_index`` are skipped with ``lax.cond`` (no
+model call). Typical use::
+
+  sample = jax.jit(functools.partial(ddim_sample, model_fn), static_argnames=("carry_sharding",))
+  z0 = sample(sched, z_T, cond, uncond, ddim_timesteps(50, max_steps=100), 7.5, 0.0, rng)
+
+Static (hashable) arguments: ``model_fn`` (closed over with ``functools.partial``), ``carry_sharding``, the
+Euler sampler's ``max_steps``, and whether ``uncond`` / ``inpaint`` are ``None``. Everything else is traced;
+keep its types stable (``eta=0`` then ``eta=0.5`` is int then float: a retrace), e.g. pass Python floats or
+``np.float32`` scalars, and non-weakly-typed arrays (``np.full``, not ``jnp.full(shape, 0.5)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psvae_jax.diffusion import objectives
+from psvae_jax.diffusion import schedules
+
+ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+Inpaint = tuple[jax.Array, jax.Array, jax.Array]  # (z_known, mask: 1 = regenerate, noise), each like z
+
+
+def ddim_timesteps(num_steps: int, T: int = 1000, *, max_steps: int | None = None,
+                   steps_offset: int = 0) -> np.ndarray:
+  """DDIM timesteps with diffusers' "leading" spacing, padded to ``max_steps`` with −1.
+
+  As ``DDIMScheduler.set_timesteps``: ratio = T // num_steps; timesteps = (arange(num_steps) · ratio)[::-1] +
+  steps_offset, e.g. 50 steps → [980, 960, ..., 20, 0]. The sampler steps each t to t − ratio (the scheduler's
+  ``prev_timestep``); a negative previous timestep uses ``sched.final_alpha_cumprod``.
+
+  Returns:
+    int32 (max_steps,) array: the timesteps, then −1 padding.
+  """
+  max_steps = num_steps if max_steps is None else max_steps
+  if not 1 <= num_steps <= min(T, max_steps):
+    raise ValueError(f"num_steps must be in [1, min(T={T}, max_steps={max_steps})], got {num_steps}.")
+  ratio = T // num_steps
+  ts = (np.arange(num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
+  out = np.full((max_steps,), -1, np.int32)
+  out[:num_steps] = ts
+  return out
+
+
+def sdedit_start_index(num_steps: int, strength: float) -> int:
+  """First step index for SDEdit at ``strength`` (diffusers' img2img rule): 0 runs all steps."""
+  init = min(int(num_steps * strength), num_steps)
+  return max(num_steps - init, 0)
+
+
+def ddim_start_latents(sched: schedules.Schedule, z0: jax.Array, timesteps: jax.Array,
+                       start_index: jax.Array, noise: jax.Array) -> jax.Array:
+  """SDEdit start: q_sample(z0, timesteps[start_index]); past the last step (strength 0) it returns z0."""
+  timesteps = jnp.asarray(timesteps, jnp.int32)
+  idx = jnp.asarray(start_index, jnp.int32)
+  t = jnp.where(idx < timesteps.shape[0], timesteps[jnp.minimum(idx, timesteps.shape[0] - 1)], -1)
+  return schedules.q_sample(sched, z0, t, noise)
+
+
+def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array
+            ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """(z, scalar model time) → float32 prediction, with CFG as one 2B batch when ``uncond`` is given."""
+  if uncond is None:
+    def pred(z, t):
+      t_b = jnp.full((z.shape[0],), t, jnp.float32)  # (B,)
+      return model_fn(z, t_b, cond).astype(jnp.float32)
+    return pred
+
+  both = jax.tree.map(lambda c, u: jnp.concatenate([c, u], axis=0), cond, uncond)  # leaves (2B, ...)
+
+  def pred(z, t):
+    z2 = jnp.concatenate([z, z], axis=0)  # (2B, ...)
+    t_b = jnp.full((z2.shape[0],), t, jnp.float32)  # (2B,)
+    out = model_fn(z2, t_b, both).astype(jnp.float32)
+    out_c, out_u = jnp.split(out, 2, axis=0)
+    return out_u + cfg_scale * (out_c - out_u)
+  return pred
+
+
+def _constrain(z: jax.Array, sharding: Any) -> jax.Array:
+  return z if sharding is None else jax.lax.with_sharding_constraint(z, sharding)
+
+
+def _scan_steps(step_fn, z, indices, times, active, carry_sharding):
+  """Runs ``z = step_fn(z, i, *times_i)`` where ``active[i]``, skipping the rest without a model call."""
+
+  def body(z, xs):
+    i, ts, on = xs
+    z = jax.lax.cond(on, lambda z: step_fn(z, i, *ts).astype(z.dtype), lambda z: z, z)
+    return _constrain(z, carry_sharding), None
+
+  z, _ = jax.lax.scan(body, _constrain(z, carry_sharding), (indices, times, active))
+  return z
+
+
+def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, cond: Any, uncond: Any,
+                timesteps: jax.Array, cfg_scale: float | jax.Array, eta: float | jax.Array,
+                rng: jax.Array, *, start_index: int | jax.Array = 0, carry_sharding: Any = None,
+                inpaint: Inpaint | None = None) -> jax.Array:
+  """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step`` (ε-prediction).
+
+  Per step t → t_prev = t − T // num_steps (ᾱ_prev = final_alpha_cumprod when t_prev < 0)::
+
+    ẑ0 = (z − √(1−ᾱ_t) ε̃) / √ᾱ_t
+    σ = η · √((1−ᾱ_prev)/(1−ᾱ_t) · (1 − ᾱ_t/ᾱ_prev))
+    z ← √ᾱ_prev ẑ0 + √(1−ᾱ_prev−σ²) ε̃ + σ · N(0, I; fold_in(rng, i))
+
+  Args:
+    model_fn: ``(z, t, cond) -> ε``; t float32 (B,) integer-valued timesteps.
+    sched: noise schedule.
+    z_T: (B, ...) starting latents (noise, or ``ddim_start_latents`` for SDEdit).
+    cond: conditioning pytree, leaves (B, ...).
+    uncond: null conditioning pytree like ``cond``, or None for no guidance.
+    timesteps: int (S,) from ``ddim_timesteps``: descending timesteps, then −1 padding.
+    cfg_scale: guidance scale s (traced).
+    eta: DDIM η (traced): 0 deterministic, 1 DDPM-like.
+    rng: key for the η > 0 noise of step i: ``fold_in(rng, i)`` (i indexes ``timesteps``).
+    start_index: first step to run (traced); earlier steps are skipped (SDEdit).
+    carry_sharding: optional sharding for the latents carried through the scan.
+    inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
+      q_sample(z_known, t_prev, noise); mask 1 = regenerate.
+
+  Returns:
+    Final latents z_0, like z_T.
+  """
+  timesteps = jnp.asarray(timesteps, jnp.int32)  # (S,)
+  num_steps = jnp.maximum(jnp.sum(timesteps >= 0), 1)
+  ratio = sched.num_timesteps // num_steps
+  eta = jnp.asarray(eta, jnp.float32)
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32))
+
+  def step(z, i, t):
+    t_prev = t - ratio
+    a_t = schedules.alpha_cumprod_at(sched, t)
+    a_prev = schedules.alpha_cumprod_at(sched, t_prev)
+    z = z.astype(jnp.float32)
+    eps = pred(z, t.astype(jnp.float32))
+    z0_hat = (z - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+    variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+    sigma = eta * jnp.sqrt(variance)
+    noise = jax.random.normal(jax.random.fold_in(rng, i), z.shape, jnp.float32)
+    direction = jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma**2, 0.0)) * eps
+    z = jnp.sqrt(a_prev) * z0_hat + direction + sigma * noise
+    if inpaint is not None:
+      z_known, mask, known_noise = inpaint
+      z = mask * z + (1.0 - mask) * schedules.q_sample(sched, z_known, t_prev, known_noise)
+    return z
+
+  idx = jnp.arange(timesteps.shape[0], dtype=jnp.int32)
+  active = (timesteps >= 0) & (idx >= start_index)
+  return _scan_steps(step, z_T, idx, (timesteps,), active, carry_sharding)
+
+
+def flow_time_grid(num_steps: int | jax.Array, shift: float | jax.Array, max_steps: int
+                   ) -> tuple[jax.Array, jax.Array]:
+  """Euler time grid (t_i, t_{i+1}), i < max_steps: t_i = shift(1 − i/n), n = num_steps (traced); 1 → 0."""
+  n = jnp.asarray(num_steps, jnp.float32)
+  i = jnp.arange(max_steps, dtype=jnp.float32)
+  t = objectives.shift_time(jnp.clip(1.0 - i / n, 0.0, 1.0), shift)  # (S,)
+  t_next = objectives.shift_time(jnp.clip(1.0 - (i + 1.0) / n, 0.0, 1.0), shift)  # (S,)
+  return t, t_next
+
+
+def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_steps: int | jax.Array,
+                 shift: float | jax.Array, cfg_scale: float | jax.Array, *, max_steps: int | None = None,
+                 start_index: int | jax.Array = 0, carry_sharding: Any = None,
+                 inpaint: Inpaint | None = None) -> jax.Array:
+  """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0 (data).
+
+  Args:
+    model_fn: ``(z, t_model, cond) -> v`` with t_model = 1000 · t, float32 (B,).
+    z_1: (B, ...) noise (or (1 − t) z0 + t ε at t = grid[start_index] for SDEdit).
+    cond: conditioning pytree, leaves (B, ...).
+    uncond: null conditioning like ``cond``, or None for no guidance.
+    num_steps: number of Euler steps (traced when ``max_steps`` is given).
+    shift: timestep shift s applied to the uniform grid (traced), as in training.
+    cfg_scale: guidance scale (traced).
+    max_steps: static scan length (default ``num_steps``, which must then be a Python int).
+    start_index: first step to run (traced).
+    carry_sharding: optional sharding for the carried latents.
+    inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
+      (1 − t_next) z_known + t_next noise.
+
+  Returns:
+    Final latents, like z_1.
+  """
+  if max_steps is None:
+    if not isinstance(num_steps, int):
+      raise ValueError("euler_sample needs a static max_steps when num_steps is traced.")
+    max_steps = num_steps
+  t_grid, t_next_grid = flow_time_grid(num_steps, shift, max_steps)
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32))
+
+  def step(z, i, t, t_next):
+    del i
+    z = z.astype(jnp.float32)
+    z = z + (t_next - t) * pred(z, t * objectives.MODEL_TIME_SCALE)
+    if inpaint is not None:
+      z_known, mask, known_noise = inpaint
+      z = mask * z + (1.0 - mask) * ((1.0 - t_next) * z_known + t_next * known_noise)
+    return z
+
+  idx = jnp.arange(max_steps, dtype=jnp.int32)
+  active = (idx < num_steps) & (idx >= start_index)
+  return _scan_steps(step, z_1, idx, (t_grid, t_next_grid), active, carry_sharding)

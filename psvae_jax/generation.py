@@ -1,0 +1,170 @@
+"""Prompts -> images: the conditioning, the one-jit scan sampler (DDIM / Euler) and decoding.
+
+Used by stage 3's periodic samples, `psvae_jax.api.Pipeline` and `python -m psvae_jax.sample`.
+The sampler compiles once per (batch size, resolution): the number of steps (up to
+`max_steps`), the start index (SDEdit strength), the guidance scale, eta, seeds and
+prompts are traced values.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psvae_jax import parallel
+from psvae_jax.diffusion import objectives
+from psvae_jax.diffusion import samplers
+from psvae_jax.diffusion import schedules
+from psvae_jax.models.autoencoder import PSVAE
+
+MAX_STEPS = 1000  # scan length; any steps <= MAX_STEPS reuse the compile
+
+
+def make_objective(diff_cfg):
+  if diff_cfg.objective == "eps":
+    sched = (schedules.linear_schedule(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
+             if diff_cfg.schedule == "linear" else schedules.cosine_schedule(diff_cfg.num_timesteps))
+    return objectives.EpsilonObjective(sched)
+  if diff_cfg.objective == "flow":
+    return objectives.FlowObjective(shift=diff_cfg.flow_shift)
+  raise ValueError(f"Unknown diffusion.objective {diff_cfg.objective!r} (eps | flow).")
+
+
+def initial_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> jax.Array:
+  """Per-image noise from fold_in(key(seed), index): an image does not depend on batch size."""
+  key = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(
+      jnp.asarray(indices, jnp.int32))
+
+
+class Generator:
+  """Conditioning + sampling + decoding for one trained stage-3 model.
+
+  Attributes:
+    dit: the DiT module; text: the frozen text encoder module (or None for class models);
+    ae: the frozen autoencoder (psvae_jax.autoencoders.Autoencoder); objective: eps or flow.
+  """
+
+  def __init__(self, config, dit, text_module, tokenizer, ae, mesh):
+    self.config, self.dit, self.text, self.tokenizer, self.ae = config, dit, text_module, tokenizer, ae
+    self.mesh = mesh
+    self.objective = make_objective(config.diffusion)
+    self.latent_shape = ae.latent_shape  # (h, w, C)
+
+  # ---- conditioning -----------------------------------------------------------------------
+  def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+    from psvae_jax.weights import clip  # pylint: disable=g-import-not-at-top
+    ids, mask = clip.tokenize(self.tokenizer, list(prompts), self.config.data.max_length)
+    return {"input_ids": ids, "attention_mask": mask}
+
+  def condition(self, consts, batch) -> dict[str, jax.Array]:
+    """DiT keyword arguments for a batch (token ids or labels), without the drop flags."""
+    if self.config.model.cond_type == "class":
+      return {"labels": batch["label"].astype(jnp.int32)}
+    hidden, pooled = self.text.apply({"params": consts["text"]}, batch["input_ids"],
+                                     batch["attention_mask"])
+    hidden, pooled = jax.lax.stop_gradient((hidden, pooled))
+    return {"context": hidden, "context_mask": batch["attention_mask"].astype(bool),
+            "pooled": pooled}
+
+  # ---- latents ------------------------------------------------------------------------------
+  def normalize(self, consts, z):
+    return (z - consts["latent_mean"]) / consts["latent_std"]
+
+  def denormalize(self, consts, z):
+    return z * consts["latent_std"] + consts["latent_mean"]
+
+  def decode(self, consts, z_norm):
+    x = self.ae.model.apply({"params": consts["ae"]}, self.denormalize(consts, z_norm),
+                            method=PSVAE.decode)
+    return jnp.clip(x, -1.0, 1.0)
+
+  def encode(self, consts, images):
+    mu, _ = self.ae.model.apply({"params": consts["ae"]}, images, method=PSVAE.encode)
+    return self.normalize(consts, mu)
+
+  # ---- sampling -----------------------------------------------------------------------------
+  @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
+  def sample_latents(self, params, consts, batch, z_start, timesteps, cfg, eta, rng, start_index,
+                     inpaint=None, *, use_inpaint=False):
+    """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
+    cond = self.condition(consts, batch)
+    b = z_start.shape[0]
+    c_on = {**cond, "drop": jnp.zeros((b,), bool)}
+    c_off = {**cond, "drop": jnp.ones((b,), bool)}
+    model_fn = lambda z, t, c: self.dit.apply({"params": params}, z, t, **c)
+    sharding = parallel.batch_sharding(self.mesh, z_start.ndim)
+    inp = inpaint if use_inpaint else None
+    if isinstance(self.objective, objectives.EpsilonObjective):
+      return samplers.ddim_sample(model_fn, self.objective.schedule, z_start, c_on, c_off, timesteps,
+                                  cfg, eta, rng, start_index=start_index, carry_sharding=sharding,
+                                  inpaint=inp)
+    num_steps = jnp.sum(timesteps >= 0)
+    return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps,
+                                 self.config.diffusion.flow_shift, cfg, max_steps=MAX_STEPS,
+                                 start_index=start_index, carry_sharding=sharding, inpaint=inp)
+
+  @functools.partial(jax.jit, static_argnums=(0,))
+  def _decode_jit(self, consts, z):
+    return self.decode(consts, z)
+
+  def generate(self, params, consts, *, prompts=None, labels=None, steps=50, cfg=7.5, eta=0.0,
+               seed=0) -> np.ndarray:
+    """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
+    n = len(prompts) if prompts is not None else len(labels)
+    if n == 0:
+      raise ValueError("Nothing to generate: no prompts or labels.")
+    pad = (-n) % self.mesh.size  # the batch is split over all devices
+    if prompts is not None:
+      prompts = list(prompts) + [prompts[-1]] * pad
+    if labels is not None:
+      labels = np.concatenate([np.asarray(labels), np.repeat(np.asarray(labels)[-1:], pad)])
+    batch = self.host_condition(prompts=prompts, labels=labels)
+    z_t = initial_noise(seed, np.arange(n + pad), self.latent_shape)
+    z0 = self.run(params, consts, batch, z_t, steps=steps, cfg=cfg, eta=eta, seed=seed)
+    return self.to_images(consts, z0)[:n]
+
+  def host_condition(self, prompts=None, labels=None) -> dict[str, np.ndarray]:
+    if self.config.model.cond_type == "class":
+      if labels is None:
+        raise ValueError("This is a class-conditional model: pass labels, not prompts.")
+      return {"label": np.asarray(labels, np.int32)}
+    if prompts is None:
+      raise ValueError("This is a text-conditional model: pass prompts.")
+    return self.tokenize(prompts)
+
+  def timesteps(self, steps: int) -> np.ndarray:
+    if isinstance(self.objective, objectives.EpsilonObjective):
+      return samplers.ddim_timesteps(steps, self.objective.schedule.num_timesteps,
+                                     max_steps=MAX_STEPS)
+    if not 1 <= steps <= MAX_STEPS:
+      raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}.")
+    ts = np.full((MAX_STEPS,), -1, np.int32)
+    ts[:steps] = np.arange(steps)
+    return ts
+
+  def run(self, params, consts, batch, z_start, *, steps, cfg, eta, seed, start_index=0,
+          inpaint=None):
+    put = lambda x: jax.device_put(np.asarray(x), parallel.batch_sharding(self.mesh, np.ndim(x)))
+    batch = {k: put(v) for k, v in batch.items()}
+    z_start = jax.device_put(z_start, parallel.batch_sharding(self.mesh, z_start.ndim))
+    inp = None if inpaint is None else tuple(
+        jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)) for x in inpaint)
+    return self.sample_latents(params, consts, batch, z_start, jnp.asarray(self.timesteps(steps)),
+                               jnp.float32(cfg), jnp.float32(eta),
+                               jax.random.fold_in(jax.random.key(seed), 1 << 20),
+                               jnp.int32(start_index), inp, use_inpaint=inpaint is not None)
+
+  def to_images(self, consts, z0) -> np.ndarray:
+    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+    return metrics_lib.to_uint8(np.asarray(jax.device_get(self._decode_jit(consts, z0))))
+
+  def __hash__(self):
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other

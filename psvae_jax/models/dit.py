@@ -1,0 +1,237 @@
+"""Diffusion Transformer (DiT, Peebles & Xie 2023) with adaLN-Zero blocks, text or class conditioning.
+
+Layout follows the DiT reference: patchify (a Dense on flattened p×p patches, equal to DiT's stride-p conv),
+fixed 2-D sin-cos position embedding, N adaLN-Zero blocks, a final adaLN layer with a zero-initialised linear
+head, unpatchify. The conditioning vector c = timestep embedding (+ label embedding | + projected pooled text)
+drives every block's shift/scale/gate through SiLU → Dense(6·D), zero-initialised, so every block is the
+identity and the output is exactly zero at init.
+
+Text conditioning (``cond_type="text"``) adds, PixArt-style, a pre-LN cross-attention after self-attention in
+every block (not modulated; output projection zero-initialised) to the text token states projected to width,
+masked by the text attention mask. Rows where ``drop`` is True use learned null embeddings
+(``null_context``, ``null_pooled``) instead; class conditioning uses the extra null label ``num_classes``.
+Condition dropout itself (drawing ``drop``) belongs to the training task.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from psvae_jax.models import layers
+
+_XAVIER = nn.initializers.xavier_uniform()
+_ZERO = nn.initializers.zeros
+_NORMAL = nn.initializers.normal(stddev=0.02)
+
+_SIZES = {  # DiT paper, Table 1: width, depth, heads.
+    "tiny": dict(width=128, depth=4, num_heads=4),
+    "S": dict(width=384, depth=12, num_heads=6),
+    "B": dict(width=768, depth=12, num_heads=12),
+    "L": dict(width=1024, depth=24, num_heads=16),
+    "XL": dict(width=1152, depth=28, num_heads=16),
+}
+
+
+def dit_config(size: str) -> dict[str, int]:
+  """``{"width", "depth", "num_heads"}`` for a DiT size: tiny, S, B, L or XL."""
+  if size not in _SIZES:
+    raise ValueError(f"Unknown DiT size {size!r}; choose from {sorted(_SIZES)}.")
+  return dict(_SIZES[size])
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding (B,) → (B, dim) float32, [cos | sin] as in DiT's TimestepEmbedder."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # (half,)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]  # (B, half)
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """x (B, N, D) · (1 + scale) + shift, with shift/scale (B, D)."""
+  return x * (1.0 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+  """adaLN-Zero transformer block, with optional (unmodulated, pre-LN) cross-attention to context tokens."""
+  width: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  cross_attention: bool = False
+  dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> nn.Dense:
+    return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                    bias_init=_ZERO, name=name)
+
+  def _norm(self, name: str, affine: bool = False) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-6, use_bias=affine, use_scale=affine, dtype=self.dtype,
+                        param_dtype=jnp.float32, name=name)
+
+  def _attend(self, q, k, v, mask=None):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None = None,
+               context_mask: jax.Array | None = None) -> jax.Array:
+    """x (B, N, D) tokens; c (B, D) conditioning; context (B, L, D) (already at width); mask (B, L) bool."""
+    b, n, d = x.shape
+    if d % self.num_heads:
+      raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}.")
+    heads, hd = self.num_heads, d // self.num_heads
+    mod = self._dense(6 * d, "adaLN_modulation", _ZERO)(nn.silu(c))  # (B, 6D)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+
+    h = modulate(self._norm("norm1")(x), shift_msa, scale_msa)
+    qkv = self._dense(3 * d, "qkv")(h).reshape(b, n, 3, heads, hd)  # (B, N, 3, H, Dh)
+    a = self._attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, n, d)  # (B, N, D)
+    x = x + gate_msa[:, None] * self._dense(d, "attn_proj")(a)
+
+    if self.cross_attention:
+      h = self._norm("norm_cross", affine=True)(x)
+      q = self._dense(d, "cross_q")(h).reshape(b, n, heads, hd)  # (B, N, H, Dh)
+      kv = self._dense(2 * d, "cross_kv")(context)
+      kv = kv.reshape(b, context.shape[1], 2, heads, hd)  # (B, L, 2, H, Dh)
+      mask = None if context_mask is None else context_mask.astype(bool)[:, None, None, :]  # (B, 1, 1, L)
+      a = self._attend(q, kv[:, :, 0], kv[:, :, 1], mask).reshape(b, n, d)
+      x = x + self._dense(d, "cross_proj", _ZERO)(a)
+
+    h = modulate(self._norm("norm2")(x), shift_mlp, scale_mlp)
+    h = self._dense(int(d * self.mlp_ratio), "mlp_fc1")(h)
+    h = self._dense(d, "mlp_fc2")(nn.gelu(h, approximate=True))
+    return x + gate_mlp[:, None] * h
+
+
+class DiT(nn.Module):
+  """DiT on (B, h, w, C) latents.
+
+  Attributes:
+    width, depth, num_heads, mlp_ratio: transformer size (see ``dit_config``).
+    patch_size: p; h and w must be multiples of it. Tokens: (h/p)·(w/p).
+    out_channels: output channels (default: input C, or 2C with ``learn_sigma``).
+    learn_sigma: output 2C channels (ε and variance), as DiT's default; off here.
+    cond_type: "text" or "class".
+    num_classes: class count (the embedding table has one more row, the null class).
+    t_scale: the timestep embedder sees ``t · t_scale`` (1 for 0..1000 model time; 1000 to feed t ∈ [0, 1]).
+    freq_dim: sinusoidal timestep embedding size (256 in DiT).
+    dtype: compute dtype; parameters are float32; the output is float32.
+    remat: rematerialise blocks in the backward pass.
+    attention_impl: ``implementation`` for ``jax.nn.dot_product_attention`` (None, "xla", "cudnn").
+
+  Text conditioning creates ``null_context`` with the (L, d_text) of the context seen at init: pad prompts
+  to that fixed length L (as tokenizers do with ``padding="max_length"``) and mask the padding.
+  """
+  width: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  mlp_ratio: float = 4.0
+  patch_size: int = 1
+  out_channels: int | None = None
+  learn_sigma: bool = False
+  cond_type: str = "text"
+  num_classes: int = 1000
+  t_scale: float = 1.0
+  freq_dim: int = 256
+  dtype: Any = jnp.float32
+  remat: bool = False
+  attention_impl: str | None = None
+
+  def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> nn.Dense:
+    return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                    bias_init=_ZERO, name=name)
+
+  def _embed_time(self, t: jax.Array) -> jax.Array:
+    emb = timestep_embedding(t * self.t_scale, self.freq_dim).astype(self.dtype)  # (B, F)
+    emb = self._dense(self.width, "t_embed_fc1", _NORMAL)(emb)
+    return self._dense(self.width, "t_embed_fc2", _NORMAL)(nn.silu(emb))  # (B, D)
+
+  def _class_condition(self, labels: jax.Array | None, drop: jax.Array | None) -> jax.Array:
+    if labels is None:
+      raise ValueError("cond_type='class' needs labels.")
+    if drop is not None:
+      labels = jnp.where(drop, self.num_classes, labels)
+    table = nn.Embed(self.num_classes + 1, self.width, embedding_init=_NORMAL, dtype=self.dtype,
+                     param_dtype=jnp.float32, name="label_embed")
+    return table(labels)  # (B, D)
+
+  def _text_condition(self, context, context_mask, pooled, drop):
+    """Returns (vector added to c or None, context (B, L, D), mask (B, L) or None), nulls applied."""
+    if context is None:
+      raise ValueError("cond_type='text' needs context (B, L, d_text).")
+    b, length, d_text = context.shape
+    null_ctx = self.param("null_context", _NORMAL, (length, d_text), jnp.float32)
+    if drop is not None:
+      context = jnp.where(drop[:, None, None], null_ctx[None].astype(context.dtype), context)
+      if context_mask is not None:  # The null context is fully visible.
+        context_mask = jnp.where(drop[:, None], True, context_mask.astype(bool))
+    context = self._dense(self.width, "context_proj")(context.astype(self.dtype))  # (B, L, D)
+    vec = None
+    if pooled is not None:
+      null_pool = self.param("null_pooled", _NORMAL, (pooled.shape[-1],), jnp.float32)
+      if drop is not None:
+        pooled = jnp.where(drop[:, None], null_pool[None].astype(pooled.dtype), pooled)
+      vec = self._dense(self.width, "pooled_proj")(pooled.astype(self.dtype))  # (B, D)
+    return vec, context, context_mask
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array | None = None,
+               context_mask: jax.Array | None = None, pooled: jax.Array | None = None,
+               labels: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
+    """Predicts ε (or v) for latents.
+
+    Args:
+      x: (B, h, w, C) noisy latents.
+      t: (B,) float model time (0..1000 scale unless ``t_scale`` says otherwise).
+      context: text token states (B, L, d_text) ("text").
+      context_mask: (B, L) text attention mask, 1/True = attend ("text").
+      pooled: pooled text vector (B, d_text) ("text", optional; pass it at init iff used later).
+      labels: (B,) int class labels ("class").
+      drop: (B,) bool; True rows use the null condition.
+
+    Returns:
+      (B, h, w, C_out) float32.
+    """
+    b, h, w, ch = x.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f"Latent {h}x{w} is not divisible by patch size {p}.")
+    gh, gw = h // p, w // p
+    out_ch = self.out_channels or (2 * ch if self.learn_sigma else ch)
+
+    patches = x.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * ch)
+    tokens = self._dense(self.width, "patch_embed")(patches.astype(self.dtype))  # (B, N, D)
+    tokens = tokens + jnp.asarray(layers.sincos_2d(gh, gw, self.width), self.dtype)[None]
+
+    c = self._embed_time(t)  # (B, D)
+    ctx = ctx_mask = None
+    if self.cond_type == "class":
+      c = c + self._class_condition(labels, drop)
+    elif self.cond_type == "text":
+      vec, ctx, ctx_mask = self._text_condition(context, context_mask, pooled, drop)
+      if vec is not None:
+        c = c + vec
+    else:
+      raise ValueError(f"cond_type must be 'text' or 'class', got {self.cond_type!r}.")
+
+    block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
+    for i in range(self.depth):
+      tokens = block_cls(self.width, self.num_heads, self.mlp_ratio, cross_attention=ctx is not None,
+                         dtype=self.dtype, attention_impl=self.attention_impl,
+                         name=f"blocks_{i}")(tokens, c, ctx, ctx_mask)
+
+    # Final layer: adaLN (shift, scale) + zero-initialised linear to patch outputs.
+    shift, scale = jnp.split(self._dense(2 * self.width, "final_adaLN", _ZERO)(nn.silu(c)), 2, axis=-1)
+    norm = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name="final_norm")
+    tokens = modulate(norm(tokens), shift, scale)
+    out = self._dense(p * p * out_ch, "final_linear", _ZERO)(tokens)  # (B, N, p·p·C_out)
+    out = out.reshape(b, gh, gw, p, p, out_ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, out_ch)
+    return out.astype(jnp.float32)

@@ -1,0 +1,154 @@
+"""Stage 3: a DiT in the frozen PS-VAE's normalised latent, conditioned on text or class.
+
+Latents come from a latent cache (data.source="latents": batches carry "latent") or are
+encoded on the fly by the frozen autoencoder (batches carry "image"). The autoencoder,
+its latent statistics and the text encoder are constants of the step (frozen, sharded,
+not checkpointed); only the DiT trains. Condition dropout (p_uncond) swaps in the DiT's
+learned null condition.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from psvae_jax import autoencoders
+from psvae_jax import generation
+from psvae_jax.data import pipeline
+from psvae_jax.models import dit as dit_lib
+from psvae_jax.models.autoencoder import PSVAE, reparameterize
+
+
+def build_dit(config, in_channels: int) -> dit_lib.DiT:
+  m = config.model
+  kw = dit_lib.dit_config(m.size)
+  del in_channels
+  return dit_lib.DiT(**kw, patch_size=m.patch_size, cond_type=m.cond_type,
+                     num_classes=m.num_classes, dtype=jnp.dtype(config.dtype), remat=m.remat,
+                     attention_impl=m.attention_impl or None)
+
+
+def load_text_encoder(config):
+  """(module, params, tokenizer) of config.text_encoder (CLIP text or T5), or Nones for class."""
+  if config.model.cond_type != "text":
+    return None, None, None
+  if not config.text_encoder:
+    raise ValueError("A text-conditioned DiT needs --config.text_encoder=DIR (a Hugging Face CLIP "
+                     "text or T5 encoder directory with its tokenizer).")
+  from psvae_jax.weights import clip  # pylint: disable=g-import-not-at-top
+  cfg = clip.read_json(config.text_encoder)
+  if cfg.get("model_type", "").startswith("t5"):
+    from psvae_jax.weights import t5  # pylint: disable=g-import-not-at-top
+    module, params = t5.load_t5_encoder(config.text_encoder, dtype=jnp.dtype(config.dtype))
+  else:
+    module, params = clip.load_clip_text(config.text_encoder, dtype=jnp.dtype(config.dtype))
+  return module, params, clip.load_tokenizer(config.text_encoder)
+
+
+class DiTTask:
+  """Stage 3 (config.stage == "dit")."""
+
+  param_groups: dict = {}
+
+  def __init__(self, config, mesh):
+    self.config = config
+    self.mesh = mesh
+    if not config.autoencoder:
+      raise ValueError("Stage 3 needs --config.autoencoder=DIR (a trained PS-VAE workdir).")
+    self.ae = autoencoders.load_autoencoder(config.autoencoder, mesh)
+    if self.ae.latent_mean is None:
+      raise ValueError(f"{config.autoencoder} has no latent_stats.npz: finish its stage 2 first.")
+    self.text, text_params, tokenizer = load_text_encoder(config)
+    self._text_params = text_params
+    self.model = build_dit(config, self.ae.latent_channels)
+    self.gen = generation.Generator(config, self.model, self.text, tokenizer, self.ae, mesh)
+    self.objective = self.gen.objective
+
+  def init(self, rng):
+    h, w, c = self.ae.latent_shape
+    x = jnp.zeros((1, h, w, c), jnp.float32)
+    t = jnp.zeros((1,), jnp.float32)
+    if self.config.model.cond_type == "class":
+      params = self.model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32))["params"]
+    else:
+      abstract = jax.eval_shape(self.text.apply, {"params": self._text_params},
+                                jnp.zeros((1, self.config.data.max_length), jnp.int32),
+                                jnp.ones((1, self.config.data.max_length), jnp.int32))
+      hid, pooled = abstract
+      params = self.model.init(rng, x, t, context=jnp.zeros(hid.shape, jnp.float32),
+                               context_mask=jnp.ones(hid.shape[:2], bool),
+                               pooled=jnp.zeros(pooled.shape, jnp.float32))["params"]
+    return params, {}
+
+  def make_frozen(self, params):
+    del params
+    return {}
+
+  def constants(self):
+    consts = {"ae": self.ae.params,
+              "latent_mean": jnp.asarray(self.ae.latent_mean, jnp.float32),
+              "latent_std": jnp.asarray(self.ae.latent_std, jnp.float32)}
+    if self._text_params is not None:
+      consts["text"] = self._text_params
+    return consts
+
+  def warm_start(self, params):
+    del params
+    return None
+
+  def _latents(self, consts, batch, rng):
+    if "latent" in batch:
+      return self.gen.normalize(consts, batch["latent"].astype(jnp.float32))
+    mu, logvar = self.ae.model.apply({"params": consts["ae"]}, batch["image"], method=PSVAE.encode)
+    z = reparameterize(rng, mu, logvar) if self.config.diffusion.latent_sample else mu
+    return jax.lax.stop_gradient(self.gen.normalize(consts, z))
+
+  def loss(self, params, frozen, consts, batch, rng):
+    del frozen
+    r_enc, r_t, r_noise, r_drop = jax.random.split(rng, 4)
+    z0 = self._latents(consts, batch, r_enc)
+    b = z0.shape[0]
+    cond = self.gen.condition(consts, batch)
+    drop = jax.random.uniform(r_drop, (b,)) < self.config.diffusion.p_uncond
+    t = self.objective.sample_t(r_t, (b,))
+    noise = jax.random.normal(r_noise, z0.shape, jnp.float32)
+    z_t = self.objective.sample_x_t(z0, t, noise)
+    pred = self.model.apply({"params": params}, z_t, self.objective.model_time(t), **cond, drop=drop)
+    loss = jnp.mean(self.objective.loss(pred, self.objective.target(z0, noise, t)))
+    return loss, {"loss": loss, "latent_std": jnp.std(z0)}
+
+  # ---- evaluation: sample grids (and prompt adherence on the shapes) -----------------------
+  def eval_prompts(self):
+    if not hasattr(self, "_eval"):
+      self._eval = pipeline.build_eval_set(self.config.data, self.config.eval.num_images)
+    return self._eval
+
+  def generate(self, params, consts, captions, labels, cfg):
+    s = self.config.sample
+    return self.gen.generate(params, consts, prompts=None if labels is not None else captions,
+                             labels=labels, steps=s.steps, cfg=cfg, eta=s.eta,
+                             seed=self.config.seed + 12345)
+
+  def evaluate(self, state, consts, mesh, step):
+    del mesh, step
+    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+    data = self.eval_prompts()
+    captions = list(data["caption"])
+    labels = data.get("label") if self.config.model.cond_type == "class" else None
+    scalars, images = {}, {}
+    for cfg in sorted(set([self.config.sample.cfg, 1.0])):
+      out = self.generate(state.ema_params, consts, captions, labels, cfg)
+      suffix = "" if cfg == self.config.sample.cfg else f"_cfg{cfg:g}"
+      if self.config.data.source == "shapes":
+        from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
+        scalars["adherence" + suffix] = float(np.mean(shapes.score_batch(out, captions)))
+      k = min(self.config.eval.num_grid, len(out))
+      images["samples" + suffix] = metrics_lib.grid(out[:k])
+    logging.info("sample settings: steps=%d cfg=%g eta=%g n=%d", self.config.sample.steps,
+                 self.config.sample.cfg, self.config.sample.eta, len(captions))
+    return scalars, images
+
+  def finish(self, state, consts, mesh, workdir, train_iter):
+    del state, consts, mesh, workdir, train_iter

@@ -1,0 +1,224 @@
+"""Tests for diffusion schedules, objectives and samplers (parity with diffusers' DDIMScheduler)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from psvae_jax.diffusion import objectives
+from psvae_jax.diffusion import samplers
+from psvae_jax.diffusion import schedules
+
+SHAPE = (2, 4, 4, 3)  # (B, h, w, C)
+MAX_STEPS = 64  # All DDIM runs below share this padded length, hence one compile per (CFG on/off).
+_TRACES = []  # One entry per trace of the fake model, i.e. per compile of a sampler using it.
+
+
+def _key(seed: int) -> jax.Array:
+  """A key of the "unsafe_rbg" PRNG, to keep compiles short; the point-mass test runs a default key.
+
+  On XLA:CPU every threefry hash in a jitted function (fold_in, split, normal) adds ~1.5 s of compile time
+  with jax_threefry_partitionable (~0.3 s without); "rbg" still hashes with threefry in fold_in/split;
+  "unsafe_rbg" uses RngBitGenerator only. The sampler takes any typed key.
+  """
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def _diffusers_ddim(**kw) -> DDIMScheduler:
+  return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                       clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
+                       prediction_type="epsilon", **kw)
+
+
+def _fake_eps_jax(z, t, cond):
+  """A deterministic ε-model; cond {"c": (B,)} changes it, so cond and uncond are different models."""
+  _TRACES.append(1)
+  c = cond["c"][:, None, None, None]
+  return 0.1 * z * (1.0 + c) + jnp.sin(t[:, None, None, None] / 100.0 + c)
+
+
+def _fake_eps_torch(z, t, c):
+  c = torch.as_tensor(c, dtype=torch.float32)[:, None, None, None]
+  t = torch.full((z.shape[0],), float(t), dtype=torch.float32)[:, None, None, None]
+  return 0.1 * z * (1.0 + c) + torch.sin(t / 100.0 + c)
+
+
+_SAMPLE = jax.jit(functools.partial(samplers.ddim_sample, _fake_eps_jax))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _step_noise(rng, i, shape):
+  return jax.random.normal(jax.random.fold_in(rng, i), shape, jnp.float32)
+
+
+def _reference_ddim(z_T, c, c_null, num_steps, cfg_scale, eta, rng):
+  """diffusers' DDIMScheduler loop, fed our per-step η-noise as ``variance_noise``."""
+  sched = _diffusers_ddim()
+  sched.set_timesteps(num_steps)
+  z = torch.from_numpy(np.array(z_T))
+  for i, t in enumerate(sched.timesteps):
+    eps = _fake_eps_torch(z, t, c)
+    if c_null is not None:
+      eps_u = _fake_eps_torch(z, t, c_null)
+      eps = eps_u + cfg_scale * (eps - eps_u)
+    noise = _step_noise(rng, i, z_T.shape)  # The sampler's η-noise for step i.
+    z = sched.step(eps, t, z, eta=eta, variance_noise=torch.from_numpy(np.array(noise))).prev_sample
+  return z.numpy()
+
+
+def test_schedules_match_diffusers():
+  cases = [(schedules.linear_schedule(), "linear"), (schedules.cosine_schedule(), "squaredcos_cap_v2")]
+  for ours, kind in cases:
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule=kind, beta_start=1e-4, beta_end=0.02)
+    np.testing.assert_allclose(np.asarray(ours.betas), ref.betas.numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(ours.alphas_cumprod), ref.alphas_cumprod.numpy(), rtol=2e-5)
+    assert float(ours.final_alpha_cumprod) == 1.0
+
+
+def test_ddim_timesteps_match_diffusers():
+  for n in (1, 7, 50, 1000):
+    sched = _diffusers_ddim()
+    sched.set_timesteps(n)
+    np.testing.assert_array_equal(samplers.ddim_timesteps(n), sched.timesteps.numpy())
+  padded = samplers.ddim_timesteps(20, max_steps=25)
+  assert padded.shape == (25,) and (padded[20:] == -1).all() and padded[19] == 0
+
+
+@pytest.mark.parametrize("cfg_scale,eta", [(None, 0.0), (7.5, 0.0), (7.5, 0.7)])
+def test_ddim_parity_with_diffusers(cfg_scale, eta):
+  z_T = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+  c, c_null = np.array([0.5, -0.2], np.float32), np.array([-0.3, -0.3], np.float32)
+  c_null = None if cfg_scale is None else c_null
+  rng = _key(3)
+  # 50 steps inside a 64-long padded timesteps array: padding must be a no-op.
+  ours = _SAMPLE(schedules.linear_schedule(), z_T, {"c": c}, None if c_null is None else {"c": c_null},
+                 samplers.ddim_timesteps(50, max_steps=MAX_STEPS), cfg_scale or 1.0, eta, rng, start_index=0)
+  ref = _reference_ddim(z_T, c, c_null, 50, cfg_scale, eta, rng)
+  # This fake model is no denoiser: final latents reach |z| ~ 200, so the bound is relative to max|ref|.
+  err = np.abs(np.asarray(ours) - ref).max() / max(1.0, np.abs(ref).max())
+  assert err <= 1e-5, f"DDIM parity error {err:.2e} (cfg={cfg_scale}, eta={eta})"
+
+
+def test_ddim_does_not_recompile():
+  sched = schedules.linear_schedule()
+  z = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+  cond, uncond = {"c": np.full((2,), 0.5, np.float32)}, {"c": np.full((2,), -0.3, np.float32)}
+
+  def run(n, cfg_scale, eta, seed, start_index):  # Python floats/ints, as a caller passes them.
+    return _SAMPLE(sched, z, cond, uncond, samplers.ddim_timesteps(n, max_steps=MAX_STEPS), cfg_scale, eta,
+                   _key(seed), start_index=start_index)
+
+  first = run(50, 7.5, 0.0, 0, 0)  # Compiles, unless an earlier test already did.
+  traces = len(_TRACES)
+  cache_size = getattr(_SAMPLE, "_cache_size", lambda: None)  # Private jax API: a second witness, if present.
+  cache = cache_size()
+  outs = [run(10, 7.5, 0.0, 0, 0), run(25, 3.0, 0.5, 1, 0), run(50, 1.0, 1.0, 2, 30),
+          run(64, 7.5, 0.3, 0, 0), run(10, 5.0, 0.0, 0, 10)]
+  assert len(_TRACES) == traces, "a sampler argument change retraced (and so recompiled) ddim_sample"
+  assert cache_size() == cache
+  assert not np.allclose(first, outs[0]) and not np.allclose(outs[1], outs[2])
+  np.testing.assert_array_equal(outs[-1], z)  # start_index == num_steps (SDEdit strength 0): input unchanged.
+
+
+_Z0 = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)  # The point-mass data.
+
+
+def _point_mass_eps(z, t, cond):
+  del cond
+  a = schedules.alpha_cumprod_at(schedules.linear_schedule(), t.astype(jnp.int32))[:, None, None, None]
+  return (z - jnp.sqrt(a) * _Z0) / jnp.sqrt(1.0 - a)  # The exact ε when the data is the single point _Z0.
+
+
+# Point-mass tests share one compile: "no inpainting" is inpainting with mask = 1 everywhere.
+_POINT_MASS_SAMPLE = jax.jit(functools.partial(samplers.ddim_sample, _point_mass_eps))
+
+
+def test_ddim_point_mass_returns_data():
+  sched = schedules.linear_schedule()
+  z_T = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
+  regenerate_all = (np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32), z_T)
+  for eta in (0.0, 1.0):
+    out = _POINT_MASS_SAMPLE(sched, z_T, None, None, samplers.ddim_timesteps(10), 1.0, eta,
+                             jax.random.key(1), inpaint=regenerate_all)
+    np.testing.assert_allclose(out, _Z0, atol=1e-4)
+
+
+def test_ddim_inpaint_keeps_known_region():
+  z_known = -_Z0
+  mask = np.zeros(SHAPE, np.float32)
+  mask[:, :2] = 1.0  # Regenerate the top half.
+  noise = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
+  out = _POINT_MASS_SAMPLE(schedules.linear_schedule(), noise, None, None, samplers.ddim_timesteps(10),
+                           1.0, 0.0, jax.random.key(1), inpaint=(z_known, mask, noise))
+  np.testing.assert_allclose(out[:, 2:], z_known[:, 2:], atol=1e-6)
+  np.testing.assert_allclose(out[:, :2], _Z0[:, :2], atol=1e-4)
+
+
+def test_euler_point_mass_returns_data():
+  def velocity(z, t_model, cond):
+    del cond
+    t = (t_model / objectives.MODEL_TIME_SCALE)[:, None, None, None]
+    data = jnp.concatenate([_Z0] * (z.shape[0] // _Z0.shape[0]))  # CFG runs a 2B batch.
+    return (z - data) / t  # The exact v = ε − z0 for data = {z0}, since z_t = (1 − t) z0 + t ε.
+
+  sample = jax.jit(functools.partial(samplers.euler_sample, velocity, max_steps=12))
+  cond = {"c": np.zeros((2,), np.float32)}
+  z_1 = np.random.default_rng(6).standard_normal(SHAPE).astype(np.float32)
+  for n, shift in [(12, 1.0), (5, 3.0)]:  # Traced step count and shift: one compile.
+    np.testing.assert_allclose(sample(z_1, cond, cond, n, shift, 4.0), _Z0, atol=1e-5)
+
+
+@jax.jit
+def _objective_draws(noise, k_eps, k_flow):
+  sched = schedules.linear_schedule()
+  z0 = jnp.full(noise.shape, 1.5)
+  z_500 = schedules.q_sample(sched, z0, jnp.full(noise.shape[:1], 500), noise)
+  z_before_0 = schedules.q_sample(sched, z0[:2], -1, noise[:2])
+  t_eps = objectives.EpsilonObjective(sched).sample_t(k_eps, (5000,))
+  t_flow = objectives.FlowObjective(shift=1.0).sample_t(k_flow, (20000,))
+  t_shifted = objectives.FlowObjective(shift=3.0).sample_t(k_flow, (20000,))
+  return z_500, z_before_0, t_eps, t_flow, t_shifted
+
+
+@pytest.fixture(scope="module")
+def draws():
+  noise = np.random.default_rng(8).standard_normal((20000, 1, 1, 2)).astype(np.float32)
+  return jax.tree.map(np.asarray, _objective_draws(noise, _key(1), _key(2)))
+
+
+def test_q_sample_statistics(draws):
+  z, z_before_0, t_eps, _, _ = draws
+  a = float(schedules.linear_schedule().alphas_cumprod[500])
+  np.testing.assert_allclose(z.mean(), np.sqrt(a) * 1.5, atol=0.02)
+  np.testing.assert_allclose(z.std(), np.sqrt(1 - a), rtol=0.02)
+  np.testing.assert_allclose(z_before_0, 1.5)  # t < 0: ᾱ = final_alpha_cumprod = 1, no noise.
+  assert t_eps.dtype == np.float32 and (t_eps == np.round(t_eps)).all()
+  assert t_eps.min() == 0 and t_eps.max() == 999
+
+
+def test_flow_objective_target_and_interpolation():
+  obj = objectives.FlowObjective(shift=3.0)
+  rng = np.random.default_rng(7)
+  x0, noise = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
+  np.testing.assert_allclose(obj.target(x0, noise, None), noise - x0, atol=1e-6)
+  t = np.array([0.0, 1.0], np.float32)
+  np.testing.assert_allclose(obj.sample_x_t(x0, t, noise), np.stack([x0[0], noise[1]]), atol=1e-6)
+  t = np.array([0.25, 0.5], np.float32)
+  expected = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+  np.testing.assert_allclose(obj.sample_x_t(x0, t, noise), expected, atol=1e-6)
+  np.testing.assert_allclose(obj.model_time(t), t * 1000)
+
+
+def test_flow_shift_formula(draws):
+  t = np.linspace(0.0, 1.0, 11)
+  np.testing.assert_allclose(objectives.shift_time(t, 1.0), t)
+  np.testing.assert_allclose(objectives.shift_time(0.5, 3.0), 0.75)
+  np.testing.assert_allclose(objectives.shift_time(t, 3.0), 3 * t / (1 + 2 * t))
+  _, _, _, t_flow, t_shifted = draws
+  assert 0 < t_flow.min() and t_flow.max() < 1
+  np.testing.assert_allclose(np.median(t_flow), 0.5, atol=0.02)  # Logit-normal(0, 1) has median 0.5.
+  np.testing.assert_allclose(t_shifted, objectives.shift_time(t_flow, 3.0), atol=1e-6)
