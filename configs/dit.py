@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base_config("dit")
   c.autoencoder = ""  # stage-2 (PS-VAE) workdir: frozen encoder/decoder + latent_stats.npz
   c.text_encoder = ""  # HF directory of a CLIP text model or T5 encoder (+ its tokenizer)
+  c.train_text_encoder = False  # True: fine-tune it jointly (small encoders; the demo's)
   size, cond = ("tiny", "text") if variant == "tiny" else variant.split("_")
   c.model = ml_collections.ConfigDict(dict(
       size=size, patch_size=1, cond_type=cond, num_classes=1000, remat=False,

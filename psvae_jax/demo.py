@@ -2,9 +2,10 @@
 
   python -m psvae_jax.demo --outdir=runs/demo   (what launch/demo.sh runs)
 
-Stage 1 (S-VAE) then stage 2 (PS-VAE, warm-started from stage 1) train in one process
-(imports and JAX start-up paid once); each stage is also runnable on its own through
-`python -m psvae_jax.main` with the same configs (`configs/svae.py:tiny`, ...).
+Stage 1 (S-VAE), stage 2 (PS-VAE, warm-started from stage 1) and stage 3 (DiT in the
+stage-2 latent, text-conditioned) train in one process (imports and JAX start-up paid
+once); each stage is also runnable on its own through `python -m psvae_jax.main` with the
+same configs (`configs/svae.py:tiny`, `configs/psvae.py:tiny`, `configs/dit.py:tiny`).
 """
 
 import json
@@ -50,6 +51,23 @@ def main(argv):
   for k in ("psnr", "ssim", "semantic_cos", "recon_adherence"):
     report[k] = m2.get(k)
   report["psnr_stage1"] = m1.get("psnr")
+
+  # Stage 3: a frozen, random-initialised CLIP-shaped text encoder over the shapes words
+  # (psvae_jax/weights/demo_text.py says why), then the DiT in the PS-VAE latent.
+  t3 = time.time()
+  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+  from psvae_jax.weights import demo_text  # pylint: disable=g-import-not-at-top
+  text_dir = demo_text.build_demo_text_encoder(f"{out}/text_encoder",
+                                               demo_text.shapes_vocabulary())
+  c3 = _scaled(dit_config.get_config("tiny"), _STEPS_SCALE.value)
+  c3.autoencoder, c3.text_encoder = f"{out}/psvae", text_dir
+  m3 = loop.train_and_evaluate(c3, f"{out}/dit")
+  report["stage3"] = m3
+  report["adherence"] = m3.get("adherence")
+  report["adherence_cfg1"] = m3.get("adherence_cfg1")
+  report["sample_settings"] = dict(steps=c3.sample.steps, cfg=c3.sample.cfg, eta=c3.sample.eta,
+                                   num_prompts=c3.eval.num_images)
+  report["seconds_stage3"] = time.time() - t3
   report["seconds"] = time.time() - t0
   with open(f"{out}/report.json", "w") as f:
     json.dump(report, f, indent=2, sort_keys=True)

@@ -61,13 +61,20 @@ class Generator:
     ids, mask = clip.tokenize(self.tokenizer, list(prompts), self.config.data.max_length)
     return {"input_ids": ids, "attention_mask": mask}
 
-  def condition(self, consts, batch) -> dict[str, jax.Array]:
-    """DiT keyword arguments for a batch (token ids or labels), without the drop flags."""
+  def condition(self, params, consts, batch) -> dict[str, jax.Array]:
+    """DiT keyword arguments for a batch (token ids or labels), without the drop flags.
+
+    The text encoder's weights are params["text"] when it trains jointly, else consts["text"]
+    (frozen: no gradient flows into it).
+    """
     if self.config.model.cond_type == "class":
       return {"labels": batch["label"].astype(jnp.int32)}
-    hidden, pooled = self.text.apply({"params": consts["text"]}, batch["input_ids"],
+    trained = "text" in params
+    text_params = params["text"] if trained else consts["text"]
+    hidden, pooled = self.text.apply({"params": text_params}, batch["input_ids"],
                                      batch["attention_mask"])
-    hidden, pooled = jax.lax.stop_gradient((hidden, pooled))
+    if not trained:
+      hidden, pooled = jax.lax.stop_gradient((hidden, pooled))
     return {"context": hidden, "context_mask": batch["attention_mask"].astype(bool),
             "pooled": pooled}
 
@@ -92,11 +99,11 @@ class Generator:
   def sample_latents(self, params, consts, batch, z_start, timesteps, cfg, eta, rng, start_index,
                      inpaint=None, *, use_inpaint=False):
     """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
-    cond = self.condition(consts, batch)
+    cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
     c_on = {**cond, "drop": jnp.zeros((b,), bool)}
     c_off = {**cond, "drop": jnp.ones((b,), bool)}
-    model_fn = lambda z, t, c: self.dit.apply({"params": params}, z, t, **c)
+    model_fn = lambda z, t, c: self.dit.apply({"params": params["dit"]}, z, t, **c)
     sharding = parallel.batch_sharding(self.mesh, z_start.ndim)
     inp = inpaint if use_inpaint else None
     if isinstance(self.objective, objectives.EpsilonObjective):

@@ -18,12 +18,7 @@ from psvae_jax.train import loop
 from psvae_jax.train import optim
 from psvae_jax.train.tasks import autoencoder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Smaller than `tiny` so that each compile stays short; same code path.
-SMALL = ["--config.model.encoder.num_layers=1", "--config.model.pixel_decoder.num_layers=1",
-         "--config.batch_size=8", "--config.eval.num_images=16", "--config.eval.batch_size=8",
-         "--config.eval.num_grid=4", "--config.log_every=2", "--config.latent_stats_images=16"]
+from conftest import ROOT, SMALL_AE, run_main  # pylint: disable=g-bad-import-order
 
 
 def _small(config):
@@ -33,28 +28,16 @@ def _small(config):
   return config
 
 
-def _main(workdir, stage, *extra, wait=True):
+def _popen(workdir, stage, *extra):
   cmd = [sys.executable, "-m", "psvae_jax.main", f"--config=configs/{stage}.py:tiny",
-         f"--workdir={workdir}", *SMALL, *extra]
+         f"--workdir={workdir}", *SMALL_AE, *extra]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-  if not wait:
-    return proc
-  out, _ = proc.communicate(timeout=600)
-  assert proc.returncode == 0, out[-3000:]
-  return out
 
 
-@pytest.fixture(scope="module")
-def stage1_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("svae")
-  _main(workdir, "svae", "--config.num_train_steps=6", "--config.eval_every=6",
-        "--config.ckpt_every=6")
-  return workdir
-
-
-def test_stage1_workdir_contract(stage1_dir):
+def test_stage1_workdir_contract(svae_dir):
+  stage1_dir = svae_dir
   assert (stage1_dir / "config.json").exists()
   assert (stage1_dir / "metrics.json").exists()
   assert (stage1_dir / "checkpoints" / "6").exists()
@@ -62,10 +45,11 @@ def test_stage1_workdir_contract(stage1_dir):
   assert list((stage1_dir / "samples").glob("reconstructions_*.png"))
 
 
-def test_stage2_sigterm_then_resume(stage1_dir, tmp_path):
+def test_stage2_sigterm_then_resume(svae_dir, tmp_path):
+  stage1_dir = svae_dir
   args = ("--config.num_train_steps=40", "--config.eval_every=40", "--config.ckpt_every=1000",
           f"--config.init_from={stage1_dir}")
-  proc = _main(tmp_path, "psvae", *args, wait=False)
+  proc = _popen(tmp_path, "psvae", *args)
   lines = []
   deadline = time.time() + 300
   for line in proc.stdout:  # wait until training is under way, then preempt
@@ -80,7 +64,7 @@ def test_stage2_sigterm_then_resume(stage1_dir, tmp_path):
   saved = checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step()
   assert saved is not None and 4 <= saved < 40, saved
 
-  out = _main(tmp_path, "psvae", *args)
+  out = run_main(tmp_path, "configs/psvae.py:tiny", *SMALL_AE, *args)
   assert f"Resuming from {tmp_path}/checkpoints/{saved}" in out
   assert f"step {saved}:" not in out and f"step {saved + 2 - saved % 2}:" in out
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 40
@@ -88,7 +72,8 @@ def test_stage2_sigterm_then_resume(stage1_dir, tmp_path):
   assert stats["mean"].shape == (16,) and np.all(stats["std"] > 0)
 
 
-def test_mismatched_checkpoint_is_named(stage1_dir):
+def test_mismatched_checkpoint_is_named(svae_dir):
+  stage1_dir = svae_dir
   config = svae_config.get_config("tiny")
   config.model.latent_channels = 4  # stage 1 was trained with 16
   task = autoencoder.AutoencoderTask(_small(config))

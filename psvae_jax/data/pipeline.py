@@ -1,249 +1,219 @@
 """Grain input pipeline: training batch iterator and a fixed evaluation set.
 
 Train pipeline (per JAX process):
-  source -> this process's contiguous shard -> seeded shuffle, repeated
-  forever (reshuffled each epoch) -> decode / resize / crop / flip (uint8,
-  per record; undecodable records become None) -> skip None records (counted)
-  -> batch (drop remainder; to float32 in [-1, 1]) -> optional worker
-  processes -> `BatchIterator`.
+  source (`sources.get_source`) -> this process's contiguous shard -> seeded shuffle,
+  repeated forever (reshuffled each epoch) -> per record: caption repair, decode to RGB
+  (`decode.py`), crop (center or random) + resize, flip, tokenization -> skip bad
+  records (counted by kind) -> batch (drop remainder; to float32 in [-1, 1]) ->
+  optional worker processes -> `iterators.BatchIterator`.
 
-Batches are dicts of numpy arrays: "image" float32 (b, H, W, 3) in [-1, 1],
-"caption" object array (b,) of str, "label" int32 (b,) (-1 when unlabelled),
-with b = global_batch_size // jax.process_count().
+Batches are dicts of numpy arrays, b = global_batch_size // process_count:
+  "image"           float32 (b, S, S, 3) in [-1, 1]   S = data.image_size (pixel target)
+  "image_enc"       float32 (b, E, E, 3) in [-1, 1]   only if data.encoder_image_size > 0
+                    (the same crop and flip as "image", resized to E for the encoder)
+  "caption"         object (b,) of str
+  "label"           int32 (b,), -1 when unlabelled
+  "input_ids"       int32 (b, L)                      only if data.tokenizer is set
+  "attention_mask"  int32 (b, L)                      L = data.max_length
 
-The iterator is checkpointable: `get_state()` / `set_state()`, and
-`iterator_checkpoint_args` gives the Orbax args for an item of a
-CheckpointManager that uses grain's handler.
+Bad records never stop training: they are skipped or repaired, and counted
+(`iterator.counters()`, e.g. {"skipped_corrupt": 1, "repaired_caption_truncated": 2});
+see `decode.py` and `text.py` for the kinds. Records without a usable caption are kept
+with caption "" ("kept_caption_*") or skipped ("skipped_caption_*") per
+`data.empty_captions` ("keep" | "skip"). A source with no usable record fails at
+construction (`data.probe_records` random records are checked until one is usable),
+and the iterator raises if a whole pass over the shard yields none.
+
+The iterator is checkpointable: `get_state()` / `set_state()` restore the exact batch
+sequence (and the counters); `iterator_checkpoint_args` gives grain's Orbax args.
+A `data.source="latents"` config is served by `latents.build_latent_iterator`.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 from typing import Any, Sequence
 
 from absl import logging
 import grain
 import numpy as np
-from PIL import Image
 
+from psvae_jax.data import decode
+from psvae_jax.data import iterators
 from psvae_jax.data import sources
+from psvae_jax.data import text
 
 Record = dict[str, Any]
 Batch = dict[str, np.ndarray]
-
-_NUM_BAD = "num_bad"  # Per-record count of bad records skipped before it.
-_MAX_CONSECUTIVE_BAD = 1000
-
-
-def _load_image(record: Record, image_size: int) -> np.ndarray:
-  """Decoded RGB pixels of a record: uint8 (H, W, 3)."""
-  image = record.get("image")
-  if isinstance(image, np.ndarray):
-    if image.ndim == 2:
-      image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-      raise ValueError(f"Bad image array shape {image.shape}.")
-    if image.shape[-1] == 1:
-      image = np.repeat(image, 3, axis=-1)
-    return np.asarray(image[..., :3], dtype=np.uint8)
-  if isinstance(image, (bytes, bytearray)):
-    pil = Image.open(io.BytesIO(image))
-  elif "path" in record:
-    pil = Image.open(record["path"])
-  else:
-    raise ValueError(f"Record has no pixels: keys {sorted(record)}.")
-  with pil:
-    pil.draft("RGB", (image_size, image_size))  # Fast JPEG downscaled decode.
-    return np.asarray(pil.convert("RGB"), dtype=np.uint8)
-
-
-def _resize_crop(image: np.ndarray, image_size: int, crop: str,
-                 rng: np.random.Generator | None) -> np.ndarray:
-  """Resizes the shorter side to image_size (bicubic) and crops the square."""
-  height, width = image.shape[:2]
-  if (height, width) == (image_size, image_size):
-    return image
-  scale = image_size / min(height, width)
-  new_h = max(image_size, round(height * scale))
-  new_w = max(image_size, round(width * scale))
-  if (new_h, new_w) != (height, width):
-    # PIL filters with a support scaled by the ratio: antialiased downscaling.
-    image = np.asarray(Image.fromarray(image).resize(
-        (new_w, new_h), Image.Resampling.BICUBIC))
-  if crop == "random" and rng is not None:
-    top = int(rng.integers(0, new_h - image_size + 1))
-    left = int(rng.integers(0, new_w - image_size + 1))
-  else:
-    top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-  return image[top:top + image_size, left:left + image_size]
+_IMAGE_KEYS = ("image", "image_enc")
+cfg_get = sources.cfg_get
+BatchIterator = iterators.BatchIterator
 
 
 class Preprocess(grain.transforms.RandomMap):
-  """Record -> {"image": uint8 (S, S, 3), "caption", "label"} or None if bad."""
+  """Source record -> pixels, caption and tokens; or {SKIP: kind} when unusable."""
 
-  def __init__(self, image_size: int, crop: str = "center",
-               random_flip: bool = False):
+  def __init__(self, image_size: int, crop: str = "center", random_flip: bool = False, *,
+               encoder_image_size: int = 0, max_pixels: int = 50_000_000,
+               min_image_size: int = 8, alpha_background: str = "white",
+               max_caption_chars: int = 1000, empty_captions: str = "keep",
+               tokenizer: text.CaptionTokenizer | None = None):
     if crop not in ("center", "random"):
       raise ValueError(f"crop must be 'center' or 'random', got {crop!r}.")
+    if empty_captions not in ("keep", "skip"):
+      raise ValueError(f"empty_captions must be 'keep' or 'skip', got {empty_captions!r}.")
     self._image_size = int(image_size)
+    self._encoder_image_size = int(encoder_image_size or 0)
     self._crop = crop
     self._random_flip = bool(random_flip)
+    self._decode_kwargs = dict(
+        min_decode_size=max(self._image_size, self._encoder_image_size),
+        max_pixels=int(max_pixels), min_size=int(min_image_size),
+        background=decode.background_color(alpha_background))
+    self._max_caption_chars = int(max_caption_chars)
+    self._skip_empty = empty_captions == "skip"
+    self._tokenizer = tokenizer
 
-  def random_map(self, element: Record,
-                 rng: np.random.Generator | None) -> Record | None:
+  def _caption(self, element: Record, rng) -> tuple[str, list[str], str | None]:
+    """(text, counter kinds, skip kind or None)."""
+    caption, kinds = text.clean_caption(element.get("caption"), self._max_caption_chars, rng)
+    for missing in (text.CAPTION_MISSING, text.CAPTION_EMPTY):
+      if missing in kinds:
+        kinds.remove(missing)
+        if self._skip_empty:
+          return caption, kinds, f"skipped_{missing}"
+        kinds.append(f"kept_{missing}")
+    return caption, kinds, None
+
+  def random_map(self, element: Record, rng: np.random.Generator | None) -> Record:
+    # A skipped record is counted once, under its skip kind (no repairs reported).
+    caption, kinds, skip = self._caption(element, rng)
+    if skip:
+      return {iterators.SKIP: skip}
     try:
-      image = _load_image(element, self._image_size)
-      image = _resize_crop(image, self._image_size, self._crop, rng)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      # Any undecodable / malformed input is skipped (and counted) downstream.
-      logging.warning("Skipping bad record %s: %r",
-                      element.get("path", "<in-memory>"), e)
-      return None
-    if self._random_flip and rng is not None and rng.random() < 0.5:
-      image = image[:, ::-1]
-    return {"image": np.ascontiguousarray(image),
-            "caption": str(element.get("caption", "")),
-            "label": np.int32(element.get("label", -1))}
+      image, repairs = decode.load_rgb(element, **self._decode_kwargs)
+    except decode.BadImage as e:
+      logging.log_first_n(logging.WARNING, "Skipping bad image %s: %s", 50,
+                          element.get("path") or element.get("key", "<in-memory>"), e)
+      return {iterators.SKIP: e.kind}
+    box = decode.crop_box(image.shape[0], image.shape[1], self._crop, rng)
+    flip = self._random_flip and rng is not None and rng.random() < 0.5
+    out = {"image": decode.resize_box(image, box, self._image_size)}
+    if self._encoder_image_size:
+      out["image_enc"] = decode.resize_box(image, box, self._encoder_image_size)
+    if flip:
+      out = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in out.items()}
+    out.update(caption=caption, label=np.int32(element.get("label", -1)))
+    if self._tokenizer is not None:
+      out.update(self._tokenizer(caption))
+    out[iterators.KINDS_KEY] = kinds + repairs
+    return out
 
 
-class _SkipNoneIterator(grain.DatasetIterator):
-  """Drops None elements, recording how many were dropped before each one."""
-
-  def __next__(self) -> Record:
-    skipped = 0
-    while True:
-      element = next(self._parent)
-      if element is not None:
-        return {**element, _NUM_BAD: np.int32(skipped)}
-      skipped += 1
-      if skipped >= _MAX_CONSECUTIVE_BAD:
-        raise RuntimeError(
-            f"{skipped} consecutive bad records: is the data source broken?")
-
-  def get_state(self) -> dict[str, Any]:
-    return self._parent.get_state()
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state)
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 (b, H, W, 3) -> float32 in [-1, 1]."""
+  out = images.astype(np.float32)
+  out *= np.float32(1 / 127.5)
+  out -= np.float32(1)
+  return out
 
 
-class _SkipNoneIterDataset(grain.IterDataset):
-  """IterDataset view of `_SkipNoneIterator` (runs inside workers)."""
+def images_to_float(batch: Batch) -> Batch:
+  """Converts a batch's uint8 image fields to float32 in [-1, 1] (in the main process:
+  worker processes ship uint8, 4x less data)."""
+  return {k: to_float(v) if k in _IMAGE_KEYS and v.dtype == np.uint8 else v
+          for k, v in batch.items()}
 
-  def __iter__(self) -> _SkipNoneIterator:
-    return _SkipNoneIterator(self._parent.__iter__())
 
-
-def _collate(records: Sequence[Record]) -> Batch:
-  """Stacks records: image uint8 -> float32 (b, S, S, 3) in [-1, 1]."""
-  images = np.stack([r["image"] for r in records])  # (b, S, S, 3) uint8
+def collate(records: Sequence[Record], as_float: bool = True) -> Batch:
+  """Stacks preprocessed records into a batch (see the module docstring); images stay
+  uint8 when not as_float."""
   captions = np.empty(len(records), dtype=object)  # (b,) of str
   captions[:] = [r["caption"] for r in records]
-  return {
-      "image": images.astype(np.float32) / np.float32(127.5) - np.float32(1),
-      "caption": captions,
-      "label": np.array([r["label"] for r in records], dtype=np.int32),
-      _NUM_BAD: np.array([r[_NUM_BAD] for r in records], dtype=np.int32),
-  }
+  batch = {"image": np.stack([r["image"] for r in records]),  # (b, S, S, 3) uint8
+           "caption": captions,
+           "label": np.array([r["label"] for r in records], dtype=np.int32)}
+  if "image_enc" in records[0]:
+    batch["image_enc"] = np.stack([r["image_enc"] for r in records])  # (b, E, E, 3) uint8
+  for key in ("input_ids", "attention_mask"):
+    if key in records[0]:
+      batch[key] = np.stack([r[key] for r in records])  # (b, L) int32
+  return images_to_float(batch) if as_float else batch
 
 
-class BatchIterator(grain.DatasetIterator):
-  """Yields training batches and counts the bad records that were skipped.
-
-  State (`get_state`) is the grain pipeline state plus the bad-record count;
-  it is JSON-serializable, as grain's Orbax checkpoint handler requires.
-  """
-
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-    self.num_bad_records = 0
-
-  def __next__(self) -> Batch:
-    batch = dict(next(self._parent))
-    num_bad = int(batch.pop(_NUM_BAD).sum())
-    if num_bad:
-      self.num_bad_records += num_bad
-      logging.warning("Skipped %d bad records (%d in total).", num_bad,
-                      self.num_bad_records)
-    return batch
-
-  def get_state(self) -> dict[str, Any]:
-    return {"pipeline": self._parent.get_state(),
-            "num_bad_records": self.num_bad_records}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state["pipeline"])
-    self.num_bad_records = int(state.get("num_bad_records", 0))
-
-  def __str__(self) -> str:
-    return f"BatchIterator(num_bad_records={self.num_bad_records})"
+def make_tokenizer(data_cfg: Any) -> text.CaptionTokenizer | None:
+  """The configured tokenizer, loaded now so a bad directory fails early."""
+  path = cfg_get(data_cfg, "tokenizer", "") or ""
+  if not path:
+    return None
+  tokenizer = text.CaptionTokenizer(path, int(cfg_get(data_cfg, "max_length", 77) or 77))
+  tokenizer.load()
+  return tokenizer
 
 
-def _preprocess_from_cfg(data_cfg: Any) -> Preprocess:
-  random_flip = bool(sources.cfg_get(data_cfg, "random_flip", False))
-  if random_flip and sources.cfg_get(data_cfg, "source") == "shapes":
-    raise ValueError("random_flip must be off for shapes: captions say "
-                     "left/right.")
+def preprocess_from_cfg(data_cfg: Any, train: bool = True) -> Preprocess:
+  """Training (crop / flip as configured) or evaluation (center, no flip) transform."""
+  random_flip = bool(cfg_get(data_cfg, "random_flip", False)) and train
+  if random_flip and cfg_get(data_cfg, "source") == "shapes":
+    raise ValueError("random_flip must be off for shapes: captions say left/right.")
   return Preprocess(
-      image_size=int(sources.cfg_get(data_cfg, "image_size")),
-      crop=sources.cfg_get(data_cfg, "crop", "center") or "center",
-      random_flip=random_flip)
+      image_size=int(cfg_get(data_cfg, "image_size")),
+      crop=(cfg_get(data_cfg, "crop", "center") or "center") if train else "center",
+      random_flip=random_flip,
+      encoder_image_size=int(cfg_get(data_cfg, "encoder_image_size", 0) or 0),
+      max_pixels=int(cfg_get(data_cfg, "max_pixels", 50_000_000) or 50_000_000),
+      min_image_size=int(cfg_get(data_cfg, "min_image_size", 8) or 1),
+      alpha_background=cfg_get(data_cfg, "alpha_background", "white") or "white",
+      max_caption_chars=int(cfg_get(data_cfg, "max_caption_chars", 1000) or 1000),
+      empty_captions=cfg_get(data_cfg, "empty_captions", "keep") or "keep",
+      tokenizer=make_tokenizer(data_cfg))
 
 
-def build_train_iterator(data_cfg: Any, *, global_batch_size: int,
-                         seed: int) -> BatchIterator:
+def build_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
+                         process_index: int | None = None,
+                         process_count: int | None = None) -> BatchIterator:
   """Infinite, seeded, checkpointable iterator of this process's batches.
 
   Args:
-    data_cfg: data config (see `sources.get_source`) with optional `crop`
-      ("center" | "random"), `random_flip`, `num_workers` (0: in-process),
-      `prefetch` (batches buffered per worker / in-process), `num_threads`
-      (reader threads per process). Worker processes are spawned and read
-      absl flags, so the program must have parsed them (absl.app.run does).
-    global_batch_size: batch size over all JAX processes.
+    data_cfg: data config (see `sources.get_source` and configs/common.py): also
+      `crop`, `random_flip`, `encoder_image_size`, `tokenizer`, `max_length`,
+      `max_pixels`, `min_image_size`, `alpha_background`, `max_caption_chars`,
+      `empty_captions`, `probe_records`, `num_workers` (0: in-process), `prefetch`
+      (batches buffered per worker), `num_threads` (reader threads per process).
+      Worker processes are spawned and read absl flags, so the program must have
+      parsed them (absl.app.run does).
+    global_batch_size: batch size over all processes.
     seed: shuffle / augmentation seed, in [0, 2**32 - 2].
+    process_index: this process (default jax.process_index()).
+    process_count: number of processes (default jax.process_count()).
 
   Returns:
-    A `BatchIterator` of dicts: "image" float32 (b, S, S, 3) in [-1, 1],
-    "caption" object (b,) of str, "label" int32 (b,).
+    A `BatchIterator` of batches as in the module docstring.
 
   Raises:
-    ValueError: if global_batch_size is not divisible by the process count or
-      this process's shard is empty.
+    ValueError: if global_batch_size is not divisible by the process count, this
+      process's shard is empty, or none of the probed records is usable.
   """
-  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-  if global_batch_size <= 0 or global_batch_size % shard.shard_count:
-    raise ValueError(
-        f"global_batch_size={global_batch_size} must be a positive multiple "
-        f"of jax.process_count()={shard.shard_count}.")
-  batch_size = global_batch_size // shard.shard_count
-  preprocess = _preprocess_from_cfg(data_cfg)
-  num_workers = int(sources.cfg_get(data_cfg, "num_workers", 0) or 0)
-  prefetch = max(1, int(sources.cfg_get(data_cfg, "prefetch", 2) or 1))
-  num_threads = int(sources.cfg_get(data_cfg, "num_threads", 8) or 0)
-
+  if cfg_get(data_cfg, "source") == "latents":
+    from psvae_jax.data import latents  # pylint: disable=g-import-not-at-top
+    return latents.build_latent_iterator(
+        data_cfg, global_batch_size=global_batch_size, seed=seed,
+        process_index=process_index, process_count=process_count)
+  index, count = iterators.process_info(process_index, process_count)
+  batch_size = iterators.per_process_batch(global_batch_size, count)
+  preprocess = preprocess_from_cfg(data_cfg, train=True)
   source = sources.get_source(data_cfg, "train")
-  shard_size = len(source) // shard.shard_count  # Equal shards (drop rest).
-  if shard_size == 0:
-    raise ValueError(f"{source!r} has fewer records than processes.")
-  start = shard.shard_index * shard_size
-  ds = grain.MapDataset.source(source)[start:start + shard_size]
-  ds = ds.shuffle(seed=seed).repeat(None)  # Reshuffled every epoch.
-  ds = ds.random_map(preprocess, seed=seed + 1)
-  it_ds = ds.to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads,
-                        prefetch_buffer_size=max(batch_size * prefetch,
-                                                 num_threads)),
-      allow_nones=True)
-  it_ds = _SkipNoneIterDataset(it_ds)
-  it_ds = it_ds.batch(batch_size, drop_remainder=True, batch_fn=_collate)
-  if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=prefetch))
-  logging.info("Train pipeline: %r, shard %d/%d (%d records), batch %d, "
-               "%d workers.", source, shard.shard_index, shard.shard_count,
-               shard_size, batch_size, num_workers)
-  return BatchIterator(iter(it_ds))
+  start, stop = iterators.shard_bounds(len(source), index, count)
+  iterators.probe(source, preprocess.random_map, start=start, stop=stop, seed=seed,
+                  num_records=int(cfg_get(data_cfg, "probe_records", 64) or 64))
+  num_workers = int(cfg_get(data_cfg, "num_workers", 0) or 0)
+  logging.info("Train pipeline: %r, shard %d/%d [%d, %d), batch %d, %d workers.",
+               source, index, count, start, stop, batch_size, num_workers)
+  return iterators.build_iterator(
+      source, preprocess, functools.partial(collate, as_float=False), batch_size=batch_size,
+      seed=seed, start=start, stop=stop,
+      num_threads=int(cfg_get(data_cfg, "num_threads", 8) or 0), num_workers=num_workers,
+      prefetch=max(1, int(cfg_get(data_cfg, "prefetch", 2) or 1)), finalize=images_to_float)
 
 
 def iterator_checkpoint_args(iterator: grain.DatasetIterator, save: bool):
@@ -270,27 +240,30 @@ def iterator_checkpoint_args(iterator: grain.DatasetIterator, save: bool):
 def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
   """The first `num_images` good records of the held-out split.
 
-  Deterministic: center crop, no flip, no shuffling.
+  Deterministic: center crop, no flip, no shuffling, first caption of alternatives.
 
   Args:
     data_cfg: data config (see `sources.get_source`).
     num_images: number of images.
 
   Returns:
-    {"image": float32 (N, S, S, 3) in [-1, 1], "caption": list of N str}.
+    {"image": float32 (N, S, S, 3) in [-1, 1], "caption": list of N str, "label":
+    int32 (N,)}, plus "image_enc" / "input_ids" / "attention_mask" when configured.
   """
   source = sources.get_source(data_cfg, "eval")
-  preprocess = Preprocess(int(sources.cfg_get(data_cfg, "image_size")))
+  preprocess = preprocess_from_cfg(data_cfg, train=False)
   records = []
   for index in range(len(source)):
     if len(records) == num_images:
       break
     record = preprocess.random_map(source[index], None)
-    if record is not None:
+    if iterators.SKIP not in record:
       records.append(record)
   if len(records) < num_images:
     raise ValueError(f"Asked for {num_images} eval images but {source!r} has "
                      f"only {len(records)} good ones.")
-  images = np.stack([r["image"] for r in records])  # (N, S, S, 3) uint8
-  return {"image": images.astype(np.float32) / np.float32(127.5) - 1.0,
-          "caption": [r["caption"] for r in records]}
+  if not records:
+    raise ValueError("build_eval_set needs num_images > 0.")
+  batch = collate(records)
+  batch["caption"] = list(batch["caption"])
+  return batch

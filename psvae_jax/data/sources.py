@@ -1,23 +1,38 @@
-"""Random-access data sources (grain `RandomAccessDataSource` protocol).
+"""Random-access data sources (grain `RandomAccessDataSource` protocol) and the registry.
 
-Every source returns dict records with a "caption" (str, may be empty) and a
-"label" (int, -1 when unlabelled) plus the pixels: either "image" (uint8
-(H, W, 3) array or encoded bytes) or "path" (a file to decode). Decoding and
-resizing happen in the input pipeline (`psvae_jax.data.pipeline`).
+Every source returns dict records with a "caption" (raw: str, bytes, a list of
+alternatives, or None when there is none), a "label" (int, -1 when unlabelled) and the
+pixels: "image" (uint8 (H, W, 3) array, or encoded bytes) or "path" (a file to
+decode). Decoding, caption repair and resizing happen in the input pipeline
+(`psvae_jax.data.pipeline`), where bad records are skipped and counted.
+
+`get_source(data_cfg, split)` picks the source from `data.source`:
+  * "shapes": the synthetic captioned shapes (`psvae_jax.data.shapes`);
+  * "folder": an image folder (`data.path`): class subfolders, captions.jsonl or .txt
+    sidecars, optional train/ and val/ split subfolders;
+  * "tfds": a prepared TensorFlow Datasets dataset in ArrayRecord format
+    (`data.tfds_name`, `data.path` = its data_dir; see `tfds_source.py` for how to
+    prepare ImageNet, COCO or a folder);
+  * "latents": a latent cache written by `python -m psvae_jax.data.cache` (`data.path`);
+    its "eval" split is the eval split of the dataset the cache was made from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import json
+import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
 
 from psvae_jax.data import shapes
+from psvae_jax.data import text
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CAPTIONS_FILE = "captions.jsonl"
 EVAL_INDEX_OFFSET = 10_000_000  # Shapes held-out split: generator indices.
 _SPLIT_DIRS = {
     "train": ("train",),
@@ -56,9 +71,9 @@ class ShapesSource:
     index = int(index)
     if not 0 <= index < self._num_records:
       raise IndexError(f"Index {index} out of range [0, {self._num_records}).")
-    image, text = shapes.generate(
+    image, caption = shapes.generate(
         self._index_offset + index, self._image_size, self._seed)
-    return {"image": image, "caption": text, "label": -1}
+    return {"image": image, "caption": caption, "label": -1}
 
   def __repr__(self) -> str:
     return (f"ShapesSource(num_records={self._num_records}, "
@@ -69,19 +84,30 @@ class ShapesSource:
 class ImageFolderSource:
   """All images under a folder (recursive, sorted by relative path).
 
-  The caption of `a/b.png` is the text of `a/b.txt` when that file exists, else
-  "". When images sit in first-level subfolders, the label is the index of the
-  subfolder name among the sorted subfolder names (`class_names`); images at
-  the top level get label -1. Records hold the file path; the pipeline decodes.
+  Captions: the entry for the image in `captions.jsonl` (lines `{"file": "a/b.png",
+  "caption": "..."}`, paths relative to the jsonl's folder; several lines for one file
+  are alternatives, one drawn per read), else the text of the sidecar `a/b.txt`, else
+  none (None: counted as missing by the pipeline). Captions are returned raw (bytes from
+  files) and repaired / counted by the pipeline. When images sit in first-level
+  subfolders, the label is the index of the subfolder name among the sorted subfolder
+  names (`class_names`); images at the top level get label -1. With `label_captions`,
+  the caption is the class name (`label_names` may map folder names to words).
+  Records hold the file path; the pipeline decodes.
   """
 
-  def __init__(self, path: str | pathlib.Path,
-               exclude_dirs: Sequence[str] = ()):
+  def __init__(self, path: str | pathlib.Path, exclude_dirs: Sequence[str] = (), *,
+               captions_file: str | pathlib.Path | None = None,
+               label_captions: bool = False, label_names: str = "",
+               label_template: str = "{}"):
     """Lists the images.
 
     Args:
       path: the folder.
       exclude_dirs: names of first-level subfolders to leave out.
+      captions_file: a captions.jsonl (default: `path/captions.jsonl` if it exists).
+      label_captions: use class names as captions.
+      label_names: optional file mapping class folder names to words.
+      label_template: caption template for label captions, e.g. "a photo of a {}".
     """
     self._root = pathlib.Path(path).expanduser()
     if not self._root.is_dir():
@@ -95,32 +121,81 @@ class ImageFolderSource:
       raise ValueError(
           f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
           f"{str(self._root)!r}.")
-    self._files = [str(p) for p in files]
+    self._files = [os.path.normpath(p) for p in files]
     relative = [p.relative_to(self._root).parts for p in files]
     self.class_names: list[str] = sorted(
         {parts[0] for parts in relative if len(parts) > 1})
     class_index = {name: i for i, name in enumerate(self.class_names)}
     self._labels = [class_index[parts[0]] if len(parts) > 1 else -1
                     for parts in relative]
-    logging.info("ImageFolderSource %s: %d images, %d classes.", self._root,
-                 len(self._files), len(self.class_names))
+    captions_file = captions_file or self._root / CAPTIONS_FILE
+    self._captions = (read_captions_jsonl(captions_file)
+                      if pathlib.Path(captions_file).is_file() else {})
+    self._captioner = None
+    if label_captions:
+      if not self.class_names:
+        raise ValueError(f"data.label_captions: {str(self._root)!r} has no class subfolders.")
+      self._captioner = text.LabelCaptioner(
+          text.resolve_label_names(self.class_names, label_names), label_template)
+    logging.info("ImageFolderSource %s: %d images, %d classes, %d jsonl captions.",
+                 self._root, len(self._files), len(self.class_names), len(self._captions))
 
   def __len__(self) -> int:
     return len(self._files)
 
+  def _caption(self, path: str, label: int) -> Any:
+    if self._captioner is not None:
+      return self._captioner(label)
+    if path in self._captions:
+      return self._captions[path]
+    sidecar = pathlib.Path(path).with_suffix(".txt")
+    try:
+      return sidecar.read_bytes()
+    except FileNotFoundError:
+      return None
+    except OSError as e:
+      logging.warning("Could not read caption %s: %s", sidecar, e)
+      return None
+
   def __getitem__(self, index: int) -> Record:
     path = self._files[int(index)]
-    sidecar = pathlib.Path(path).with_suffix(".txt")
-    text = ""
-    if sidecar.is_file():
-      try:
-        text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
-      except OSError as e:
-        logging.warning("Could not read caption %s: %s", sidecar, e)
-    return {"path": path, "caption": text, "label": self._labels[int(index)]}
+    label = self._labels[int(index)]
+    return {"path": path, "caption": self._caption(path, label), "label": label}
 
   def __repr__(self) -> str:
     return f"ImageFolderSource({str(self._root)!r}, n={len(self._files)})"
+
+
+def read_captions_jsonl(path: str | pathlib.Path) -> dict[str, Any]:
+  """{absolute image path: caption (str, or bytes if not UTF-8) or list of them}.
+
+  Malformed lines are logged and ignored (their images count as missing captions).
+  """
+  path = pathlib.Path(path)
+  captions: dict[str, Any] = {}
+  with path.open("rb") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        try:
+          entry, raw = json.loads(line.decode("utf-8")), False
+        except UnicodeDecodeError:  # Keep the caption's bytes; the pipeline repairs them.
+          entry, raw = json.loads(line.decode("latin-1")), True
+        name, caption = str(entry["file"]), entry.get("caption")
+      except (ValueError, KeyError, TypeError) as e:
+        logging.warning("%s:%d: ignoring malformed line (%r).", path, number, e)
+        continue
+      if raw:
+        name = name.encode("latin-1").decode("utf-8", errors="replace")
+        if isinstance(caption, str):
+          caption = caption.encode("latin-1", errors="replace")
+      key = os.path.normpath(path.parent / name)
+      if key in captions:
+        previous = captions[key]
+        caption = (previous if isinstance(previous, list) else [previous]) + [caption]
+      captions[key] = caption
+  return captions
 
 
 class SubsetSource:
@@ -138,8 +213,24 @@ class SubsetSource:
   def __getitem__(self, index: int) -> Record:
     return self._parent[int(self._indices[int(index)])]
 
+  @property
+  def class_names(self) -> list[str]:
+    return list(getattr(self._parent, "class_names", []))
+
   def __repr__(self) -> str:
     return f"SubsetSource({self._parent!r}, n={len(self._indices)})"
+
+
+def _label_kwargs(data_cfg: Any) -> dict[str, Any]:
+  return dict(label_captions=bool(cfg_get(data_cfg, "label_captions", False)),
+              label_names=cfg_get(data_cfg, "label_names", "") or "",
+              label_template=cfg_get(data_cfg, "label_template", "{}") or "{}")
+
+
+def _folder_kwargs(data_cfg: Any, root: pathlib.Path) -> dict[str, Any]:
+  captions = root / CAPTIONS_FILE
+  return dict(captions_file=captions if captions.is_file() else None,
+              **_label_kwargs(data_cfg))
 
 
 def _folder_source(data_cfg: Any, split: str) -> Any:
@@ -148,19 +239,23 @@ def _folder_source(data_cfg: Any, split: str) -> Any:
   if not path:
     raise ValueError("data.source='folder' needs data.path.")
   root = pathlib.Path(path).expanduser()
+  kwargs = _folder_kwargs(data_cfg, root)
   limit = cfg_get(data_cfg, "num_train" if split == "train" else "num_eval")
   split_dirs = {s: [root / n for n in names if (root / n).is_dir()]
                 for s, names in _SPLIT_DIRS.items()}
   if split_dirs[split]:
-    return _cap(ImageFolderSource(split_dirs[split][0]), limit)
+    sub = split_dirs[split][0]
+    if (sub / CAPTIONS_FILE).is_file():
+      kwargs["captions_file"] = sub / CAPTIONS_FILE
+    return _cap(ImageFolderSource(sub, **kwargs), limit)
   if split_dirs["eval"]:  # An eval subfolder but no train one.
-    return _cap(ImageFolderSource(root, exclude_dirs=_SPLIT_DIRS["eval"]),
+    return _cap(ImageFolderSource(root, exclude_dirs=_SPLIT_DIRS["eval"], **kwargs),
                 limit)
   if split_dirs["train"]:
     raise ValueError(f"{str(root)!r} has a train/ subfolder but none of "
                      f"{'/, '.join(_SPLIT_DIRS['eval'])}/ for evaluation.")
   # No split subfolders: hold out `num_eval` images of a seeded permutation.
-  source = ImageFolderSource(root)
+  source = ImageFolderSource(root, **kwargs)
   num_eval = min(int(cfg_get(data_cfg, "num_eval", 0) or 0), len(source) // 2)
   order = np.random.default_rng(
       int(cfg_get(data_cfg, "seed", 0))).permutation(len(source))
@@ -180,13 +275,65 @@ def _cap(source: Any, limit: int | None) -> Any:
   return source
 
 
+def _shapes_source(data_cfg: Any, split: str) -> ShapesSource:
+  train = split == "train"
+  num_records = int(cfg_get(data_cfg, "num_train" if train else "num_eval"))
+  if train and num_records > EVAL_INDEX_OFFSET:
+    raise ValueError(f"num_train={num_records} would overlap the held-out "
+                     f"shapes (indices from {EVAL_INDEX_OFFSET}).")
+  return ShapesSource(
+      num_records=num_records,
+      image_size=int(cfg_get(data_cfg, "image_size")),
+      seed=int(cfg_get(data_cfg, "seed", 0)),
+      index_offset=0 if train else EVAL_INDEX_OFFSET)
+
+
+def _tfds_source(data_cfg: Any, split: str) -> Any:
+  from psvae_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+  name = cfg_get(data_cfg, "tfds_name", "") or ""
+  split_name = cfg_get(data_cfg, f"{split}_split", "") or (
+      "train" if split == "train" else "validation")
+  source = tfds_source.TfdsSource(
+      name, split_name, cfg_get(data_cfg, "path", "") or None,
+      image_key=cfg_get(data_cfg, "image_key", "") or "",
+      caption_key=cfg_get(data_cfg, "caption_key", "") or "",
+      label_key=cfg_get(data_cfg, "label_key", "") or "",
+      **_label_kwargs(data_cfg))
+  return _cap(source, cfg_get(data_cfg, "num_train" if split == "train" else "num_eval"))
+
+
+def _latent_source(data_cfg: Any, split: str) -> Any:
+  """The cache (train); for "eval", the eval split of the dataset the cache was made
+  from (its data config is in meta.json), e.g. prompts and images for stage-3 eval."""
+  from psvae_jax.data import latents  # pylint: disable=g-import-not-at-top
+  if split == "train":
+    return _cap(latents.LatentCacheSource(cfg_get(data_cfg, "path")),
+                cfg_get(data_cfg, "num_train"))
+  origin = dict(latents.read_meta(cfg_get(data_cfg, "path"))["data"])
+  origin["num_eval"] = cfg_get(data_cfg, "num_eval", origin.get("num_eval"))
+  if origin.get("source") == "latents":
+    raise ValueError("A latent cache made from a latent cache has no eval split.")
+  return get_source(origin, "eval")
+
+
+# data.source -> builder(data_cfg, split). Register new kinds here.
+SOURCES: dict[str, Callable[[Any, str], Any]] = {
+    "shapes": _shapes_source,
+    "folder": _folder_source,
+    "tfds": _tfds_source,
+    "latents": _latent_source,
+}
+
+
 def get_source(data_cfg: Any, split: str) -> Any:
   """Builds the source of a split ("train" or "eval") from the data config.
 
-  Config fields: `source` ("shapes" | "folder"), `path` (folder root),
-  `image_size`, `num_train`, `num_eval` (record counts for shapes; for folders
-  an optional cap, and the held-out size when the folder has no train/eval
-  subfolders), `seed`.
+  Config fields: `source` (a key of SOURCES), `path` (folder root, tfds data_dir or
+  latent cache), `image_size`, `num_train`, `num_eval` (record counts for shapes; for
+  the others an optional cap, and for folders without train/eval subfolders the
+  held-out size), `seed`; tfds: `tfds_name`, `train_split`, `eval_split`, `image_key`,
+  `caption_key`, `label_key`; folder and tfds: `label_captions`, `label_names`,
+  `label_template`.
 
   Args:
     data_cfg: the data config (dataclass, ConfigDict or mapping).
@@ -198,17 +345,6 @@ def get_source(data_cfg: Any, split: str) -> Any:
   if split not in _SPLIT_DIRS:
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
   kind = cfg_get(data_cfg, "source", "shapes")
-  if kind == "shapes":
-    train = split == "train"
-    num_records = int(cfg_get(data_cfg, "num_train" if train else "num_eval"))
-    if train and num_records > EVAL_INDEX_OFFSET:
-      raise ValueError(f"num_train={num_records} would overlap the held-out "
-                       f"shapes (indices from {EVAL_INDEX_OFFSET}).")
-    return ShapesSource(
-        num_records=num_records,
-        image_size=int(cfg_get(data_cfg, "image_size")),
-        seed=int(cfg_get(data_cfg, "seed", 0)),
-        index_offset=0 if train else EVAL_INDEX_OFFSET)
-  if kind == "folder":
-    return _folder_source(data_cfg, split)
-  raise ValueError(f"Unknown data source {kind!r} (expected shapes | folder).")
+  if kind not in SOURCES:
+    raise ValueError(f"Unknown data source {kind!r} (expected one of {sorted(SOURCES)}).")
+  return SOURCES[kind](data_cfg, split)

@@ -50,8 +50,6 @@ def load_text_encoder(config):
 class DiTTask:
   """Stage 3 (config.stage == "dit")."""
 
-  param_groups: dict = {}
-
   def __init__(self, config, mesh):
     self.config = config
     self.mesh = mesh
@@ -65,21 +63,24 @@ class DiTTask:
     self.model = build_dit(config, self.ae.latent_channels)
     self.gen = generation.Generator(config, self.model, self.text, tokenizer, self.ae, mesh)
     self.objective = self.gen.objective
+    self.train_text = config.model.cond_type == "text" and config.train_text_encoder
+    self.param_groups = {}
 
   def init(self, rng):
+    """params = {"dit": ...} (+ "text" when the text encoder trains jointly)."""
     h, w, c = self.ae.latent_shape
     x = jnp.zeros((1, h, w, c), jnp.float32)
     t = jnp.zeros((1,), jnp.float32)
     if self.config.model.cond_type == "class":
-      params = self.model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32))["params"]
-    else:
-      abstract = jax.eval_shape(self.text.apply, {"params": self._text_params},
-                                jnp.zeros((1, self.config.data.max_length), jnp.int32),
-                                jnp.ones((1, self.config.data.max_length), jnp.int32))
-      hid, pooled = abstract
-      params = self.model.init(rng, x, t, context=jnp.zeros(hid.shape, jnp.float32),
-                               context_mask=jnp.ones(hid.shape[:2], bool),
-                               pooled=jnp.zeros(pooled.shape, jnp.float32))["params"]
+      return {"dit": self.model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32))["params"]}, {}
+    length = self.config.data.max_length
+    ids = jnp.zeros((1, length), jnp.int32)
+    hid, pooled = jax.eval_shape(self.text.apply, {"params": self._text_params}, ids, ids)
+    params = {"dit": self.model.init(rng, x, t, context=jnp.zeros(hid.shape, jnp.float32),
+                                     context_mask=jnp.ones(hid.shape[:2], bool),
+                                     pooled=jnp.zeros(pooled.shape, jnp.float32))["params"]}
+    if self.train_text:  # placeholder of the right structure; warm_start loads the weights
+      params["text"] = jax.tree.map(jnp.zeros_like, self._text_params)
     return params, {}
 
   def make_frozen(self, params):
@@ -90,13 +91,16 @@ class DiTTask:
     consts = {"ae": self.ae.params,
               "latent_mean": jnp.asarray(self.ae.latent_mean, jnp.float32),
               "latent_std": jnp.asarray(self.ae.latent_std, jnp.float32)}
-    if self._text_params is not None:
+    if self._text_params is not None and not self.train_text:
       consts["text"] = self._text_params
     return consts
 
   def warm_start(self, params):
-    del params
-    return None
+    """A jointly trained text encoder starts from the text_encoder directory's weights."""
+    if not self.train_text:
+      return None
+    from psvae_jax.models import builders  # pylint: disable=g-import-not-at-top
+    return {**params, "text": builders.place_like(self._text_params, params["text"])}
 
   def _latents(self, consts, batch, rng):
     if "latent" in batch:
@@ -110,12 +114,12 @@ class DiTTask:
     r_enc, r_t, r_noise, r_drop = jax.random.split(rng, 4)
     z0 = self._latents(consts, batch, r_enc)
     b = z0.shape[0]
-    cond = self.gen.condition(consts, batch)
+    cond = self.gen.condition(params, consts, batch)
     drop = jax.random.uniform(r_drop, (b,)) < self.config.diffusion.p_uncond
     t = self.objective.sample_t(r_t, (b,))
     noise = jax.random.normal(r_noise, z0.shape, jnp.float32)
     z_t = self.objective.sample_x_t(z0, t, noise)
-    pred = self.model.apply({"params": params}, z_t, self.objective.model_time(t), **cond, drop=drop)
+    pred = self.model.apply({"params": params["dit"]}, z_t, self.objective.model_time(t), **cond, drop=drop)
     loss = jnp.mean(self.objective.loss(pred, self.objective.target(z0, noise, t)))
     return loss, {"loss": loss, "latent_std": jnp.std(z0)}
 

@@ -1,0 +1,263 @@
+"""Latent cache writer: encodes a dataset once with a frozen PS-VAE (absl app).
+
+  python -m psvae_jax.data.cache --autoencoder=runs/demo/psvae --out=runs/demo/latents \
+      --data=shapes:num=2048 [--batch_size=256] [--dtype=bfloat16|float16|float32] \
+      [--store=mean_std|sample] [--split=train]
+
+`--data` names a source as `KIND:ARGS`, ARGS being comma-separated `key=value` fields of
+the data config (configs/common.py `c.data`), the first of which may be a bare value:
+  shapes:num=2048,seed=0                  synthetic shapes (num = data.num_train)
+  folder:/data/images,num_train=10000     an image folder (a bare directory also works)
+  tfds:imagenet2012,path=/data/tfds,label_captions=true
+                                          a prepared tfds dataset (path = data_dir)
+`image_size` defaults to the autoencoder's (a different one is an error); images are
+center-cropped, never flipped. Bad records are skipped and counted in meta.json.
+
+Batches are sharded over all devices (parallel.to_global); with several processes each
+encodes its contiguous share of the source and writes its own shard file, all processes
+running the same number of (padded) steps. The format is described in `latents.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from psvae_jax import parallel
+from psvae_jax.data import iterators
+from psvae_jax.data import latents
+from psvae_jax.data import pipeline
+from psvae_jax.data import sources
+
+
+def define_flags() -> None:
+  """Defines the app's flags (not at import, so other apps can import this module)."""
+  flags.DEFINE_string("autoencoder", None, "Trained PS-VAE workdir.")
+  flags.DEFINE_string("data", None, "Source spec, e.g. shapes:num=2048 (see above).")
+  flags.DEFINE_string("out", None, "Output directory of the cache.")
+  flags.DEFINE_integer("batch_size", 256, "Global encoding batch size.")
+  flags.DEFINE_enum("dtype", "bfloat16", list(latents.DTYPES), "Stored dtype.")
+  flags.DEFINE_enum("store", "mean_std", ["mean_std", "sample"],
+                    "Store mu and std (sampled at read time) or one sample.")
+  flags.DEFINE_enum("split", "train", ["train", "eval"], "Source split.")
+  flags.DEFINE_integer("seed", 0, "Seed of --store=sample.")
+  flags.mark_flags_as_required(["autoencoder", "data", "out"])
+
+def parse_data_spec(spec: str, image_size: int) -> ml_collections.ConfigDict:
+  """`KIND:ARGS` (or a bare directory) -> a locked data config (see module docstring)."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  cfg = common.base_config("cache").data
+  cfg.image_size, cfg.num_train, cfg.num_eval = int(image_size), 0, 0
+  cfg.lock()
+  kind, sep, rest = spec.partition(":")
+  if not sep or kind not in sources.SOURCES:
+    path = pathlib.Path(spec).expanduser()
+    if not path.is_dir():
+      raise ValueError(f"--data={spec!r}: expected KIND:ARGS with KIND in "
+                       f"{sorted(sources.SOURCES)}, or an existing directory.")
+    kind = "tfds" if (path / "dataset_info.json").is_file() else "folder"
+    rest = f"path={spec}"
+  cfg.source = kind
+  for i, item in enumerate(p for p in rest.split(",") if p):
+    key, eq, value = item.partition("=")
+    if not eq:
+      if i:
+        raise ValueError(f"--data: {item!r} must be key=value.")
+      key, value = ("tfds_name" if kind == "tfds" else "path"), item
+    key = {"num": "num_train"}.get(key, key)
+    if key not in cfg:
+      raise ValueError(f"--data: unknown field {key!r} (data config fields: {sorted(cfg)}).")
+    current = cfg[key]
+    if isinstance(current, bool):
+      cfg[key] = value.lower() in ("1", "true", "yes", "on")
+    else:
+      cfg[key] = type(current)(value)
+  if cfg.image_size != image_size:
+    raise ValueError(f"--data image_size={cfg.image_size} differs from the autoencoder's "
+                     f"{image_size}.")
+  if kind == "shapes" and cfg.num_train <= 0:
+    raise ValueError("--data=shapes needs num=N (the number of images to cache).")
+  return cfg
+
+
+class _Indexed:
+  """A source whose records also carry their index."""
+
+  def __init__(self, source: Any):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {**self._source[int(index)], "index": int(index)}
+
+
+def _records(source: Any, data_cfg: Any, start: int, stop: int, counts: dict[str, int]):
+  """Good preprocessed records of source[start:stop], in order; counts the rest."""
+  import grain  # pylint: disable=g-import-not-at-top
+  preprocess = pipeline.preprocess_from_cfg(data_cfg, train=False)
+  ds = grain.MapDataset.source(_Indexed(source))[start:stop]
+  ds = ds.map(lambda r: {**preprocess.random_map(r, None), "index": r["index"]})
+  threads = int(sources.cfg_get(data_cfg, "num_threads", 8) or 0)
+  read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, threads))
+  for record in ds.to_iter_dataset(read):
+    for kind in record.pop(iterators.KINDS_KEY, ()):
+      counts[kind] = counts.get(kind, 0) + 1
+    if iterators.SKIP in record:
+      counts[record[iterators.SKIP]] = counts.get(record[iterators.SKIP], 0) + 1
+      continue
+    yield record
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_fn(ae: Any, mesh: jax.sharding.Mesh, store: str, seed: int):
+  """Jitted (params, images, step) -> (mu float32, second): std, or a sample."""
+  out = parallel.batch_sharding(mesh, 4)
+
+  def encode(params, images, step):
+    mu, logvar = ae.encode_with(params, images)  # (B, h, w, C)
+    mu = mu.astype(jnp.float32)
+    std = jnp.exp(0.5 * logvar.astype(jnp.float32))
+    if store == "sample":
+      key = jax.random.fold_in(jax.random.key(seed), step)
+      return mu, mu + std * jax.random.normal(key, mu.shape, jnp.float32)
+    return mu, std
+
+  return jax.jit(encode, out_shardings=(out, out))
+
+
+def _encoded_batches(ae: Any, mesh: jax.sharding.Mesh, records: Any, *, local: int,
+                     num_steps: int, store: str, seed: int):
+  """Yields (records, mu, second) per step, the arrays host-local float32 (n, h, w, C).
+
+  Every process runs num_steps steps (padding with zero images once its records run
+  out), as the sharded encode is one program over all processes.
+  """
+  encode = _encode_fn(ae, mesh, store, seed)
+  spec = parallel.batch_sharding(mesh, 4).spec
+  size = ae.image_size
+  for step in range(num_steps):
+    chunk = [r for _, r in zip(range(local), records)]
+    images = np.zeros((local, size, size, 3), np.float32)  # (b, S, S, 3); padding stays 0.
+    if chunk:
+      images[:len(chunk)] = pipeline.collate(chunk)["image"]
+    x = parallel.to_global({"image": images}, mesh)["image"]
+    mu, second = (np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, spec))
+                  for a in encode(ae.params, x, step))
+    if step % 50 == 0:
+      logging.info("cache: step %d/%d.", step + 1, num_steps)
+    yield chunk, mu[:len(chunk)], second[:len(chunk)]
+
+
+def write_cache(ae: Any, data_cfg: Any, out_dir: str, *, batch_size: int = 256,
+                dtype: str = "bfloat16", store: str = "mean_std", split: str = "train",
+                seed: int = 0, autoencoder_dir: str = "") -> dict[str, Any]:
+  """Encodes `data_cfg`'s split with `ae` into `out_dir`; returns the meta dict.
+
+  Args:
+    ae: a loaded autoencoder (`autoencoders.load_autoencoder`).
+    data_cfg: data config (e.g. from `parse_data_spec`); image_size = ae.image_size.
+    out_dir: the cache directory (must not hold a cache yet).
+    batch_size: global batch size, divisible by the number of devices.
+    dtype: stored dtype (a key of latents.DTYPES).
+    store: "mean_std" (mu and std) or "sample" (one z = mu + std * eps).
+    split: source split.
+    seed: noise seed for store="sample".
+    autoencoder_dir: the autoencoder's workdir, recorded in meta.json.
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out_dir).expanduser()
+  if (out / latents.META_FILE).exists():
+    raise FileExistsError(f"{out} already holds a latent cache; remove it or pick another.")
+  out.mkdir(parents=True, exist_ok=True)
+  mesh = parallel.make_mesh(-1, 1)
+  parallel.check_batch_divides_mesh(batch_size, mesh)
+  index, count = jax.process_index(), jax.process_count()
+  local = iterators.per_process_batch(batch_size, count)
+  source = sources.get_source(data_cfg, split)
+  start, stop = iterators.shard_bounds(len(source), index, count, drop_remainder=False)
+  counts: dict[str, int] = {}
+  batches = _encoded_batches(
+      ae, mesh, _records(source, data_cfg, start, stop, counts), local=local, store=store,
+      seed=seed, num_steps=math.ceil(math.ceil(len(source) / count) / local))
+  writer = array_record_module.ArrayRecordWriter(
+      str(out / latents.shard_file_name(index, count)), "group_size:1")
+  sums, written, shape = 0.0, 0, None
+  for chunk, mu, second in batches:
+    shape = mu.shape[1:]  # (h, w, C)
+    for row, record in enumerate(chunk):
+      arrays = ({"mu": mu[row], "std": second[row]} if store == "mean_std"
+                else {"z": second[row]})
+      writer.write(latents.serialize(arrays, record["caption"], record["label"],
+                                     record["index"], dtype))
+    flat = mu.reshape(-1, shape[-1]).astype(np.float64)  # (n*h*w, C)
+    sums = sums + np.stack([flat.sum(0), np.square(flat).sum(0)])  # (2, C)
+    written += len(chunk)
+  writer.close()
+  return _finish(out, data_cfg, sums, written, shape, count, counts, dict(
+      dtype=dtype, store=store, split=split, seed=seed,
+      autoencoder=os.path.abspath(autoencoder_dir) if autoencoder_dir else ""))
+
+
+def _finish(out: pathlib.Path, data_cfg: Any, sums: np.ndarray, written: int,
+            shape: tuple[int, ...], count: int, counts: dict[str, int],
+            options: dict[str, Any]) -> dict[str, Any]:
+  """Gathers totals over processes; process 0 writes latent_stats.npz and meta.json."""
+  local = np.concatenate([[written], sums.ravel(),
+                          [counts.get(name, 0) for name in iterators.COUNTERS]])
+  gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(count, -1)
+  per_file = gathered[:, 0].astype(int).tolist()
+  total = int(sum(per_file))
+  if total == 0:
+    raise ValueError(f"No usable record in --data ({data_cfg.source}): nothing cached.")
+  channels = shape[-1]
+  sums = gathered[:, 1:1 + 2 * channels].sum(0).reshape(2, channels)
+  n = total * int(np.prod(shape[:-1]))
+  mean = sums[0] / n
+  std = np.sqrt(np.maximum(sums[1] / n - np.square(mean), 1e-12))
+  counters = dict(zip(iterators.COUNTERS,
+                      gathered[:, 1 + 2 * channels:].sum(0).astype(int).tolist()))
+  meta = {"format": latents.FORMAT, "shape": list(shape), "count": total,
+          "files": [latents.shard_file_name(i, count) for i in range(count)],
+          "counts": per_file, "image_size": int(data_cfg.image_size),
+          "data": data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg),
+          "counters": {k: v for k, v in counters.items() if v}, **options}
+  if jax.process_index() == 0:
+    np.savez(out / latents.STATS_FILE, mean=mean.astype(np.float32),
+             std=std.astype(np.float32))
+    (out / latents.META_FILE).write_text(json.dumps(meta, indent=2))
+  multihost_utils.sync_global_devices("latent_cache_written")
+  logging.info("Latent cache %s: %d records %s (%s), skipped/repaired %s.", out, total,
+               shape, options["dtype"], meta["counters"])
+  return meta
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.initialize()
+  f = flags.FLAGS
+  ae = autoencoders.load_autoencoder(f.autoencoder)
+  data_cfg = parse_data_spec(f.data, ae.image_size)
+  write_cache(ae, data_cfg, f.out, batch_size=f.batch_size, dtype=f.dtype, store=f.store,
+              split=f.split, seed=f.seed, autoencoder_dir=f.autoencoder)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
