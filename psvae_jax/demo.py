@@ -9,6 +9,7 @@ same configs (`configs/svae.py:tiny`, `configs/psvae.py:tiny`, `configs/dit.py:t
 """
 
 import json
+import os
 import time
 
 from absl import app
@@ -17,6 +18,7 @@ from absl import logging
 
 _OUTDIR = flags.DEFINE_string("outdir", "runs/demo", "Output directory.")
 _STEPS_SCALE = flags.DEFINE_float("steps_scale", 1.0, "Multiplies every stage's steps (tests).")
+_CACHE_IMAGES = flags.DEFINE_integer("cache_images", 12800, "Shapes images in the latent cache.")
 
 
 def _scaled(config, scale: float):
@@ -59,8 +61,19 @@ def main(argv):
   from psvae_jax.weights import demo_text  # pylint: disable=g-import-not-at-top
   text_dir = demo_text.build_demo_text_encoder(f"{out}/text_encoder",
                                                demo_text.shapes_vocabulary())
+  # Encode the training images once (latent cache): each DiT step then skips image
+  # generation and the encoder (measured 0.23 -> 0.165 s/step).
+  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
+  ae = autoencoders.load_autoencoder(f"{out}/psvae")
+  cache_dir = f"{out}/latents"
+  if not os.path.exists(os.path.join(cache_dir, "meta.json")):
+    cache.write_cache(ae, cache.parse_data_spec(f"shapes:num={_CACHE_IMAGES.value}",
+                                                ae.image_size),
+                      cache_dir, batch_size=256, autoencoder_dir=f"{out}/psvae")
   c3 = _scaled(dit_config.get_config("tiny"), _STEPS_SCALE.value)
   c3.autoencoder, c3.text_encoder = f"{out}/psvae", text_dir
+  c3.data.source, c3.data.path = "latents", cache_dir
   m3 = loop.train_and_evaluate(c3, f"{out}/dit")
   report["stage3"] = m3
   report["adherence"] = m3.get("adherence")

@@ -47,6 +47,15 @@ def load_text_encoder(config):
   return module, params, clip.load_tokenizer(config.text_encoder)
 
 
+def _shapes_captions(captions) -> bool:
+  """True when every caption is a synthetic-shapes caption the checker can score."""
+  from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  try:
+    return bool(captions) and all(shapes.parse_caption(str(c)) for c in captions)
+  except ValueError:
+    return False
+
+
 class DiTTask:
   """Stage 3 (config.stage == "dit")."""
 
@@ -145,7 +154,7 @@ class DiTTask:
     for cfg in sorted(set([self.config.sample.cfg, 1.0])):
       out = self.generate(state.ema_params, consts, captions, labels, cfg)
       suffix = "" if cfg == self.config.sample.cfg else f"_cfg{cfg:g}"
-      if self.config.data.source == "shapes":
+      if _shapes_captions(captions):  # shapes data, directly or through a latent cache
         from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
         scalars["adherence" + suffix] = float(np.mean(shapes.score_batch(out, captions)))
       k = min(self.config.eval.num_grid, len(out))
