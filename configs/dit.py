@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict(dict(
       objective="eps", schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
       flow_shift=1.0, p_uncond=0.1, latent_sample=True))
-  c.sample = ml_collections.ConfigDict(dict(steps=50, cfg=7.5, eta=0.0))
+  # cfg_rescale: guidance rescale phi (0 = plain CFG), see psvae_jax/diffusion/samplers.py.
+  c.sample = ml_collections.ConfigDict(dict(steps=50, cfg=7.5, eta=0.0, cfg_rescale=0.0))
   c.data.max_length = 77
   c.optim.lr = 1e-4
   c.optim.warmup_steps = 5_000

@@ -97,7 +97,7 @@ class Generator:
   # ---- sampling -----------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
   def sample_latents(self, params, consts, batch, z_start, timesteps, cfg, eta, rng, start_index,
-                     inpaint=None, *, use_inpaint=False):
+                     inpaint=None, cfg_rescale=0.0, *, use_inpaint=False):
     """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
@@ -109,18 +109,19 @@ class Generator:
     if isinstance(self.objective, objectives.EpsilonObjective):
       return samplers.ddim_sample(model_fn, self.objective.schedule, z_start, c_on, c_off, timesteps,
                                   cfg, eta, rng, start_index=start_index, carry_sharding=sharding,
-                                  inpaint=inp)
+                                  inpaint=inp, cfg_rescale=cfg_rescale)
     num_steps = jnp.sum(timesteps >= 0)
     return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps,
                                  self.config.diffusion.flow_shift, cfg, max_steps=MAX_STEPS,
-                                 start_index=start_index, carry_sharding=sharding, inpaint=inp)
+                                 start_index=start_index, carry_sharding=sharding, inpaint=inp,
+                                 cfg_rescale=cfg_rescale)
 
   @functools.partial(jax.jit, static_argnums=(0,))
   def _decode_jit(self, consts, z):
     return self.decode(consts, z)
 
   def generate(self, params, consts, *, prompts=None, labels=None, steps=50, cfg=7.5, eta=0.0,
-               seed=0) -> np.ndarray:
+               seed=0, cfg_rescale=None) -> np.ndarray:
     """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
     n = len(prompts) if prompts is not None else len(labels)
     if n == 0:
@@ -132,7 +133,8 @@ class Generator:
       labels = np.concatenate([np.asarray(labels), np.repeat(np.asarray(labels)[-1:], pad)])
     batch = self.host_condition(prompts=prompts, labels=labels)
     z_t = initial_noise(seed, np.arange(n + pad), self.latent_shape)
-    z0 = self.run(params, consts, batch, z_t, steps=steps, cfg=cfg, eta=eta, seed=seed)
+    z0 = self.run(params, consts, batch, z_t, steps=steps, cfg=cfg, eta=eta, seed=seed,
+                  cfg_rescale=cfg_rescale)
     return self.to_images(consts, z0)[:n]
 
   def host_condition(self, prompts=None, labels=None) -> dict[str, np.ndarray]:
@@ -155,7 +157,10 @@ class Generator:
     return ts
 
   def run(self, params, consts, batch, z_start, *, steps, cfg, eta, seed, start_index=0,
-          inpaint=None):
+          inpaint=None, cfg_rescale=None):
+    """Samples from z_start; cfg_rescale None takes the config's sample.cfg_rescale."""
+    if cfg_rescale is None:
+      cfg_rescale = self.config.sample.get("cfg_rescale", 0.0)
     put = lambda x: jax.device_put(np.asarray(x), parallel.batch_sharding(self.mesh, np.ndim(x)))
     batch = {k: put(v) for k, v in batch.items()}
     z_start = jax.device_put(z_start, parallel.batch_sharding(self.mesh, z_start.ndim))
@@ -164,7 +169,8 @@ class Generator:
     return self.sample_latents(params, consts, batch, z_start, jnp.asarray(self.timesteps(steps)),
                                jnp.float32(cfg), jnp.float32(eta),
                                jax.random.fold_in(jax.random.key(seed), 1 << 20),
-                               jnp.int32(start_index), inp, use_inpaint=inpaint is not None)
+                               jnp.int32(start_index), inp, jnp.float32(cfg_rescale),
+                               use_inpaint=inpaint is not None)
 
   def to_images(self, consts, z0) -> np.ndarray:
     from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top

@@ -222,3 +222,17 @@ def test_flow_shift_formula(draws):
   assert 0 < t_flow.min() and t_flow.max() < 1
   np.testing.assert_allclose(np.median(t_flow), 0.5, atol=0.02)  # Logit-normal(0, 1) has median 0.5.
   np.testing.assert_allclose(t_shifted, objectives.shift_time(t_flow, 3.0), atol=1e-6)
+
+
+def test_cfg_rescale_matches_conditional_std():
+  """phi = 1 rescales the guided prediction to the conditional prediction's per-sample std."""
+  from psvae_jax.diffusion.samplers import _guided  # pylint: disable=g-import-not-at-top
+  z = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  model = lambda x, t, c: x * c["s"][:, None, None, None] + 0.1
+  cond, uncond = {"s": jnp.array([2.0, 3.0])}, {"s": jnp.array([0.5, 0.5])}
+  plain = _guided(model, cond, uncond, jnp.float32(7.5))(z, 10.0)
+  full = _guided(model, cond, uncond, jnp.float32(7.5), 1.0)(z, 10.0)
+  cond_out = model(z, None, cond)
+  np.testing.assert_allclose(jnp.std(full, axis=(1, 2, 3)), jnp.std(cond_out, axis=(1, 2, 3)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(_guided(model, cond, uncond, jnp.float32(7.5), 0.0)(z, 10.0), plain)

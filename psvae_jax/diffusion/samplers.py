@@ -72,9 +72,15 @@ def ddim_start_latents(sched: schedules.Schedule, z0: jax.Array, timesteps: jax.
   return schedules.q_sample(sched, z0, t, noise)
 
 
-def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array
-            ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """(z, scalar model time) → float32 prediction, with CFG as one 2B batch when ``uncond`` is given."""
+def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array,
+            cfg_rescale: float | jax.Array = 0.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """(z, scalar model time) → float32 prediction, with CFG as one 2B batch when ``uncond`` is given.
+
+  ``cfg_rescale`` = φ > 0 applies guidance rescaling (Lin et al. 2023, "Common diffusion noise
+  schedules and sample steps are flawed", eq. 15-16): the guided prediction is scaled towards
+  the per-sample standard deviation of the conditional one, which keeps large guidance scales
+  from over-saturating. φ = 0 is plain CFG (diffusers' default).
+  """
   if uncond is None:
     def pred(z, t):
       t_b = jnp.full((z.shape[0],), t, jnp.float32)  # (B,)
@@ -88,7 +94,12 @@ def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array
     t_b = jnp.full((z2.shape[0],), t, jnp.float32)  # (2B,)
     out = model_fn(z2, t_b, both).astype(jnp.float32)
     out_c, out_u = jnp.split(out, 2, axis=0)
-    return out_u + cfg_scale * (out_c - out_u)
+    guided = out_u + cfg_scale * (out_c - out_u)
+    axes = tuple(range(1, guided.ndim))
+    ratio = jnp.std(out_c, axis=axes, keepdims=True) / (
+        jnp.std(guided, axis=axes, keepdims=True) + 1e-8)
+    phi = jnp.asarray(cfg_rescale, jnp.float32)
+    return jnp.where(phi > 0, guided * (1.0 - phi + phi * ratio), guided)
   return pred
 
 
@@ -111,7 +122,7 @@ def _scan_steps(step_fn, z, indices, times, active, carry_sharding):
 def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, cond: Any, uncond: Any,
                 timesteps: jax.Array, cfg_scale: float | jax.Array, eta: float | jax.Array,
                 rng: jax.Array, *, start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                inpaint: Inpaint | None = None) -> jax.Array:
+                inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0) -> jax.Array:
   """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step`` (ε-prediction).
 
   Per step t → t_prev = t − T // num_steps (ᾱ_prev = final_alpha_cumprod when t_prev < 0)::
@@ -134,6 +145,7 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
     carry_sharding: optional sharding for the latents carried through the scan.
     inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
       q_sample(z_known, t_prev, noise); mask 1 = regenerate.
+    cfg_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
 
   Returns:
     Final latents z_0, like z_T.
@@ -142,7 +154,7 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
   num_steps = jnp.maximum(jnp.sum(timesteps >= 0), 1)
   ratio = sched.num_timesteps // num_steps
   eta = jnp.asarray(eta, jnp.float32)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32))
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale)
 
   def step(z, i, t):
     t_prev = t - ratio
@@ -179,7 +191,7 @@ def flow_time_grid(num_steps: int | jax.Array, shift: float | jax.Array, max_ste
 def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_steps: int | jax.Array,
                  shift: float | jax.Array, cfg_scale: float | jax.Array, *, max_steps: int | None = None,
                  start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                 inpaint: Inpaint | None = None) -> jax.Array:
+                 inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0) -> jax.Array:
   """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0 (data).
 
   Args:
@@ -204,7 +216,7 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
       raise ValueError("euler_sample needs a static max_steps when num_steps is traced.")
     max_steps = num_steps
   t_grid, t_next_grid = flow_time_grid(num_steps, shift, max_steps)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32))
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale)
 
   def step(z, i, t, t_next):
     del i
