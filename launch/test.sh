@@ -4,7 +4,7 @@
 set -euo pipefail
 REQS=requirements-test.txt . "$(dirname "$0")/_env.sh"
 set +e
-python -m pytest -q -ra "$@"
+python -m pytest -q -ra --durations=10 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
