@@ -16,12 +16,9 @@ checkpoints store.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from typing import Any, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,21 +43,8 @@ _LAYER_RENAMES = {
 }
 
 
-def read_json(hf_dir: str, name: str = "config.json") -> dict[str, Any]:
-  path = os.path.join(hf_dir, name)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No {name} in {hf_dir}")
-  with open(path) as f:
-    return json.load(f)
-
-
-def weights_path(hf_dir: str) -> str:
-  """``model.safetensors`` if present, else ``pytorch_model.bin``."""
-  for name in ("model.safetensors", "pytorch_model.bin"):
-    path = os.path.join(hf_dir, name)
-    if os.path.exists(path):
-      return path
-  raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {hf_dir}")
+read_json = common.read_json
+weights_path = common.weights_path
 
 
 def clip_text_module_from_hf_config(cfg: Mapping[str, Any],
@@ -153,13 +137,9 @@ def load_clip_text(hf_dir: str,
       or mis-shaped tensors are all listed).
   """
   module = clip_text_module_from_hf_config(read_json(hf_dir), dtype=dtype)
-  path = weights_path(hf_dir)
-  converted, unused = convert_clip_text_state_dict(common.read_state_dict(path))
   ids = jnp.zeros((1, 1), jnp.int32)
-  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), ids, ids)["params"]
-  params = common.build_params(converted, expected, unused_source_keys=unused,
-                               what=f"CLIP text checkpoint {path}")
-  return module, params
+  return module, common.load_hf_params(hf_dir, module, convert_clip_text_state_dict, (ids, ids),
+                                       "CLIP text checkpoint")
 
 
 def load_tokenizer(hf_dir: str) -> Any:

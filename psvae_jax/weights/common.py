@@ -8,8 +8,9 @@ parameters and fails loudly, naming every missing, unexpected and mis-shaped ent
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
@@ -91,3 +92,39 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
     sd = sd["state_dict"]
   return {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, "numpy")}
+
+
+def read_json(hf_dir: str, name: str = "config.json") -> dict[str, Any]:
+  """A JSON file of a Hugging Face checkpoint directory."""
+  path = os.path.join(hf_dir, name)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No {name} in {hf_dir}")
+  with open(path) as f:
+    return json.load(f)
+
+
+def weights_path(hf_dir: str) -> str:
+  """``model.safetensors`` if present, else ``pytorch_model.bin``."""
+  for name in ("model.safetensors", "pytorch_model.bin"):
+    path = os.path.join(hf_dir, name)
+    if os.path.exists(path):
+      return path
+  raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {hf_dir}")
+
+
+def load_hf_params(hf_dir: str, module: Any, convert: Callable[[dict], tuple[dict, list]],
+                   dummy_inputs: tuple, what: str) -> dict[str, Any]:
+  """Reads a HF directory's weights, converts them and checks them against `module`.
+
+  Args:
+    hf_dir: the checkpoint directory.
+    module: the flax module the weights are for.
+    convert: source state dict -> (flat flax-path dict, unused source keys).
+    dummy_inputs: inputs for `module.init` (only their shapes are used).
+    what: a name for the error message.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  path = weights_path(hf_dir)
+  converted, unused = convert(read_state_dict(path))
+  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), *dummy_inputs)["params"]
+  return build_params(converted, expected, unused_source_keys=unused, what=f"{what} {path}")

@@ -24,12 +24,9 @@ Deliberately ignored source keys (see :data:`IGNORED_SUFFIXES`):
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -173,21 +170,7 @@ def convert_dinov2_state_dict(
   return out, unused
 
 
-def read_config(hf_dir: str) -> dict[str, Any]:
-  path = os.path.join(hf_dir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No config.json in {hf_dir}")
-  with open(path) as f:
-    return json.load(f)
-
-
-def _weights_path(hf_dir: str) -> str:
-  for name in ("model.safetensors", "pytorch_model.bin"):
-    path = os.path.join(hf_dir, name)
-    if os.path.exists(path):
-      return path
-  raise FileNotFoundError(
-      f"No model.safetensors or pytorch_model.bin in {hf_dir}")
+read_config = common.read_json
 
 
 def load_dinov2(hf_dir: str, dtype: Any = jnp.float32) -> tuple[DinoV2, dict]:
@@ -207,11 +190,7 @@ def load_dinov2(hf_dir: str, dtype: Any = jnp.float32) -> tuple[DinoV2, dict]:
       unexpected or mis-shaped tensors are all listed).
   """
   module = dinov2_module_from_hf_config(read_config(hf_dir), dtype=dtype)
-  path = _weights_path(hf_dir)
-  converted, unused = convert_dinov2_state_dict(common.read_state_dict(path))
   p = module.patch_size
   dummy = jnp.zeros((1, p, p, 3), jnp.float32)
-  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)["params"]
-  params = common.build_params(converted, expected, unused_source_keys=unused,
-                               what=f"DINOv2 checkpoint {path}")
-  return module, params
+  return module, common.load_hf_params(hf_dir, module, convert_dinov2_state_dict, (dummy,),
+                                       "DINOv2 checkpoint")

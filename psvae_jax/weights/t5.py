@@ -20,16 +20,13 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax.models.text_encoders import T5Encoder
 from psvae_jax.weights import common
 from psvae_jax.weights.clip import load_tokenizer  # pylint: disable=unused-import
-from psvae_jax.weights.clip import read_json
 from psvae_jax.weights.clip import tokenize  # pylint: disable=unused-import
-from psvae_jax.weights.clip import weights_path
 
 __all__ = ["load_t5_encoder", "load_tokenizer", "tokenize",
            "t5_module_from_hf_config", "convert_t5_encoder_state_dict"]
@@ -133,11 +130,7 @@ def load_t5_encoder(hf_dir: str, dtype: Any = jnp.float32) -> tuple[T5Encoder, d
     ValueError: when the weights do not match the config (missing, unexpected
       or mis-shaped tensors are all listed).
   """
-  module = t5_module_from_hf_config(read_json(hf_dir), dtype=dtype)
-  path = weights_path(hf_dir)
-  converted, unused = convert_t5_encoder_state_dict(common.read_state_dict(path))
+  module = t5_module_from_hf_config(common.read_json(hf_dir), dtype=dtype)
   ids = jnp.zeros((1, 1), jnp.int32)
-  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), ids, ids)["params"]
-  params = common.build_params(converted, expected, unused_source_keys=unused,
-                               what=f"T5 encoder checkpoint {path}")
-  return module, params
+  return module, common.load_hf_params(hf_dir, module, convert_t5_encoder_state_dict, (ids, ids),
+                                       "T5 encoder checkpoint")

@@ -8,7 +8,6 @@ frozen copy of the encoder (state.frozen["encoder"]) as the semantic target.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
