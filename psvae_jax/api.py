@@ -35,9 +35,8 @@ class Pipeline:
     self.gen = self.task.gen
     abstract, _ = jax.eval_shape(self.task.init, jax.random.key(0))
     shardings = parallel.param_shardings(abstract, self.mesh, min_size=config.shard_min_size)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    self.params = checkpoint.restore_params(workdir, target, key="ema_params")
+    self.params = checkpoint.restore_params(
+        workdir, parallel.with_shardings(abstract, shardings), key="ema_params")
     consts = self.task.constants()
     self.consts = jax.device_put(consts, parallel.param_shardings(
         consts, self.mesh, min_size=config.shard_min_size))

@@ -103,9 +103,8 @@ def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
   s = config.data.image_size
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"]
   shardings = parallel.param_shardings(abstract, mesh, min_size=min_shard_size)
-  target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                        abstract, shardings)
-  params = checkpoint.restore_params(workdir, target, key="ema_params")
+  params = checkpoint.restore_params(workdir, parallel.with_shardings(abstract, shardings),
+                                     key="ema_params")
   stats = epath.Path(workdir) / "latent_stats.npz"
   mean = std = None
   if stats.exists():

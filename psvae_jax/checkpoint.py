@@ -138,8 +138,7 @@ class Checkpointer:
     if meta is not None and meta.get("state") is not None:
       saved = meta["state"]
       saved = getattr(saved, "tree", saved)
-      check_compatible(saved, jax.tree.map(lambda x: x, _as_dict(abstract_state)),
-                       f"{self.directory}/{step}")
+      check_compatible(saved, _as_dict(abstract_state), f"{self.directory}/{step}")
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore()))
     return restored["state"], restored["data"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping
 
 import jax
@@ -13,7 +12,8 @@ from etils import epath
 
 def create_writer(workdir: str):
   """A CLU writer for TensorBoard under `workdir`; other processes only log."""
-  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TF must not take the GPUs from JAX.
+  from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.hide_gpus_from_tf()  # before CLU imports TF: it must not take the GPUs from JAX
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
   return metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)

@@ -81,6 +81,12 @@ def param_shardings(tree: Any, mesh: Mesh, *, min_size: int = 2**16,
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying `shardings`: a target to restore into or to lower with."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Shards the leading (batch) dimension over data x fsdp."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

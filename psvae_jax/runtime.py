@@ -28,10 +28,10 @@ def initialize(distributed: str = "auto") -> None:
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
-  _hide_gpus_from_tf()
+  hide_gpus_from_tf()
 
 
-def _hide_gpus_from_tf() -> None:
+def hide_gpus_from_tf() -> None:
   """TensorFlow is imported by CLU's writers; it must not reserve accelerator memory."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

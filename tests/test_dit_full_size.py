@@ -18,11 +18,6 @@ from psvae_jax.models import dit as dit_lib
 from psvae_jax.models import text_encoders
 
 
-def _abstract_with(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      tree, shardings)
-
-
 def test_dit_xl_text_with_t5_xxl_lowers_sharded():
   mesh = parallel.make_mesh(1, 8)
   config = dit_config.get_config("XL_text")
@@ -66,8 +61,8 @@ def test_dit_xl_text_with_t5_xxl_lowers_sharded():
   b = {"ids": ids, "mask": ids, "z": z}
   b_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in b.items()}
   lowered = jax.jit(step, out_shardings=(p_sh, o_sh, parallel.replicated(mesh))).lower(
-      _abstract_with(dit_params, p_sh), _abstract_with(opt, o_sh), _abstract_with(t5_params, t_sh),
-      _abstract_with(b, b_sh))
+      parallel.with_shardings(dit_params, p_sh), parallel.with_shardings(opt, o_sh), parallel.with_shardings(t5_params, t_sh),
+      parallel.with_shardings(b, b_sh))
   assert "sharding" in lowered.as_text()[:200_000]
 
   total = per_device = 0

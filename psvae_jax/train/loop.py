@@ -95,11 +95,6 @@ def train_step(state: TrainState, batch, consts, *, task, tx, config) -> tuple[T
   return state, metrics
 
 
-def _with_sharding(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains config.stage in workdir (resuming if it has checkpoints); returns final eval metrics."""
   workdir = epath.Path(workdir)
@@ -129,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   latest = ckpt.latest_step()
   if latest is not None:
     logging.info("Resuming from %s/checkpoints/%d", workdir, latest)
-    state, data_state = ckpt.restore(latest, _with_sharding(abstract, shardings))
+    state, data_state = ckpt.restore(latest, parallel.with_shardings(abstract, shardings))
     if data_state:
       train_iter.set_state(data_state)
   else:

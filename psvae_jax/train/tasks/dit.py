@@ -21,10 +21,10 @@ from psvae_jax.models import dit as dit_lib
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
 
 
-def build_dit(config, in_channels: int) -> dit_lib.DiT:
+def build_dit(config) -> dit_lib.DiT:
+  """The DiT of config.model (its output channels follow the input latent's)."""
   m = config.model
   kw = dit_lib.dit_config(m.size)
-  del in_channels
   return dit_lib.DiT(**kw, patch_size=m.patch_size, cond_type=m.cond_type,
                      num_classes=m.num_classes, dtype=jnp.dtype(config.dtype), remat=m.remat,
                      attention_impl=m.attention_impl or None)
@@ -69,7 +69,7 @@ class DiTTask:
       raise ValueError(f"{config.autoencoder} has no latent_stats.npz: finish its stage 2 first.")
     self.text, text_params, tokenizer = load_text_encoder(config)
     self._text_params = text_params
-    self.model = build_dit(config, self.ae.latent_channels)
+    self.model = build_dit(config)
     self.gen = generation.Generator(config, self.model, self.text, tokenizer, self.ae, mesh)
     self.objective = self.gen.objective
     self.train_text = config.model.cond_type == "text" and config.train_text_encoder
