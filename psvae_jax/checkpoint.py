@@ -2,9 +2,11 @@
 
 Items of a step: "state" (the sharded TrainState), "data" (one JSON file per process with
 its input iterator's state, captured at save time) and "config" (the resolved config).
-Orbax writes each step to a temporary directory and renames it when complete, so a crash
-during a save leaves the previous step as the latest; a state with non-finite parameters
-is never saved.
+Orbax writes each step to a temporary directory (`<step>.orbax-checkpoint-tmp-*`) and renames
+it when complete (on GCS, where renames are not atomic, it writes a commit marker), so a
+crash or kill -9 during a save leaves the previous step as the latest: `latest_step()`
+considers finalized steps only, and opening a workdir deletes the partial ones (the
+manager's `cleanup_tmp_directories`). A state with non-finite parameters is never saved.
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_names=("state", "data", "config"),
@@ -119,7 +122,17 @@ class Checkpointer:
         options=options)
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    """The newest finalized step (a step killed mid-save is never returned)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      path = self.directory / str(step)
+      if ocp.step.is_path_finalized(path):
+        return step
+      logging.warning("Ignoring incomplete checkpoint %s (interrupted save).", path)
+    return None
+
+  def partial_steps(self) -> list[epath.Path]:
+    """Temporary (unfinished) step directories left by an interrupted save."""
+    return sorted(p for p in self.directory.iterdir() if ocp.step.is_tmp_checkpoint(p))
 
   def save(self, step: int, state: Any, *, data_state: Any = None,
            config: dict | None = None, force: bool = True) -> bool:

@@ -17,14 +17,25 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, Ten
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "jax.distributed.initialize(): 'on' always, 'off' never, 'auto' when a cluster "
-    "(TPU pod, SLURM, or JAX_COORDINATOR_ADDRESS) is detected.")
+    "(TPU pod, SLURM, or a coordinator address) is detected.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (default $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Process count (default $JAX_NUM_PROCESSES or detected).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process (default $JAX_PROCESS_ID or detected).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", None, "Seconds of missed heartbeats before the other processes "
+    "abort (a dead worker); default $PSVAE_HEARTBEAT_TIMEOUT_S or JAX's 100.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.initialize(_DISTRIBUTED.value)
+  runtime.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                     num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                     heartbeat_timeout_s=_HEARTBEAT.value)
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
   result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Done: %s", result)

@@ -120,6 +120,20 @@ def to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   return out
 
 
+def to_host(tree: Any) -> Any:
+  """numpy copies of (possibly multi-process, batch-sharded) arrays, on every process.
+
+  `jax.device_get` cannot read arrays spanning other processes' devices; those are
+  all-gathered first (a collective: every process must call this).
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(one, tree)
+
+
 def check_batch_divides_mesh(global_batch_size: int, mesh: Mesh) -> None:
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch_size % n:

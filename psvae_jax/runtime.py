@@ -1,6 +1,14 @@
 """Process start-up: hide GPUs from TensorFlow, JAX config, optional multi-host init.
 
 Call `initialize()` first thing in every entry point, before any other JAX call.
+
+Multi-process runs (TPU pod slices, multi-node GPUs, `launch/cpu_multiprocess.sh`) call
+`jax.distributed.initialize()`. Its parameters come from, in order: explicit arguments
+(main's flags), the environment (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
+`JAX_PROCESS_ID`), then JAX's cluster auto-detection (Cloud TPU, SLURM, Open MPI, k8s).
+A process that dies stops sending heartbeats; after `heartbeat_timeout_s` the coordination
+service aborts every other process with "another task died" instead of letting them hang
+in a collective.
 """
 
 from __future__ import annotations
@@ -17,18 +25,61 @@ def _cluster_detected() -> bool:
               and "," in env.get("TPU_WORKER_HOSTNAMES", ""))
 
 
-def initialize(distributed: str = "auto") -> None:
-  """Sets JAX options and, for multi-process runs, calls jax.distributed.initialize()."""
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name, "")
+  return int(value) if value.strip() else None
+
+
+def initialize(distributed: str = "auto", *, coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None,
+               heartbeat_timeout_s: int | None = None,
+               initialization_timeout_s: int | None = None) -> None:
+  """Sets JAX options and, for multi-process runs, calls jax.distributed.initialize().
+
+  Args:
+    distributed: "on" always initializes, "off" never, "auto" when a cluster or a
+      coordinator address is detected.
+    coordinator_address: "host:port" of process 0 (default $JAX_COORDINATOR_ADDRESS).
+    num_processes: process count (default $JAX_NUM_PROCESSES or auto-detected).
+    process_id: this process (default $JAX_PROCESS_ID or auto-detected).
+    heartbeat_timeout_s: seconds without heartbeats after which a process counts as dead
+      and the others abort (default $PSVAE_HEARTBEAT_TIMEOUT_S, else JAX's 100).
+    initialization_timeout_s: seconds to wait for all processes to connect (default
+      $PSVAE_INIT_TIMEOUT_S, else JAX's 300).
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  if distributed == "on" or (distributed == "auto" and _cluster_detected()):
+  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  if distributed == "on" or (distributed == "auto" and (coordinator_address or
+                                                         _cluster_detected())):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    kwargs = {}
+    for key, value, env in (("heartbeat_timeout_seconds", heartbeat_timeout_s,
+                             "PSVAE_HEARTBEAT_TIMEOUT_S"),
+                            ("initialization_timeout", initialization_timeout_s,
+                             "PSVAE_INIT_TIMEOUT_S")):
+      value = value if value is not None else _env_int(env)
+      if value is not None:
+        kwargs[key] = int(value)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes if num_processes is not None else _env_int(
+            "JAX_NUM_PROCESSES"),
+        process_id=process_id if process_id is not None else _env_int("JAX_PROCESS_ID"),
+        **kwargs)
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices (%s).",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count(), kwargs or "default timeouts")
   jax.config.update("jax_threefry_partitionable", True)
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
   hide_gpus_from_tf()
+
+
+def preemption_service_active() -> bool:
+  """True when jax.distributed runs a preemption sync manager (it handles SIGTERM)."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
 
 
 def hide_gpus_from_tf() -> None:

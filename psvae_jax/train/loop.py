@@ -29,13 +29,25 @@ from psvae_jax.train.state import TrainState, ema_decay, update_ema
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop saves at the next step boundary and returns."""
+  """Decides, at each step boundary, whether to save and stop (SIGTERM or a preemption notice).
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: jax.distributed's
+  preemption sync manager owns SIGTERM (on any process, including the TPU maintenance
+  notice) and `reached_preemption_sync_point(step)` returns True on every process at the
+  same step, so all of them save that step together. Without that service the flag is
+  all-gathered every step instead.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._service = False
 
   def __enter__(self):
+    from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+    self._service = jax.process_count() > 1 and runtime.preemption_service_active()
+    if self._service:  # its C++ SIGTERM handler must stay installed
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -52,13 +64,13 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
   def should_stop(self, step: int) -> bool:
+    if self._service:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return bool(multihost_utils.reached_preemption_sync_point(step))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      try:
-        if multihost_utils.reached_preemption_sync_point(step):
-          return True
-      except Exception:  # pylint: disable=broad-except  (no preemption service configured)
-        pass
+      flags_ = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+      return bool(np.any(flags_))
     return self.requested
 
 
@@ -198,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if preemption.should_stop(step):
         if step % config.ckpt_every:
           save(step)
-        logging.warning("Preempted: saved step %d, exiting.", step)
+        logging.warning("Preempted: saved step %d (process %d of %d), exiting.", step,
+                        jax.process_index(), jax.process_count())
         ckpt.close()
         writer.flush()
         return {"preempted_at": step}

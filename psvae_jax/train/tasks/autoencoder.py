@@ -129,9 +129,9 @@ class AutoencoderTask:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, axis=0)])
       x = jax.device_put(chunk, parallel.batch_sharding(mesh, 4))
       out, x_hat = self._eval_batch(state.ema_params, state.frozen, consts, x)
-      for k, v in jax.device_get(out).items():
+      for k, v in parallel.to_host(out).items():  # all-gathered across processes
         per_image.setdefault(k, []).append(np.asarray(v)[:n])
-      recons.append(np.asarray(jax.device_get(x_hat))[:n])
+      recons.append(parallel.to_host(x_hat)[:n])
     return {k: np.concatenate(v) for k, v in per_image.items()}, np.concatenate(recons)
 
   def evaluate(self, state, consts, mesh, step):

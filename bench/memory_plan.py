@@ -1,0 +1,243 @@
+"""Memory plan of the paper-size train steps on simulated 8- and 64-device meshes (AOT, no allocation).
+
+  python bench/memory_plan.py                      # 8 devices here, 64 in a subprocess
+  python bench/memory_plan.py --devices=8 --compile --remat=dots
+
+For each config (PS-VAE stage 2 with DINOv2-B and DINOv2-L, 224 in / 256 out; DiT-XL/2 text
+with a T5-XXL-sized encoder; global batch 256) the real train step is lowered on
+ShapeDtypeStructs over a ("data", "fsdp") mesh with every device on fsdp, and the table
+gives the bytes each device holds for parameters, optimizer state, EMA / frozen copies and
+constants under the FSDP shardings (parallel.param_shardings), against their unsharded
+total, the largest array left whole on one device, and (with --compile) XLA's
+memory_analysis of the compiled step: argument, output, temporary (activation) bytes per
+device. --remat picks a jax.checkpoint policy for the loss (none | full | dots: matmul
+outputs saved, the rest recomputed) to trade compute for activation memory. The
+--xla_force_host_platform_device_count flag must be set before JAX starts, so each mesh
+size runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ("psvae_dinov2_b", "psvae_dinov2_l", "dit_xl2_t5xxl")
+POLICIES = ("none", "full", "dots")
+
+
+def _remat(fn, policy: str):
+  import jax  # pylint: disable=g-import-not-at-top
+  if policy == "none":
+    return fn
+  pol = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[policy]
+  return jax.checkpoint(fn, policy=pol)
+
+
+def _psvae_step(name: str, mesh, batch: int, remat: str):
+  """(step_fn, abstract args, arg shardings, groups) for stage 2 via the real loop/task."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top
+  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train.tasks import autoencoder  # pylint: disable=g-import-not-at-top
+  config = psvae_config.get_config(name.split("_", 1)[1])
+  config.batch_size = batch
+  config.mesh.data, config.mesh.fsdp = 1, mesh.size
+  config.lpips.vgg = "random"  # the LPIPS network is built (its cost counts); no weight files
+  task = autoencoder.AutoencoderTask(config)
+  task.loss = _remat(task.loss, remat)
+  tx = optim.make_optimizer(config.optim, config.num_train_steps, functools.partial(
+      optim.label_params, groups=task.param_groups))
+  init_fn = functools.partial(loop.create_train_state, task=task, tx=tx)
+  state = jax.eval_shape(init_fn, jax.random.key(0))
+  consts = jax.eval_shape(task.constants)
+  s = config.data.image_size
+  images = jax.ShapeDtypeStruct((batch, s, s, 3), jax.numpy.float32)
+  sh = lambda t: parallel.param_shardings(t, mesh, min_size=config.shard_min_size)
+  state_sh, consts_sh = sh(state), sh(consts)
+  step = functools.partial(loop.train_step, task=task, tx=tx, config=config)
+  args = (state, {"image": images}, consts)
+  shardings = (state_sh, {"image": parallel.batch_sharding(mesh, 4)}, consts_sh)
+  groups = {"params": (state.params, state_sh.params),
+            "optimizer": (state.opt_state, state_sh.opt_state),
+            "ema+frozen": ((state.ema_params, state.frozen),
+                           (state_sh.ema_params, state_sh.frozen)),
+            "constants": (consts, consts_sh)}
+  return step, args, shardings, (state_sh, parallel.replicated(mesh)), groups
+
+
+def _dit_step(mesh, batch: int, remat: str):
+  """DiT-XL/2 (text, patch 2 in DiT's naming: 2x2 pixels of the 256 px image per latent
+  token, i.e. patch 1 on the 16x16 latent) with a frozen T5-XXL-sized encoder (4.7B)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
+  from psvae_jax.diffusion import objectives, schedules  # pylint: disable=g-import-not-at-top
+  from psvae_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
+  from psvae_jax.models import text_encoders  # pylint: disable=g-import-not-at-top
+  config = dit_config.get_config("XL_text")
+  length, width = 120, 4096
+  t5 = text_encoders.T5Encoder(vocab_size=32128, d_model=width, d_kv=64, d_ff=10240,
+                               num_layers=24, num_heads=64, is_gated_act=True,
+                               dense_act_fn="gelu_new", dtype=jnp.bfloat16)
+  dit = dit_lib.DiT(**dit_lib.dit_config("XL"), patch_size=1, cond_type="text",
+                    dtype=jnp.bfloat16, remat=remat != "none")
+  f32 = jnp.float32
+  ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+  z = jax.ShapeDtypeStruct((batch, 16, 16, 96), f32)
+  t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
+  dit_params = jax.eval_shape(
+      dit.init, jax.random.key(0), z, jax.ShapeDtypeStruct((batch,), f32),
+      context=jax.ShapeDtypeStruct((batch, length, width), f32),
+      context_mask=jax.ShapeDtypeStruct((batch, length), bool),
+      pooled=jax.ShapeDtypeStruct((batch, width), f32))["params"]
+  tx = optax.adamw(config.optim.lr)
+  opt = jax.eval_shape(tx.init, dit_params)
+  ema = dit_params
+  obj = objectives.EpsilonObjective(schedules.linear_schedule())
+
+  def step(params, opt_state, ema_params, text_params, b):
+    hidden, pooled = t5.apply({"params": text_params}, b["ids"], b["mask"])
+    hidden, pooled = jax.lax.stop_gradient((hidden, pooled))
+
+    def loss_fn(p):
+      t = obj.sample_t(jax.random.key(0), (batch,))
+      noise = jax.random.normal(jax.random.key(1), b["z"].shape)
+      pred = dit.apply({"params": p}, obj.sample_x_t(b["z"], t, noise), t, context=hidden,
+                       context_mask=b["mask"].astype(bool), pooled=pooled)
+      return jnp.mean(jnp.square(pred - noise))
+    loss, grads = jax.value_and_grad(_remat(loss_fn, "dots" if remat == "dots" else "none"))(
+        params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    ema_params = jax.tree.map(lambda e, q: e + 1e-4 * (q - e), ema_params, params)
+    return params, opt_state, ema_params, loss
+
+  sh = lambda t: parallel.param_shardings(t, mesh, min_size=config.shard_min_size)
+  p_sh, o_sh, e_sh, t_sh = sh(dit_params), sh(opt), sh(ema), sh(t5_params)
+  b = {"ids": ids, "mask": ids, "z": z}
+  b_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in b.items()}
+  args = (dit_params, opt, ema, t5_params, b)
+  shardings = (p_sh, o_sh, e_sh, t_sh, b_sh)
+  groups = {"params": (dit_params, p_sh), "optimizer": (opt, o_sh), "ema+frozen": (ema, e_sh),
+            "constants": (t5_params, t_sh)}
+  return step, args, shardings, (p_sh, o_sh, e_sh, parallel.replicated(mesh)), groups
+
+
+def _bytes(tree, shardings):
+  """(total bytes, bytes on one device, largest whole array on a device, its size)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  total = per_device = 0
+  largest_whole = 0
+  for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    nbytes = int(np.prod(a.shape, dtype=np.int64)) * a.dtype.itemsize
+    shard = int(np.prod(s.shard_shape(a.shape), dtype=np.int64)) * a.dtype.itemsize
+    total += nbytes
+    per_device += shard
+    if shard == nbytes:
+      largest_whole = max(largest_whole, nbytes)
+  return total, per_device, largest_whole
+
+
+def plan(name: str, batch: int, remat: str, compile_: bool) -> dict:
+  """Lowers one config on all local devices; returns its row of figures."""
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(1, jax.device_count())
+  if name == "dit_xl2_t5xxl":
+    step, args, shardings, out_sh, groups = _dit_step(mesh, batch, remat)
+  else:
+    step, args, shardings, out_sh, groups = _psvae_step(name, mesh, batch, remat)
+  t0 = time.time()
+  lowered = jax.jit(step, out_shardings=out_sh).lower(
+      *[parallel.with_shardings(a, s) for a, s in zip(args, shardings)])
+  row = {"config": name, "devices": mesh.size, "batch": batch, "remat": remat,
+         "lower_s": round(time.time() - t0, 1)}
+  gib = 2.0**30
+  for group, (tree, shard) in groups.items():
+    total, per_device, whole = _bytes(tree, shard)
+    row[group] = (total / gib, per_device / gib, whole / gib)
+  total = sum(v[0] for k, v in row.items() if k in groups)
+  per_device = sum(v[1] for k, v in row.items() if k in groups)
+  row["total_gib"], row["per_device_gib"] = total, per_device
+  row["division"] = total / per_device
+  row["largest_whole_mib"] = max(v[2] for k, v in row.items() if k in groups) * 1024
+  row["n_params"] = sum(x.size for x in jax.tree.leaves(groups["params"][0]))
+  if compile_:
+    t0 = time.time()
+    compiled = lowered.compile()
+    row["compile_s"] = round(time.time() - t0, 1)
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      for key in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                  "generated_code_size_in_bytes"):
+        row[key.replace("_size_in_bytes", "_gib")] = getattr(mem, key, 0) / gib
+  return row
+
+
+def _format(rows: list[dict]) -> str:
+  head = (f"{'config':<16}{'dev':>4}{'params':>9}{'B':>6}{'total GiB':>11}{'per-dev GiB':>13}"
+          f"{'(params/opt/ema+frozen/consts)':>40}{'div':>7}{'max whole MiB':>15}"
+          f"{'temp GiB':>10}{'arg GiB':>9}")
+  lines = [head, "-" * len(head)]
+  for r in rows:
+    parts = "/".join(f"{r[g][1]:.2f}" for g in ("params", "optimizer", "ema+frozen",
+                                                 "constants"))
+    temp = f"{r['temp_gib']:.2f}" if "temp_gib" in r else "-"
+    arg = f"{r['argument_gib']:.2f}" if "argument_gib" in r else "-"
+    lines.append(f"{r['config']:<16}{r['devices']:>4}{r['n_params'] / 1e9:>8.2f}B{r['batch']:>6}"
+                 f"{r['total_gib']:>11.2f}{r['per_device_gib']:>13.3f}{parts:>40}"
+                 f"{r['division']:>7.2f}{r['largest_whole_mib']:>15.2f}{temp:>10}{arg:>9}")
+  return "\n".join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--devices", type=int, nargs="*", default=[8, 64])
+  p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=CONFIGS)
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--remat", default="full", choices=POLICIES)
+  p.add_argument("--compile", action="store_true",
+                 help="also compile and print XLA's memory_analysis (slow for 64 devices)")
+  p.add_argument("--json", help="write the rows to this file")
+  p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+  a = p.parse_args()
+  if a._child:  # pylint: disable=protected-access
+    import jax  # pylint: disable=g-import-not-at-top
+    assert jax.device_count() == a.devices[0], (jax.device_count(), a.devices)
+    rows = [plan(c, a.batch, a.remat, a.compile) for c in a.configs]
+    print("ROWS " + json.dumps(rows))
+    return
+  rows = []
+  for n in a.devices:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--devices", str(n),
+           "--batch", str(a.batch), "--remat", a.remat, "--configs", *a.configs]
+    cmd += ["--compile"] if a.compile else []
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    line = [l for l in out.stdout.splitlines() if l.startswith("ROWS ")]
+    if out.returncode or not line:
+      sys.exit(f"{n} devices failed:\n{out.stderr[-4000:]}")
+    rows += json.loads(line[0][5:])
+  for r in rows:  # FSDP must divide the state, and nothing large may stay whole
+    if r["division"] < 0.9 * r["devices"] or r["largest_whole_mib"] > 64:
+      sys.exit(f"FSDP does not divide {r['config']} on {r['devices']} devices: {r}")
+  print(_format(rows))
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,133 @@
+"""Two local processes (launch/cpu_multiprocess.sh, gloo): preemption, bitwise resume, dead worker.
+
+One scenario shares its runs between assertions (CI budget): stage 2 (tiny, SMALL_AE) trains
+6 steps uninterrupted; a second run is SIGTERMed early (jax.distributed's preemption sync
+point: both processes save the same step and exit 0), resumed by re-running the same
+command, and must end with bitwise the same parameters, optimizer state, EMA, data-iterator
+state and eval metrics as the uninterrupted run.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import jax
+
+from conftest import ROOT, SMALL_AE  # pylint: disable=g-bad-import-order
+
+LAUNCH = os.path.join(ROOT, "launch", "cpu_multiprocess.sh")
+STEPS = ["--config.num_train_steps=6", "--config.eval_every=1000", "--config.ckpt_every=1000",
+         "--config.log_every=1"]
+
+
+def _launch(workdir, logdir, *extra, heartbeat=10, timeout=420):
+  cmd = [LAUNCH, "2", "-k", "1", "--logdir", str(logdir), "--timeout", str(timeout),
+         sys.executable, "-m", "psvae_jax.main", "--config=configs/psvae.py:tiny",
+         f"--workdir={workdir}", *SMALL_AE, *extra]
+  env = dict(os.environ, PSVAE_NO_VENV="1", PSVAE_HEARTBEAT_TIMEOUT_S=str(heartbeat))
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _log(logdir, i):
+  path = os.path.join(logdir, f"process_{i}.log")
+  return open(path).read() if os.path.exists(path) else ""
+
+
+def _wait_for(logdir, pattern, proc, deadline_s=300):
+  t0 = time.time()
+  while not re.search(pattern, _log(logdir, 0)):
+    assert proc.poll() is None, _log(logdir, 0)[-3000:]
+    assert time.time() - t0 < deadline_s, _log(logdir, 0)[-3000:]
+    time.sleep(0.2)
+
+
+def _finish(proc, logdir, expect_ok=True):
+  out, _ = proc.communicate(timeout=600)
+  if expect_ok:
+    assert proc.returncode == 0, out[-2000:] + _log(logdir, 0)[-3000:] + _log(logdir, 1)[-3000:]
+  return out
+
+
+def _restore_numpy(step_dir):
+  """A multi-process checkpoint read back as host numpy arrays (no devices needed)."""
+  path = os.path.join(step_dir, "state")
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  meta = getattr(meta, "tree", meta)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  return ckptr.restore(path, restore_args=args)
+
+
+@pytest.mark.slow
+def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
+  extra = (*STEPS, f"--config.init_from={svae_dir}")
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  _finish(_launch(ref, tmp_path / "ref_logs", *extra), tmp_path / "ref_logs")
+
+  logs = tmp_path / "run_logs"
+  proc = _launch(run, logs, *extra)
+  _wait_for(logs, r"step 1:", proc)
+  proc.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes
+  _finish(proc, logs)
+  saved = [re.findall(r"Preempted: saved step (\d+)", _log(logs, i)) for i in (0, 1)]
+  assert saved[0] and saved[0] == saved[1], saved  # both processes, the same step
+  stop = int(saved[0][0])
+  assert 1 <= stop < 6, stop
+  assert sorted(p for p in os.listdir(run / "checkpoints" / str(stop) / "data")
+                if p.endswith(".json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+
+  logs2 = tmp_path / "resume_logs"
+  _finish(_launch(run, logs2, *extra), logs2)
+  for i in (0, 1):
+    assert f"Resuming from {run}/checkpoints/{stop}" in _log(logs2, i)
+    assert f"step {stop}:" not in _log(logs2, i) and f"step {stop + 1}:" in _log(logs2, i)
+
+  a = _restore_numpy(str(ref / "checkpoints" / "6"))
+  b = _restore_numpy(str(run / "checkpoints" / "6"))
+  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b) and len(flat_a) > 50
+  diff = [jax.tree_util.keystr(p) for (p, x), y in zip(flat_a, flat_b)
+          if x.shape != y.shape or x.tobytes() != y.tobytes()]
+  assert not diff, f"{len(diff)} entries differ after resume, e.g. {diff[:5]}"
+  assert int(a["step"]) == 6 and int(a["skipped"]) == 0
+  for i in (0, 1):  # data order: the iterators stand at the same place
+    name = f"process_{i}-of-2.json"
+    assert (json.load(open(ref / "checkpoints" / "6" / "data" / name)) ==
+            json.load(open(run / "checkpoints" / "6" / "data" / name)))
+  assert json.load(open(ref / "metrics.json")) == json.load(open(run / "metrics.json"))
+  # process 0 alone writes config, metrics, samples and TensorBoard events.
+  events = [p for p in os.listdir(ref) if p.startswith("events.out.tfevents")]
+  assert len({e.rsplit(".", 3)[-3] for e in events}) == 1, events
+
+
+@pytest.mark.slow
+def test_dead_worker_fails_the_others_fast(svae_dir, tmp_path):
+  logs = tmp_path / "logs"
+  heartbeat = 5
+  proc = _launch(tmp_path / "run", logs, "--config.num_train_steps=1000",
+                 "--config.log_every=1", f"--config.init_from={svae_dir}", heartbeat=heartbeat,
+                 timeout=300)
+  _wait_for(logs, r"step 1:", proc)
+  pid = int(open(logs / "pids").read().split()[1])
+  os.kill(pid, signal.SIGKILL)
+  t0 = time.time()
+  out = _finish(proc, logs, expect_ok=False)
+  elapsed = time.time() - t0
+  print(f"dead worker: the other process exited {elapsed:.1f} s after kill -9 "
+        f"(heartbeat timeout {heartbeat} s)")
+  assert proc.returncode != 0
+  assert elapsed < 60, elapsed
+  assert "process 1 exited with 137" in out, out[-2000:]
+  log0 = _log(logs, 0)
+  assert "another task died" in log0 or "stopped sending heartbeats" in log0, log0[-3000:]
