@@ -1,0 +1,37 @@
+"""Evaluation suites for `python -m psvae_jax.evaluate --workdir=DIR --config=configs/eval.py:ARG`.
+
+Variants: `demo` (CPU: fid_proxy, rfid_proxy, psnr, ssim, lpips, adherence on the shapes demo;
+proxy weights from `--config.proxy_weights`, default `<workdir>/../fid_proxy.safetensors`),
+`inception` (Inception FID-N / rFID with `--config.inception_weights=pt_inception-...pth`
+and an optional `--config.reference=VIRTUAL_imagenet256_labeled.npz`).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = arg or "demo"
+  c = ml_collections.ConfigDict()
+  c.batch_size = 64  # eval batch (global); results do not depend on it
+  c.proxy_weights = ""  # fid proxy safetensors ("" = <workdir>/../fid_proxy.safetensors)
+  c.inception_weights = ""  # pytorch-fid pt_inception-2015-12-05-6726825d.pth (or safetensors)
+  c.lpips_vgg = ""  # torchvision vgg16 weights; "" = random-init VGG (labelled, not perceptual)
+  c.lpips_heads = ""
+  c.step = -1  # step the figures are written at (-1: the workdir's latest checkpoint)
+  if arg == "demo":
+    c.evals = ml_collections.ConfigDict(dict(
+        fid_proxy=dict(type="fid", feature="proxy", num_samples=256, num_reference=1024,
+                       steps=50, cfg=7.5, seed=0, reference=""),
+        rfid_proxy=dict(type="rfid", feature="proxy", num_images=256),
+        psnr=dict(type="psnr", num_images=256), ssim=dict(type="ssim", num_images=256),
+        lpips=dict(type="lpips", num_images=256),
+        adherence=dict(type="adherence", num_samples=256, steps=50, cfg=7.5, seed=0)))
+  elif arg == "inception":
+    c.evals = ml_collections.ConfigDict(dict(
+        fid=dict(type="fid", feature="inception", num_samples=50_000, num_reference=50_000,
+                 steps=50, cfg=7.5, seed=0, reference=""),
+        rfid=dict(type="rfid", feature="inception", num_images=50_000),
+        psnr=dict(type="psnr", num_images=50_000), ssim=dict(type="ssim", num_images=50_000)))
+  else:
+    raise ValueError(f"Unknown eval variant {arg!r} (demo | inception).")
+  return c

@@ -1,0 +1,195 @@
+"""Evaluators (big_vision style): small classes chosen by `type` in config, each returning {name: value}.
+
+  evals = {"fid_proxy": {"type": "fid", "feature": "proxy", "num_samples": 128, ...},
+           "rfid_proxy": {"type": "rfid", "feature": "proxy"}, "psnr": {"type": "psnr"}, ...}
+  results = run_all(evals, ctx)     # {"fid_proxy/fid": ..., "fid_proxy/steps": ..., ...}
+
+An evaluator sees the model only through an `EvalContext`: `reconstruct(images)` (the
+autoencoder, [-1, 1] in and out), `generate(captions, steps, cfg, seed)` (uint8 out),
+`eval_data(n)` (held-out images and captions) and `features(kind)` (a jitted feature net:
+"inception" with FID weights, or "proxy"). Images go through fixed-size padded batches
+sharded over the context's mesh; padded rows are masked out, per-image values are reduced
+in float64 in image order and FID statistics are exact float64 sums, so results do not
+depend on the eval batch size or the device count. Every FID comes with its sampler steps,
+cfg, number of samples and reference set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psvae_jax import parallel
+from psvae_jax.evals import fid as fid_lib
+from psvae_jax.evals import image_metrics
+
+
+@dataclasses.dataclass
+class EvalContext:
+  mesh: jax.sharding.Mesh
+  batch_size: int
+  eval_data: Callable[[int], dict[str, Any]]  # n -> {"image": [-1,1] float, "caption": [...]}
+  reconstruct: Callable[[np.ndarray], np.ndarray] | None = None
+  generate: Callable[..., np.ndarray] | None = None
+  feature_nets: dict[str, tuple[Callable, int]] = dataclasses.field(default_factory=dict)
+  lpips: tuple[Any, Any] | None = None  # (module, variables)
+  lpips_label: str = ""
+  cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def batches(self, n: int):
+    """(start, stop, padded size) chunks of the compiled eval batch size."""
+    parallel.check_batch_divides_mesh(self.batch_size, self.mesh)
+    for i in range(0, n, self.batch_size):
+      yield i, min(n, i + self.batch_size)
+
+  def put(self, x: np.ndarray) -> tuple[jax.Array, np.ndarray]:
+    """Pads a host chunk to the batch size, shards it; returns (array, valid mask)."""
+    n = len(x)
+    mask = np.arange(self.batch_size) < n
+    if n < self.batch_size:
+      x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - n, axis=0)])
+    return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)), mask
+
+  def per_image(self, fn: Callable, *arrays: np.ndarray) -> np.ndarray:
+    """fn(*batch) -> (B,) per image, over all images, float64, in image order."""
+    out = []
+    for i, j in self.batches(len(arrays[0])):
+      xs = [self.put(a[i:j])[0] for a in arrays]
+      out.append(np.asarray(jax.device_get(fn(*xs)), np.float64)[:j - i])
+    return np.concatenate(out)
+
+  def stats(self, kind: str, images_u8: np.ndarray) -> fid_lib.FeatureStats:
+    """FID statistics of uint8 images under feature net `kind`, over all hosts."""
+    fn, dim = self.feature_nets[kind]
+    s = fid_lib.FeatureStats(dim)
+    for i, j in self.batches(len(images_u8)):
+      x, mask = self.put(images_u8[i:j])
+      s.update(np.asarray(jax.device_get(fn(x))), mask)
+    return s.allreduce()
+
+  def recon(self, n: int) -> tuple[dict[str, Any], np.ndarray]:
+    """The eval set and its reconstructions (computed once per context)."""
+    if ("recon", n) not in self.cache:
+      data = self.eval_data(n)
+      self.cache[("recon", n)] = (data, np.clip(self.reconstruct(data["image"]), -1, 1))
+    return self.cache[("recon", n)]
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+  return np.asarray(np.clip((np.asarray(x, np.float32) + 1.0) * 127.5 + 0.5, 0, 255), np.uint8)
+
+
+_psnr = jax.jit(image_metrics.psnr)
+_ssim = jax.jit(image_metrics.ssim)
+
+
+class PSNR:
+  def __init__(self, cfg):
+    self.n = cfg.get("num_images", 256)
+
+  def run(self, ctx):
+    data, rec = ctx.recon(self.n)
+    return {"psnr": float(np.mean(ctx.per_image(_psnr, rec, data["image"]))),
+            "num_images": self.n}
+
+
+class SSIM(PSNR):
+  def run(self, ctx):
+    data, rec = ctx.recon(self.n)
+    return {"ssim": float(np.mean(ctx.per_image(_ssim, rec, data["image"]))),
+            "num_images": self.n}
+
+
+class LPIPS(PSNR):
+  def run(self, ctx):
+    if ctx.lpips is None:
+      raise ValueError("lpips evaluator needs LPIPS weights in the context.")
+    data, rec = ctx.recon(self.n)
+    module, variables = ctx.lpips
+    fn = ctx.cache.setdefault("lpips_fn", jax.jit(lambda a, b: module.apply(variables, a, b)))
+    out = {"lpips": float(np.mean(ctx.per_image(fn, rec, data["image"]))), "num_images": self.n}
+    if ctx.lpips_label:
+      out["weights"] = ctx.lpips_label
+    return out
+
+
+class RFID(PSNR):
+  """FID of the reconstructions against the originals of the same eval images."""
+
+  def __init__(self, cfg):
+    super().__init__(cfg)
+    self.feature = cfg.get("feature", "inception")
+
+  def run(self, ctx):
+    data, rec = ctx.recon(self.n)
+    mu1, s1 = ctx.stats(self.feature, to_uint8(rec)).finalize()
+    mu2, s2 = ctx.stats(self.feature, to_uint8(data["image"])).finalize()
+    return {"rfid": fid_lib.frechet_distance(mu1, s1, mu2, s2), "num_samples": self.n,
+            "feature": self.feature, "reference": f"originals of the first {self.n} eval images"}
+
+
+class FID:
+  """Generation FID: N samples (prompts from the eval set, cycled) against reference stats."""
+
+  def __init__(self, cfg):
+    self.n = cfg.get("num_samples", 1000)
+    self.num_ref = cfg.get("num_reference", 1000)
+    self.steps, self.cfg, self.seed = cfg.get("steps", 50), cfg.get("cfg", 7.5), cfg.get("seed", 0)
+    self.feature = cfg.get("feature", "inception")
+    self.ref_path = cfg.get("reference", "")  # .npz (ours or ADM); "" = own pass over eval data
+
+  def reference(self, ctx):
+    if self.ref_path:
+      mu, sigma, meta = fid_lib.load_stats(self.ref_path)
+      return mu, sigma, f"{self.ref_path} {meta}"
+    key = ("ref", self.feature, self.num_ref)
+    if key not in ctx.cache:
+      data = ctx.eval_data(self.num_ref)
+      ctx.cache[key] = ctx.stats(self.feature, to_uint8(data["image"])).finalize()
+    return (*ctx.cache[key], f"first {self.num_ref} eval images")
+
+  def run(self, ctx):
+    captions = list(ctx.eval_data(min(self.n, self.num_ref))["caption"])
+    captions = [captions[i % len(captions)] for i in range(self.n)]
+    images = ctx.cache.setdefault(("gen", self.n, self.steps, self.cfg, self.seed),
+                                  ctx.generate(captions, self.steps, self.cfg, self.seed))
+    mu, sigma = ctx.stats(self.feature, images).finalize()
+    ref_mu, ref_sigma, ref_name = self.reference(ctx)
+    return {"fid": fid_lib.frechet_distance(mu, sigma, ref_mu, ref_sigma), "steps": self.steps,
+            "cfg": self.cfg, "num_samples": self.n, "feature": self.feature,
+            "reference": ref_name}
+
+
+class Adherence(FID):
+  """Shapes prompt adherence of generated samples (psvae_jax.data.shapes.score)."""
+
+  def run(self, ctx):
+    from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
+    captions = list(ctx.eval_data(self.n)["caption"])
+    images = ctx.cache.setdefault(("gen", self.n, self.steps, self.cfg, self.seed),
+                                  ctx.generate(captions, self.steps, self.cfg, self.seed))
+    return {"adherence": float(np.mean(shapes.score_batch(images, captions))),
+            "steps": self.steps, "cfg": self.cfg, "num_samples": self.n}
+
+
+EVALUATORS = {"fid": FID, "rfid": RFID, "psnr": PSNR, "ssim": SSIM, "lpips": LPIPS,
+              "adherence": Adherence}
+
+
+def get_evaluator(cfg):
+  if cfg["type"] not in EVALUATORS:
+    raise ValueError(f"Unknown evaluator type {cfg['type']!r}; known: {sorted(EVALUATORS)}.")
+  return EVALUATORS[cfg["type"]](cfg)
+
+
+def run_all(evals: dict[str, Any], ctx: EvalContext) -> dict[str, Any]:
+  """{"<name>/<key>": value} for every configured evaluator (numbers and strings)."""
+  out = {}
+  for name, cfg in sorted(dict(evals).items()):
+    for k, v in get_evaluator(dict(cfg)).run(ctx).items():
+      out[f"{name}/{k}"] = v
+  return out

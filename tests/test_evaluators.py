@@ -1,0 +1,77 @@
+"""Evaluators: rFID / PSNR / SSIM do not move with the eval batch size or the device count.
+
+The "autoencoder" is a fixed jitted blur + colour shift (an image-to-image map whose output
+differs from its input), the feature net a random-init shapes proxy: what is under test is
+the evaluators' batching, padding masks, sharding and float64 reductions.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from psvae_jax import parallel
+from psvae_jax.data import shapes
+from psvae_jax.evals import evaluators
+from psvae_jax.evals import image_metrics
+from psvae_jax.evals import proxy
+
+N = 72  # not a multiple of 32 or 64: the last batch is padded
+
+
+def _data(n):
+  imgs, caps = zip(*(shapes.generate(i, 32, seed=7) for i in range(n)))
+  return {"image": np.stack(imgs).astype(np.float32) / 127.5 - 1.0, "caption": list(caps)}
+
+
+@jax.jit
+def _fake_autoencoder(x):
+  blur = image_metrics.gaussian_filter2d(x, sigma=0.8)
+  return jnp.clip(blur * 0.9 + 0.05, -1, 1)
+
+
+def _results(batch_size, devices):
+  mesh = parallel.make_mesh(-1, 1, devices=jax.devices()[:devices])
+  module, params = proxy.random_proxy(0)
+  ctx = evaluators.EvalContext(mesh=mesh, batch_size=batch_size, eval_data=_data)
+
+  def reconstruct(images):
+    out = []
+    for i, j in ctx.batches(len(images)):
+      x, _ = ctx.put(images[i:j])
+      out.append(np.asarray(_fake_autoencoder(x))[:j - i])
+    return np.concatenate(out)
+
+  ctx.reconstruct = reconstruct
+  ctx.feature_nets["proxy"] = (jax.jit(proxy.feature_fn(module, params)), proxy.FEATURE_DIM)
+  evals = {"rfid_proxy": {"type": "rfid", "feature": "proxy", "num_images": N},
+           "psnr": {"type": "psnr", "num_images": N}, "ssim": {"type": "ssim", "num_images": N}}
+  return evaluators.run_all(evals, ctx)
+
+
+def test_reconstruction_metrics_do_not_depend_on_batch_size_or_devices():
+  base = _results(8, 8)
+  assert base["rfid_proxy/rfid"] > 0 and 10 < base["psnr/psnr"] < 60
+  for bs, dev in ((32, 8), (64, 8), (8, 1), (64, 1)):
+    r = _results(bs, dev)
+    for k, tol in (("psnr/psnr", 1e-6), ("ssim/ssim", 1e-6), ("rfid_proxy/rfid", 1e-3)):
+      rel = abs(r[k] - base[k]) / abs(base[k])
+      print(f"batch {bs} devices {dev} {k}: {r[k]:.8g} vs {base[k]:.8g} rel {rel:.1e}")
+      assert rel <= tol, (bs, dev, k, rel)
+  assert base["rfid_proxy/num_samples"] == N and "eval images" in base["rfid_proxy/reference"]
+
+
+def test_ssim_evaluator_matches_skimage():
+  r = _results(32, 8)
+  data = _data(N)
+  rec = np.asarray(_fake_autoencoder(data["image"]))
+  ref = np.mean([structural_similarity(
+      (a + 1) / 2, (b + 1) / 2, channel_axis=-1, data_range=1.0, gaussian_weights=True,
+      sigma=1.5, use_sample_covariance=False) for a, b in zip(rec, data["image"])])
+  assert abs(r["ssim/ssim"] - ref) <= 1e-4
+
+
+def test_unknown_evaluator_type_is_named():
+  with pytest.raises(ValueError, match="fdi"):
+    evaluators.get_evaluator({"type": "fdi"})
