@@ -47,15 +47,19 @@ class Pipeline:
 
   def generate(self, prompts: Sequence[str] | None = None, steps: int = 50, cfg: float = 7.5,
                eta: float = 0.0, seed: int = 0, labels: Sequence[int] | None = None,
-               cfg_rescale: float | None = None) -> np.ndarray:
+               cfg_rescale: float | None = None,
+               guidance_interval: tuple[float, float] | None = None) -> np.ndarray:
     """Prompts (or class labels) -> uint8 images (N, H, W, 3). Same seed, same images.
 
     cfg_rescale: guidance rescale phi (None: the model config's sample.cfg_rescale).
+    guidance_interval: (lo, hi) noise levels (1 = pure noise) where cfg applies, scale 1 elsewhere
+      (None: the model config's sample.guidance_interval; (0, 1) = every step).
     """
     if prompts is not None and isinstance(prompts, str):
       prompts = [prompts]
     return self.gen.generate(self.params, self.consts, prompts=prompts, labels=labels,
-                             steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale)
+                             steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,
+                             guidance_interval=guidance_interval)
 
   def _put(self, x: np.ndarray) -> jax.Array:
     n = x.shape[0]

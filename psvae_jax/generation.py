@@ -97,7 +97,8 @@ class Generator:
   # ---- sampling -----------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
   def sample_latents(self, params, consts, batch, z_start, timesteps, cfg, eta, rng, start_index,
-                     inpaint=None, cfg_rescale=0.0, *, use_inpaint=False):
+                     inpaint=None, cfg_rescale=0.0, guidance_interval=(0.0, 1.0), *,
+                     use_inpaint=False):
     """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
@@ -109,19 +110,20 @@ class Generator:
     if isinstance(self.objective, objectives.EpsilonObjective):
       return samplers.ddim_sample(model_fn, self.objective.schedule, z_start, c_on, c_off, timesteps,
                                   cfg, eta, rng, start_index=start_index, carry_sharding=sharding,
-                                  inpaint=inp, cfg_rescale=cfg_rescale)
+                                  inpaint=inp, cfg_rescale=cfg_rescale,
+                                  guidance_interval=guidance_interval)
     num_steps = jnp.sum(timesteps >= 0)
     return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps,
                                  self.config.diffusion.flow_shift, cfg, max_steps=MAX_STEPS,
                                  start_index=start_index, carry_sharding=sharding, inpaint=inp,
-                                 cfg_rescale=cfg_rescale)
+                                 cfg_rescale=cfg_rescale, guidance_interval=guidance_interval)
 
   @functools.partial(jax.jit, static_argnums=(0,))
   def _decode_jit(self, consts, z):
     return self.decode(consts, z)
 
   def generate(self, params, consts, *, prompts=None, labels=None, steps=50, cfg=7.5, eta=0.0,
-               seed=0, cfg_rescale=None) -> np.ndarray:
+               seed=0, cfg_rescale=None, guidance_interval=None) -> np.ndarray:
     """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
     n = len(prompts) if prompts is not None else len(labels)
     if n == 0:
@@ -134,7 +136,7 @@ class Generator:
     batch = self.host_condition(prompts=prompts, labels=labels)
     z_t = initial_noise(seed, np.arange(n + pad), self.latent_shape)
     z0 = self.run(params, consts, batch, z_t, steps=steps, cfg=cfg, eta=eta, seed=seed,
-                  cfg_rescale=cfg_rescale)
+                  cfg_rescale=cfg_rescale, guidance_interval=guidance_interval)
     return self.to_images(consts, z0)[:n]
 
   def host_condition(self, prompts=None, labels=None) -> dict[str, np.ndarray]:
@@ -157,10 +159,16 @@ class Generator:
     return ts
 
   def run(self, params, consts, batch, z_start, *, steps, cfg, eta, seed, start_index=0,
-          inpaint=None, cfg_rescale=None):
-    """Samples from z_start; cfg_rescale None takes the config's sample.cfg_rescale."""
+          inpaint=None, cfg_rescale=None, guidance_interval=None):
+    """Samples from z_start; cfg_rescale / guidance_interval None take the config's sample.* values."""
     if cfg_rescale is None:
       cfg_rescale = self.config.sample.get("cfg_rescale", 0.0)
+    if guidance_interval is None:
+      guidance_interval = self.config.sample.get("guidance_interval", (0.0, 1.0))
+    lo, hi = (float(v) for v in guidance_interval)
+    if not 0.0 <= lo <= hi <= 1.0:
+      raise ValueError("guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got "
+                       f"{guidance_interval}.")
     put = lambda x: jax.device_put(np.asarray(x), parallel.batch_sharding(self.mesh, np.ndim(x)))
     batch = {k: put(v) for k, v in batch.items()}
     z_start = jax.device_put(z_start, parallel.batch_sharding(self.mesh, z_start.ndim))
@@ -170,6 +178,7 @@ class Generator:
                                jnp.float32(cfg), jnp.float32(eta),
                                jax.random.fold_in(jax.random.key(seed), 1 << 20),
                                jnp.int32(start_index), inp, jnp.float32(cfg_rescale),
+                               jnp.asarray([lo, hi], jnp.float32),
                                use_inpaint=inpaint is not None)
 
   def to_images(self, consts, z0) -> np.ndarray:

@@ -230,9 +230,30 @@ def test_cfg_rescale_matches_conditional_std():
   z = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
   model = lambda x, t, c: x * c["s"][:, None, None, None] + 0.1
   cond, uncond = {"s": jnp.array([2.0, 3.0])}, {"s": jnp.array([0.5, 0.5])}
-  plain = _guided(model, cond, uncond, jnp.float32(7.5))(z, 10.0)
-  full = _guided(model, cond, uncond, jnp.float32(7.5), 1.0)(z, 10.0)
+  plain = _guided(model, cond, uncond, jnp.float32(7.5))(z, 10.0, 0.01)
+  full = _guided(model, cond, uncond, jnp.float32(7.5), 1.0)(z, 10.0, 0.01)
   cond_out = model(z, None, cond)
   np.testing.assert_allclose(jnp.std(full, axis=(1, 2, 3)), jnp.std(cond_out, axis=(1, 2, 3)),
                              rtol=1e-5)
-  np.testing.assert_allclose(_guided(model, cond, uncond, jnp.float32(7.5), 0.0)(z, 10.0), plain)
+  np.testing.assert_allclose(_guided(model, cond, uncond, jnp.float32(7.5), 0.0)(z, 10.0, 0.01),
+                             plain)
+
+
+def test_guidance_interval_applies_cfg_only_inside():
+  """Euler with guidance on t in [0.5, 1] equals a hand loop that switches the scale at t = 0.5."""
+  z1 = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+  model = lambda x, t, c: 0.3 * x * c["s"][:, None, None, None] + 1e-3 * t[:, None, None, None]
+  cond, uncond = {"s": jnp.array([2.0, 3.0])}, {"s": jnp.array([0.5, 0.5])}
+  run = lambda interval: samplers.euler_sample(model, z1, cond, uncond, 10, 1.0, 4.0,
+                                               guidance_interval=interval)
+  z = z1
+  for i in range(10):
+    t, t_next = 1.0 - i / 10, 1.0 - (i + 1) / 10
+    tm = jnp.full((2,), t * 1000.0)
+    vc, vu = model(z, tm, cond), model(z, tm, uncond)
+    s = 4.0 if t >= 0.5 else 1.0
+    z = z + (t_next - t) * (vu + s * (vc - vu))
+  np.testing.assert_allclose(run((0.5, 1.0)), z, rtol=1e-5, atol=1e-6)
+  plain = samplers.euler_sample(model, z1, cond, uncond, 10, 1.0, 4.0)
+  np.testing.assert_allclose(run((0.0, 1.0)), plain, rtol=1e-6)
+  assert float(jnp.max(jnp.abs(run((0.5, 1.0)) - plain))) > 1e-3  # the interval changes the result

@@ -73,8 +73,13 @@ def ddim_start_latents(sched: schedules.Schedule, z0: jax.Array, timesteps: jax.
 
 
 def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array,
-            cfg_rescale: float | jax.Array = 0.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """(z, scalar model time) → float32 prediction, with CFG as one 2B batch when ``uncond`` is given.
+            cfg_rescale: float | jax.Array = 0.0,
+            guidance_interval: Any = (0.0, 1.0)) -> Callable[..., jax.Array]:
+  """(z, scalar model time, noise level) → float32 prediction; CFG as one 2B batch if ``uncond`` is given.
+
+  ``guidance_interval`` = (lo, hi) applies the guidance scale only at noise levels lo ≤ level ≤ hi (level:
+  t/T for DDIM, flow time t; 1 = pure noise) and scale 1 (the conditional prediction) elsewhere: guidance in
+  a limited interval (Kynkäänniemi et al. 2024). (0, 1), the default, is plain CFG at every step. Traced.
 
   ``cfg_rescale`` = φ > 0 applies guidance rescaling (Lin et al. 2023, "Common diffusion noise
   schedules and sample steps are flawed", eq. 15-16): the guided prediction is scaled towards
@@ -82,19 +87,23 @@ def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array,
   from over-saturating. φ = 0 is plain CFG (diffusers' default).
   """
   if uncond is None:
-    def pred(z, t):
+    def pred(z, t, level):
+      del level
       t_b = jnp.full((z.shape[0],), t, jnp.float32)  # (B,)
       return model_fn(z, t_b, cond).astype(jnp.float32)
     return pred
 
   both = jax.tree.map(lambda c, u: jnp.concatenate([c, u], axis=0), cond, uncond)  # leaves (2B, ...)
 
-  def pred(z, t):
+  interval = jnp.asarray(guidance_interval, jnp.float32)  # (2,)
+
+  def pred(z, t, level):
     z2 = jnp.concatenate([z, z], axis=0)  # (2B, ...)
     t_b = jnp.full((z2.shape[0],), t, jnp.float32)  # (2B,)
     out = model_fn(z2, t_b, both).astype(jnp.float32)
     out_c, out_u = jnp.split(out, 2, axis=0)
-    guided = out_u + cfg_scale * (out_c - out_u)
+    scale = jnp.where((level >= interval[0]) & (level <= interval[1]), cfg_scale, 1.0)
+    guided = out_u + scale * (out_c - out_u)
     axes = tuple(range(1, guided.ndim))
     ratio = jnp.std(out_c, axis=axes, keepdims=True) / (
         jnp.std(guided, axis=axes, keepdims=True) + 1e-8)
@@ -122,7 +131,8 @@ def _scan_steps(step_fn, z, indices, times, active, carry_sharding):
 def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, cond: Any, uncond: Any,
                 timesteps: jax.Array, cfg_scale: float | jax.Array, eta: float | jax.Array,
                 rng: jax.Array, *, start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0) -> jax.Array:
+                inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0,
+                guidance_interval: Any = (0.0, 1.0)) -> jax.Array:
   """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step`` (ε-prediction).
 
   Per step t → t_prev = t − T // num_steps (ᾱ_prev = final_alpha_cumprod when t_prev < 0)::
@@ -146,6 +156,7 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
     inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
       q_sample(z_known, t_prev, noise); mask 1 = regenerate.
     cfg_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
+    guidance_interval: (lo, hi) noise levels t/T where the guidance scale applies (traced), see ``_guided``.
 
   Returns:
     Final latents z_0, like z_T.
@@ -154,14 +165,15 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
   num_steps = jnp.maximum(jnp.sum(timesteps >= 0), 1)
   ratio = sched.num_timesteps // num_steps
   eta = jnp.asarray(eta, jnp.float32)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale)
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale,
+                 guidance_interval)
 
   def step(z, i, t):
     t_prev = t - ratio
     a_t = schedules.alpha_cumprod_at(sched, t)
     a_prev = schedules.alpha_cumprod_at(sched, t_prev)
     z = z.astype(jnp.float32)
-    eps = pred(z, t.astype(jnp.float32))
+    eps = pred(z, t.astype(jnp.float32), t.astype(jnp.float32) / sched.num_timesteps)
     z0_hat = (z - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
     variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
     sigma = eta * jnp.sqrt(variance)
@@ -191,7 +203,8 @@ def flow_time_grid(num_steps: int | jax.Array, shift: float | jax.Array, max_ste
 def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_steps: int | jax.Array,
                  shift: float | jax.Array, cfg_scale: float | jax.Array, *, max_steps: int | None = None,
                  start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                 inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0) -> jax.Array:
+                 inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0,
+                 guidance_interval: Any = (0.0, 1.0)) -> jax.Array:
   """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0 (data).
 
   Args:
@@ -216,12 +229,13 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
       raise ValueError("euler_sample needs a static max_steps when num_steps is traced.")
     max_steps = num_steps
   t_grid, t_next_grid = flow_time_grid(num_steps, shift, max_steps)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale)
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale,
+                 guidance_interval)
 
   def step(z, i, t, t_next):
     del i
     z = z.astype(jnp.float32)
-    z = z + (t_next - t) * pred(z, t * objectives.MODEL_TIME_SCALE)
+    z = z + (t_next - t) * pred(z, t * objectives.MODEL_TIME_SCALE, t)
     if inpaint is not None:
       z_known, mask, known_noise = inpaint
       z = mask * z + (1.0 - mask) * ((1.0 - t_next) * z_known + t_next * known_noise)
