@@ -159,8 +159,9 @@ class DiTTask:
         scalars["adherence" + suffix] = float(np.mean(shapes.score_batch(out, captions)))
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = metrics_lib.grid(out[:k])
-    logging.info("sample settings: steps=%d cfg=%g eta=%g n=%d", self.config.sample.steps,
-                 self.config.sample.cfg, self.config.sample.eta, len(captions))
+    logging.info("sample settings: steps=%d cfg=%g eta=%g guidance_interval=%s n=%d",
+                 self.config.sample.steps, self.config.sample.cfg, self.config.sample.eta,
+                 tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
     return scalars, images
 
   def finish(self, state, consts, mesh, workdir, train_iter):
