@@ -64,6 +64,10 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       probe_records=64))  # records checked at start-up: none usable -> fail fast
 
   c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
+  # Extra evaluators run at every eval (psvae_jax/evals/evaluators.py), e.g. in a config file
+  # c.evals.rfid = dict(type="rfid", feature="inception", weights="pt_inception.pth",
+  # num_images=10_000). Empty by default: the tiny configs' eval cost is unchanged.
+  c.evals = ml_collections.ConfigDict()
   return c
 
 

@@ -79,8 +79,12 @@ def main(argv):
   report["adherence"] = m3.get("adherence")
   report["adherence_cfg1"] = m3.get("adherence_cfg1")
   report["sample_settings"] = dict(steps=c3.sample.steps, cfg=c3.sample.cfg, eta=c3.sample.eta,
+                                   guidance_interval=list(c3.sample.guidance_interval),
                                    num_prompts=c3.eval.num_images)
   report["seconds_stage3"] = time.time() - t3
+  # FID with a shapes-trained proxy feature net (NOT comparable with Inception FID).
+  from psvae_jax.evals import proxy  # pylint: disable=g-import-not-at-top
+  report.update(proxy.demo_figures(out))
   report["seconds"] = time.time() - t0
   with open(f"{out}/report.json", "w") as f:
     json.dump(report, f, indent=2, sort_keys=True)

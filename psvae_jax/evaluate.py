@@ -65,7 +65,10 @@ def build_context(workdir: str, config):
 
   def eval_data(n):
     if n not in sets:
-      sets[n] = pipeline.build_eval_set(ae.config.data, n)
+      data_cfg = ae.config.data.copy_and_resolve_references()
+      if data_cfg.source == "shapes":  # a generator: the held-out split grows on demand
+        data_cfg.num_eval = max(data_cfg.num_eval, n)
+      sets[n] = pipeline.build_eval_set(data_cfg, n)
     return sets[n]
 
   recon_jit = jax.jit(lambda p, x: jax.numpy.clip(ae.model.apply(
@@ -137,3 +140,36 @@ def main(argv):
 if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
   app.run(main)
+
+
+def feature_net(kind: str, weights: str, image_size: int):
+  """(jitted uint8 images -> features, dim) for "proxy" or "inception" with a weights file."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if kind == "proxy":
+    from psvae_jax.evals import proxy  # pylint: disable=g-import-not-at-top
+    module, params = proxy.load_proxy(weights, image_size)
+    return jax.jit(proxy.feature_fn(module, params)), proxy.FEATURE_DIM
+  from psvae_jax.weights import inception  # pylint: disable=g-import-not-at-top
+  module, params = inception.load_inception(weights)
+  return jax.jit(lambda x: module.apply({"params": params}, x)), 2048
+
+
+def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dict[str, float]:
+  """Runs config.evals from a training task's periodic eval; numeric figures only.
+
+  Each evaluator config that needs features names them with `feature` and `weights`
+  (a proxy or Inception file); strings (reference set, feature kind) are logged.
+  """
+  from psvae_jax.evals import evaluators  # pylint: disable=g-import-not-at-top
+  ctx = evaluators.EvalContext(mesh=mesh, batch_size=config.eval.batch_size,
+                               eval_data=eval_data, reconstruct=reconstruct, generate=generate)
+  for e in config.evals.values():
+    e = dict(e)
+    if e.get("feature") and e["feature"] not in ctx.feature_nets:
+      ctx.feature_nets[e["feature"]] = feature_net(e["feature"], e["weights"],
+                                                   config.data.image_size)
+  evals = {k: v for k, v in config.evals.items()
+           if (dict(v)["type"] in ("fid", "adherence")) == (generate is not None)}
+  results = evaluators.run_all(evals, ctx)
+  logging.info("evaluators: %s", results)
+  return {k: float(v) for k, v in results.items() if not isinstance(v, str)}

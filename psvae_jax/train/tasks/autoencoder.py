@@ -147,6 +147,11 @@ class AutoencoderTask:
     k = min(self.config.eval.num_grid, len(recons))
     pairs = np.concatenate([metrics_lib.to_uint8(data["image"][:k]), recon_u8[:k]])
     images = {"reconstructions": metrics_lib.grid(pairs, cols=k)}
+    if self.config.get("evals"):  # configured evaluators (rfid, lpips, ...): eval/<name>/<key>
+      from psvae_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+      scalars.update(evaluate_lib.in_training(
+          self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
+          reconstruct=lambda x: self.reconstruct(state, consts, mesh, x)[1]))
     return scalars, images
 
   # ---- after training ---------------------------------------------------------------------

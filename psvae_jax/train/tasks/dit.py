@@ -145,7 +145,7 @@ class DiTTask:
                              seed=self.config.seed + 12345)
 
   def evaluate(self, state, consts, mesh, step):
-    del mesh, step
+    del step
     from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     data = self.eval_prompts()
     captions = list(data["caption"])
@@ -162,6 +162,13 @@ class DiTTask:
     logging.info("sample settings: steps=%d cfg=%g eta=%g guidance_interval=%s n=%d",
                  self.config.sample.steps, self.config.sample.cfg, self.config.sample.eta,
                  tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
+    if self.config.get("evals"):  # configured evaluators (fid with a reference .npz, ...)
+      from psvae_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+      gen = lambda caps, steps, cfg, seed: self.gen.generate(
+          state.ema_params, consts, prompts=caps, steps=steps, cfg=cfg, seed=seed)
+      scalars.update(evaluate_lib.in_training(
+          self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
+          generate=gen))
     return scalars, images
 
   def finish(self, state, consts, mesh, workdir, train_iter):
