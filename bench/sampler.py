@@ -1,0 +1,259 @@
+"""DDIM-50 with CFG: our one-jit lax.scan sampler vs a Python loop over a jitted step vs diffusers' loop.
+
+  python bench/sampler.py            # batch 1 and 8, 3 alternating rounds of fresh processes
+  python bench/sampler.py --quick    # smoke run: batch 1, 5 steps, 2 repetitions, one round
+
+The model is the class-conditional DiT-S width (384, 6 heads), depth 4, patch 2 on a 16x16x4 latent (the
+configuration of PERF-NOTES), the same weights on both sides; CFG 7.5 runs cond + uncond as one 2B batch in
+every implementation; eta = 0. Implementations:
+
+  scan      psvae_jax.diffusion.samplers.ddim_sample: the whole sampler (all steps) in one jit, lax.scan over
+            a timesteps array padded to 100 (so steps, cfg, eta and seed are traced: one compile for all)
+  loop      a Python loop over one jitted DDIM+CFG step
+  diffusers diffusers' DDIMScheduler (linear betas, "leading" spacing) + DiTTransformer2DModel, torch eager
+
+First a check that scan and diffusers produce the same latents (relative error printed), then the compile
+count of the scan sampler over several steps/cfg/eta/seed values: the sampler must be traced once (the model
+function counts its traces) and no backend compile (jax.monitoring events) may happen after the first call
+(the first call's count also includes tiny helper computations such as building the PRNG key). Per image latency = median over repetitions of one full sample / batch. Prints
+`ratio diffusers/scan batch=1: 2.10` and `ratio loop/scan batch=1: ...` per batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from bench import _common  # pylint: disable=g-import-not-at-top
+
+LATENT, CHANNELS, PATCH, WIDTH, HEADS, NUM_CLASSES, DEPTH = 16, 4, 2, 384, 6, 1000, 4
+MAX_STEPS, CFG = 100, 7.5
+
+
+class CompileCounter:
+  """Counts XLA backend compiles through jax.monitoring."""
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1
+
+
+def _inputs(batch: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  z = rng.standard_normal((batch, LATENT, LATENT, CHANNELS)).astype(np.float32)
+  y = rng.integers(0, NUM_CLASSES, (batch,)).astype(np.int32)
+  return z, y
+
+
+def _jax_model():
+  import jax  # pylint: disable=g-import-not-at-top
+  from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
+  model = dit.DiT(**_common.dit_kwargs(DEPTH, WIDTH, HEADS, NUM_CLASSES, PATCH))
+  z, y = _inputs(1)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), z, np.zeros(1, np.float32), labels=y))
+  params = _common.random_params(shapes["params"], seed=1)
+  model_fn = lambda p, z, t, c: model.apply({"params": p}, z, t, labels=c["labels"])
+  return params, model_fn
+
+
+def _scan_sampler(model_fn):
+  import jax  # pylint: disable=g-import-not-at-top
+  from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+
+  def sample(params, sched, z, cond, uncond, timesteps, cfg, eta, rng):
+    return samplers.ddim_sample(functools.partial(model_fn, params), sched, z, cond, uncond, timesteps, cfg,
+                                eta, rng)
+  return jax.jit(sample)
+
+
+def _loop_sampler(model_fn):
+  """A Python loop over one jitted DDIM step (eta = 0) with CFG as one 2B batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from psvae_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def step(params, sched, z, both, t, t_prev, cfg):
+    z2 = jnp.concatenate([z, z])
+    eps = model_fn(params, z2, jnp.full((z2.shape[0],), t, jnp.float32), both)
+    e_c, e_u = jnp.split(eps, 2)
+    eps = e_u + cfg * (e_c - e_u)
+    a_t, a_prev = schedules.alpha_cumprod_at(sched, t), schedules.alpha_cumprod_at(sched, t_prev)
+    z0 = (z - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+    return jnp.sqrt(a_prev) * z0 + jnp.sqrt(1.0 - a_prev) * eps
+
+  def sample(params, sched, z, cond, uncond, num_steps, cfg):
+    from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+    both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
+    ts = samplers.ddim_timesteps(num_steps)
+    ratio = 1000 // num_steps
+    for t in ts:
+      z = step(params, sched, z, both, np.int32(t), np.int32(t - ratio), np.float32(cfg))
+    return z
+  return sample
+
+
+def _ddim_scheduler(num_steps: int):
+  from diffusers import DDIMScheduler  # pylint: disable=g-import-not-at-top
+  sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                        clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
+                        prediction_type="epsilon")
+  sched.set_timesteps(num_steps)
+  return sched
+
+
+def _diffusers_sample(tmodel, z_nhwc, y, num_steps, cfg):
+  import torch  # pylint: disable=g-import-not-at-top
+  sched = _ddim_scheduler(num_steps)
+  z = torch.from_numpy(np.ascontiguousarray(z_nhwc.transpose(0, 3, 1, 2)))
+  labels = torch.from_numpy(np.concatenate([y, np.full_like(y, NUM_CLASSES)]).astype(np.int64))
+  with torch.inference_mode():
+    for t in sched.timesteps:
+      z2 = torch.cat([z, z])
+      eps = tmodel(z2, timestep=t.expand(z2.shape[0]).float(), class_labels=labels).sample
+      e_c, e_u = eps.chunk(2)
+      z = sched.step(e_u + cfg * (e_c - e_u), t, z, eta=0.0).prev_sample
+  return z.numpy().transpose(0, 2, 3, 1)
+
+
+def _torch_model(params):
+  tmodel = _common.make_torch_dit(DEPTH, WIDTH, HEADS, NUM_CLASSES, PATCH, LATENT, CHANNELS).eval()
+  _common.params_to_torch(params, tmodel, WIDTH, PATCH, CHANNELS)
+  return tmodel
+
+
+def worker(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from psvae_jax.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
+  params, model_fn = _jax_model()
+  z, y = _inputs(args.batch)
+  cond, uncond = {"labels": y}, {"labels": np.full_like(y, NUM_CLASSES)}
+  sched = schedules.linear_schedule()
+  n = args.num_steps
+  out: dict = dict(impl=args.impl, batch=args.batch)
+  if args.impl == "check":
+    traces = []
+    counting_fn = lambda *a: (traces.append(1), model_fn(*a))[1]  # Runs once per trace of the sampler.
+    counter = CompileCounter()
+    scan = _scan_sampler(counting_fn)
+    rng = jax.random.key(0, impl="unsafe_rbg")
+    t0 = time.perf_counter()
+    ours = np.asarray(scan(params, sched, z, cond, uncond, samplers.ddim_timesteps(n, max_steps=MAX_STEPS),
+                           CFG, 0.0, rng))
+    first = counter.count
+    out["first_call_s"] = time.perf_counter() - t0
+    for steps, cfg, eta, seed in ((max(n // 2, 1), 3.0, 0.0, 1), (n, 1.0, 0.5, 2), (MAX_STEPS, 7.5, 1.0, 3)):
+      scan(params, sched, z, cond, uncond, samplers.ddim_timesteps(steps, max_steps=MAX_STEPS), cfg, eta,
+           jax.random.key(seed, impl="unsafe_rbg")).block_until_ready()
+    out["compiles_first"], out["compiles_after"], out["traces"] = first, counter.count - first, len(traces)
+    ref = _diffusers_sample(_torch_model(params), z, y, n, CFG)
+    out["rel_err"] = _common.relative(ours, ref)
+    loop = np.asarray(_loop_sampler(model_fn)(params, sched, z, cond, uncond, n, CFG))
+    out["loop_rel_err"] = _common.relative(loop, ref)
+    out["median_s"] = 0.0
+    return out
+
+  if args.impl == "scan":
+    scan = _scan_sampler(model_fn)
+    ts = samplers.ddim_timesteps(n, max_steps=MAX_STEPS)
+    rng = jax.random.key(0, impl="unsafe_rbg")
+    t0 = time.perf_counter()
+    compiled = scan.lower(params, sched, z, cond, uncond, ts, CFG, 0.0, rng).compile()
+    out["compile_s"] = time.perf_counter() - t0
+    params_d = jax.device_put(params)
+    run = lambda: compiled(params_d, sched, z, cond, uncond, ts, CFG, 0.0, rng).block_until_ready()
+  elif args.impl == "loop":
+    counter = CompileCounter()
+    loop = _loop_sampler(model_fn)
+    params_d = jax.device_put(params)
+    t0 = time.perf_counter()
+    loop(params_d, sched, z, cond, uncond, n, CFG).block_until_ready()
+    out["compile_s"] = time.perf_counter() - t0  # First call: compile + one sample (upper bound).
+    out["compiles"] = counter.count
+    run = lambda: loop(params_d, sched, z, cond, uncond, n, CFG).block_until_ready()
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    tmodel = _torch_model(params)
+    run = lambda: _diffusers_sample(tmodel, z, y, n, CFG)
+    out["threads"] = torch.get_num_threads()
+    out["compile_s"] = 0.0
+  res = _common.time_steps(run, args.reps, args.warmup)
+  out.update(res)
+  out["per_image_s"] = res["median_s"] / args.batch
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+  ap.add_argument("--num-steps", type=int, default=50)
+  ap.add_argument("--reps", type=int, default=10, help="timed full samples per run (median)")
+  ap.add_argument("--warmup", type=int, default=1)
+  ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--quick", action="store_true", help="smoke run: batch 1, 5 steps, 2 reps, one round")
+  ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--impl", default="scan", help=argparse.SUPPRESS)
+  ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+  _common.add_load_args(ap)
+  args = ap.parse_args()
+  if args.worker:
+    _common.emit(worker(args))
+    return
+  if args.quick:
+    args.batches, args.num_steps, args.reps, args.warmup, args.rounds, args.idle_timeout = [1], 5, 2, 1, 1, 0.0
+  script = os.path.abspath(__file__)
+  print(f"DDIM-{args.num_steps} CFG {CFG}, DiT-S width depth {DEPTH}, patch {PATCH}, {LATENT}x{LATENT}x"
+        f"{CHANNELS}; {args.reps} timed samples per run, {args.rounds} round(s); machine load now "
+        f"{_common.machine_load():.0%}", flush=True)
+  summary = []
+  for batch in args.batches:
+    base = ["--batch", str(batch), "--num-steps", str(args.num_steps), "--reps", str(args.reps),
+            "--warmup", str(args.warmup)]
+    chk = _common.run_worker(script, base + ["--impl", "check"])
+    print(f"batch {batch}: scan vs diffusers rel err {chk['rel_err']:.1e}, loop vs diffusers "
+          f"{chk['loop_rel_err']:.1e}; scan compiles: {chk['compiles_first']} on the first call, "
+          f"{chk['compiles_after']} more over 3 other (steps, cfg, eta, seed); the sampler was traced "
+          f"{chk['traces']}x -> "
+          f"{'OK (exactly one compile)' if chk['traces'] == 1 and chk['compiles_after'] == 0 else 'FAIL'}",
+          flush=True)
+    jobs = {name: (lambda b=base, name=name: _common.run_worker(script, b + ["--impl", name]))
+            for name in ("scan", "loop", "diffusers")}
+    summary.append((batch, _common.alternate(jobs, args.rounds, args.max_load, args.idle_timeout)))
+
+  print("\n| batch | impl | per-image ms (clean runs) | compile s | others' CPU share |")
+  print("|---|---|---|---|---|")
+  meds = {}
+  for batch, results in summary:
+    for impl, runs in results.items():
+      med, n = _common.clean_median(runs, "per_image_s")
+      all_med = sorted(r["per_image_s"] for r in runs)[len(runs) // 2]
+      meds[(batch, impl)] = (med, all_med)
+      comp = sorted(r.get("compile_s", 0.0) for r in runs)[len(runs) // 2]
+      shown = f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
+      print(f"| {batch} | {impl} | {shown} | {comp:.2f} | max {max(r['other_load'] for r in runs):.0%} |")
+  print()
+  for batch, _ in summary:
+    for other in ("diffusers", "loop"):
+      (a, a_all), (s, s_all) = meds[(batch, other)], meds[(batch, "scan")]
+      if a and s:
+        print(f"ratio {other}/scan batch={batch}: {a / s:.2f}")
+      else:
+        print(f"ratio {other}/scan batch={batch}: {a_all / s_all:.2f} (DISTURBED: machine was busy, not a "
+              f"valid measurement)")
+
+
+if __name__ == "__main__":
+  main()
