@@ -20,4 +20,6 @@ if [ ! -f "$STAMP" ]; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# Persistent XLA compilation cache (read by psvae_jax/runtime.py); set it empty to turn it off.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR-$ROOT/.cache/jax}"
 cd "$ROOT"
