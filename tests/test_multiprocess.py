@@ -113,12 +113,16 @@ def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
 
 @pytest.mark.slow
 def test_dead_worker_fails_the_others_fast(svae_dir, tmp_path):
+  """kill -9 of process 1 once both are set up: process 0 must abort within the heartbeat
+  timeout (plus polling), naming the dead task, rather than hang in a collective."""
   logs = tmp_path / "logs"
   heartbeat = 5
-  proc = _launch(tmp_path / "run", logs, "--config.num_train_steps=1000",
-                 "--config.log_every=1", f"--config.init_from={svae_dir}", heartbeat=heartbeat,
-                 timeout=300)
-  _wait_for(logs, r"step 1:", proc)
+  proc = _launch(tmp_path / "run", logs, *STEPS, f"--config.init_from={svae_dir}",
+                 heartbeat=heartbeat, timeout=300)
+  t0 = time.time()
+  while "Mesh {" not in _log(logs, 1):  # both processes joined jax.distributed and the mesh
+    assert proc.poll() is None and time.time() - t0 < 300, _log(logs, 1)[-3000:]
+    time.sleep(0.1)
   pid = int(open(logs / "pids").read().split()[1])
   os.kill(pid, signal.SIGKILL)
   t0 = time.time()
@@ -129,5 +133,6 @@ def test_dead_worker_fails_the_others_fast(svae_dir, tmp_path):
   assert proc.returncode != 0
   assert elapsed < 60, elapsed
   assert "process 1 exited with 137" in out, out[-2000:]
+  assert "Done:" not in _log(logs, 0)
   log0 = _log(logs, 0)
   assert "another task died" in log0 or "stopped sending heartbeats" in log0, log0[-3000:]
