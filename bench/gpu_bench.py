@@ -1,0 +1,187 @@
+"""Accelerator benchmarks driven by bench/gpu.sh: DiT train step, DDIM-50 CFG sampling, DINOv2-L encode,
+pixel-decoder decode; prints img/s and MFU (bf16 peak table in bench/flops.py).
+
+  python bench/gpu_bench.py train --size B --batch 256 --attention cudnn [--remat none|dots_saveable|full]
+  python bench/gpu_bench.py sample --size XL --batch 32
+  python bench/gpu_bench.py encode --batch 64         # DINOv2-L/14 at 224 px
+  python bench/gpu_bench.py decode --batch 64         # conv pixel decoder, 16x16x96 latent -> 256 px
+  ... --dry-run   # tiny shapes, 2 steps: checks everything lowers, compiles and runs (CPU is fine)
+
+Weights are random (throughput does not depend on values). Compile time is reported apart; the timing is the
+median of --steps calls after --warmup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from bench import _common  # pylint: disable=g-import-not-at-top
+from bench import flops as flops_lib  # pylint: disable=g-import-not-at-top
+
+
+def _report(name: str, compiled, run, batch: int, steps: int, warmup: int, compile_s: float,
+            analytic_flops: float | None = None) -> None:
+  res = _common.time_steps(run, steps, warmup)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  fl = analytic_flops or float((cost or {}).get("flops", 0.0))
+  dev = jax.devices()[0]
+  peak = flops_lib.peak_tflops(dev.device_kind) if dev.platform != "cpu" else None
+  rate = fl / res["median_s"]
+  mfu = f"{rate / (peak * 1e12):.1%}" if peak else "-"
+  print(f"RESULT {name}: {res['median_s'] * 1e3:.2f} ms/call, {batch / res['median_s']:.1f} img/s, "
+        f"{rate / 1e12:.2f} TFLOP/s, MFU {mfu} (peak {peak or '-'} TFLOP/s, {dev.device_kind}), "
+        f"compile {compile_s:.1f} s", flush=True)
+
+
+def _random_params(model, *args, **kw):
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kw))["params"]
+  return jax.device_put(_common.random_params(shapes, seed=1, scale=0.02))
+
+
+def _dit(args, dtype):
+  from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
+  cfg = dit.dit_config(args.size)
+  if args.dry_run:
+    cfg = dict(width=64, depth=2, num_heads=2)
+  kw = dict(cfg, patch_size=2, cond_type="class", num_classes=1000, dtype=dtype,
+            attention_impl=None if args.attention == "default" else args.attention)
+  if args.remat != "none":
+    kw.update(remat=True)
+    if "remat_policy" in dit.DiT.__dataclass_fields__:
+      kw.update(remat_policy=args.remat)
+  return dit.DiT(**kw), cfg
+
+
+def train(args):
+  import optax  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(args.dtype)
+  model, cfg = _dit(args, dtype)
+  b, lat = args.batch, args.latent
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((b, lat, lat, 4)), jnp.float32)
+  t = jnp.asarray(rng.integers(0, 1000, (b,)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32)
+  noise = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  params = _random_params(model, x, t, labels=y)
+  tx = optax.adamw(1e-4, weight_decay=0.0)
+  opt = jax.jit(tx.init)(params)
+
+  def step(p, o, x, t, y, noise):
+    def loss_fn(p):
+      return jnp.mean(jnp.square(model.apply({"params": p}, x, t, labels=y) - noise))
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, loss
+
+  t0 = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt, x, t, y, noise).compile()
+  compile_s = time.perf_counter() - t0
+  state = [params, opt]
+
+  def run():
+    state[0], state[1], loss = compiled(state[0], state[1], x, t, y, noise)
+    loss.block_until_ready()
+
+  # MFU on model FLOPs: 3 x analytic forward (no remat recompute counted), as is customary.
+  fwd = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * b
+  _report(f"train DiT-{args.size}/2 {args.dtype} batch {b} attention={args.attention} remat={args.remat}",
+          compiled, run, b, args.steps, args.warmup, compile_s, 3 * fwd)
+
+
+def sample(args):
+  from psvae_jax.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
+  import functools  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(args.dtype)
+  model, cfg = _dit(args, dtype)
+  b, lat = args.batch, args.latent
+  z = jnp.asarray(np.random.default_rng(0).standard_normal((b, lat, lat, 4)), jnp.float32)
+  y = jnp.arange(b, dtype=jnp.int32) % 1000
+  params = _random_params(model, z, jnp.zeros(b), labels=y)
+  model_fn = lambda p, z, t, c: model.apply({"params": p}, z, t, labels=c["labels"])
+
+  @jax.jit
+  def sample_fn(p, z, cond, uncond, ts, cfg_scale, rng):
+    return samplers.ddim_sample(functools.partial(model_fn, p), schedules.linear_schedule(), z, cond, uncond,
+                                ts, cfg_scale, 0.0, rng)
+
+  steps = 2 if args.dry_run else 50
+  ts = jnp.asarray(samplers.ddim_timesteps(steps, max_steps=max(steps, 50)))
+  cond, uncond = {"labels": y}, {"labels": jnp.full_like(y, 1000)}
+  rng = jax.random.key(0)
+  t0 = time.perf_counter()
+  compiled = sample_fn.lower(params, z, cond, uncond, ts, 7.5, rng).compile()
+  compile_s = time.perf_counter() - t0
+  run = lambda: compiled(params, z, cond, uncond, ts, 7.5, rng).block_until_ready()
+  fl = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * 2 * b * steps
+  _report(f"sample DDIM-{steps} CFG DiT-{args.size}/2 {args.dtype} batch {b} (latency = ms/call)",
+          compiled, run, b, args.steps, args.warmup, compile_s, fl)
+
+
+def encode(args):
+  from psvae_jax.models import vit  # pylint: disable=g-import-not-at-top
+  kw = vit.dinov2_config("tiny" if args.dry_run else "L")
+  model = vit.DinoV2(**{**kw, "dtype": jnp.dtype(args.dtype)})
+  px = 28 if args.dry_run else 224
+  images = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch, px, px, 3)), jnp.float32)
+  params = _random_params(model, images)
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  t0 = time.perf_counter()
+  compiled = fn.lower(params, images).compile()
+  compile_s = time.perf_counter() - t0
+  run = lambda: compiled(params, images).block_until_ready()
+  _report(f"encode DINOv2-{'tiny' if args.dry_run else 'L'}/14 {px}px {args.dtype} batch {args.batch}",
+          compiled, run, args.batch, args.steps, args.warmup, compile_s)
+
+
+def decode(args):
+  from psvae_jax.models import pixel_decoder  # pylint: disable=g-import-not-at-top
+  if args.dry_run:
+    model = pixel_decoder.ConvDecoder(ch=8, ch_mult=(1, 2), num_res_blocks=1, groups=4,
+                                      dtype=jnp.dtype(args.dtype))
+    z_shape = (args.batch, 4, 4, 8)
+  else:
+    model = pixel_decoder.ConvDecoder(dtype=jnp.dtype(args.dtype))  # LDM decoder: 16x up
+    z_shape = (args.batch, 16, 16, 96)
+  z = jnp.asarray(np.random.default_rng(0).standard_normal(z_shape), jnp.float32)
+  params = _random_params(model, z)
+  fn = jax.jit(lambda p, z: model.apply({"params": p}, z))
+  t0 = time.perf_counter()
+  compiled = fn.lower(params, z).compile()
+  compile_s = time.perf_counter() - t0
+  run = lambda: compiled(params, z).block_until_ready()
+  _report(f"decode conv pixel decoder {z_shape[1:]} {args.dtype} batch {args.batch}", compiled, run,
+          args.batch, args.steps, args.warmup, compile_s)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("what", choices=["train", "sample", "encode", "decode"])
+  ap.add_argument("--size", default="B")
+  ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--latent", type=int, default=32, help="latent side (32: 256 tokens at patch 2)")
+  ap.add_argument("--dtype", default="bfloat16")
+  ap.add_argument("--attention", default="default", choices=["default", "xla", "cudnn"])
+  ap.add_argument("--remat", default="none", choices=["none", "dots_saveable", "full"])
+  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--dry-run", action="store_true", help="tiny shapes, 2 steps (CPU-friendly)")
+  args = ap.parse_args()
+  if args.dry_run:
+    args.batch, args.latent, args.steps, args.warmup = min(args.batch, 2), 8, 2, 1
+  from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.initialize("off")
+  {"train": train, "sample": sample, "encode": encode, "decode": decode}[args.what](args)
+
+
+if __name__ == "__main__":
+  main()
