@@ -5,6 +5,9 @@
   images = pipe.generate(["a red circle on the left and a blue square on the right"], seed=0)
   z = pipe.encode(images)            # normalised latents (B, h, w, C)
   again = pipe.decode(z)             # uint8 (B, H, W, 3)
+  edited = pipe.edit(images, ["a blue circle on the left and a blue square on the right"],
+                     strength=0.7)  # SDEdit; any input size, returned at that size
+  filled = pipe.inpaint(images, masks, prompts)  # masks: white (>= 0.5) = regenerate
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 
 from psvae_jax import autoencoders
 from psvae_jax import checkpoint
+from psvae_jax import editing
 from psvae_jax import parallel
 
 
@@ -86,6 +90,90 @@ class Pipeline:
     """Normalised latents (B, h, w, C) -> uint8 images."""
     zs, n = self._put(np.asarray(latents, np.float32))
     return self.gen.to_images(self.consts, zs)[:n]
+
+  # ---- editing (psvae_jax/editing.py holds the host-side parts) -------------------------------
+  def edit(self, images, prompts, strength: float = 0.7, steps: int = 50, cfg: float = 7.5,
+           eta: float = 0.0, seed: int = 0, *, fit: str = "crop", cfg_rescale: float | None = None,
+           guidance_interval: tuple[float, float] | None = None):
+    """SDEdit: images (any size) re-generated towards `prompts` from noise level strength·T.
+
+    strength 0 returns the PS-VAE reconstruction, 1 ignores the input (plain generation with the
+    same seed). Images are center-cropped ("crop") or padded ("pad") to the model's resolution
+    and the results returned at the input's size (a uint8 array if the input was one, else a
+    list). One compile per batch size for all strengths (and shared with `inpaint`).
+    """
+    strength = editing.check_strength(strength)
+    square, places = editing.prepare_images(images, self.image_size, fit)
+    masks = np.ones(square.shape[:3], np.float32)
+    out = self._edit(square, masks, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
+                     seed=seed, dilation=0, cfg_rescale=cfg_rescale,
+                     guidance_interval=guidance_interval)
+    return self._restore(images, out, places)
+
+  def inpaint(self, images, masks, prompts, steps: int = 50, cfg: float = 7.5, eta: float = 0.0,
+              seed: int = 0, *, strength: float = 1.0, dilation: int = 1, feather: float = 1.0,
+              fit: str = "crop", composite: bool = True, cfg_rescale: float | None = None,
+              guidance_interval: tuple[float, float] | None = None):
+    """Regenerates the masked region (mask >= 0.5, i.e. white) of each image for its prompt.
+
+    Masks of another size than their image are resized; non-binary masks are thresholded at
+    0.5. The mask is max-pooled to the latent grid and dilated by `dilation` cells; the known
+    latent region is reset to the noised input after every step; with `composite` the result is
+    blended (Gaussian edge of sigma `feather` px) with the original pixels outside the mask. An
+    all-black mask returns the input (the reconstruction with composite=False); an all-white
+    one is plain generation. `strength` < 1 starts the masked region from the noised input.
+    """
+    strength = editing.check_strength(strength)
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+      masks = [masks]
+    square, places = editing.prepare_images(images, self.image_size, fit)
+    if len(masks) != len(places):
+      raise editing.EditInputError(f"Got {len(places)} images but {len(masks)} masks.")
+    originals = [editing.as_uint8_image(im) for im in
+                 (list(images) if not isinstance(images, np.ndarray) or images.ndim == 4
+                  else [images])]
+    pix = np.stack([editing.prepare_mask(m, p, self.image_size) for m, p in zip(masks, places)])
+    out = self._edit(square, pix, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
+                     seed=seed, dilation=dilation, cfg_rescale=cfg_rescale,
+                     guidance_interval=guidance_interval)
+    restored = self._restore(images, out, places)
+    if not composite:
+      return restored
+    blended = [editing.composite(r, o, editing.binarize_mask(m, *o.shape[:2]), feather)
+               for r, o, m in zip(restored, originals, masks)]
+    return np.stack(blended) if isinstance(restored, np.ndarray) else blended
+
+  def _edit(self, square, pix_masks, prompts, *, strength, steps, cfg, eta, seed, dilation,
+            cfg_rescale, guidance_interval) -> np.ndarray:
+    """uint8 (N, S, S, 3) images and {0, 1} (N, S, S) masks -> uint8 (N, S, S, 3) results."""
+    n = square.shape[0]
+    if isinstance(prompts, str):
+      prompts = [prompts] * n
+    if self.config.model.cond_type == "class":
+      raise editing.EditInputError("edit/inpaint need a text-conditional model.")
+    if len(prompts) != n:
+      raise editing.EditInputError(f"Got {n} images but {len(prompts)} prompts.")
+    z0 = self.encode(square)  # (N, h, w, C)
+    lat_mask = editing.latent_mask(pix_masks, z0.shape[1:3], dilation)  # (N, h, w, 1)
+    pad = (-n) % self.mesh.size
+    if pad:
+      z0 = np.concatenate([z0, np.repeat(z0[-1:], pad, axis=0)])
+      lat_mask = np.concatenate([lat_mask, np.repeat(lat_mask[-1:], pad, axis=0)])
+      prompts = list(prompts) + [prompts[-1]] * pad
+    batch = self.gen.host_condition(prompts=list(prompts))
+    z = self.gen.edit_latents(self.params, self.consts, batch, z0, lat_mask, strength=strength,
+                              steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,
+                              guidance_interval=guidance_interval)
+    return self.gen.to_images(self.consts, z)[:n]
+
+  @staticmethod
+  def _restore(images, out: np.ndarray, places):
+    if isinstance(images, np.ndarray):
+      images = list(images) if images.ndim == 4 else [images]
+    restored = [editing.restore_size(r, o, p) for r, o, p in zip(out, images, places)]
+    if all(r.shape == restored[0].shape for r in restored):
+      return np.stack(restored)
+    return restored
 
 
 def load(dit_dir: str, mesh: jax.sharding.Mesh | None = None) -> Pipeline:

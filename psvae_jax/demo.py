@@ -85,6 +85,12 @@ def main(argv):
   # FID with a shapes-trained proxy feature net (NOT comparable with Inception FID).
   from psvae_jax.evals import proxy  # pylint: disable=g-import-not-at-top
   report.update(proxy.demo_figures(out))
+  # Editing (SDEdit, strength 0.7) and inpainting of held-out shapes: grids in OUT/edits/.
+  t_edit = time.time()
+  from psvae_jax import api  # pylint: disable=g-import-not-at-top
+  from psvae_jax import editing  # pylint: disable=g-import-not-at-top
+  report.update(editing.demo_figures(api.load(f"{out}/dit"), f"{out}/edits"))
+  report["seconds_edits"] = time.time() - t_edit
   report["seconds"] = time.time() - t0
   with open(f"{out}/report.json", "w") as f:
     json.dump(report, f, indent=2, sort_keys=True)

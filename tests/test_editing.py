@@ -1,0 +1,148 @@
+"""Editing (SDEdit) and inpainting: endpoints, one compile, any input size, bad inputs, CLI."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from psvae_jax import api
+from psvae_jax import editing
+from psvae_jax.data import shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _CompileCounter:
+  def __init__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1
+
+
+@pytest.fixture(scope="module")
+def pipe(trained_dit):
+  return api.load(str(trained_dit / "dit"))
+
+
+def _scenes(n, size=32):
+  pairs = [shapes.generate(500 + i, size) for i in range(n)]
+  return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
+  images, caps = _scenes(8)
+  counter = _CompileCounter()
+  pipe.edit(images, caps, strength=0.7, steps=10, seed=0)  # compiles encode, sampler, decode
+  rec = pipe.decode(pipe.encode(images))
+  first = counter.count
+  s0 = pipe.edit(images, caps, strength=0.0, steps=10, seed=0)
+  s1 = pipe.edit(images, caps[::-1], strength=1.0, steps=20, cfg=3.0, seed=2)
+  s4 = pipe.edit(images, caps, strength=0.4, steps=10, eta=0.5, seed=1)
+  rng = np.random.default_rng(0)
+  masks = rng.uniform(size=(8, 32, 32)) > 0.7
+  black, white = np.zeros((8, 32, 32)), np.ones((8, 32, 32))
+  inp = pipe.inpaint(images, masks, caps, steps=10, dilation=2, feather=0.0)
+  blk = pipe.inpaint(images, black, caps, steps=10)
+  blk_raw = pipe.inpaint(images, black, caps, steps=10, composite=False)
+  wht = pipe.inpaint(images, white, caps[::-1], steps=20, cfg=3.0, seed=2, dilation=0)
+  assert counter.count == first, "another strength, mask, steps, cfg or seed recompiled"
+  assert editing.psnr(s0, rec) >= 40.0  # strength 0: the reconstruction
+  gen = pipe.generate(caps[::-1], steps=20, cfg=3.0, seed=2)
+  assert np.abs(s1.astype(int) - gen).max() <= 1  # strength 1: plain generation, same seed
+  assert np.abs(wht.astype(int) - gen).max() <= 1  # all-white mask: plain generation
+  assert not np.array_equal(s4, s0) and not np.array_equal(s4, s1)
+  np.testing.assert_array_equal(blk, images)  # all-black mask: the input comes back...
+  assert editing.psnr(blk_raw, rec) >= 40.0  # ...and before compositing it is the reconstruction
+  cells = editing.latent_mask(masks.astype(np.float32), (8, 8), 2)[..., 0]  # (8, 8, 8)
+  keep = cells.repeat(4, 1).repeat(4, 2) < 0.5  # pixels outside the dilated latent mask
+  np.testing.assert_array_equal(inp[np.broadcast_to(keep[..., None], inp.shape)],
+                                images[np.broadcast_to(keep[..., None], images.shape)])
+
+
+def test_any_input_size_is_returned_at_that_size(pipe):
+  img = np.random.default_rng(1).integers(0, 255, (24, 40, 3), np.uint8)
+  cap = shapes.generate(0, 32)[1]
+  crop = pipe.edit([img], [cap], strength=0.5, steps=4)
+  pad = pipe.edit(img, cap, strength=0.5, steps=4, fit="pad")
+  assert crop.shape == pad.shape == (1, 24, 40, 3)
+  np.testing.assert_array_equal(crop[0][:, :8], img[:, :8])  # cropped-away borders kept
+  mask = np.zeros((12, 20), np.uint8)  # another size than the image: resized
+  mask[:, 10:] = 255
+  out = pipe.inpaint([img], [mask], [cap], steps=4, feather=0.0)
+  assert out.shape == (1, 24, 40, 3)
+  np.testing.assert_array_equal(out[0][:, :20], img[:, :20])
+
+
+def test_mask_preparation():
+  # Non-binary masks are thresholded at 0.5; another size is resized first.
+  m = editing.binarize_mask(np.array([[0.2, 0.49], [0.5, 0.9]], np.float32), 2, 2)
+  np.testing.assert_array_equal(m, [[0, 0], [1, 1]])
+  big = editing.binarize_mask(np.array([[0, 255], [0, 255]], np.uint8), 4, 4)
+  np.testing.assert_array_equal(big[:, 3], 1)
+  np.testing.assert_array_equal(big[:, 0], 0)
+  rgb = editing.binarize_mask(np.full((3, 3, 3), 200, np.uint8), 3, 3)
+  assert rgb.all()
+  # Pooling: any regenerated pixel regenerates its cell; dilation grows by cells.
+  pix = np.zeros((1, 32, 32), np.float32)
+  pix[0, 13, 13] = 1
+  cells = editing.latent_mask(pix, (8, 8), dilation=0)[0, ..., 0]
+  assert cells.sum() == 1 and cells[3, 3] == 1
+  grown = editing.latent_mask(pix, (8, 8), dilation=1)[0, ..., 0]
+  assert grown.sum() == 9 and grown[2:5, 2:5].all()
+  w = editing.feather_weights(np.pad(np.ones((8, 8)), 8), 1.0)
+  assert 0 < w[7, 12] < 1 and w[12, 12] > 0.99 and w[0, 0] == 0
+
+
+def test_bad_inputs(pipe, tmp_path):
+  images, caps = _scenes(1)
+  for s in (-0.1, 1.5, float("nan")):
+    with pytest.raises(editing.EditInputError, match="strength"):
+      pipe.edit(images, caps, strength=s)
+  with pytest.raises(editing.EditInputError, match="not found"):
+    editing.load_image(str(tmp_path / "missing.png"))
+  with pytest.raises(editing.EditInputError, match="not found"):
+    editing.load_mask(str(tmp_path / "missing.png"))
+  (tmp_path / "junk.png").write_bytes(b"not a png")
+  with pytest.raises(editing.EditInputError, match="Cannot read"):
+    editing.load_image(str(tmp_path / "junk.png"))
+  with pytest.raises(editing.EditInputError, match="masks"):
+    pipe.inpaint(images, [np.ones((32, 32))] * 2, caps)
+  with pytest.raises(editing.EditInputError, match="NaN"):
+    pipe.inpaint(images, [np.full((32, 32), np.nan)], caps)
+  with pytest.raises(editing.EditInputError, match="prompts"):
+    pipe.edit(images, caps * 2)
+
+
+def _cli(trained_dit, *args):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = [sys.executable, "-m", "psvae_jax.sample", f"--workdir={trained_dit / 'dit'}",
+         f"--prompt={shapes.generate(0, 32)[1]}", *args]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sample_cli_inpaint_and_clear_errors(trained_dit, tmp_path):
+  img = tmp_path / "in.png"
+  Image.fromarray(shapes.generate(3, 48)[0]).save(img)
+  mask = tmp_path / "mask.png"
+  Image.fromarray(np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))).save(mask)
+  for args, msg in [([f"--init_image={tmp_path / 'no.png'}"], "not found"),
+                    ([f"--init_image={img}", "--strength=1.5"], "strength must be in [0, 1]"),
+                    ([f"--mask={mask}"], "--mask needs --init_image")]:
+    r = _cli(trained_dit, *args, f"--out={tmp_path / 'x.png'}")
+    assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "jax" not in r.stderr.lower()
+  out = tmp_path / "each"
+  r = _cli(trained_dit, f"--init_image={img}", f"--mask={mask}", "--num_images=2", "--steps=4",
+           f"--out_dir={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+  assert len(results) == 2 and results[0].shape == (48, 48, 3)
+  np.testing.assert_array_equal(results[0][:, :20], np.asarray(Image.open(img))[:, :20])
