@@ -40,6 +40,7 @@ def write_results(workdir: str, step: int, results: dict) -> None:
     path = epath.Path(workdir) / "metrics.json"
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update({k: (v if isinstance(v, str) else float(v)) for k, v in results.items()})
+    current["eval_step"] = step
     path.write_text(json.dumps(current, indent=2, sort_keys=True))
 
 
@@ -123,8 +124,8 @@ def evaluate(workdir: str, config) -> dict:
   if step < 0:
     step = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    async_save=False).latest_step() or 0
-  results["eval_step"] = step
   write_results(workdir, step, results)
+  results["eval_step"] = step
   logging.info("stage %s step %d: %s", run_cfg.stage, step, json.dumps(results, indent=1))
   return results
 

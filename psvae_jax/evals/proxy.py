@@ -131,7 +131,7 @@ def feature_fn(module, params):
   return functools.partial(lambda p, x: module.apply({"params": p}, x)[0], params)
 
 
-def demo_figures(outdir: str, num_samples: int = 128, num_images: int = 256) -> dict[str, Any]:
+def demo_figures(outdir: str, num_samples: int = 64, num_images: int = 128) -> dict[str, Any]:
   """The demo's fid_proxy / rfid_proxy: trains the proxy into OUTDIR/fid_proxy.safetensors,
   then runs psvae_jax.evaluate's fid and rfid evaluators on OUTDIR/dit (figures also land in
   OUTDIR/dit/metrics.json and its TensorBoard events)."""
@@ -140,7 +140,7 @@ def demo_figures(outdir: str, num_samples: int = 128, num_images: int = 256) -> 
   from psvae_jax import evaluate  # pylint: disable=g-import-not-at-top
   path = os.path.join(outdir, "fid_proxy.safetensors")
   t0 = time.time()
-  info = train_proxy(path, steps=100, num_images=1024)
+  info = train_proxy(path, steps=60, num_images=768)
   cfg = eval_config.get_config("demo")
   cfg.proxy_weights = path
   for k in ("psnr", "ssim", "lpips", "adherence"):  # the demo reports these already
