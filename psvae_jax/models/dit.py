@@ -27,6 +27,7 @@ from psvae_jax.models import layers
 _XAVIER = nn.initializers.xavier_uniform()
 _ZERO = nn.initializers.zeros
 _NORMAL = nn.initializers.normal(stddev=0.02)
+_REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 _SIZES = {  # DiT paper, Table 1: width, depth, heads.
     "tiny": dict(width=128, depth=4, num_heads=4),
@@ -111,6 +112,15 @@ class DiTBlock(nn.Module):
     return x + gate_mlp[:, None] * h
 
 
+class _ScanStep(nn.Module):
+  """One DiTBlock as an ``nn.scan`` body: (tokens, c, context, mask) -> (tokens, None)."""
+  block_kw: dict
+
+  @nn.compact
+  def __call__(self, x, c, context, context_mask):
+    return DiTBlock(**self.block_kw, name="block")(x, c, context, context_mask), None
+
+
 class DiT(nn.Module):
   """DiT on (B, h, w, C) latents.
 
@@ -125,7 +135,11 @@ class DiT(nn.Module):
     freq_dim: sinusoidal timestep embedding size (256 in DiT).
     dtype: compute dtype; parameters are float32; the output is float32.
     remat: rematerialise blocks in the backward pass.
+    remat_policy: with ``remat``: "full" (save only block inputs) or "dots_saveable" (keep matmul outputs,
+      recompute the element-wise work; jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     attention_impl: ``implementation`` for ``jax.nn.dot_product_attention`` (None, "xla", "cudnn").
+    scan_blocks: run the blocks as one ``nn.scan`` (params stacked under ``blocks/block`` with a leading
+      depth axis; not loadable from unscanned checkpoints): one traced block, for compile time of deep models.
 
   Text conditioning creates ``null_context`` with the (L, d_text) of the context seen at init: pad prompts
   to that fixed length L (as tokenizers do with ``padding="max_length"``) and mask the padding.
@@ -143,7 +157,9 @@ class DiT(nn.Module):
   freq_dim: int = 256
   dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
   attention_impl: str | None = None
+  scan_blocks: bool = False
 
   def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> nn.Dense:
     return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
@@ -222,11 +238,20 @@ class DiT(nn.Module):
     else:
       raise ValueError(f"cond_type must be 'text' or 'class', got {self.cond_type!r}.")
 
-    block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
-    for i in range(self.depth):
-      tokens = block_cls(self.width, self.num_heads, self.mlp_ratio, cross_attention=ctx is not None,
-                         dtype=self.dtype, attention_impl=self.attention_impl,
-                         name=f"blocks_{i}")(tokens, c, ctx, ctx_mask)
+    if self.remat_policy not in _REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {sorted(_REMAT_POLICIES)}, got {self.remat_policy!r}.")
+    policy = _REMAT_POLICIES[self.remat_policy]
+    block_kw = dict(width=self.width, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                    cross_attention=ctx is not None, dtype=self.dtype, attention_impl=self.attention_impl)
+    if self.scan_blocks:
+      step_cls = nn.remat(_ScanStep, policy=policy) if self.remat else _ScanStep
+      scan = nn.scan(step_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth)
+      tokens, _ = scan(block_kw, name="blocks")(tokens, c, ctx, ctx_mask)
+    else:
+      block_cls = nn.remat(DiTBlock, policy=policy) if self.remat else DiTBlock
+      for i in range(self.depth):
+        tokens = block_cls(**block_kw, name=f"blocks_{i}")(tokens, c, ctx, ctx_mask)
 
     # Final layer: adaLN (shift, scale) + zero-initialised linear to patch outputs.
     shift, scale = jnp.split(self._dense(2 * self.width, "final_adaLN", _ZERO)(nn.silu(c)), 2, axis=-1)
