@@ -84,3 +84,25 @@ def test_ssim_evaluator_matches_skimage():
 def test_unknown_evaluator_type_is_named():
   with pytest.raises(ValueError, match="fdi"):
     evaluators.get_evaluator({"type": "fdi"})
+
+
+def test_in_training_runs_configured_evaluators_with_saved_proxy(tmp_path):
+  """The periodic-eval entry point (tasks' evaluate): loads the proxy file, numbers only."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from psvae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from psvae_jax.weights import common  # pylint: disable=g-import-not-at-top
+  _, params = proxy.random_proxy(0)
+  path = str(tmp_path / "fid_proxy.safetensors")
+  save_file({k: np.asarray(v) for k, v in common.flatten(params).items()}, path)
+  config = ml_collections.ConfigDict(dict(
+      eval=dict(batch_size=32), data=dict(image_size=32),
+      evals=dict(rfid_proxy=dict(type="rfid", feature="proxy", weights=path, num_images=N),
+                 psnr=dict(type="psnr", num_images=N))))
+  mesh = parallel.make_mesh(-1, 1)
+  out = evaluate.in_training(config, mesh, _data, reconstruct=lambda x: np.asarray(
+      jax.jit(_fake_autoencoder)(x)))
+  base = _results(32, 8)
+  assert set(out) == {"rfid_proxy/rfid", "rfid_proxy/num_samples", "psnr/psnr", "psnr/num_images"}
+  assert abs(out["rfid_proxy/rfid"] - base["rfid_proxy/rfid"]) <= 1e-3 * base["rfid_proxy/rfid"]
+  assert abs(out["psnr/psnr"] - base["psnr/psnr"]) <= 1e-5 * base["psnr/psnr"]
