@@ -28,6 +28,9 @@ _NUM = flags.DEFINE_integer("num_images", 4, "Images to generate.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Sampler steps.")
 _CFG = flags.DEFINE_float("cfg", 7.5, "Classifier-free guidance scale.")
 _ETA = flags.DEFINE_float("eta", 0.0, "DDIM eta (0 = deterministic).")
+_INTERVAL = flags.DEFINE_list(
+    "guidance_interval", None, "lo,hi: apply cfg only at noise levels in [lo, hi] (1 = pure noise), "
+    "scale 1 elsewhere; 0,1 = every step. Default: the model config's sample.guidance_interval.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUT = flags.DEFINE_string("out", None, "Output grid PNG.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write one PNG per image here instead.")
@@ -68,6 +71,15 @@ def main(argv):
         raise editing.EditInputError("Editing needs --prompt (a text-conditional model).")
   except editing.EditInputError as e:
     raise app.UsageError(str(e)) from None
+  interval = None
+  if _INTERVAL.value is not None:
+    try:
+      interval = tuple(float(v) for v in _INTERVAL.value)
+    except ValueError:
+      interval = ()
+    if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+      raise app.UsageError(f"--guidance_interval wants lo,hi with 0 <= lo <= hi <= 1, got "
+                           f"{','.join(_INTERVAL.value)}.")
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.initialize("auto")
   from psvae_jax import api  # pylint: disable=g-import-not-at-top
@@ -75,7 +87,8 @@ def main(argv):
   pipe = api.load(_WORKDIR.value)
   n = _NUM.value
   if init is not None:
-    kw = dict(steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value, fit=_FIT.value)
+    kw = dict(steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value, fit=_FIT.value,
+              guidance_interval=interval)
     try:
       if mask is None:
         images = pipe.edit([init] * n, [_PROMPT.value] * n, strength=strength, **kw)
@@ -88,7 +101,8 @@ def main(argv):
   else:
     images = pipe.generate(prompts=None if _PROMPT.value is None else [_PROMPT.value] * n,
                            labels=None if _LABEL.value is None else [_LABEL.value] * n,
-                           steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value)
+                           steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value,
+                           guidance_interval=interval)
   if _OUT_DIR.value:
     for i, im in enumerate(images):
       metrics_lib.save_png(os.path.join(_OUT_DIR.value, f"{i:04d}.png"), im)
