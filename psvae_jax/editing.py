@@ -244,7 +244,7 @@ def _edit_prompt(objects, rng: np.random.Generator) -> tuple[str, list]:
   return shapes.caption([new, *objects[1:]]), [new, *objects[1:]]
 
 
-def demo_figures(pipe, out_dir: str, num: int = 16, strength: float = 0.7, steps: int = 25,
+def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps: int = 25,
                  cfg: float = 7.5, seed: int = 0, first_index: int = 10**6) -> dict[str, float]:
   """Edits and inpaints `num` held-out shapes images; writes before/after grids; returns figures.
 

@@ -138,7 +138,7 @@ def test_sample_cli_inpaint_and_clear_errors(trained_dit, tmp_path):
                     ([f"--mask={mask}"], "--mask needs --init_image")]:
     r = _cli(trained_dit, *args, f"--out={tmp_path / 'x.png'}")
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr and "jax" not in r.stderr.lower()
+    assert "Traceback" not in r.stderr and "jax/_src" not in r.stderr
   out = tmp_path / "each"
   r = _cli(trained_dit, f"--init_image={img}", f"--mask={mask}", "--num_images=2", "--steps=4",
            f"--out_dir={out}")
