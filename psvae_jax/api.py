@@ -107,13 +107,13 @@ class Pipeline:
     masks = np.ones(square.shape[:3], np.float32)
     out = self._edit(square, masks, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
                      seed=seed, dilation=0, cfg_rescale=cfg_rescale,
-                     guidance_interval=guidance_interval)
+                     guidance_interval=guidance_interval, resample=0)
     return self._restore(images, out, places)
 
   def inpaint(self, images, masks, prompts, steps: int = 50, cfg: float = 7.5, eta: float = 0.0,
               seed: int = 0, *, strength: float = 1.0, dilation: int = 1, feather: float = 1.0,
               fit: str = "crop", composite: bool = True, cfg_rescale: float | None = None,
-              guidance_interval: tuple[float, float] | None = None):
+              guidance_interval: tuple[float, float] | None = None, resample: int = 0):
     """Regenerates the masked region (mask >= 0.5, i.e. white) of each image for its prompt.
 
     Masks of another size than their image are resized; non-binary masks are thresholded at
@@ -122,8 +122,13 @@ class Pipeline:
     blended (Gaussian edge of sigma `feather` px) with the original pixels outside the mask. An
     all-black mask returns the input (the reconstruction with composite=False); an all-white
     one is plain generation. `strength` < 1 starts the masked region from the noised input.
+    `resample` = N > 0 adds N RePaint resampling jumps per step (re-noise one step, denoise
+    again: N + 1 model calls per step) to harmonise the region with its surroundings.
     """
     strength = editing.check_strength(strength)
+    if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or not (
+        0 <= resample <= 100):
+      raise editing.EditInputError(f"resample must be an integer in [0, 100], got {resample!r}.")
     if isinstance(masks, np.ndarray) and masks.ndim == 2:
       masks = [masks]
     square, places = editing.prepare_images(images, self.image_size, fit)
@@ -135,7 +140,7 @@ class Pipeline:
     pix = np.stack([editing.prepare_mask(m, p, self.image_size) for m, p in zip(masks, places)])
     out = self._edit(square, pix, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
                      seed=seed, dilation=dilation, cfg_rescale=cfg_rescale,
-                     guidance_interval=guidance_interval)
+                     guidance_interval=guidance_interval, resample=int(resample))
     restored = self._restore(images, out, places)
     if not composite:
       return restored
@@ -144,7 +149,7 @@ class Pipeline:
     return np.stack(blended) if isinstance(restored, np.ndarray) else blended
 
   def _edit(self, square, pix_masks, prompts, *, strength, steps, cfg, eta, seed, dilation,
-            cfg_rescale, guidance_interval) -> np.ndarray:
+            cfg_rescale, guidance_interval, resample) -> np.ndarray:
     """uint8 (N, S, S, 3) images and {0, 1} (N, S, S) masks -> uint8 (N, S, S, 3) results."""
     n = square.shape[0]
     if isinstance(prompts, str):
@@ -163,7 +168,7 @@ class Pipeline:
     batch = self.gen.host_condition(prompts=list(prompts))
     z = self.gen.edit_latents(self.params, self.consts, batch, z0, lat_mask, strength=strength,
                               steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,
-                              guidance_interval=guidance_interval)
+                              guidance_interval=guidance_interval, resample=resample)
     return self.gen.to_images(self.consts, z)[:n]
 
   @staticmethod

@@ -97,7 +97,7 @@ class Generator:
   # ---- sampling -----------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
   def sample_latents(self, params, consts, batch, z_start, timesteps, cfg, eta, rng, start_index,
-                     inpaint=None, cfg_rescale=0.0, guidance_interval=(0.0, 1.0), *,
+                     inpaint=None, cfg_rescale=0.0, guidance_interval=(0.0, 1.0), resample=0, *,
                      use_inpaint=False):
     """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
     cond = self.condition(params, consts, batch)
@@ -111,12 +111,13 @@ class Generator:
       return samplers.ddim_sample(model_fn, self.objective.schedule, z_start, c_on, c_off, timesteps,
                                   cfg, eta, rng, start_index=start_index, carry_sharding=sharding,
                                   inpaint=inp, cfg_rescale=cfg_rescale,
-                                  guidance_interval=guidance_interval)
+                                  guidance_interval=guidance_interval, resample=resample)
     num_steps = jnp.sum(timesteps >= 0)
     return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps,
                                  self.config.diffusion.flow_shift, cfg, max_steps=MAX_STEPS,
                                  start_index=start_index, carry_sharding=sharding, inpaint=inp,
-                                 cfg_rescale=cfg_rescale, guidance_interval=guidance_interval)
+                                 cfg_rescale=cfg_rescale, guidance_interval=guidance_interval,
+                                 resample=resample, rng=rng)
 
   @functools.partial(jax.jit, static_argnums=(0,))
   def _decode_jit(self, consts, z):
@@ -159,7 +160,7 @@ class Generator:
     return ts
 
   def run(self, params, consts, batch, z_start, *, steps, cfg, eta, seed, start_index=0,
-          inpaint=None, cfg_rescale=None, guidance_interval=None):
+          inpaint=None, cfg_rescale=None, guidance_interval=None, resample=0):
     """Samples from z_start; cfg_rescale / guidance_interval None take the config's sample.* values."""
     if cfg_rescale is None:
       cfg_rescale = self.config.sample.get("cfg_rescale", 0.0)
@@ -178,7 +179,7 @@ class Generator:
                                jnp.float32(cfg), jnp.float32(eta),
                                jax.random.fold_in(jax.random.key(seed), 1 << 20),
                                jnp.int32(start_index), inp, jnp.float32(cfg_rescale),
-                               jnp.asarray([lo, hi], jnp.float32),
+                               jnp.asarray([lo, hi], jnp.float32), jnp.int32(resample),
                                use_inpaint=inpaint is not None)
 
   def start_latents(self, z0, noise, steps: int, start_index: int) -> jax.Array:
@@ -193,14 +194,17 @@ class Generator:
     return (1.0 - t) * z0 + t * noise
 
   def edit_latents(self, params, consts, batch, z0, mask, *, strength, steps, cfg, eta, seed,
-                   cfg_rescale=None, guidance_interval=None):
+                   cfg_rescale=None, guidance_interval=None, resample=0):
     """SDEdit / inpainting in the latent: normalised z0 (B, h, w, C), mask (B, h, w, 1) with
     1 = regenerate -> clean latents.
 
     Noise to strength·T, then the scan sampler from there with the known region (mask 0) reset
     to the noised z0 after each step. Edits (mask all 1) and inpaints share one compile per
-    batch size: strength, masks, steps, cfg, eta and seed are traced.
+    batch size: strength, masks, steps, cfg, eta, seed and ``resample`` (RePaint jumps per step,
+    samplers._resampled) are traced.
     """
+    if not 0 <= int(resample) <= 100:
+      raise ValueError(f"resample must be an integer in [0, 100], got {resample}.")
     start = samplers.sdedit_start_index(steps, strength)
     noise = initial_noise(seed, np.arange(z0.shape[0]), self.latent_shape)
     z0 = jnp.asarray(z0, jnp.float32)
@@ -208,7 +212,7 @@ class Generator:
     z_start = self.start_latents(z0, noise, steps, start)
     return self.run(params, consts, batch, z_start, steps=steps, cfg=cfg, eta=eta, seed=seed,
                     start_index=start, inpaint=(z0, mask, noise), cfg_rescale=cfg_rescale,
-                    guidance_interval=guidance_interval)
+                    guidance_interval=guidance_interval, resample=resample)
 
   def to_images(self, consts, z0) -> np.ndarray:
     from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top

@@ -40,6 +40,8 @@ _STRENGTH = flags.DEFINE_float("strength", None, "SDEdit strength in [0, 1] (def
 _MASK = flags.DEFINE_string("mask", None, "Inpainting mask PNG: white (>= 0.5) = regenerate; "
                             "resized to the image if needed.")
 _DILATION = flags.DEFINE_integer("dilation", 1, "Latent-grid dilation of the mask (cells).")
+_RESAMPLE = flags.DEFINE_integer("resample", 0, "Inpainting: RePaint resampling jumps per step "
+                                 "(0 = none; N costs N + 1 model calls per step).")
 _FEATHER = flags.DEFINE_float("feather", 1.0, "Composite edge softness (Gaussian sigma, px).")
 _FIT = flags.DEFINE_enum("fit", "crop", ["crop", "pad"], "How a non-square / other-size input "
                          "is fitted to the model: center crop or pad.")
@@ -94,7 +96,8 @@ def main(argv):
         images = pipe.edit([init] * n, [_PROMPT.value] * n, strength=strength, **kw)
       else:
         images = pipe.inpaint([init] * n, [mask] * n, [_PROMPT.value] * n, strength=strength,
-                              dilation=_DILATION.value, feather=_FEATHER.value, **kw)
+                              dilation=_DILATION.value, feather=_FEATHER.value,
+                              resample=_RESAMPLE.value, **kw)
     except editing.EditInputError as e:
       raise app.UsageError(str(e)) from None
     images = np.stack(images)

@@ -53,7 +53,8 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   blk = pipe.inpaint(images, black, caps, steps=10)
   blk_raw = pipe.inpaint(images, black, caps, steps=10, composite=False)
   wht = pipe.inpaint(images, white, caps[::-1], steps=20, cfg=3.0, seed=2, dilation=0)
-  assert counter.count == first, "another strength, mask, steps, cfg or seed recompiled"
+  rsm = pipe.inpaint(images, masks, caps, steps=10, dilation=2, feather=0.0, resample=2)
+  assert counter.count == first, "another strength, mask, steps, cfg, seed or resample recompiled"
   assert editing.psnr(s0, rec) >= 40.0  # strength 0: the reconstruction
   gen = pipe.generate(caps[::-1], steps=20, cfg=3.0, seed=2)
   assert np.abs(s1.astype(int) - gen).max() <= 1  # strength 1: plain generation, same seed
@@ -65,6 +66,9 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   keep = cells.repeat(4, 1).repeat(4, 2) < 0.5  # pixels outside the dilated latent mask
   np.testing.assert_array_equal(inp[np.broadcast_to(keep[..., None], inp.shape)],
                                 images[np.broadcast_to(keep[..., None], images.shape)])
+  np.testing.assert_array_equal(rsm[np.broadcast_to(keep[..., None], rsm.shape)],
+                                images[np.broadcast_to(keep[..., None], images.shape)])
+  assert not np.array_equal(rsm, inp)  # RePaint jumps change the regenerated region
 
 
 def test_any_input_size_is_returned_at_that_size(pipe):
@@ -119,6 +123,9 @@ def test_bad_inputs(pipe, tmp_path):
     pipe.inpaint(images, [np.full((32, 32), np.nan)], caps)
   with pytest.raises(editing.EditInputError, match="prompts"):
     pipe.edit(images, caps * 2)
+  for r in (-1, 2.5, 101):
+    with pytest.raises(editing.EditInputError, match="resample"):
+      pipe.inpaint(images, [np.ones((32, 32))], caps, resample=r)
 
 
 def _cli(trained_dit, *args):

@@ -128,11 +128,30 @@ def _scan_steps(step_fn, z, indices, times, active, carry_sharding):
   return z
 
 
+def _resampled(step_fn, renoise, resample, rng):
+  """RePaint resampling (Lugmayr et al. 2022) around an inpainting step t → t′.
+
+  After the step (which resets the known region), the latents are re-noised from t′ back to t with fresh
+  noise and the step is taken again, ``resample`` times (traced: a ``fori_loop`` with a traced bound), so
+  the generated region is harmonised with the known one. ``resample`` = 0 is the plain step.
+  """
+  resample = jnp.asarray(resample, jnp.int32)
+
+  def run(z, i, *ts):
+    z = step_fn(z, i, *ts)
+
+    def again(j, z):
+      key = jax.random.fold_in(jax.random.fold_in(rng, i), j)
+      return step_fn(renoise(z, key, *ts), i, *ts).astype(z.dtype)
+    return jax.lax.fori_loop(0, resample, again, z)
+  return run
+
+
 def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, cond: Any, uncond: Any,
                 timesteps: jax.Array, cfg_scale: float | jax.Array, eta: float | jax.Array,
                 rng: jax.Array, *, start_index: int | jax.Array = 0, carry_sharding: Any = None,
                 inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0,
-                guidance_interval: Any = (0.0, 1.0)) -> jax.Array:
+                guidance_interval: Any = (0.0, 1.0), resample: int | jax.Array = 0) -> jax.Array:
   """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step`` (ε-prediction).
 
   Per step t → t_prev = t − T // num_steps (ᾱ_prev = final_alpha_cumprod when t_prev < 0)::
@@ -157,6 +176,8 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
       q_sample(z_known, t_prev, noise); mask 1 = regenerate.
     cfg_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
     guidance_interval: (lo, hi) noise levels t/T where the guidance scale applies (traced), see ``_guided``.
+    resample: with ``inpaint``, RePaint resampling jumps per step (traced; 0 = none), see ``_resampled``:
+      z_t = √(ᾱ_t/ᾱ_prev) z_prev + √(1 − ᾱ_t/ᾱ_prev) ε, then the step again.
 
   Returns:
     Final latents z_0, like z_T.
@@ -185,6 +206,12 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
       z = mask * z + (1.0 - mask) * schedules.q_sample(sched, z_known, t_prev, known_noise)
     return z
 
+  if inpaint is not None:
+    def renoise(z, key, t):
+      r = schedules.alpha_cumprod_at(sched, t) / schedules.alpha_cumprod_at(sched, t - ratio)
+      return jnp.sqrt(r) * z + jnp.sqrt(1.0 - r) * jax.random.normal(key, z.shape, jnp.float32)
+    step = _resampled(step, renoise, resample, jax.random.fold_in(rng, 1 << 30))
+
   idx = jnp.arange(timesteps.shape[0], dtype=jnp.int32)
   active = (timesteps >= 0) & (idx >= start_index)
   return _scan_steps(step, z_T, idx, (timesteps,), active, carry_sharding)
@@ -204,7 +231,8 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
                  shift: float | jax.Array, cfg_scale: float | jax.Array, *, max_steps: int | None = None,
                  start_index: int | jax.Array = 0, carry_sharding: Any = None,
                  inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0,
-                 guidance_interval: Any = (0.0, 1.0)) -> jax.Array:
+                 guidance_interval: Any = (0.0, 1.0), resample: int | jax.Array = 0,
+                 rng: jax.Array | None = None) -> jax.Array:
   """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0 (data).
 
   Args:
@@ -220,6 +248,11 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
     carry_sharding: optional sharding for the carried latents.
     inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
       (1 − t_next) z_known + t_next noise.
+    cfg_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
+    guidance_interval: (lo, hi) flow times where the guidance scale applies (traced), see ``_guided``.
+    resample: with ``inpaint`` and ``rng``, RePaint resampling jumps per step (traced), see ``_resampled``:
+      z_t = ((1 − t)/(1 − t_next)) z_next + √(t² − ((1 − t)/(1 − t_next))² t_next²) ε, then the step again.
+    rng: key for the resampling noise (None: no resampling).
 
   Returns:
     Final latents, like z_1.
@@ -240,6 +273,13 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
       z_known, mask, known_noise = inpaint
       z = mask * z + (1.0 - mask) * ((1.0 - t_next) * z_known + t_next * known_noise)
     return z
+
+  if inpaint is not None and rng is not None:
+    def renoise(z, key, t, t_next):
+      r = (1.0 - t) / (1.0 - t_next)
+      sd = jnp.sqrt(jnp.maximum(t**2 - (r * t_next) ** 2, 0.0))
+      return r * z + sd * jax.random.normal(key, z.shape, jnp.float32)
+    step = _resampled(step, renoise, resample, rng)
 
   idx = jnp.arange(max_steps, dtype=jnp.int32)
   active = (idx < num_steps) & (idx >= start_index)
