@@ -59,7 +59,8 @@ def build_context(workdir: str, config):
   if run_cfg.stage == "dit":
     from psvae_jax import api  # pylint: disable=g-import-not-at-top
     pipe = api.load(workdir, mesh)
-    generate = lambda caps, steps, cfg, seed: pipe.generate(caps, steps=steps, cfg=cfg, seed=seed)
+    generate = lambda caps, steps, cfg, seed, labels=None: pipe.generate(
+        caps if labels is None else None, steps=steps, cfg=cfg, seed=seed, labels=labels)
     ae_dir = run_cfg.autoencoder
   ae = autoencoders.load_autoencoder(ae_dir, mesh)
   sets = {}

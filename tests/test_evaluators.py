@@ -106,3 +106,32 @@ def test_in_training_runs_configured_evaluators_with_saved_proxy(tmp_path):
   assert set(out) == {"rfid_proxy/rfid", "rfid_proxy/num_samples", "psnr/psnr", "psnr/num_images"}
   assert abs(out["rfid_proxy/rfid"] - base["rfid_proxy/rfid"]) <= 1e-3 * base["rfid_proxy/rfid"]
   assert abs(out["psnr/psnr"] - base["psnr/psnr"]) <= 1e-5 * base["psnr/psnr"]
+
+
+def test_fid_conditions_prompt_file_and_class_balanced(tmp_path):
+  """fid generates for the eval captions, a prompt file's lines or balanced labels, cycled to N."""
+  seen = []
+
+  def generate(captions, steps, cfg, seed, labels=None):
+    seen.append((captions, None if labels is None else list(labels)))
+    n = len(captions if labels is None else labels)
+    return np.random.default_rng(n).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
+
+  mesh = parallel.make_mesh(-1, 1)
+  ctx = evaluators.EvalContext(mesh=mesh, batch_size=8, eval_data=_data, generate=generate,
+                               feature_nets={"f": (lambda x: x.reshape(x.shape[0], -1)[:, :4]
+                                                   .astype(jnp.float32), 4)})
+  ref = tmp_path / "ref.npz"
+  np.savez(ref, mu=np.zeros(4), sigma=np.eye(4))
+  (tmp_path / "p.txt").write_text("a red circle on the left\n\na blue square at the top\n")
+  base = {"type": "fid", "num_samples": 5, "feature": "f", "reference": str(ref)}
+  out = evaluators.FID({**base, "prompts_file": str(tmp_path / "p.txt")}).run(ctx)
+  assert seen[-1] == ((["a red circle on the left", "a blue square at the top"] * 3)[:5], None)
+  assert "2 prompts" in out["conditions"] and np.isfinite(out["fid"])
+  out = evaluators.FID({**base, "class_balanced": 2}).run(ctx)
+  assert seen[-1] == (None, [0, 1, 0, 1, 0]) and "class-balanced" in out["conditions"]
+  evaluators.FID(base).run(ctx)
+  assert seen[-1][0] == list(_data(5)["caption"])
+  (tmp_path / "empty.txt").write_text("\n")
+  with pytest.raises(ValueError, match="no prompts"):
+    evaluators.FID({**base, "prompts_file": str(tmp_path / "empty.txt")}).run(ctx)

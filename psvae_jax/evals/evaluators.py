@@ -133,9 +133,15 @@ class RFID(PSNR):
 
 
 class FID:
-  """Generation FID: N samples (prompts from the eval set, cycled) against reference stats."""
+  """Generation FID: N samples against reference stats.
+
+  Conditions, cycled to N: the eval set's captions (default), the lines of `prompts_file`, or
+  with `class_balanced` = K > 0 the labels 0..K-1 equally often (class-conditional models).
+  """
 
   def __init__(self, cfg):
+    self.prompts_file = cfg.get("prompts_file", "")
+    self.class_balanced = int(cfg.get("class_balanced", 0))
     self.n = cfg.get("num_samples", 1000)
     self.num_ref = cfg.get("num_reference", 1000)
     self.steps, self.cfg, self.seed = cfg.get("steps", 50), cfg.get("cfg", 7.5), cfg.get("seed", 0)
@@ -152,16 +158,35 @@ class FID:
       ctx.cache[key] = ctx.stats(self.feature, to_uint8(data["image"])).finalize()
     return (*ctx.cache[key], f"first {self.num_ref} eval images")
 
+  def conditions(self, ctx) -> tuple[list[str] | None, np.ndarray | None, str]:
+    """(captions, labels, description) for the N samples."""
+    if self.class_balanced > 0:
+      return None, np.arange(self.n) % self.class_balanced, (
+          f"class-balanced over {self.class_balanced} classes")
+    if self.prompts_file:
+      try:
+        with open(self.prompts_file, encoding="utf-8") as f:
+          captions = [line.strip() for line in f if line.strip()]
+      except OSError as e:
+        raise ValueError(f"fid prompts_file {self.prompts_file!r} cannot be read: {e}") from None
+      if not captions:
+        raise ValueError(f"fid prompts_file {self.prompts_file!r} holds no prompts.")
+      source = f"{len(captions)} prompts of {self.prompts_file}"
+    else:
+      captions = list(ctx.eval_data(min(self.n, self.num_ref))["caption"])
+      source = f"captions of the first {len(captions)} eval images"
+    return [captions[i % len(captions)] for i in range(self.n)], None, source
+
   def run(self, ctx):
-    captions = list(ctx.eval_data(min(self.n, self.num_ref))["caption"])
-    captions = [captions[i % len(captions)] for i in range(self.n)]
-    images = ctx.cache.setdefault(("gen", self.n, self.steps, self.cfg, self.seed),
-                                  ctx.generate(captions, self.steps, self.cfg, self.seed))
-    mu, sigma = ctx.stats(self.feature, images).finalize()
+    captions, labels, source = self.conditions(ctx)
+    key = ("gen", self.n, self.steps, self.cfg, self.seed, source)
+    if key not in ctx.cache:
+      ctx.cache[key] = ctx.generate(captions, self.steps, self.cfg, self.seed, labels=labels)
+    mu, sigma = ctx.stats(self.feature, ctx.cache[key]).finalize()
     ref_mu, ref_sigma, ref_name = self.reference(ctx)
     return {"fid": fid_lib.frechet_distance(mu, sigma, ref_mu, ref_sigma), "steps": self.steps,
             "cfg": self.cfg, "num_samples": self.n, "feature": self.feature,
-            "reference": ref_name}
+            "reference": ref_name, "conditions": source}
 
 
 class Adherence(FID):
@@ -170,8 +195,11 @@ class Adherence(FID):
   def run(self, ctx):
     from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
     captions = list(ctx.eval_data(self.n)["caption"])
-    images = ctx.cache.setdefault(("gen", self.n, self.steps, self.cfg, self.seed),
-                                  ctx.generate(captions, self.steps, self.cfg, self.seed))
+    key = ("gen", self.n, self.steps, self.cfg, self.seed,
+           f"captions of the first {len(captions)} eval images")
+    if key not in ctx.cache:
+      ctx.cache[key] = ctx.generate(captions, self.steps, self.cfg, self.seed)
+    images = ctx.cache[key]
     return {"adherence": float(np.mean(shapes.score_batch(images, captions))),
             "steps": self.steps, "cfg": self.cfg, "num_samples": self.n}
 

@@ -164,8 +164,9 @@ class DiTTask:
                  tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
     if self.config.get("evals"):  # configured evaluators (fid with a reference .npz, ...)
       from psvae_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-      gen = lambda caps, steps, cfg, seed: self.gen.generate(
-          state.ema_params, consts, prompts=caps, steps=steps, cfg=cfg, seed=seed)
+      gen = lambda caps, steps, cfg, seed, labels=None: self.gen.generate(
+          state.ema_params, consts, prompts=caps if labels is None else None, labels=labels,
+          steps=steps, cfg=cfg, seed=seed)
       scalars.update(evaluate_lib.in_training(
           self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
           generate=gen))
