@@ -32,23 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench import _common  # pylint: disable=g-import-not-at-top
+from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
 LATENT, CHANNELS, PATCH, WIDTH, HEADS, NUM_CLASSES, DEPTH = 16, 4, 2, 384, 6, 1000, 4
 MAX_STEPS, CFG = 100, 7.5
-
-
-class CompileCounter:
-  """Counts XLA backend compiles through jax.monitoring."""
-
-  def __init__(self):
-    import jax  # pylint: disable=g-import-not-at-top
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event, duration, **kwargs):
-    del duration, kwargs
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.count += 1
 
 
 def _inputs(batch: int, seed: int = 0):
@@ -147,7 +134,7 @@ def worker(args) -> dict:
   if args.impl == "check":
     traces = []
     counting_fn = lambda *a: (traces.append(1), model_fn(*a))[1]  # Runs once per trace of the sampler.
-    counter = CompileCounter()
+    counter = runtime.CompileCounter()
     scan = _scan_sampler(counting_fn)
     rng = jax.random.key(0, impl="unsafe_rbg")
     t0 = time.perf_counter()
@@ -176,7 +163,7 @@ def worker(args) -> dict:
     params_d = jax.device_put(params)
     run = lambda: compiled(params_d, sched, z, cond, uncond, ts, CFG, 0.0, rng).block_until_ready()
   elif args.impl == "loop":
-    counter = CompileCounter()
+    counter = runtime.CompileCounter()
     loop = _loop_sampler(model_fn)
     params_d = jax.device_put(params)
     t0 = time.perf_counter()

@@ -89,3 +89,21 @@ def hide_gpus_from_tf() -> None:
     tf.config.set_visible_devices([], "GPU")
   except Exception:  # pylint: disable=broad-except
     pass
+
+
+class CompileCounter:
+  """Counts XLA backend compiles from its creation on (jax.monitoring events).
+
+  Used by the tests and benchmarks that check "compiles once": e.g. `first = c.count` after a
+  warm-up call, then `c.count == first` after calls with other traced values.
+  """
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1

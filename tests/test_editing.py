@@ -4,27 +4,16 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from psvae_jax import api
 from psvae_jax import editing
+from psvae_jax import runtime
 from psvae_jax.data import shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class _CompileCounter:
-  def __init__(self):
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event, duration, **kwargs):
-    del duration, kwargs
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.count += 1
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +28,7 @@ def _scenes(n, size=32):
 
 def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   images, caps = _scenes(8)
-  counter = _CompileCounter()
+  counter = runtime.CompileCounter()
   pipe.edit(images, caps, strength=0.7, steps=10, seed=0)  # compiles encode, sampler, decode
   rec = pipe.decode(pipe.encode(images))
   first = counter.count

@@ -4,27 +4,14 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 from PIL import Image
 
 from psvae_jax import api
+from psvae_jax import runtime
 
 PROMPTS = ["a red circle on the left and a blue square on the right",
            "a green triangle in the center"]
-
-
-class _CompileCounter:
-  """Counts XLA backend compiles through jax.monitoring."""
-
-  def __init__(self):
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event, duration, **kwargs):
-    del duration, kwargs
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.count += 1
 
 
 def test_workdirs(trained_dit):
@@ -36,7 +23,7 @@ def test_workdirs(trained_dit):
 
 def test_generate_compiles_once_and_is_deterministic(trained_dit):
   pipe = api.load(str(trained_dit / "dit"))
-  counter = _CompileCounter()
+  counter = runtime.CompileCounter()
   prompts = [PROMPTS[i % 2] for i in range(8)]
   a = pipe.generate(prompts, steps=50, cfg=7.5, seed=0)
   first = counter.count
