@@ -133,14 +133,19 @@ def encode(args):
   model = vit.DinoV2(**{**kw, "dtype": jnp.dtype(args.dtype)})
   px = 28 if args.dry_run else 224
   images = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch, px, px, 3)), jnp.float32)
-  params = _random_params(model, images)
+  _forward(f"encode DINOv2-{'tiny' if args.dry_run else 'L'}/14 {px}px {args.dtype} batch {args.batch}",
+           model, images, args)
+
+
+def _forward(label, model, x, args):
+  """Times a jitted inference forward of `model` on random params (compile reported apart)."""
+  params = _random_params(model, x)
   fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
   t0 = time.perf_counter()
-  compiled = fn.lower(params, images).compile()
+  compiled = fn.lower(params, x).compile()
   compile_s = time.perf_counter() - t0
-  run = lambda: compiled(params, images).block_until_ready()
-  _report(f"encode DINOv2-{'tiny' if args.dry_run else 'L'}/14 {px}px {args.dtype} batch {args.batch}",
-          compiled, run, args.batch, args.steps, args.warmup, compile_s)
+  run = lambda: compiled(params, x).block_until_ready()
+  _report(label, compiled, run, args.batch, args.steps, args.warmup, compile_s)
 
 
 def decode(args):
@@ -153,14 +158,7 @@ def decode(args):
     model = pixel_decoder.ConvDecoder(dtype=jnp.dtype(args.dtype))  # LDM decoder: 16x up
     z_shape = (args.batch, 16, 16, 96)
   z = jnp.asarray(np.random.default_rng(0).standard_normal(z_shape), jnp.float32)
-  params = _random_params(model, z)
-  fn = jax.jit(lambda p, z: model.apply({"params": p}, z))
-  t0 = time.perf_counter()
-  compiled = fn.lower(params, z).compile()
-  compile_s = time.perf_counter() - t0
-  run = lambda: compiled(params, z).block_until_ready()
-  _report(f"decode conv pixel decoder {z_shape[1:]} {args.dtype} batch {args.batch}", compiled, run,
-          args.batch, args.steps, args.warmup, compile_s)
+  _forward(f"decode conv pixel decoder {z_shape[1:]} {args.dtype} batch {args.batch}", model, z, args)
 
 
 def main():
