@@ -205,10 +205,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               "or check the data.")
       if step % config.eval_every == 0 or step == config.num_train_steps:
         final = run_eval(step)
-      if step % config.ckpt_every == 0 or step == config.num_train_steps:
+      saved = step % config.ckpt_every == 0 or step == config.num_train_steps
+      if saved:
         save(step)
       if preemption.should_stop(step):
-        if step % config.ckpt_every:
+        if not saved:  # (the last step is saved above: saving it twice raises in Orbax)
           save(step)
         logging.warning("Preempted: saved step %d (process %d of %d), exiting.", step,
                         jax.process_index(), jax.process_count())
