@@ -5,8 +5,11 @@ its input iterator's state, captured at save time) and "config" (the resolved co
 Orbax writes each step to a temporary directory (`<step>.orbax-checkpoint-tmp-*`) and renames
 it when complete (on GCS, where renames are not atomic, it writes a commit marker), so a
 crash or kill -9 during a save leaves the previous step as the latest: `latest_step()`
-considers finalized steps only, and opening a workdir deletes the partial ones (the
-manager's `cleanup_tmp_directories`). A state with non-finite parameters is never saved.
+considers finalized steps only, and opening a workdir deletes the partial ones before the
+manager is built (synchronously, on process 0, then a barrier: Orbax's own
+`cleanup_tmp_directories` runs in a background future that only a later save awaits, so a
+resumed run could still see the partial directory). A state with non-finite parameters is
+never saved.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -110,9 +114,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
     self.directory = epath.Path(directory)
+    self._remove_partial_steps()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_names=("state", "data", "config"),
@@ -132,7 +136,18 @@ class Checkpointer:
 
   def partial_steps(self) -> list[epath.Path]:
     """Temporary (unfinished) step directories left by an interrupted save."""
+    if not self.directory.exists():
+      return []
     return sorted(p for p in self.directory.iterdir() if ocp.step.is_tmp_checkpoint(p))
+
+  def _remove_partial_steps(self):
+    """Deletes what an interrupted save left, before anything reads the directory."""
+    if jax.process_index() == 0:
+      for path in self.partial_steps():
+        logging.warning("Removing incomplete checkpoint %s (interrupted save).", path)
+        path.rmtree()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_cleanup:{self.directory}")
 
   def save(self, step: int, state: Any, *, data_state: Any = None,
            config: dict | None = None, force: bool = True) -> bool:
