@@ -19,6 +19,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoint = True
   c.max_skipped_steps = 100  # non-finite steps tolerated (skipped) before halting
+  # Fault injection for drills and tests: the gradients of these (1-based) steps are set to
+  # NaN inside the jitted step, which must then skip them (counted in train/skipped_steps).
+  c.inject_nonfinite_steps = ()
   c.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay fp32)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: the remaining devices

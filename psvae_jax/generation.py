@@ -216,7 +216,7 @@ class Generator:
 
   def to_images(self, consts, z0) -> np.ndarray:
     from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-    return metrics_lib.to_uint8(np.asarray(jax.device_get(self._decode_jit(consts, z0))))
+    return metrics_lib.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes
 
   def __hash__(self):
     return id(self)

@@ -1,10 +1,10 @@
 """Two local processes (launch/cpu_multiprocess.sh, gloo): preemption, bitwise resume, dead worker.
 
-One scenario shares its runs between assertions (CI budget): stage 2 (tiny, SMALL_AE) trains
-6 steps uninterrupted; a second run is SIGTERMed early (jax.distributed's preemption sync
-point: both processes save the same step and exit 0), resumed by re-running the same
-command, and must end with bitwise the same parameters, optimizer state, EMA, data-iterator
-state and eval metrics as the uninterrupted run.
+One scenario per stage shares its runs between assertions (CI budget): stage 2 (tiny,
+SMALL_AE) or stage 3 (tiny text DiT) trains 6 steps uninterrupted; a second run is SIGTERMed
+early (jax.distributed's preemption sync point: both processes save the same step and exit
+0), resumed by re-running the same command, and must end with bitwise the same parameters,
+optimizer state, EMA, data-iterator state and eval metrics as the uninterrupted run.
 """
 
 import json
@@ -27,10 +27,12 @@ STEPS = ["--config.num_train_steps=6", "--config.eval_every=1000", "--config.ckp
          "--config.log_every=1"]
 
 
-def _launch(workdir, logdir, *extra, heartbeat=10, timeout=420):
+def _launch(workdir, logdir, *extra, heartbeat=10, timeout=420, config="configs/psvae.py:tiny"):
+  if config.startswith("configs/psvae.py"):
+    extra = (*SMALL_AE, *extra)
   cmd = [LAUNCH, "2", "-k", "1", "--logdir", str(logdir), "--timeout", str(timeout),
-         sys.executable, "-m", "psvae_jax.main", "--config=configs/psvae.py:tiny",
-         f"--workdir={workdir}", *SMALL_AE, *extra]
+         sys.executable, "-m", "psvae_jax.main", f"--config={config}",
+         f"--workdir={workdir}", *extra]
   env = dict(os.environ, PSVAE_NO_VENV="1", PSVAE_HEARTBEAT_TIMEOUT_S=str(heartbeat))
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -68,14 +70,14 @@ def _restore_numpy(step_dir):
   return ckptr.restore(path, restore_args=args)
 
 
-@pytest.mark.slow
-def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
-  extra = (*STEPS, f"--config.init_from={svae_dir}")
+def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny"):
+  """Uninterrupted vs SIGTERMed + resumed 2-process runs of 6 steps: bitwise the same.
+  Returns (the final state as numpy, the resumed run's workdir)."""
   ref, run = tmp_path / "ref", tmp_path / "run"
-  _finish(_launch(ref, tmp_path / "ref_logs", *extra), tmp_path / "ref_logs")
+  _finish(_launch(ref, tmp_path / "ref_logs", *extra, config=config), tmp_path / "ref_logs")
 
   logs = tmp_path / "run_logs"
-  proc = _launch(run, logs, *extra)
+  proc = _launch(run, logs, *extra, config=config)
   _wait_for(logs, r"step 1:", proc)
   proc.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes
   _finish(proc, logs)
@@ -88,7 +90,7 @@ def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
       "process_0-of-2.json", "process_1-of-2.json"]
 
   logs2 = tmp_path / "resume_logs"
-  _finish(_launch(run, logs2, *extra), logs2)
+  _finish(_launch(run, logs2, *extra, config=config), logs2)
   for i in (0, 1):
     assert f"Resuming from {run}/checkpoints/{stop}" in _log(logs2, i)
     assert f"step {stop}:" not in _log(logs2, i) and f"step {stop + 1}:" in _log(logs2, i)
@@ -100,7 +102,7 @@ def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
   diff = [jax.tree_util.keystr(p) for (p, x), y in zip(flat_a, flat_b)
           if x.shape != y.shape or x.tobytes() != y.tobytes()]
   assert not diff, f"{len(diff)} entries differ after resume, e.g. {diff[:5]}"
-  assert int(a["step"]) == 6 and int(a["skipped"]) == 0
+  assert int(a["step"]) == 6
   for i in (0, 1):  # data order: the iterators stand at the same place
     name = f"process_{i}-of-2.json"
     assert (json.load(open(ref / "checkpoints" / "6" / "data" / name)) ==
@@ -109,6 +111,49 @@ def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
   # process 0 alone writes config, metrics, samples and TensorBoard events.
   events = [p for p in os.listdir(ref) if p.startswith("events.out.tfevents")]
   assert len({e.rsplit(".", 3)[-3] for e in events}) == 1, events
+  return a, run
+
+
+@pytest.mark.slow
+def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
+  """Stage 2."""
+  state, _ = _preempt_resume_matches(tmp_path, (*STEPS, f"--config.init_from={svae_dir}"))
+  assert int(state["skipped"]) == 0
+
+
+@pytest.mark.slow
+def test_two_process_dit_resume_nan_skip_and_halt(trained_dit, tmp_path):
+  """Stage 3 (text, on the fly through the frozen PS-VAE, jointly trained text encoder, sample
+  grids generated across both processes) with a NaN injected into step 2's gradients: both
+  runs skip it, resume bitwise, and write no non-finite value. Then the resumed run is
+  extended with another NaN step past max_skipped_steps=1: it halts (non-zero exit, a
+  message), and the checkpoint it saves on the way out holds step 6's parameters unchanged."""
+  extra = (*STEPS, f"--config.autoencoder={trained_dit / 'psvae'}",
+           f"--config.text_encoder={trained_dit / 'text'}", "--config.train_text_encoder=True",
+           "--config.batch_size=8", "--config.eval.num_images=8", "--config.sample.steps=4",
+           "--config.max_skipped_steps=1")
+  state, run = _preempt_resume_matches(
+      tmp_path, (*extra, "--config.inject_nonfinite_steps=(2,)"), config="configs/dit.py:tiny")
+  assert int(state["skipped"]) == 1
+  leaves = jax.tree.leaves(state)
+  assert all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.floating))
+  assert any(p.startswith("samples_") for p in os.listdir(run / "samples"))
+
+  logs = tmp_path / "halt_logs"
+  steps8 = [a for a in extra if not a.startswith("--config.num_train_steps")]
+  proc = _launch(run, logs, *steps8, "--config.num_train_steps=8",
+                 "--config.inject_nonfinite_steps=(2,7)", config="configs/dit.py:tiny")
+  _finish(proc, logs, expect_ok=False)
+  assert proc.returncode != 0
+  for i in (0, 1):
+    assert re.search(r"2 steps had a non-finite loss or gradient \(max_skipped_steps=1\); "
+                     r"stopped at step 7", _log(logs, i)), _log(logs, i)[-3000:]
+  halted = _restore_numpy(str(run / "checkpoints" / "7"))
+  assert int(halted["step"]) == 7 and int(halted["skipped"]) == 2
+  good = _restore_numpy(str(run / "checkpoints" / "6"))
+  for key in ("params", "opt_state", "ema_params"):  # step 7 was skipped: nothing moved
+    same = jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), good[key], halted[key])
+    assert all(jax.tree.leaves(same)), key
 
 
 @pytest.mark.slow

@@ -93,6 +93,9 @@ def train_step(state: TrainState, batch, consts, *, task, tx, config) -> tuple[T
   rng = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, state.frozen, consts, batch, rng)
+  if config.get("inject_nonfinite_steps"):  # a fault drill: poison this step's gradients
+    bad = jnp.isin(state.step + 1, jnp.asarray(config.inject_nonfinite_steps, jnp.int32))
+    grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
