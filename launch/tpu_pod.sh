@@ -20,6 +20,8 @@
 # (main's --distributed=auto), process 0 writes metrics/config/samples, all processes write
 # checkpoints (use a gs:// workdir every worker can reach). On preemption the TPU sends
 # SIGTERM; all processes save at the same step and exit 0: re-run this script to resume.
+# Compiled programs persist in ~/psvae/.cache/jax on each worker (JAX_COMPILATION_CACHE_DIR),
+# so a resumed run skips most of its compile time. GCLOUD=... overrides the gcloud binary.
 set -euo pipefail
 NAME="${TPU_NAME:-psvae}"; ZONE="${ZONE:-us-central2-b}"; TYPE="v4-32"
 VERSION="tpu-ubuntu2204-base"; PROJECT=""; PREEMPTIBLE=0; QUEUED=0; INSTALL=1; LOGDIR=""; DELETE=0
@@ -41,7 +43,7 @@ while [ $# -gt 0 ]; do
 done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOGDIR="${LOGDIR:-$ROOT/runs/tpu_logs/$NAME}"
-G=(gcloud compute tpus)
+G=("${GCLOUD:-gcloud}" compute tpus)
 COMMON=(--zone="$ZONE")
 [ -n "$PROJECT" ] && COMMON+=(--project="$PROJECT")
 
@@ -87,7 +89,7 @@ QUOTED="$(printf '%q ' "$@")"
 echo "[tpu_pod] running on all workers of $NAME: $QUOTED (logs: $LOGDIR/worker_*.log)" >&2
 # Each worker's output, prefixed by gcloud with its worker id, is split into its own log.
 set +e
-"${SSH[@]}" --command="cd ~/psvae && . .venv/bin/activate && export PYTHONPATH=\$PWD && $QUOTED 2>&1 | sed -u \"s/^/[worker \$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number)] /\"" \
+"${SSH[@]}" --command="set -o pipefail && cd ~/psvae && . .venv/bin/activate && export PYTHONPATH=\$PWD && export JAX_COMPILATION_CACHE_DIR=\${JAX_COMPILATION_CACHE_DIR:-\$PWD/.cache/jax} && $QUOTED 2>&1 | sed -u \"s/^/[worker \$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number)] /\"" \
   2>&1 | tee "$LOGDIR/all.log" | while IFS= read -r line; do
     w="$(sed -n 's/^\[worker \([0-9]*\)\].*/\1/p' <<<"$line")"
     echo "$line" >>"$LOGDIR/worker_${w:-unknown}.log"
