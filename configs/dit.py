@@ -29,7 +29,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train_text_encoder = False  # True: fine-tune it jointly (small encoders; the demo's)
   size, cond = ("tiny", "text") if variant == "tiny" else variant.split("_")
   c.model = ml_collections.ConfigDict(dict(
-      size=size, patch_size=1, cond_type=cond, num_classes=1000, remat=False,
+      size=size, patch_size=1, cond_type=cond, num_classes=1000,
+      # Activation memory: remat the blocks ("full": keep block inputs only; "dots_saveable":
+      # keep matmul outputs). scan_blocks: the blocks as one nn.scan (one traced block; params
+      # stacked under blocks/block: models/dit.stack_blocks converts an unrolled checkpoint).
+      # Measured on the 2-core CPU: DiT-XL/2 train-step lower+compile 11.1 -> 3.7 s
+      # (bench/compile_time.py), but the DiT-S depth-12 step 1229 -> 1497 ms (+22%,
+      # bench/dit_train_vs_torch.py --no-torch --dit scan_blocks=true): off by default.
+      remat=False, remat_policy="full", scan_blocks=False,
       attention_impl=""))  # "" = jax's default; "cudnn" | "xla"
   c.diffusion = ml_collections.ConfigDict(dict(
       objective="eps", schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,

@@ -154,3 +154,26 @@ def test_dit_s2_flops():
   # Dense/attention matmuls alone: 6.054 GMAC (12 blocks × 504.2 MMAC + embed/final 3.7 MMAC); XLA adds the
   # element-wise work (softmax, GELU, LayerNorm, residuals): ~0.1 GFLOP.
   assert abs(cost["flops"] / 12.12e9 - 1.0) < 0.05, cost["flops"]
+
+
+def test_scanned_and_rematerialised_blocks_compute_the_same_function(class_model):
+  """scan_blocks (one nn.scan over the blocks) and remat change the program, not the function:
+  with the unrolled params stacked (dit.stack_blocks), outputs and gradients agree."""
+  params, apply, (x, t, labels) = class_model
+  drop = np.zeros((B,), bool)
+  model = _tiny(cond_type="class", patch_size=2, num_classes=10, scan_blocks=True, remat=True,
+                remat_policy="dots_saveable")
+  stacked = dit.stack_blocks(params)
+  assert jax.tree.leaves(stacked["blocks"])[0].shape[0] == 2
+  jax.tree.map(np.testing.assert_array_equal, dit.unstack_blocks(stacked), params)
+
+  def loss(apply_fn, p):
+    return jnp.mean(jnp.square(apply_fn(p)))
+  ref_fn = lambda p: apply(p, x, t, labels, drop)
+  scan_fn = lambda p: model.apply({"params": p}, x, t, labels=labels, drop=drop)
+  np.testing.assert_allclose(jax.jit(scan_fn)(stacked), ref_fn(params), atol=1e-5, rtol=1e-5)
+  g_ref = jax.jit(jax.grad(functools.partial(loss, ref_fn)))(params)
+  g_scan = dit.unstack_blocks(jax.jit(jax.grad(functools.partial(loss, scan_fn)))(stacked))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-4), g_scan, g_ref)
+  with pytest.raises(ValueError, match="remat_policy"):
+    _tiny(cond_type="class", remat=True, remat_policy="nope").init(_INIT_KEY, x, t, labels=labels)

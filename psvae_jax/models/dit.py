@@ -45,6 +45,28 @@ def dit_config(size: str) -> dict[str, int]:
   return dict(_SIZES[size])
 
 
+def stack_blocks(params: dict) -> dict:
+  """Unrolled DiT params (``blocks_0`` .. ``blocks_{d-1}``) -> the ``scan_blocks=True`` layout
+  (``blocks/block/...`` with a leading depth axis), e.g. to continue an unrolled checkpoint in
+  the scanned form."""
+  names = sorted((k for k in params if k.startswith("blocks_")), key=lambda k: int(k[7:]))
+  if not names:
+    raise ValueError("No blocks_<i> entries: these params are not an unrolled DiT's.")
+  rest = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in names])
+  return {**rest, "blocks": {"block": stacked}}
+
+
+def unstack_blocks(params: dict) -> dict:
+  """The inverse of :func:`stack_blocks`."""
+  if "blocks" not in params:
+    raise ValueError("No blocks/block entry: these params are not a scanned DiT's.")
+  rest = {k: v for k, v in params.items() if k != "blocks"}
+  stacked = params["blocks"]["block"]
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  return {**rest, **{f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}}
+
+
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
   """Sinusoidal embedding (B,) → (B, dim) float32, [cos | sin] as in DiT's TimestepEmbedder."""
   half = dim // 2

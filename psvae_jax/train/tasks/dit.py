@@ -27,7 +27,8 @@ def build_dit(config) -> dit_lib.DiT:
   kw = dit_lib.dit_config(m.size)
   return dit_lib.DiT(**kw, patch_size=m.patch_size, cond_type=m.cond_type,
                      num_classes=m.num_classes, dtype=jnp.dtype(config.dtype), remat=m.remat,
-                     attention_impl=m.attention_impl or None)
+                     remat_policy=m.get("remat_policy", "full"),
+                     scan_blocks=m.get("scan_blocks", False), attention_impl=m.attention_impl or None)
 
 
 def load_text_encoder(config):
