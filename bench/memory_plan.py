@@ -10,7 +10,8 @@ gives the bytes each device holds for parameters, optimizer state, EMA / frozen 
 constants under the FSDP shardings (parallel.param_shardings), against their unsharded
 total, the largest array left whole on one device, and (with --compile) XLA's
 memory_analysis of the compiled step: argument, output, temporary (activation) bytes per
-device. --remat picks a jax.checkpoint policy for the loss (none | full | dots: matmul
+device. --remat picks a jax.checkpoint policy (PS-VAE: around the loss; DiT: per block, the
+config's model.remat / remat_policy) (none | full | dots: matmul
 outputs saved, the rest recomputed) to trade compute for activation memory. The
 --xla_force_host_platform_device_count flag must be set before JAX starts, so each mesh
 size runs in its own process.
@@ -88,7 +89,8 @@ def _dit_step(mesh, batch: int, remat: str):
                                num_layers=24, num_heads=64, is_gated_act=True,
                                dense_act_fn="gelu_new", dtype=jnp.bfloat16)
   dit = dit_lib.DiT(**dit_lib.dit_config("XL"), patch_size=1, cond_type="text",
-                    dtype=jnp.bfloat16, remat=remat != "none")
+                    dtype=jnp.bfloat16, remat=remat != "none",
+                    remat_policy="dots_saveable" if remat == "dots" else "full")  # per block
   f32 = jnp.float32
   ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   z = jax.ShapeDtypeStruct((batch, 16, 16, 96), f32)
@@ -113,8 +115,7 @@ def _dit_step(mesh, batch: int, remat: str):
       pred = dit.apply({"params": p}, obj.sample_x_t(b["z"], t, noise), t, context=hidden,
                        context_mask=b["mask"].astype(bool), pooled=pooled)
       return jnp.mean(jnp.square(pred - noise))
-    loss, grads = jax.value_and_grad(_remat(loss_fn, "dots" if remat == "dots" else "none"))(
-        params)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     ema_params = jax.tree.map(lambda e, q: e + 1e-4 * (q - e), ema_params, params)
