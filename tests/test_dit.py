@@ -177,3 +177,20 @@ def test_scanned_and_rematerialised_blocks_compute_the_same_function(class_model
   jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-4), g_scan, g_ref)
   with pytest.raises(ValueError, match="remat_policy"):
     _tiny(cond_type="class", remat=True, remat_policy="nope").init(_INIT_KEY, x, t, labels=labels)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_flat_dense_is_nn_dense(dtype):
+  """layers.Dense (one 2-D GEMM, the DiT's dense layer) has nn.Dense's params, init and outputs."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from psvae_jax.models import layers  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 8)), jnp.float32)
+  init = nn.initializers.xavier_uniform()
+  ours = layers.Dense(12, dtype=dtype, kernel_init=init, bias_init=nn.initializers.normal(1.0))
+  ref = nn.Dense(12, dtype=dtype, kernel_init=init, bias_init=nn.initializers.normal(1.0))
+  p_ours, p_ref = ours.init(_INIT_KEY, x), ref.init(_INIT_KEY, x)
+  jax.tree.map(np.testing.assert_array_equal, p_ours, p_ref)
+  y, y_ref = ours.apply(p_ours, x), ref.apply(p_ref, x)
+  assert y.dtype == y_ref.dtype == dtype and y.shape == (2, 5, 12)
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32),
+                             rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6, atol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
