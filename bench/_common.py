@@ -182,6 +182,22 @@ def make_torch_dit(depth: int, width: int = 384, heads: int = 6, num_classes: in
   return model
 
 
+def dit_train_step(model, tx):
+  """(params, opt_state, x, t, labels, target) -> (params, opt_state, loss): one AdamW-style step on
+  mean((DiT(x, t, labels) - target)^2) for a class-conditional DiT (the benches' shared step)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  def step(p, o, x, t, y, target):
+    def loss_fn(p):
+      return jnp.mean(jnp.square(model.apply({"params": p}, x, t, labels=y) - target))
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, loss
+  return step
+
+
 def random_params(param_shapes: Any, seed: int = 0, scale: float = 0.05) -> Any:
   """Deterministic random float32 params for a pytree of shapes (no zero-initialised layer hides anything)."""
   import jax  # pylint: disable=g-import-not-at-top

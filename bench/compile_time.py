@@ -50,15 +50,9 @@ def worker(args) -> None:
   tx = optax.adamw(1e-4)
   opt = jax.eval_shape(tx.init, params)
 
-  def step(p, o, x, t, y):
-    def loss_fn(p):
-      return jnp.mean(jnp.square(model.apply({"params": p}, x, t, labels=y) - x))
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, o = tx.update(g, o, p)
-    return optax.apply_updates(p, u), o, loss
-
+  step = _common.dit_train_step(model, tx)
   t0 = time.perf_counter()
-  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt, x, t, y)
+  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt, x, t, y, x)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   compiled = lowered.compile()

@@ -76,13 +76,7 @@ def train(args):
   tx = optax.adamw(1e-4, weight_decay=0.0)
   opt = jax.jit(tx.init)(params)
 
-  def step(p, o, x, t, y, noise):
-    def loss_fn(p):
-      return jnp.mean(jnp.square(model.apply({"params": p}, x, t, labels=y) - noise))
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, o = tx.update(g, o, p)
-    return optax.apply_updates(p, u), o, loss
-
+  step = _common.dit_train_step(model, tx)
   t0 = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt, x, t, y, noise).compile()
   compile_s = time.perf_counter() - t0
