@@ -1,10 +1,11 @@
 """Two local processes (launch/cpu_multiprocess.sh, gloo): preemption, bitwise resume, dead worker.
 
 One scenario per stage shares its runs between assertions (CI budget): stage 2 (tiny,
-SMALL_AE) or stage 3 (tiny text DiT) trains 6 steps uninterrupted; a second run is SIGTERMed
-early (jax.distributed's preemption sync point: both processes save the same step and exit
-0), resumed by re-running the same command, and must end with bitwise the same parameters,
-optimizer state, EMA, data-iterator state and eval metrics as the uninterrupted run.
+SMALL_AE, 6 steps) or stage 3 (tiny text DiT, halting at step 7 on its second injected NaN)
+runs uninterrupted; a second run is SIGTERMed early (jax.distributed's preemption sync point:
+both processes save the same step and exit 0), resumed by re-running the same command, and
+must end with bitwise the same parameters, optimizer state, EMA, data-iterator state and eval
+metrics as the uninterrupted run.
 """
 
 import json
@@ -54,9 +55,10 @@ def _wait_for(logdir, pattern, proc, deadline_s=300):
 
 
 def _finish(proc, logdir, expect_ok=True):
+  """Waits for the launcher; its exit code must be 0 (expect_ok) or non-zero (not expect_ok)."""
   out, _ = proc.communicate(timeout=600)
-  if expect_ok:
-    assert proc.returncode == 0, out[-2000:] + _log(logdir, 0)[-3000:] + _log(logdir, 1)[-3000:]
+  assert (proc.returncode == 0) == expect_ok, (
+      proc.returncode, out[-2000:] + _log(logdir, 0)[-3000:] + _log(logdir, 1)[-3000:])
   return out
 
 
@@ -79,7 +81,6 @@ def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny", las
   ref, run = tmp_path / "ref", tmp_path / "run"
   proc = _launch(ref, tmp_path / "ref_logs", *extra, config=config)
   _finish(proc, tmp_path / "ref_logs", expect_ok=not halts)
-  assert (proc.returncode != 0) == halts
 
   logs = tmp_path / "run_logs"
   proc = _launch(run, logs, *extra, config=config)
@@ -100,7 +101,6 @@ def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny", las
   logs2 = tmp_path / "resume_logs"
   proc = _launch(run, logs2, *extra, config=config)
   _finish(proc, logs2, expect_ok=not halts)
-  assert (proc.returncode != 0) == halts
   for i in (0, 1):
     assert f"Resuming from {run}/checkpoints/{stop}" in _log(logs2, i)
     assert f"step {stop}:" not in _log(logs2, i) and f"step {stop + 1}:" in _log(logs2, i)
@@ -176,7 +176,6 @@ def test_dead_worker_fails_the_others_fast(svae_dir, tmp_path):
   elapsed = time.time() - t0
   print(f"dead worker: the other process exited {elapsed:.1f} s after kill -9 "
         f"(heartbeat timeout {heartbeat} s)")
-  assert proc.returncode != 0
   assert elapsed < 60, elapsed
   assert "process 1 exited with 137" in out, out[-2000:]
   assert "Done:" not in _log(logs, 0)

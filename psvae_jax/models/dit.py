@@ -67,6 +67,12 @@ def unstack_blocks(params: dict) -> dict:
   return {**rest, **{f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}}
 
 
+def _dense(features: int, name: str, dtype: Any, kernel_init=_XAVIER) -> layers.Dense:
+  """The DiT's dense layer (blocks and the rest): fp32 params, zero bias, compute in ``dtype``."""
+  return layers.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                      bias_init=_ZERO, name=name)
+
+
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
   """Sinusoidal embedding (B,) → (B, dim) float32, [cos | sin] as in DiT's TimestepEmbedder."""
   half = dim // 2
@@ -93,8 +99,7 @@ class DiTBlock(nn.Module):
   attention_impl: str | None = None
 
   def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> layers.Dense:
-    return layers.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                        bias_init=_ZERO, name=name)
+    return _dense(features, name, self.dtype, kernel_init)
 
   def _norm(self, name: str, affine: bool = False) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-6, use_bias=affine, use_scale=affine, dtype=self.dtype,
@@ -184,8 +189,7 @@ class DiT(nn.Module):
   scan_blocks: bool = False
 
   def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> layers.Dense:
-    return layers.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                        bias_init=_ZERO, name=name)
+    return _dense(features, name, self.dtype, kernel_init)
 
   def _embed_time(self, t: jax.Array) -> jax.Array:
     emb = timestep_embedding(t * self.t_scale, self.freq_dim).astype(self.dtype)  # (B, F)
