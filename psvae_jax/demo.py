@@ -24,7 +24,8 @@ _CACHE_IMAGES = flags.DEFINE_integer("cache_images", 12800, "Shapes images in th
 def _scaled(config, scale: float):
   if scale != 1.0:
     for k in ("num_train_steps", "eval_every", "ckpt_every", "log_every"):
-      config[k] = max(1, int(round(config[k] * scale)))
+      if config[k] > 0:  # 0 means never; it stays 0
+        config[k] = max(1, int(round(config[k] * scale)))
   return config
 
 

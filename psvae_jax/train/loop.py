@@ -110,6 +110,11 @@ def train_step(state: TrainState, batch, consts, *, task, tx, config) -> tuple[T
   return state, metrics
 
 
+def due(step: int, every: int) -> bool:
+  """True at multiples of `every`; `every` <= 0 means never (log_every/eval_every/ckpt_every=0)."""
+  return every > 0 and step % every == 0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains config.stage in workdir (resuming if it has checkpoints); returns final eval metrics."""
   workdir = epath.Path(workdir)
@@ -171,7 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (imports TF)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                             writer=writer, every_steps=config.log_every)
+                                             writer=writer, every_steps=config.log_every or None)
+  last = config.num_train_steps
   pending: list[dict] = []
   step = start
   with _Preemption() as preemption:
@@ -187,9 +193,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_scalars(step, {"perf/compile_seconds": time.time() - t0,
                                     "perf/gflops_per_step": flops / 1e9})
       state, m = step_fn(state, batch, consts)
-      pending.append(m)
+      if config.log_every > 0 or step == last:  # log_every=0: only the last step is logged
+        pending.append(m)
       progress(step)
-      if step % config.log_every == 0 or step == config.num_train_steps:
+      if due(step, config.log_every) or step == last:
         host = jax.device_get(pending)
         pending = []
         scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
@@ -206,9 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               f"{skipped} steps had a non-finite loss or gradient (max_skipped_steps="
               f"{config.max_skipped_steps}); stopped at step {step}. Lower the learning rate "
               "or check the data.")
-      if step % config.eval_every == 0 or step == config.num_train_steps:
-        final = run_eval(step)
-      saved = step % config.ckpt_every == 0 or step == config.num_train_steps
+      if due(step, config.eval_every) or (step == last and config.eval_every > 0):
+        final = run_eval(step)  # eval_every=0: never, not even at the end
+      saved = due(step, config.ckpt_every) or step == last  # the last step is always saved
       if saved:
         save(step)
       if preemption.should_stop(step):
@@ -219,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.close()
         writer.flush()
         return {"preempted_at": step}
-  if start >= config.num_train_steps:
+  if start >= config.num_train_steps and config.eval_every > 0:
     final = run_eval(start)
   task.finish(state, consts, mesh, str(workdir), train_iter)
   ckpt.close()
