@@ -128,7 +128,7 @@ def tiny_autoencoder() -> Any:
   model = builders.build_psvae(config.model, dtype=jnp.float32)
   size = config.data.image_size
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
-  return autoencoders.Autoencoder(model, params, config, None, None)
+  return autoencoders.Autoencoder(model, params, config)
 
 
 def cache_rates(ae: Any, workdir: pathlib.Path) -> tuple[float, float]:

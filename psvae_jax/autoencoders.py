@@ -4,6 +4,10 @@
   mu, logvar = ae.encode(images)          # (B, h, w, C), images (B, H, W, 3) in [-1, 1]
   z = ae.normalize(mu)                    # per-channel (z - mean) / std, from latent_stats.npz
   images = ae.decode(ae.denormalize(z))   # (B, H', W', 3) in about [-1, 1]
+
+normalize / denormalize take `sample`: True (default, as diffusion.latent_sample) uses the
+statistics of the sampled latent z = mu + sigma * eps, False those of mu; a DiT must be
+sampled with the statistics it was trained with (psvae_jax/latent_stats.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from etils import epath
 
 from psvae_jax import checkpoint
+from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax.models import builders
 from psvae_jax.models.autoencoder import PSVAE
@@ -31,8 +36,7 @@ class Autoencoder:
   model: PSVAE
   params: Any
   config: ml_collections.ConfigDict
-  latent_mean: np.ndarray | None
-  latent_std: np.ndarray | None
+  stats: latent_stats.LatentStats | None = None  # None: no latent_stats.npz yet
 
   @property
   def latent_channels(self) -> int:
@@ -64,19 +68,20 @@ class Autoencoder:
   def decode(self, z: jax.Array) -> jax.Array:
     return self.model.apply({"params": self.params}, z, method=PSVAE.decode)
 
-  def _stats(self):
-    if self.latent_mean is None:
+  def normalization(self, sample: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std), float32 (C,): of sampled z if `sample`, else of mu."""
+    if self.stats is None:
       raise ValueError("This autoencoder workdir has no latent_stats.npz (stage 2 writes it at "
                        "the end of training).")
-    return jnp.asarray(self.latent_mean), jnp.asarray(self.latent_std)
+    return self.stats.select(sample)
 
-  def normalize(self, z: jax.Array) -> jax.Array:
-    mean, std = self._stats()
-    return (z - mean) / std
+  def normalize(self, z: jax.Array, sample: bool = True) -> jax.Array:
+    mean, std = self.normalization(sample)
+    return (z - jnp.asarray(mean)) / jnp.asarray(std)
 
-  def denormalize(self, z: jax.Array) -> jax.Array:
-    mean, std = self._stats()
-    return z * std + mean
+  def denormalize(self, z: jax.Array, sample: bool = True) -> jax.Array:
+    mean, std = self.normalization(sample)
+    return z * jnp.asarray(std) + jnp.asarray(mean)
 
   def __hash__(self):
     return id(self)
@@ -105,10 +110,4 @@ def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
   shardings = parallel.param_shardings(abstract, mesh, min_size=min_shard_size)
   params = checkpoint.restore_params(workdir, parallel.with_shardings(abstract, shardings),
                                      key="ema_params")
-  stats = epath.Path(workdir) / "latent_stats.npz"
-  mean = std = None
-  if stats.exists():
-    with stats.open("rb") as f:
-      data = np.load(f)
-      mean, std = data["mean"], data["std"]
-  return Autoencoder(model, params, config, mean, std)
+  return Autoencoder(model, params, config, latent_stats.load(workdir))

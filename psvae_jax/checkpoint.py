@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -212,9 +211,3 @@ def restore_params(workdir: str, target: Any, *, key: str = "ema_params",
       item={key: target}, restore_args={key: restore_args}, partial_restore=True)))
   mngr.close()
   return out["state"][key]
-
-
-def save_latent_stats(workdir: str, mean: np.ndarray, std: np.ndarray) -> None:
-  if jax.process_index() == 0:
-    with (epath.Path(workdir) / "latent_stats.npz").open("wb") as f:
-      np.savez(f, mean=mean, std=std)

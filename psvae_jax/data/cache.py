@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax.data import iterators
 from psvae_jax.data import latents
@@ -196,7 +197,7 @@ def write_cache(ae: Any, data_cfg: Any, out_dir: str, *, batch_size: int = 256,
       seed=seed, num_steps=math.ceil(math.ceil(len(source) / count) / local))
   writer = array_record_module.ArrayRecordWriter(
       str(out / latents.shard_file_name(index, count)), "group_size:1")
-  sums, written, shape = 0.0, 0, None
+  moments, written, shape = latent_stats.Moments(), 0, None
   for chunk, mu, second in batches:
     shape = mu.shape[1:]  # (h, w, C)
     for row, record in enumerate(chunk):
@@ -204,41 +205,44 @@ def write_cache(ae: Any, data_cfg: Any, out_dir: str, *, batch_size: int = 256,
                 else {"z": second[row]})
       writer.write(latents.serialize(arrays, record["caption"], record["label"],
                                      record["index"], dtype))
-    flat = mu.reshape(-1, shape[-1]).astype(np.float64)  # (n*h*w, C)
-    sums = sums + np.stack([flat.sum(0), np.square(flat).sum(0)])  # (2, C)
+    if chunk:  # sigma^2, or for a stored sample its one-draw estimate (z - mu)^2
+      var = np.square(second if store == "mean_std" else second - mu)  # (n, h, w, C)
+      moments = moments.merge(latent_stats.Moments.of(mu, var))
     written += len(chunk)
   writer.close()
-  return _finish(out, data_cfg, sums, written, shape, count, counts, dict(
+  return _finish(out, data_cfg, moments, written, shape, count, counts, dict(
       dtype=dtype, store=store, split=split, seed=seed,
       autoencoder=os.path.abspath(autoencoder_dir) if autoencoder_dir else ""))
 
 
-def _finish(out: pathlib.Path, data_cfg: Any, sums: np.ndarray, written: int,
+def _finish(out: pathlib.Path, data_cfg: Any, moments: latent_stats.Moments, written: int,
             shape: tuple[int, ...], count: int, counts: dict[str, int],
             options: dict[str, Any]) -> dict[str, Any]:
-  """Gathers totals over processes; process 0 writes latent_stats.npz and meta.json."""
-  local = np.concatenate([[written], sums.ravel(),
+  """Gathers totals over processes; process 0 writes latent_stats.npz and meta.json.
+
+  The statistics are those of mu and of the sampled z over the cache (latent_stats.py).
+  """
+  channels = shape[-1]
+  local = np.concatenate([[written], moments.to_vector(channels),
                           [counts.get(name, 0) for name in iterators.COUNTERS]])
   gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(count, -1)
   per_file = gathered[:, 0].astype(int).tolist()
   total = int(sum(per_file))
   if total == 0:
     raise ValueError(f"No usable record in --data ({data_cfg.source}): nothing cached.")
-  channels = shape[-1]
-  sums = gathered[:, 1:1 + 2 * channels].sum(0).reshape(2, channels)
-  n = total * int(np.prod(shape[:-1]))
-  mean = sums[0] / n
-  std = np.sqrt(np.maximum(sums[1] / n - np.square(mean), 1e-12))
+  width = 1 + 3 * channels  # Moments.to_vector
+  merged = latent_stats.Moments()
+  for row in gathered[:, 1:1 + width]:
+    merged = merged.merge(latent_stats.Moments.from_vector(row))
   counters = dict(zip(iterators.COUNTERS,
-                      gathered[:, 1 + 2 * channels:].sum(0).astype(int).tolist()))
+                      gathered[:, 1 + width:].sum(0).astype(int).tolist()))
   meta = {"format": latents.FORMAT, "shape": list(shape), "count": total,
           "files": [latents.shard_file_name(i, count) for i in range(count)],
           "counts": per_file, "image_size": int(data_cfg.image_size),
           "data": data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg),
           "counters": {k: v for k, v in counters.items() if v}, **options}
   if jax.process_index() == 0:
-    np.savez(out / latents.STATS_FILE, mean=mean.astype(np.float32),
-             std=std.astype(np.float32))
+    latent_stats.save(str(out), merged.stats(num_images=total, images_seen=total))
     (out / latents.META_FILE).write_text(json.dumps(meta, indent=2))
   multihost_utils.sync_global_devices("latent_cache_written")
   logging.info("Latent cache %s: %d records %s (%s), skipped/repaired %s.", out, total,

@@ -7,7 +7,9 @@ A cache directory (written by `python -m psvae_jax.data.cache`) holds:
                                        "caption" (str), "label" (int), "index" (source index)
   meta.json                            {"format", "shape": [h, w, C], "dtype", "store",
                                        "count", "files", "counts", "autoencoder", ...}
-  latent_stats.npz                     per-channel "mean" / "std" of mu over the cache
+  latent_stats.npz                     per-channel statistics over the cache: "mean" / "std"
+                                       of the sampled z (what training reads), "mu_mean" /
+                                       "mu_std" of mu (psvae_jax/latent_stats.py)
 
 `build_latent_iterator` yields {"latent": float32 (b, h, w, C), "caption": object (b,),
 "label": int32 (b,)} (+ "input_ids" / "attention_mask" with data.tokenizer), reading
@@ -29,13 +31,14 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
+from psvae_jax import latent_stats
 from psvae_jax.data import iterators
 from psvae_jax.data import pipeline
 from psvae_jax.data import sources
 
 FORMAT = "psvae-latent-cache/1"
 META_FILE = "meta.json"
-STATS_FILE = "latent_stats.npz"
+STATS_FILE = latent_stats.FILE
 DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
 Record = dict[str, Any]
 
@@ -122,10 +125,12 @@ class LatentCacheSource:
   def dtype(self) -> str:
     return self._dtype
 
-  def stats(self) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) of mu over the cache: float32 (C,)."""
-    with np.load(self._dir / STATS_FILE) as data:
-      return data["mean"], data["std"]
+  def stats(self) -> latent_stats.LatentStats:
+    """Per-channel statistics of mu and of the sampled z over the cache."""
+    stats = latent_stats.load(str(self._dir))
+    if stats is None:
+      raise FileNotFoundError(f"{str(self._dir / STATS_FILE)!r} is missing.")
+    return stats
 
   def __repr__(self) -> str:
     return f"LatentCacheSource({str(self._dir)!r}, n={len(self)}, shape={self.shape})"
