@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from psvae_jax import checkpoint
+from psvae_jax import latent_stats
 from psvae_jax import losses
 from psvae_jax import parallel
 from psvae_jax.data import pipeline  # noqa
@@ -155,30 +156,25 @@ class AutoencoderTask:
     return scalars, images
 
   # ---- after training ---------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=0)
-  def _moments(self, params, x):
-    mu, _ = self.model.apply({"params": params}, x, method=PSVAE.encode)
-    flat = mu.reshape(-1, mu.shape[-1]).astype(jnp.float32)
-    return jnp.sum(flat, 0), jnp.sum(jnp.square(flat), 0), flat.shape[0]
-
-  def latent_stats(self, state, mesh, train_iter, num_batches: int):
-    """Per-channel mean/std of the posterior mean over `num_batches` training batches."""
-    s1 = s2 = 0.0
-    count = 0
-    for _ in range(num_batches):
-      batch = parallel.to_global(next(train_iter), mesh)
-      a, b, n = self._moments(state.ema_params, batch["image"])
-      s1, s2, count = s1 + np.asarray(a, np.float64), s2 + np.asarray(b, np.float64), count + int(n)
-    mean = s1 / count
-    std = np.sqrt(np.maximum(s2 / count - mean**2, 1e-12))
-    return mean.astype(np.float32), std.astype(np.float32)
+  def _encode(self, params, x):
+    return self.model.apply({"params": params}, x, method=PSVAE.encode)
 
   def finish(self, state, consts, mesh, workdir, train_iter):
-    """Stage 2 writes DIR/latent_stats.npz for stage 3 (over config.latent_stats_images)."""
+    """Stage 2 writes DIR/latent_stats.npz for stage 3 (over config.latent_stats_images).
+
+    A re-run keeps a file that already describes this step over as many images.
+    """
     del consts
     if not self.stage2:
       return
-    num = max(1, self.config.latent_stats_images // self.config.batch_size)
-    mean, std = self.latent_stats(state, mesh, train_iter, num)
-    checkpoint.save_latent_stats(workdir, mean, std)
-    logging.info("latent_stats: mean %s std %s", np.round(mean, 3), np.round(std, 3))
+    num_images = self.config.latent_stats_images
+    step = int(jax.device_get(state.step))
+    if latent_stats.is_current(workdir, num_images, step):
+      logging.info("latent_stats: %s/%s already describes step %d over %d images; kept.",
+                   workdir, latent_stats.FILE, step, num_images)
+      return
+    stats = latent_stats.compute(self._encode, state.ema_params, train_iter, mesh,
+                                 max(1, num_images // self.config.batch_size),
+                                 num_images=num_images, step=step)
+    latent_stats.save(workdir, stats)
+    logging.info("%s", latent_stats.describe(stats))

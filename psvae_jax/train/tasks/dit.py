@@ -16,6 +16,7 @@ from absl import logging
 
 from psvae_jax import autoencoders
 from psvae_jax import generation
+from psvae_jax import latent_stats
 from psvae_jax.data import pipeline
 from psvae_jax.models import dit as dit_lib
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
@@ -57,6 +58,37 @@ def _shapes_captions(captions) -> bool:
     return False
 
 
+def latent_normalization(config, ae: autoencoders.Autoencoder) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (mean, std) stage 3 normalises with: the statistics of what it trains on.
+
+  Encoding on the fly trains on sampled z (diffusion.latent_sample=True) or on mu; a latent
+  cache always yields sampled z. Warns when that latent, normalised, has a std outside
+  latent_stats.NORMALIZED_STD_RANGE (judged from the cache's own statistics on a cache).
+  """
+  sample = bool(config.diffusion.latent_sample)
+  on_cache = config.data.source == "latents"
+  if on_cache and not sample:
+    raise ValueError("--config.diffusion.latent_sample=False trains on mu, but a latent cache "
+                     "(data.source=latents) yields sampled z = mu + sigma * eps: keep "
+                     "latent_sample=True or encode images on the fly.")
+  if ae.stats is None:
+    raise ValueError(f"{config.autoencoder} has no {latent_stats.FILE}: finish its stage 2 "
+                     "first.")
+  mean, std = ae.normalization(sample)
+  data, where = ae.stats, f"{config.autoencoder}/{latent_stats.FILE}"
+  cached = latent_stats.load(config.data.path) if on_cache else None
+  if cached is not None and not cached.legacy:
+    data, where = cached, f"{config.data.path}/{latent_stats.FILE}"
+  if not (data.legacy and sample):  # (select has warned: z's statistics are unknown)
+    latent_stats.check_normalized(*data.select(sample), mean, std,
+                                  f"{'sampled z' if sample else 'mu'} as {where} describes it")
+  used = "mu" if not sample or ae.stats.legacy else "z"
+  logging.info("Stage 3 trains on %s, normalised with the '%s' statistics of %s:\n%s",
+               "sampled z" if sample else "mu", used, config.autoencoder,
+               latent_stats.describe(ae.stats))
+  return mean, std
+
+
 class DiTTask:
   """Stage 3 (config.stage == "dit")."""
 
@@ -66,10 +98,10 @@ class DiTTask:
     if not config.autoencoder:
       raise ValueError("Stage 3 needs --config.autoencoder=DIR (a trained PS-VAE workdir).")
     self.ae = autoencoders.load_autoencoder(config.autoencoder, mesh)
-    if self.ae.latent_mean is None:
-      raise ValueError(f"{config.autoencoder} has no latent_stats.npz: finish its stage 2 first.")
+    self.latent_mean, self.latent_std = latent_normalization(config, self.ae)
     self.text, text_params, tokenizer = load_text_encoder(config)
     self._text_params = text_params
+    generation.resolve_flow_shift(config, self.ae.latent_shape)  # before config.json is written
     self.model = build_dit(config)
     self.gen = generation.Generator(config, self.model, self.text, tokenizer, self.ae, mesh)
     self.objective = self.gen.objective
@@ -99,8 +131,8 @@ class DiTTask:
 
   def constants(self):
     consts = {"ae": self.ae.params,
-              "latent_mean": jnp.asarray(self.ae.latent_mean, jnp.float32),
-              "latent_std": jnp.asarray(self.ae.latent_std, jnp.float32)}
+              "latent_mean": jnp.asarray(self.latent_mean, jnp.float32),
+              "latent_std": jnp.asarray(self.latent_std, jnp.float32)}
     if self._text_params is not None and not self.train_text:
       consts["text"] = self._text_params
     return consts
