@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
@@ -42,7 +43,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
 
 
 def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> P:
-  """Shards the largest dimension divisible by the fsdp axis; replicates small arrays."""
+  """Shards the largest dimension divisible by the fsdp axis; replicates small arrays.
+
+  A large array with no divisible dimension is replicated too (NamedSharding cannot pad a
+  parameter): `replication_report` lists those, and the training loop logs them.
+  """
   if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
     return P()
   for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
@@ -79,6 +84,54 @@ def param_shardings(tree: Any, mesh: Mesh, *, min_size: int = 2**16,
     return NamedSharding(mesh, fsdp_spec(np.shape(leaf), fsdp_size, min_size))
 
   return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def replication_report(tree: Any, shardings: Any = None, *, min_size: int = 2**16
+                       ) -> list[dict[str, Any]]:
+  """The leaves of `tree` with at least `min_size` elements that stay whole on every device.
+
+  `fsdp_spec` replicates a large array when none of its dimensions divides the fsdp axis
+  (e.g. a 1152-wide kernel at fsdp=256), and everything is replicated at fsdp=1: these
+  rows say what that costs.
+
+  Args:
+    tree: pytree of arrays or ShapeDtypeStructs.
+    shardings: matching tree of shardings; None reads each leaf's own `.sharding`.
+    min_size: smaller leaves are replicated by design and not listed.
+
+  Returns:
+    Rows {"path", "shape", "dtype", "bytes"} (bytes each device holds), largest first.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  shards = (jax.tree.leaves(shardings) if shardings is not None
+            else [leaf.sharding for _, leaf in leaves])
+  if len(shards) != len(leaves):
+    raise ValueError(f"{len(leaves)} leaves but {len(shards)} shardings.")
+  rows = []
+  for (path, leaf), sharding in zip(leaves, shards):
+    shape = tuple(np.shape(leaf))
+    size = int(np.prod(shape, dtype=np.int64))
+    if size < min_size or tuple(sharding.shard_shape(shape)) != shape:
+      continue
+    rows.append({"path": _path_str(path), "shape": shape, "dtype": str(np.dtype(leaf.dtype)),
+                 "bytes": size * np.dtype(leaf.dtype).itemsize})
+  return sorted(rows, key=lambda r: -r["bytes"])
+
+
+def log_replication_report(tree: Any, shardings: Any = None, *, min_size: int = 2**16,
+                           what: str = "state", max_rows: int = 20) -> list[dict[str, Any]]:
+  """Logs (on process 0) the `replication_report` of `tree` as a table; returns its rows."""
+  rows = replication_report(tree, shardings, min_size=min_size)
+  if rows and jax.process_index() == 0:
+    total = sum(r["bytes"] for r in rows)
+    lines = [f"{len(rows)} {what} arrays of >= {min_size} elements are replicated "
+             f"(whole on every device): {total / 2**20:.1f} MiB per device"]
+    lines += [f"  {r['bytes'] / 2**20:10.2f} MiB  {r['dtype']:<9} {str(r['shape']):<22} {r['path']}"
+              for r in rows[:max_rows]]
+    if len(rows) > max_rows:
+      lines.append(f"  ... {len(rows) - max_rows} more")
+    logging.info("\n".join(lines))
+  return rows
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -65,3 +65,23 @@ def test_to_global_batch():
   assert len(g["image"].addressable_shards) == 8
   with pytest.raises(ValueError, match="divisible"):
     parallel.check_batch_divides_mesh(12, mesh)
+
+
+def test_replication_report_lists_large_leaves_no_dim_divides(caplog):
+  mesh = parallel.make_mesh(1, 8)
+  sds = jax.ShapeDtypeStruct
+  tree = {"odd": {"kernel": sds((300, 300), np.float32)},  # 300 % 8 != 0: stays whole
+          "even": {"kernel": sds((768, 3072), np.float32)},  # fsdp-split
+          "bias": sds((300,), np.float32),  # small: replicated by design, not listed
+          "emb": sds((1001, 131), jax.numpy.bfloat16)}  # whole, 2 bytes an element
+  shardings = parallel.param_shardings(tree, mesh, min_size=2**16)
+  rows = parallel.replication_report(tree, shardings, min_size=2**16)
+  assert [r["path"] for r in rows] == ["odd/kernel", "emb"]
+  assert rows[0]["bytes"] == 300 * 300 * 4 and rows[1]["bytes"] == 1001 * 131 * 2
+  assert rows[1]["dtype"] == "bfloat16"
+  with caplog.at_level("INFO"):
+    parallel.log_replication_report(tree, shardings, min_size=2**16, what="state")
+  assert "2 state arrays" in caplog.text and "odd/kernel" in caplog.text
+  # Real arrays carry their own sharding.
+  x = jax.device_put(np.zeros((300, 300), np.float32), shardings["odd"]["kernel"])
+  assert [r["path"] for r in parallel.replication_report({"x": x}, min_size=2**16)] == ["x"]

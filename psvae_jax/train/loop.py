@@ -135,6 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   consts = task.constants()
   consts = jax.device_put(consts, parallel.param_shardings(consts, mesh,
                                                            min_size=config.shard_min_size))
+  parallel.log_replication_report(abstract, shardings, min_size=config.shard_min_size)
+  parallel.log_replication_report(consts, min_size=config.shard_min_size, what="constant")
 
   train_iter = pipeline.build_train_iterator(config.data, global_batch_size=config.batch_size,
                                              seed=config.seed)
