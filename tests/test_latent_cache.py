@@ -96,10 +96,13 @@ def test_cache_matches_direct_encoding(ae, ae_dir, cache_dir):
     assert record["caption"] == captions[i] and record["index"] == i
     np.testing.assert_allclose(record["mu"], mu[i], rtol=2e-2, atol=2e-2)  # bf16.
     np.testing.assert_allclose(record["std"], np.exp(0.5 * logvar[i]), rtol=2e-2)
-  mean, std = source.stats()
-  flat = mu.reshape(-1, 16)
-  np.testing.assert_allclose(mean, flat.mean(0), atol=1e-4)
-  np.testing.assert_allclose(std, flat.std(0), rtol=1e-3)
+  stats = source.stats()  # of mu, and of the z = mu + sigma * eps that training reads
+  flat, var = mu.reshape(-1, 16), np.exp(logvar).reshape(-1, 16)
+  np.testing.assert_allclose(stats.mu_mean, flat.mean(0), atol=1e-4)
+  np.testing.assert_allclose(stats.mu_std, flat.std(0), rtol=1e-3)
+  np.testing.assert_allclose(stats.sample_mean, flat.mean(0), atol=1e-4)
+  np.testing.assert_allclose(stats.sample_std, np.sqrt(flat.var(0) + var.mean(0)), rtol=1e-2)
+  assert stats.num_images == 40
 
 
 def test_latent_iterator_sampling_and_resume(cache_dir):
@@ -161,6 +164,8 @@ def test_cli_folder_with_bad_records_float32_sample(ae_dir, tmp_path, monkeypatc
   record = latents.LatentCacheSource(out)[0]
   assert set(record) == {"z", "caption", "label", "index"} and record["z"].shape == (8, 8, 16)
   assert record["caption"] == shapes.generate(0, 48, 0)[1]
+  stats = latents.LatentCacheSource(out).stats()  # z's spread estimated from (z - mu)^2
+  assert stats.num_images == 5 and np.all(stats.sample_std > stats.mu_std)
   with pytest.raises(FileExistsError):
     cache.write_cache(None, None, str(out))
 
