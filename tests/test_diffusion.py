@@ -19,7 +19,7 @@ _TRACES = []  # One entry per trace of the fake model, i.e. per compile of a sam
 
 
 def _key(seed: int) -> jax.Array:
-  """A key of the "unsafe_rbg" PRNG, to keep compiles short; the point-mass test runs a default key.
+  """A key of the "unsafe_rbg" PRNG, to keep compiles short.
 
   On XLA:CPU every threefry hash in a jitted function (fold_in, split, normal) adds ~1.5 s of compile time
   with jax_threefry_partitionable (~0.3 s without); "rbg" still hashes with threefry in fold_in/split;
@@ -124,52 +124,169 @@ def test_ddim_does_not_recompile():
   np.testing.assert_array_equal(outs[-1], z)  # start_index == num_steps (SDEdit strength 0): input unchanged.
 
 
-_Z0 = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)  # The point-mass data.
+# ---- Samplers against hand-written reference loops ------------------------------------------
+# The model is exact for Gaussian data N(m, S²) per element, m per example from the condition, so its
+# prediction depends on z, t and the condition (cond and uncond are different models): a wrong grid,
+# reset timestep, re-noise coefficient or guidance formula moves the result. The references below are
+# numpy loops written from the equations (DESIGN.md §1, the sampler docstrings), float64, one Python
+# iteration per step; only the RePaint noise is drawn with the sampler's documented keys.
+S = 0.5  # data std
+_ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))  # ᾱ_t = Π_{s≤t} (1 − β_s)
+_M_C, _M_U = np.array([0.8, -0.4], np.float32), np.array([0.1, 0.3], np.float32)  # cond / uncond means
+_SCALE = 3.0  # guidance scale
 
 
-def _point_mass_eps(z, t, cond):
-  del cond
+def _gauss_eps(z, t, cond):
+  """E[ε | z_t] for z0 ~ N(m, S²): √(1−ᾱ)(z − √ᾱ m) / (ᾱ S² + 1 − ᾱ)."""
   a = schedules.alpha_cumprod_at(schedules.linear_schedule(), t.astype(jnp.int32))[:, None, None, None]
-  return (z - jnp.sqrt(a) * _Z0) / jnp.sqrt(1.0 - a)  # The exact ε when the data is the single point _Z0.
+  m = cond["m"][:, None, None, None]
+  return jnp.sqrt(1.0 - a) * (z - jnp.sqrt(a) * m) / (a * S**2 + 1.0 - a)
 
 
-# Point-mass tests share one compile: "no inpainting" is inpainting with mask = 1 everywhere.
-_POINT_MASS_SAMPLE = jax.jit(functools.partial(samplers.ddim_sample, _point_mass_eps))
+def _gauss_v(z, t_model, cond):
+  """E[ε − z0 | z_t] for z_t = (1 − t) z0 + t ε, z0 ~ N(m, S²)."""
+  t = (t_model / 1000.0)[:, None, None, None]
+  m = cond["m"][:, None, None, None]
+  var = (1.0 - t) ** 2 * S**2 + t**2
+  return (t - (1.0 - t) * S**2) * (z - (1.0 - t) * m) / var - m
 
 
-def test_ddim_point_mass_returns_data():
-  sched = schedules.linear_schedule()
-  z_T = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
-  regenerate_all = (np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32), z_T)
-  for eta in (0.0, 1.0):
-    out = _POINT_MASS_SAMPLE(sched, z_T, None, None, samplers.ddim_timesteps(10), 1.0, eta,
-                             jax.random.key(1), inpaint=regenerate_all)
-    np.testing.assert_allclose(out, _Z0, atol=1e-4)
+def _np_abar(t):
+  return 1.0 if t < 0 else _ABAR[t]
 
 
-def test_ddim_inpaint_keeps_known_region():
-  z_known = -_Z0
+def _np_eps(z, t, m):
+  a = _np_abar(t)
+  return np.sqrt(1 - a) * (z - np.sqrt(a) * m) / (a * S**2 + 1 - a)
+
+
+def _np_v(z, t, m):
+  var = (1 - t) ** 2 * S**2 + t**2
+  return (t - (1 - t) * S**2) * (z - (1 - t) * m) / var - m
+
+
+def _bc(m):
+  return np.asarray(m, np.float64)[:, None, None, None]
+
+
+def _repaint_noise(key, i, j):
+  """The sampler's j-th re-noising draw at step i (samplers._resampled)."""
+  return np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), SHAPE),
+                    np.float64)
+
+
+def _reference_ddim(z, n, *, known, mask, noise, resample, start, key):
+  """DDIM (η = 0), CFG, known-region reset to q_sample(known, t_prev), RePaint re-noise t_prev → t."""
+  z, known, mask, noise = (np.asarray(x, np.float64) for x in (z, known, mask, noise))
+  ratio = 1000 // n
+  timesteps = [k * ratio for k in range(n)][::-1]
+  for i, t in enumerate(timesteps):
+    if i < start:
+      continue
+    a, a_prev = _np_abar(t), _np_abar(t - ratio)
+
+    def step(z):
+      e_c, e_u = _np_eps(z, t, _bc(_M_C)), _np_eps(z, t, _bc(_M_U))
+      e = e_u + _SCALE * (e_c - e_u)
+      z0 = (z - np.sqrt(1 - a) * e) / np.sqrt(a)
+      z = np.sqrt(a_prev) * z0 + np.sqrt(1 - a_prev) * e
+      return mask * z + (1 - mask) * (np.sqrt(a_prev) * known + np.sqrt(1 - a_prev) * noise)
+
+    z = step(z)
+    for j in range(resample):
+      r = a / a_prev
+      z = step(np.sqrt(r) * z + np.sqrt(1 - r) * _repaint_noise(key, i, j))
+  return z
+
+
+def _reference_euler(z, n, shift, *, known=None, mask=None, noise=None, resample=0, start=0, key=None):
+  """Euler on t_i = shift(1 − i/n), CFG, known-region reset to (1 − t′) known + t′ noise, RePaint."""
+  z = np.asarray(z, np.float64)
+  sh = lambda u: shift * u / (1 + (shift - 1) * u)
+  for i in range(start, n):
+    t, t_next = sh(1 - i / n), sh(1 - (i + 1) / n)
+
+    def step(z):
+      v_c, v_u = _np_v(z, t, _bc(_M_C)), _np_v(z, t, _bc(_M_U))
+      z = z + (t_next - t) * (v_u + _SCALE * (v_c - v_u))
+      if mask is None:
+        return z
+      return mask * z + (1 - mask) * ((1 - t_next) * known + t_next * noise)
+
+    z = step(z)
+    for j in range(resample):
+      r = (1 - t) / (1 - t_next)
+      z = step(r * z + np.sqrt(t**2 - (r * t_next) ** 2) * _repaint_noise(key, i, j))
+  return z
+
+
+_INPAINT_CASES = [(0, 0), (2, 0), (0, 4)]  # (RePaint jumps, SDEdit start index)
+_INPAINT_IDS = ["reset", "repaint", "sdedit"]
+
+
+def _inpaint_inputs():
+  rng = np.random.default_rng(11)
+  known = (0.3 + S * rng.standard_normal(SHAPE)).astype(np.float32)
+  noise = rng.standard_normal(SHAPE).astype(np.float32)
   mask = np.zeros(SHAPE, np.float32)
-  mask[:, :2] = 1.0  # Regenerate the top half.
-  noise = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
-  out = _POINT_MASS_SAMPLE(schedules.linear_schedule(), noise, None, None, samplers.ddim_timesteps(10),
-                           1.0, 0.0, jax.random.key(1), inpaint=(z_known, mask, noise))
-  np.testing.assert_allclose(out[:, 2:], z_known[:, 2:], atol=1e-6)
-  np.testing.assert_allclose(out[:, :2], _Z0[:, :2], atol=1e-4)
+  mask[:, :, 2:] = 1.0  # regenerate the right half
+  return known, mask, noise
 
 
-def test_euler_point_mass_returns_data():
-  def velocity(z, t_model, cond):
-    del cond
-    t = (t_model / objectives.MODEL_TIME_SCALE)[:, None, None, None]
-    data = jnp.concatenate([_Z0] * (z.shape[0] // _Z0.shape[0]))  # CFG runs a 2B batch.
-    return (z - data) / t  # The exact v = ε − z0 for data = {z0}, since z_t = (1 − t) z0 + t ε.
+_DDIM_INPAINT = jax.jit(functools.partial(samplers.ddim_sample, _gauss_eps))
 
-  sample = jax.jit(functools.partial(samplers.euler_sample, velocity, max_steps=12))
-  cond = {"c": np.zeros((2,), np.float32)}
+
+@pytest.mark.parametrize("resample,start", _INPAINT_CASES, ids=_INPAINT_IDS)
+def test_ddim_inpaint_matches_reference(resample, start):
+  """DDIM with CFG, known-region reset at t_prev, RePaint jumps and an SDEdit start (one compile)."""
+  known, mask, noise = _inpaint_inputs()
+  sched, n, key = schedules.linear_schedule(), 10, _key(5)
+  ts = samplers.ddim_timesteps(n)
+  z_start = np.asarray(samplers.ddim_start_latents(sched, known, ts, start, noise))
+  if start:  # SDEdit: q_sample(z0, t_start) at the start step's timestep
+    a = _ABAR[ts[start]]
+    np.testing.assert_allclose(z_start, np.sqrt(a) * known + np.sqrt(1 - a) * noise, atol=1e-6)
+  out = _DDIM_INPAINT(sched, z_start, {"m": _M_C}, {"m": _M_U}, ts, _SCALE, 0.0, key, start_index=start,
+                      inpaint=(known, mask, noise), resample=resample)
+  ref = _reference_ddim(z_start, n, known=known, mask=mask, noise=noise, resample=resample, start=start,
+                        key=jax.random.fold_in(key, 1 << 30))
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out)[:, :, :2], known[:, :, :2], atol=1e-6)  # ᾱ_{-1} = 1
+
+
+_EULER = jax.jit(functools.partial(samplers.euler_sample, _gauss_v, max_steps=12))
+
+
+def test_euler_grid_shift_and_guidance_match_reference():
+  """The exact shifted grid (traced steps and shift: one compile) and CFG with cond ≠ uncond."""
   z_1 = np.random.default_rng(6).standard_normal(SHAPE).astype(np.float32)
-  for n, shift in [(12, 1.0), (5, 3.0)]:  # Traced step count and shift: one compile.
-    np.testing.assert_allclose(sample(z_1, cond, cond, n, shift, 4.0), _Z0, atol=1e-5)
+  t, t_next = samplers.flow_time_grid(7, 3.0, 12)
+  u = np.arange(12) / 7
+  sh = lambda x: 3 * x / (1 + 2 * x)
+  np.testing.assert_allclose(t, sh(np.clip(1 - u, 0, 1)), atol=1e-6)
+  np.testing.assert_allclose(t_next, sh(np.clip(1 - u - 1 / 7, 0, 1)), atol=1e-6)
+  for n, shift in [(12, 1.0), (7, 3.0)]:
+    out = _EULER(z_1, {"m": _M_C}, {"m": _M_U}, n, shift, _SCALE)
+    np.testing.assert_allclose(np.asarray(out), _reference_euler(z_1, n, shift), atol=1e-5)
+
+
+_EULER_INPAINT = jax.jit(functools.partial(samplers.euler_sample, _gauss_v, max_steps=10))
+
+
+@pytest.mark.parametrize("resample,start", _INPAINT_CASES, ids=_INPAINT_IDS)
+def test_euler_inpaint_matches_reference(resample, start):
+  """Euler with CFG, known-region reset at t_next, RePaint jumps and an SDEdit start (one compile)."""
+  known, mask, noise = _inpaint_inputs()
+  n, shift, key = 10, 2.0, _key(7)
+  z_start = np.asarray(samplers.euler_start_latents(known, noise, n, start, shift))
+  t0 = shift * (1 - start / n) / (1 + (shift - 1) * (1 - start / n))
+  np.testing.assert_allclose(z_start, (1 - t0) * known + t0 * noise, atol=1e-6)
+  out = _EULER_INPAINT(z_start, {"m": _M_C}, {"m": _M_U}, n, shift, _SCALE, start_index=start,
+                       inpaint=(known, mask, noise), resample=resample, rng=key)
+  ref = _reference_euler(z_start, n, shift, known=known, mask=mask, noise=noise, resample=resample,
+                         start=start, key=key)
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out)[:, :, :2], known[:, :, :2], atol=1e-6)
 
 
 @jax.jit
@@ -257,27 +374,3 @@ def test_guidance_interval_applies_cfg_only_inside():
   plain = samplers.euler_sample(model, z1, cond, uncond, 10, 1.0, 4.0)
   np.testing.assert_allclose(run((0.0, 1.0)), plain, rtol=1e-6)
   assert float(jnp.max(jnp.abs(run((0.5, 1.0)) - plain))) > 1e-3  # the interval changes the result
-
-
-def test_repaint_resampling_keeps_exact_samplers_exact():
-  """For a point-mass data distribution the exact eps / velocity models land on it from any start:
-  RePaint re-noising (resample jumps) must keep that, and the known region must stay known."""
-  c = jnp.full((2, 4, 4, 3), 0.7)
-  known = jnp.full_like(c, -0.3)
-  mask = jnp.zeros_like(c).at[:, :, 2:].set(1.0)  # right half regenerated
-  noise = jax.random.normal(jax.random.key(3), c.shape)
-  sched = schedules.linear_schedule()
-  abar = lambda t: schedules.alpha_cumprod_at(sched, t.astype(jnp.int32))[:, None, None, None]
-  eps_model = lambda z, t, _: (z - jnp.sqrt(abar(t)) * c) / jnp.sqrt(1.0 - abar(t))
-  ts = samplers.ddim_timesteps(20, max_steps=20)
-  for k in (0, 3):
-    z = samplers.ddim_sample(eps_model, sched, noise, {}, None, ts, 1.0, 0.0, jax.random.key(0),
-                             inpaint=(known, mask, noise), resample=k)
-    np.testing.assert_allclose(z[:, :, 2:], c[:, :, 2:], atol=2e-3)
-    np.testing.assert_allclose(z[:, :, :2], known[:, :, :2], atol=2e-3)
-  v_model = lambda z, t, _: (z - c) / jnp.maximum(t[:, None, None, None] / 1000.0, 1e-6)
-  for k in (0, 3):
-    z = samplers.euler_sample(v_model, noise, {}, None, 20, 1.0, 1.0, inpaint=(known, mask, noise),
-                              resample=k, rng=jax.random.key(1))
-    np.testing.assert_allclose(z[:, :, 2:], c[:, :, 2:], atol=1e-4)
-    np.testing.assert_allclose(z[:, :, :2], known[:, :, :2], atol=1e-4)

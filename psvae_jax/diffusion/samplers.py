@@ -6,8 +6,8 @@ whose leaves have the batch as their first axis. Classifier-free guidance runs t
 unconditional halves as ONE batch of 2B: ``pred = pred(∅) + s · (pred(c) − pred(∅))``; pass ``uncond=None``
 to sample without guidance.
 
-Compile once, vary freely: the number of steps, the start index (SDEdit strength), ``cfg_scale``, ``eta`` and
-the rng are traced values. DDIM takes a timesteps array of a fixed length padded with −1
+Compile once, vary freely: the number of steps, the start index (SDEdit strength), ``cfg_scale``, ``eta``,
+the Euler sampler's ``shift`` and the rng are traced values. DDIM takes a timesteps array of a fixed length padded with −1
 (``ddim_timesteps(n, max_steps=M)``); the Euler sampler takes a static scan length ``max_steps`` and a traced
 ``num_steps ≤ max_steps``. Steps that are padding or before ``start_index`` are skipped with ``lax.cond`` (no
 model call). Typical use::
@@ -227,6 +227,15 @@ def flow_time_grid(num_steps: int | jax.Array, shift: float | jax.Array, max_ste
   return t, t_next
 
 
+def euler_start_latents(z0: jax.Array, noise: jax.Array, num_steps: int | jax.Array,
+                        start_index: int | jax.Array, shift: float | jax.Array) -> jax.Array:
+  """SDEdit start for ``euler_sample``: (1 − t) z0 + t ε at t = shift(1 − start_index / num_steps),
+  the grid's time at ``start_index`` (start 0: the noise itself; start = num_steps: z0)."""
+  t = objectives.shift_time(jnp.clip(1.0 - jnp.asarray(start_index, jnp.float32) / num_steps, 0.0, 1.0),
+                            jnp.asarray(shift, jnp.float32))
+  return (1.0 - t) * jnp.asarray(z0, jnp.float32) + t * jnp.asarray(noise, jnp.float32)
+
+
 def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_steps: int | jax.Array,
                  shift: float | jax.Array, cfg_scale: float | jax.Array, *, max_steps: int | None = None,
                  start_index: int | jax.Array = 0, carry_sharding: Any = None,
@@ -241,7 +250,8 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
     cond: conditioning pytree, leaves (B, ...).
     uncond: null conditioning like ``cond``, or None for no guidance.
     num_steps: number of Euler steps (traced when ``max_steps`` is given).
-    shift: timestep shift s applied to the uniform grid (traced), as in training.
+    shift: timestep shift s applied to the uniform grid (traced): the sampling shift (config
+      ``sample.shift``), a setting of its own, not necessarily the training ``diffusion.flow_shift``.
     cfg_scale: guidance scale (traced).
     max_steps: static scan length (default ``num_steps``, which must then be a Python int).
     start_index: first step to run (traced).
