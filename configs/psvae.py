@@ -5,7 +5,9 @@
 
 Loss: alpha*L_sem + gamma*L_pix + lambda*LPIPS + beta*KL (1, 1, 0.1, 1e-4, the seed's
 weights); `--config.loss.pix=0.1 --config.loss.cos=1` gives the paper's 1:0.1 + cosine.
-Variants as in configs/svae.py: `dinov2_b`, `dinov2_l`, `tiny`.
+Variants as in configs/svae.py: `dinov2_b`, `dinov2_l`, `tiny`. The paper-size ones refuse
+to start without `--config.init_from` and, with `loss.lpips > 0`, without
+`--config.lpips.vgg` and `--config.lpips.heads` (psvae_jax/train/preflight.py).
 """
 
 import ml_collections

@@ -8,6 +8,12 @@
 Variants: `dinov2_b` (the PS-VAE paper: DINOv2-B, 224 in, 256 out, C=96, conv decoder),
 `dinov2_l` (the seed: DINOv2-L, d=1024), `tiny` (CPU demo and tests: 32 px shapes, a
 small random-init ViT with 4 px patches, 8x8x16 latent, small conv decoder).
+
+The paper-size variants refuse to start without `--config.model.encoder.weights` (a
+random ViT only with an explicit `--config.model.encoder.weights=random`, for tests and
+benchmarks; psvae_jax/train/preflight.py). Stage 1 has no LPIPS term (`loss.lpips=0`):
+its pixel decoder trains on a detached latent only so that stage 1 can be judged in
+pixels, so it needs no VGG files; stage 2 (configs/psvae.py) has `loss.lpips=0.1`.
 """
 
 import ml_collections
@@ -20,13 +26,16 @@ VARIANTS = ("dinov2_b", "dinov2_l", "tiny")
 def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   """Shared by stage 1 and stage 2 so that stage 2 can restore stage 1's params."""
   c = common.base_config(stage)
+  c.variant = variant  # everything but "tiny" is paper-size: needs weight files to start
   c.init_from = ""  # stage 2: the stage-1 workdir
   c.latent_stats_images = 50_000  # stage 2: images for the per-channel latent statistics
   c.model = ml_collections.ConfigDict(dict(
       encoder=ml_collections.ConfigDict(dict(
           size="B",  # S | B | L | g | tiny
           registers=False,
-          weights="",  # a Hugging Face DINOv2 checkpoint directory; "" = random init
+          # a Hugging Face DINOv2 checkpoint directory, or "random" (random init; tests,
+          # benchmarks). "" (unset) is random init for `tiny` and refused for paper sizes.
+          weights="",
           image_size=224,  # encoder input side (images are resized to it)
           hidden_size=0, num_layers=0, num_heads=0, patch_size=0)),  # 0 = the size's value
       latent_channels=96,
@@ -49,6 +58,7 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   if variant == "dinov2_l":
     c.model.encoder.size = "L"
   if variant == "tiny":
+    c.dtype = "float32"  # XLA:CPU runs bf16 no faster; the demo's figures were measured in fp32
     c.seed = 0
     c.batch_size = 32
     c.num_train_steps = 250
@@ -84,6 +94,7 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, VARIANTS, "dinov2_b")
   c = autoencoder_config("svae", variant)
+  c.loss.lpips = 0.0  # D_p trains on a detached z (only to judge stage 1 in pixels)
   if variant == "tiny":
     c.optim.lr_groups.encoder = 0.0  # unused: stage 1 freezes the encoder
   return c

@@ -1,15 +1,20 @@
 """Trains one stage: `python -m psvae_jax.main --config=configs/<stage>.py[:variant] --workdir=DIR`.
 
 Re-running the same command on the same workdir resumes from the latest checkpoint.
-Unknown config keys (`--config.optim.lrr=1`) fail at flag parsing, before any compute.
+Unknown config keys (`--config.optim.lrr=1`) fail at flag parsing, before any compute; a
+config that cannot do what it says (a paper-size run without its weight files) exits with
+one line naming the flag, before the workdir is created (psvae_jax/train/preflight.py).
 """
 
 
+import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from psvae_jax.train import preflight  # noqa: E402  (no JAX: checks before anything starts)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file.",
                                           lock_config=True)
@@ -32,6 +37,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  try:
+    preflight.check(_CONFIG.value)
+  except preflight.ConfigError as e:
+    sys.exit(f"error: {e}")
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
                      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,

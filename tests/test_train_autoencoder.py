@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import psvae as psvae_config
 from configs import svae as svae_config
 from psvae_jax import checkpoint
 from psvae_jax.train import loop
@@ -110,3 +111,20 @@ def test_frozen_encoder_and_nonfinite_skip():
   assert float(metrics["nonfinite"]) == 1.0 and int(after.skipped) == 1
   same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), after.params, state.params)
   assert all(jax.tree.leaves(same)), "a non-finite step must leave params unchanged"
+
+
+def test_stage2_starts_from_stage1_sem_encoder(svae_dir):
+  """Stage 2's warm start keeps stage 1's trained E_s (no re-copy from the encoder)."""
+  config = _small(psvae_config.get_config("tiny"))
+  config.init_from = str(svae_dir)
+  config.model.sem_init_from_encoder = True  # must not override what stage 1 trained
+  task = autoencoder.AutoencoderTask(config)
+  tx = optim.make_optimizer(config.optim, 10, functools.partial(
+      optim.label_params, groups=task.param_groups))
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
+      jax.random.key(0))
+  state = jax.jit(functools.partial(loop.reset_params, task=task))(
+      state, task.warm_start(state.params))
+  stage1 = checkpoint.restore_params(str(svae_dir), state.params, key="ema_params")
+  jax.tree.map(np.testing.assert_array_equal, state.params["sem_enc"], stage1["sem_enc"])
+  jax.tree.map(np.testing.assert_array_equal, state.frozen["encoder"], stage1["encoder"])

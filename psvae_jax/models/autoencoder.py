@@ -2,6 +2,15 @@
 
 Shapes: images (B, H, W, 3) in [-1, 1] -> features f (B, h, w, d) -> latent z (B, h, w, C)
 -> reconstructed features (B, h, w, d) and pixels (B, H', W', 3).
+
+What E_s reads: the encoder's residual stream after its last block, *before* the final
+LayerNorm (`stream`), not the normed features f. E_s's blocks start as copies of the
+encoder's last blocks (and its norm as a copy of the encoder's final LayerNorm), which
+were trained on that un-normalised stream (DINOv2's residual stream has a large,
+token-dependent scale that the final LayerNorm removes). The semantic target D_s must
+reproduce stays f, the normed output (the DINOv2 features of the weights API contract).
+Every path that encodes (training loss, eval, `encode` for stage 3 and the API) goes
+through `encoder_outputs` / `encode`, so all of them feed E_s the same stream.
 """
 
 from __future__ import annotations
@@ -28,17 +37,19 @@ class SemanticEncoder(nn.Module):
   mlp_ratio: float = 4.0
   layerscale_init: float | None = 1.0
   use_swiglu: bool = False
+  layer_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, f):  # (B, h, w, d)
-    b, h, w, d = f.shape
-    x = f.reshape(b, h * w, d).astype(self.dtype)
+  def __call__(self, stream):  # (B, h, w, d): the encoder's pre-final-LayerNorm patch tokens
+    b, h, w, d = stream.shape
+    x = stream.reshape(b, h * w, d).astype(self.dtype)
     for i in range(self.num_blocks):
       x = vit.Block(hidden_size=self.hidden_size, num_heads=self.num_heads,
                     mlp_ratio=self.mlp_ratio, layerscale_init=self.layerscale_init,
-                    use_swiglu=self.use_swiglu, dtype=self.dtype, name=f"block{i}")(x)
-    x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+                    use_swiglu=self.use_swiglu, layer_norm_eps=self.layer_norm_eps,
+                    dtype=self.dtype, name=f"block{i}")(x)
+    x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
     moments = nn.Dense(2 * self.latent_channels, dtype=jnp.float32, name="to_moments",
                        kernel_init=nn.initializers.zeros_init())(x)
     mu, logvar = jnp.split(moments.astype(jnp.float32).reshape(b, h, w, -1), 2, axis=-1)
@@ -81,21 +92,37 @@ class PSVAE(nn.Module):
   pix_dec: nn.Module
   encoder_image_size: int
 
-  def features(self, images: jax.Array) -> jax.Array:  # (B, H, W, 3) in [-1, 1]
+  def _encoder_input(self, images: jax.Array) -> jax.Array:  # (B, H, W, 3) in [-1, 1]
     b, h, w, c = images.shape
     s = self.encoder_image_size
     x = images.astype(jnp.float32)
     if (h, w) != (s, s):
       x = jax.image.resize(x, (b, s, s, c), method="bilinear", antialias=True)
-    x = ((x + 1.0) * 0.5 - IMAGENET_MEAN) / IMAGENET_STD
-    return self.encoder(x)  # (B, h, w, d)
+    return ((x + 1.0) * 0.5 - IMAGENET_MEAN) / IMAGENET_STD
 
-  def encode_features(self, f: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return self.sem_enc(f)
+  def features(self, images: jax.Array) -> jax.Array:
+    """The semantic features f (B, h, w, d): the encoder's output after its final LayerNorm.
+
+    This is the semantic target (DINOv2's patch features); E_s does not read it (see
+    `encoder_outputs`).
+    """
+    return self.encoder(self._encoder_input(images))
+
+  def encoder_outputs(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(f, stream): the normed features f and the pre-final-LayerNorm stream E_s reads.
+
+    Both (B, h, w, d), from one encoder pass.
+    """
+    return self.encoder(self._encoder_input(images), with_stream=True)
+
+  def encode_features(self, stream: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """E_s on the encoder's pre-final-LayerNorm stream (from `encoder_outputs`), not on f."""
+    return self.sem_enc(stream)
 
   def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns the posterior (mu, logvar), each (B, h, w, C)."""
-    return self.sem_enc(self.features(images))
+    _, stream = self.encoder_outputs(images)
+    return self.sem_enc(stream)
 
   def decode_features(self, z: jax.Array) -> jax.Array:
     return self.sem_dec(z)
@@ -106,8 +133,8 @@ class PSVAE(nn.Module):
 
   def __call__(self, images: jax.Array, rng: jax.Array | None = None):
     """Full pass used for init: features, posterior sample, both reconstructions."""
-    f = self.features(images)
-    mu, logvar = self.sem_enc(f)
+    f, stream = self.encoder_outputs(images)
+    mu, logvar = self.sem_enc(stream)
     z = mu if rng is None else reparameterize(rng, mu, logvar)
     return f, mu, logvar, self.sem_dec(z), self.pix_dec(z)
 

@@ -15,9 +15,17 @@ from psvae_jax.models import vit
 from psvae_jax.models.autoencoder import PSVAE, SemanticDecoder, SemanticEncoder
 
 
+RANDOM = "random"  # `model.encoder.weights` value that asks for a random-init encoder
+
+
+def encoder_weights_dir(enc_cfg) -> str:
+  """The HF DINOv2 directory to load, or "" for a random encoder ("" or "random")."""
+  return "" if enc_cfg.weights in ("", RANDOM) else enc_cfg.weights
+
+
 def encoder_kwargs(enc_cfg) -> dict[str, Any]:
   """DinoV2 kwargs: from the HF checkpoint's config if weights are given, else the size table."""
-  if enc_cfg.weights:
+  if encoder_weights_dir(enc_cfg):
     from psvae_jax.weights import dinov2 as dinov2_weights  # pylint: disable=g-import-not-at-top
     module = dinov2_weights.dinov2_module_from_hf_config(dinov2_weights.read_config(enc_cfg.weights))
     return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
@@ -39,7 +47,8 @@ def build_psvae(model_cfg, dtype=jnp.float32) -> PSVAE:
       sem_enc=SemanticEncoder(
           hidden_size=d, num_heads=heads, num_blocks=model_cfg.num_sem_blocks,
           latent_channels=model_cfg.latent_channels, mlp_ratio=kw["mlp_ratio"],
-          layerscale_init=kw["layerscale_init"], use_swiglu=kw["use_swiglu"], dtype=dtype),
+          layerscale_init=kw["layerscale_init"], use_swiglu=kw["use_swiglu"],
+          layer_norm_eps=kw["layer_norm_eps"], dtype=dtype),
       sem_dec=SemanticDecoder(hidden_size=d, num_heads=heads,
                               num_blocks=model_cfg.num_sem_blocks, dtype=dtype),
       pix_dec=pixel_decoder.make_pixel_decoder(model_cfg.pixel_decoder, dtype=dtype),
@@ -47,12 +56,20 @@ def build_psvae(model_cfg, dtype=jnp.float32) -> PSVAE:
 
 
 def sem_blocks_from_encoder(params: dict) -> dict:
-  """Initialises E_s's blocks from the encoder's last blocks (the PS-VAE paper's init)."""
+  """E_s's blocks := copies of the encoder's last blocks (the PS-VAE paper's init).
+
+  E_s's final LayerNorm becomes a copy of the encoder's final LayerNorm, so at the start
+  E_s's blocks map the encoder's pre-LayerNorm stream the way the copied blocks were
+  trained to. Call it on the *loaded* encoder (after any warm start), not a random one.
+  """
   enc, sem = params["encoder"], dict(params["sem_enc"])
   n_enc = sum(k.startswith("layer_") for k in enc)
   n_sem = sum(k.startswith("block") for k in sem)
+  if n_sem > n_enc:
+    raise ValueError(f"num_sem_blocks={n_sem} exceeds the encoder's {n_enc} blocks.")
   for i in range(n_sem):
     sem[f"block{i}"] = jax.tree.map(jnp.copy, enc[f"layer_{n_enc - n_sem + i}"])
+  sem["norm"] = jax.tree.map(jnp.copy, enc["norm"])
   return {**params, "sem_enc": sem}
 
 
@@ -77,7 +94,7 @@ def place_like(host_tree: Any, target: Any) -> Any:
 def build_lpips(lpips_cfg, image_size: int):
   """(module, params) for the LPIPS loss/metric from files, or random for tests."""
   from psvae_jax.weights import lpips as lpips_weights  # pylint: disable=g-import-not-at-top
-  if lpips_cfg.vgg == "random":
+  if lpips_cfg.vgg == RANDOM:
     logging.warning("LPIPS with RANDOM VGG weights: not a perceptual metric (tests only).")
     return lpips_weights.random_lpips(jax.random.key(0), image_size)
   if not lpips_cfg.vgg or not lpips_cfg.heads:

@@ -213,16 +213,20 @@ class DinoV2(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array, with_stream: bool = False):
     """Encodes ImageNet-normalised images.
 
     Args:
       images: ``(B, H, W, 3)`` float, already normalised with ImageNet mean/std.
         Trailing pixels that do not fill a whole patch are ignored.
+      with_stream: also return the patch tokens of the residual stream after the
+        last block, *before* the final LayerNorm (what a copy of the last blocks
+        was trained to read and write).
 
     Returns:
       ``(B, H // p, W // p, D)`` patch tokens after the final LayerNorm (CLS and
-      register tokens dropped), in ``self.dtype``.
+      register tokens dropped), in ``self.dtype``; with ``with_stream``, the pair
+      ``(normed, stream)`` of two such arrays.
     """
     d, p, g = self.hidden_size, self.patch_size, self.pos_grid
     b = images.shape[0]
@@ -255,10 +259,11 @@ class DinoV2(nn.Module):
                 mlp_ratio=self.mlp_ratio, layerscale_init=self.layerscale_init,
                 use_swiglu=self.use_swiglu, layer_norm_eps=self.layer_norm_eps,
                 dtype=self.dtype, name=f"layer_{i}")(x)
+    stream = x[:, 1 + self.num_register_tokens:].reshape(b, gh, gw, d)
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                      param_dtype=jnp.float32, name="norm")(x)
-    x = x[:, 1 + self.num_register_tokens:]  # (B, N, D)
-    return x.reshape(b, gh, gw, d)
+    x = x[:, 1 + self.num_register_tokens:].reshape(b, gh, gw, d)  # (B, gh, gw, D)
+    return (x, stream) if with_stream else x
 
 
 def dinov2_config(size: str, registers: bool = False) -> dict[str, Any]:

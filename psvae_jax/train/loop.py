@@ -24,6 +24,7 @@ from psvae_jax import metrics as metrics_lib
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
 from psvae_jax.train import optim
+from psvae_jax.train import preflight
 from psvae_jax.train import tasks
 from psvae_jax.train.state import TrainState, ema_decay, update_ema
 
@@ -117,6 +118,7 @@ def due(step: int, every: int) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains config.stage in workdir (resuming if it has checkpoints); returns final eval metrics."""
+  preflight.check(config)  # before the workdir exists: a config that cannot run refuses here
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)

@@ -43,8 +43,8 @@ class AutoencoderTask:
     s = self.config.data.image_size
     dummy = jnp.zeros((1, s, s, 3), jnp.float32)
     params = self.model.init(rng, dummy)["params"]
-    if self.config.model.sem_init_from_encoder:
-      params = builders.sem_blocks_from_encoder(params)
+    # E_s's copy of the encoder's last blocks is made in warm_start, once the encoder's
+    # weights are loaded (here the encoder is still random).
     return params, self.make_frozen(params)
 
   def make_frozen(self, params):
@@ -54,30 +54,43 @@ class AutoencoderTask:
     return {} if self._lpips is None else {"lpips": self._lpips[1]}
 
   def warm_start(self, params):
-    """Stage 2: stage 1's EMA weights; otherwise pretrained encoder weights, if given."""
+    """Stage 2: stage 1's EMA weights (E_s included, as stage 1 trained it).
+
+    Otherwise the pretrained encoder weights, if given, and then (with
+    `model.sem_init_from_encoder`) E_s's blocks as copies of that loaded encoder's last
+    blocks. Returns None when nothing changes.
+    """
     if self.stage2:
       if not self.config.init_from:
         logging.warning("Stage 2 without --config.init_from: starting from scratch.")
       else:
         logging.info("Initialising from stage-1 workdir %s", self.config.init_from)
         return checkpoint.restore_params(self.config.init_from, params, key="ema_params")
-    if self.config.model.encoder.weights:
-      enc = builders.load_encoder_params(self.config.model.encoder.weights, params["encoder"])
-      return {**params, "encoder": enc}
-    return None
+    weights = builders.encoder_weights_dir(self.config.model.encoder)
+    if not weights and not self.config.model.sem_init_from_encoder:
+      return None
+    if weights:
+      params = {**params, "encoder": builders.load_encoder_params(weights, params["encoder"])}
+    else:
+      logging.warning("Encoder with RANDOM weights (model.encoder.weights=%r).",
+                      self.config.model.encoder.weights)
+    if self.config.model.sem_init_from_encoder:
+      params = builders.sem_blocks_from_encoder(params)
+    return params
 
   # ---- training ---------------------------------------------------------------------------
   def loss(self, params, frozen, consts, batch, rng):
     cfg = self.config.loss
     x = batch["image"]
     apply = functools.partial(self.model.apply, {"params": params})
-    f = apply(x, method=PSVAE.features)
+    f, stream = apply(x, method=PSVAE.encoder_outputs)  # target space / what E_s reads
     if self.stage2:
       target = jax.lax.stop_gradient(
           self.model.apply({"params": frozen}, x, method=PSVAE.features))
     else:
       f = target = jax.lax.stop_gradient(f)
-    mu, logvar = apply(f, method=PSVAE.encode_features)
+      stream = jax.lax.stop_gradient(stream)
+    mu, logvar = apply(stream, method=PSVAE.encode_features)
     z = reparameterize(rng, mu, logvar)
     f_hat = apply(z, method=PSVAE.decode_features)
     z_pix = z if self.stage2 else jax.lax.stop_gradient(z)
@@ -101,9 +114,9 @@ class AutoencoderTask:
   @functools.partial(jax.jit, static_argnums=0)
   def _eval_batch(self, params, frozen, consts, x):
     apply = functools.partial(self.model.apply, {"params": params})
-    f = apply(x, method=PSVAE.features)
+    f, stream = apply(x, method=PSVAE.encoder_outputs)
     target = self.model.apply({"params": frozen}, x, method=PSVAE.features) if self.stage2 else f
-    mu, _ = apply(f, method=PSVAE.encode_features)
+    mu, _ = apply(stream, method=PSVAE.encode_features)
     f_hat = apply(mu, method=PSVAE.decode_features)
     x_hat = jnp.clip(apply(mu, method=PSVAE.decode), -1.0, 1.0)
     out = {"psnr": image_metrics.psnr(x_hat, x), "ssim": image_metrics.ssim(x_hat, x),

@@ -1,0 +1,68 @@
+"""Checks a stage config before anything runs: a run that cannot do what it says refuses to start.
+
+`check(config)` runs every check in `CHECKS` and raises `ConfigError` with one line naming the
+flag to set. The CLI (psvae_jax/main.py) and `loop.train_and_evaluate` call it before the
+workdir is created or anything is compiled, so it must stay cheap: no JAX, no file reads.
+To add a check, write `_name(config) -> str | None` (the message, or None) and list it in
+`CHECKS`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """The config cannot train what it claims; the message names the flag to set."""
+
+
+def is_paper_size(config: ml_collections.ConfigDict) -> bool:
+  """Every autoencoder variant but `tiny` is paper-size (configs/svae.py: `variant`)."""
+  return config.get("variant", "tiny") != "tiny"
+
+
+def _encoder_weights(config) -> str | None:
+  """Stage 1 at paper size must not train on a random ViT unless told so."""
+  if config.stage != "svae" or not is_paper_size(config) or config.model.encoder.weights:
+    return None
+  return (f"stage 1 ({config.variant}) needs pretrained encoder weights: set "
+          "--config.model.encoder.weights=HF_DINOV2_DIR (or =random, for tests and benchmarks)")
+
+
+def _stage2_init(config) -> str | None:
+  """Stage 2 at paper size starts from stage 1 (or, explicitly, from an encoder alone)."""
+  if config.stage != "psvae" or not is_paper_size(config) or config.init_from:
+    return None
+  if config.model.encoder.weights:  # an explicit start without stage 1 (a dir, or random)
+    return None
+  return (f"stage 2 ({config.variant}) starts from stage 1: set --config.init_from=STAGE1_WORKDIR "
+          "(or --config.model.encoder.weights=HF_DINOV2_DIR|random to start without stage 1)")
+
+
+def _lpips_files(config) -> str | None:
+  """An LPIPS loss term needs the VGG16 and LPIPS head files (or "random", tests only)."""
+  if config.stage not in ("svae", "psvae") or config.loss.lpips <= 0:
+    return None
+  lp = config.lpips
+  if lp.vgg == "random":  # builders.RANDOM (not imported: it would pull in JAX)
+    return None
+  missing = [f"--config.lpips.{k}" for k in ("vgg", "heads") if not lp[k]]
+  if not missing:
+    return None
+  return (f"loss.lpips={config.loss.lpips} needs the LPIPS weight files: set "
+          f"{' and '.join(missing)} (torchvision's vgg16-397923af.pth, the lpips package's "
+          "weights/v0.1/vgg.pth), or --config.loss.lpips=0")
+
+
+CHECKS: tuple[Callable[[ml_collections.ConfigDict], str | None], ...] = (
+    _encoder_weights, _stage2_init, _lpips_files)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line, naming the flag) on the first check that fails."""
+  for fn in CHECKS:
+    message = fn(config)
+    if message:
+      raise ConfigError(message)
