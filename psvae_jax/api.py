@@ -52,18 +52,21 @@ class Pipeline:
   def generate(self, prompts: Sequence[str] | None = None, steps: int = 50, cfg: float = 7.5,
                eta: float = 0.0, seed: int = 0, labels: Sequence[int] | None = None,
                cfg_rescale: float | None = None,
-               guidance_interval: tuple[float, float] | None = None) -> np.ndarray:
+               guidance_interval: tuple[float, float] | None = None,
+               shift: float | None = None) -> np.ndarray:
     """Prompts (or class labels) -> uint8 images (N, H, W, 3). Same seed, same images.
 
     cfg_rescale: guidance rescale phi (None: the model config's sample.cfg_rescale).
     guidance_interval: (lo, hi) noise levels (1 = pure noise) where cfg applies, scale 1 elsewhere
       (None: the model config's sample.guidance_interval; (0, 1) = every step).
+    shift: the Euler sampler's timestep shift, > 0 (flow models; None: the model config's
+      sample.shift, or its training diffusion.flow_shift if it has none). No recompile.
     """
     if prompts is not None and isinstance(prompts, str):
       prompts = [prompts]
     return self.gen.generate(self.params, self.consts, prompts=prompts, labels=labels,
                              steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,
-                             guidance_interval=guidance_interval)
+                             guidance_interval=guidance_interval, shift=shift)
 
   def _put(self, x: np.ndarray) -> jax.Array:
     n = x.shape[0]
@@ -94,26 +97,28 @@ class Pipeline:
   # ---- editing (psvae_jax/editing.py holds the host-side parts) -------------------------------
   def edit(self, images, prompts, strength: float = 0.7, steps: int = 50, cfg: float = 7.5,
            eta: float = 0.0, seed: int = 0, *, fit: str = "crop", cfg_rescale: float | None = None,
-           guidance_interval: tuple[float, float] | None = None):
+           guidance_interval: tuple[float, float] | None = None, shift: float | None = None):
     """SDEdit: images (any size) re-generated towards `prompts` from noise level strength·T.
 
     strength 0 returns the PS-VAE reconstruction, 1 ignores the input (plain generation with the
     same seed). Images are center-cropped ("crop") or padded ("pad") to the model's resolution
     and the results returned at the input's size (a uint8 array if the input was one, else a
-    list). One compile per batch size for all strengths (and shared with `inpaint`).
+    list). One compile per batch size for all strengths (and shared with `inpaint`). `shift`:
+    the sampling shift, as in `generate` (it also sets the SDEdit start time of flow models).
     """
     strength = editing.check_strength(strength)
     square, places = editing.prepare_images(images, self.image_size, fit)
     masks = np.ones(square.shape[:3], np.float32)
     out = self._edit(square, masks, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
                      seed=seed, dilation=0, cfg_rescale=cfg_rescale,
-                     guidance_interval=guidance_interval, resample=0)
+                     guidance_interval=guidance_interval, resample=0, shift=shift)
     return self._restore(images, out, places)
 
   def inpaint(self, images, masks, prompts, steps: int = 50, cfg: float = 7.5, eta: float = 0.0,
               seed: int = 0, *, strength: float = 1.0, dilation: int = 1, feather: float = 1.0,
               fit: str = "crop", composite: bool = True, cfg_rescale: float | None = None,
-              guidance_interval: tuple[float, float] | None = None, resample: int = 0):
+              guidance_interval: tuple[float, float] | None = None, resample: int = 0,
+              shift: float | None = None):
     """Regenerates the masked region (mask >= 0.5, i.e. white) of each image for its prompt.
 
     Masks of another size than their image are resized; non-binary masks are thresholded at
@@ -123,7 +128,8 @@ class Pipeline:
     all-black mask returns the input (the reconstruction with composite=False); an all-white
     one is plain generation. `strength` < 1 starts the masked region from the noised input.
     `resample` = N > 0 adds N RePaint resampling jumps per step (re-noise one step, denoise
-    again: N + 1 model calls per step) to harmonise the region with its surroundings.
+    again: N + 1 model calls per step) to harmonise the region with its surroundings. `shift`:
+    the sampling shift, as in `generate`.
     """
     strength = editing.check_strength(strength)
     if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or not (
@@ -140,7 +146,7 @@ class Pipeline:
     pix = np.stack([editing.prepare_mask(m, p, self.image_size) for m, p in zip(masks, places)])
     out = self._edit(square, pix, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
                      seed=seed, dilation=dilation, cfg_rescale=cfg_rescale,
-                     guidance_interval=guidance_interval, resample=int(resample))
+                     guidance_interval=guidance_interval, resample=int(resample), shift=shift)
     restored = self._restore(images, out, places)
     if not composite:
       return restored
@@ -149,7 +155,7 @@ class Pipeline:
     return np.stack(blended) if isinstance(restored, np.ndarray) else blended
 
   def _edit(self, square, pix_masks, prompts, *, strength, steps, cfg, eta, seed, dilation,
-            cfg_rescale, guidance_interval, resample) -> np.ndarray:
+            cfg_rescale, guidance_interval, resample, shift) -> np.ndarray:
     """uint8 (N, S, S, 3) images and {0, 1} (N, S, S) masks -> uint8 (N, S, S, 3) results."""
     n = square.shape[0]
     if isinstance(prompts, str):
@@ -168,7 +174,8 @@ class Pipeline:
     batch = self.gen.host_condition(prompts=list(prompts))
     z = self.gen.edit_latents(self.params, self.consts, batch, z0, lat_mask, strength=strength,
                               steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,
-                              guidance_interval=guidance_interval, resample=resample)
+                              guidance_interval=guidance_interval, resample=resample,
+                              shift=shift)
     return self.gen.to_images(self.consts, z)[:n]
 
   @staticmethod

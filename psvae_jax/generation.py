@@ -2,15 +2,23 @@
 
 Used by stage 3's periodic samples, `psvae_jax.api.Pipeline` and `python -m psvae_jax.sample`.
 The sampler compiles once per (batch size, resolution): the number of steps (up to
-`max_steps`), the start index (SDEdit strength), the guidance scale, eta, seeds and
-prompts are traced values.
+`max_steps`), the start index (SDEdit strength), the guidance scale, the sampling shift,
+eta, seeds and prompts are traced values.
+
+Two timestep shifts: the training shift `diffusion.flow_shift` (FlowObjective.sample_t; with
+`diffusion.flow_shift_base_dim` > 0 resolved from the latent's size by `resolve_flow_shift`
+at stage-3 start) and the sampling shift `sample.shift` of the Euler grid and the SDEdit
+start time (`sampling_shift`; a workdir whose config has none samples with its training
+shift, as before the two were separate).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +40,40 @@ def make_objective(diff_cfg):
   if diff_cfg.objective == "flow":
     return objectives.FlowObjective(shift=diff_cfg.flow_shift)
   raise ValueError(f"Unknown diffusion.objective {diff_cfg.objective!r} (eps | flow).")
+
+
+def resolve_flow_shift(config, latent_shape: tuple[int, ...]) -> float:
+  """Sets config.diffusion.flow_shift from the latent's size when flow_shift_base_dim > 0.
+
+  The dimension-dependent training shift √(h·w·C / flow_shift_base_dim)
+  (objectives.dimension_shift; SD3 §5.3.2, RAE). Called at stage-3 start before config.json is
+  written, so the resolved number is what the workdir's config records and sampling reads.
+  Returns the training shift in use.
+  """
+  d = config.diffusion
+  base = int(d.get("flow_shift_base_dim", 0))
+  if base > 0 and d.objective == "flow":
+    d.flow_shift = objectives.dimension_shift(latent_shape, base)
+    logging.info("diffusion.flow_shift = sqrt(%s / %d) = %.4f (dimension-dependent training shift)",
+                 "x".join(str(v) for v in latent_shape), base, d.flow_shift)
+  return float(d.flow_shift)
+
+
+def sampling_shift(config) -> float:
+  """The Euler sampler's timestep shift: sample.shift, else (an older workdir) diffusion.flow_shift."""
+  shift = config.sample.get("shift", None)
+  return float(config.diffusion.flow_shift if shift is None else shift)
+
+
+def check_shift(shift) -> float:
+  """A sampling shift must be a finite number > 0 (ValueError naming it otherwise)."""
+  try:
+    value = float(shift)
+  except (TypeError, ValueError):
+    value = float("nan")
+  if not (math.isfinite(value) and value > 0):
+    raise ValueError(f"shift must be a number > 0, got {shift!r}.")
+  return value
 
 
 def initial_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> jax.Array:
@@ -97,8 +139,8 @@ class Generator:
   # ---- sampling -----------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
   def sample_latents(self, params, consts, batch, z_start, timesteps, cfg, eta, rng, start_index,
-                     inpaint=None, cfg_rescale=0.0, guidance_interval=(0.0, 1.0), resample=0, *,
-                     use_inpaint=False):
+                     inpaint=None, cfg_rescale=0.0, guidance_interval=(0.0, 1.0), resample=0,
+                     shift=1.0, *, use_inpaint=False):
     """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
@@ -113,8 +155,8 @@ class Generator:
                                   inpaint=inp, cfg_rescale=cfg_rescale,
                                   guidance_interval=guidance_interval, resample=resample)
     num_steps = jnp.sum(timesteps >= 0)
-    return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps,
-                                 self.config.diffusion.flow_shift, cfg, max_steps=MAX_STEPS,
+    return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps, shift, cfg,
+                                 max_steps=MAX_STEPS,
                                  start_index=start_index, carry_sharding=sharding, inpaint=inp,
                                  cfg_rescale=cfg_rescale, guidance_interval=guidance_interval,
                                  resample=resample, rng=rng)
@@ -124,7 +166,7 @@ class Generator:
     return self.decode(consts, z)
 
   def generate(self, params, consts, *, prompts=None, labels=None, steps=50, cfg=7.5, eta=0.0,
-               seed=0, cfg_rescale=None, guidance_interval=None) -> np.ndarray:
+               seed=0, cfg_rescale=None, guidance_interval=None, shift=None) -> np.ndarray:
     """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
     n = len(prompts) if prompts is not None else len(labels)
     if n == 0:
@@ -137,7 +179,7 @@ class Generator:
     batch = self.host_condition(prompts=prompts, labels=labels)
     z_t = initial_noise(seed, np.arange(n + pad), self.latent_shape)
     z0 = self.run(params, consts, batch, z_t, steps=steps, cfg=cfg, eta=eta, seed=seed,
-                  cfg_rescale=cfg_rescale, guidance_interval=guidance_interval)
+                  cfg_rescale=cfg_rescale, guidance_interval=guidance_interval, shift=shift)
     return self.to_images(consts, z0)[:n]
 
   def host_condition(self, prompts=None, labels=None) -> dict[str, np.ndarray]:
@@ -160,8 +202,10 @@ class Generator:
     return ts
 
   def run(self, params, consts, batch, z_start, *, steps, cfg, eta, seed, start_index=0,
-          inpaint=None, cfg_rescale=None, guidance_interval=None, resample=0):
-    """Samples from z_start; cfg_rescale / guidance_interval None take the config's sample.* values."""
+          inpaint=None, cfg_rescale=None, guidance_interval=None, resample=0, shift=None):
+    """Samples from z_start; cfg_rescale / guidance_interval / shift None take the config's
+    sample.* values (shift: `sampling_shift`; only the Euler sampler uses it)."""
+    shift = check_shift(sampling_shift(self.config) if shift is None else shift)
     if cfg_rescale is None:
       cfg_rescale = self.config.sample.get("cfg_rescale", 0.0)
     if guidance_interval is None:
@@ -180,28 +224,28 @@ class Generator:
                                jax.random.fold_in(jax.random.key(seed), 1 << 20),
                                jnp.int32(start_index), inp, jnp.float32(cfg_rescale),
                                jnp.asarray([lo, hi], jnp.float32), jnp.int32(resample),
-                               use_inpaint=inpaint is not None)
+                               jnp.float32(shift), use_inpaint=inpaint is not None)
 
-  def start_latents(self, z0, noise, steps: int, start_index: int) -> jax.Array:
+  def start_latents(self, z0, noise, steps: int, start_index: int, shift: float = 1.0) -> jax.Array:
     """SDEdit start: z0 noised to the start step's level; start 0 (strength 1) is the noise itself
-    (so strength 1 is plain generation), start == steps (strength 0) is z0."""
+    (so strength 1 is plain generation), start == steps (strength 0) is z0. `shift`: the Euler
+    grid's sampling shift."""
     if start_index <= 0:
       return noise
     if isinstance(self.objective, objectives.EpsilonObjective):
       return samplers.ddim_start_latents(self.objective.schedule, z0,
                                          jnp.asarray(self.timesteps(steps)), start_index, noise)
-    t = float(objectives.shift_time(1.0 - start_index / steps, self.config.diffusion.flow_shift))
-    return (1.0 - t) * z0 + t * noise
+    return samplers.euler_start_latents(z0, noise, steps, start_index, shift)
 
   def edit_latents(self, params, consts, batch, z0, mask, *, strength, steps, cfg, eta, seed,
-                   cfg_rescale=None, guidance_interval=None, resample=0):
+                   cfg_rescale=None, guidance_interval=None, resample=0, shift=None):
     """SDEdit / inpainting in the latent: normalised z0 (B, h, w, C), mask (B, h, w, 1) with
     1 = regenerate -> clean latents.
 
     Noise to strength·T, then the scan sampler from there with the known region (mask 0) reset
     to the noised z0 after each step. Edits (mask all 1) and inpaints share one compile per
-    batch size: strength, masks, steps, cfg, eta, seed and ``resample`` (RePaint jumps per step,
-    samplers._resampled) are traced.
+    batch size: strength, masks, steps, cfg, eta, seed, shift and ``resample`` (RePaint jumps
+    per step, samplers._resampled) are traced.
     """
     if not 0 <= int(resample) <= 100:
       raise ValueError(f"resample must be an integer in [0, 100], got {resample}.")
@@ -209,10 +253,11 @@ class Generator:
     noise = initial_noise(seed, np.arange(z0.shape[0]), self.latent_shape)
     z0 = jnp.asarray(z0, jnp.float32)
     mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), z0.shape)
-    z_start = self.start_latents(z0, noise, steps, start)
+    shift = check_shift(sampling_shift(self.config) if shift is None else shift)
+    z_start = self.start_latents(z0, noise, steps, start, shift)
     return self.run(params, consts, batch, z_start, steps=steps, cfg=cfg, eta=eta, seed=seed,
                     start_index=start, inpaint=(z0, mask, noise), cfg_rescale=cfg_rescale,
-                    guidance_interval=guidance_interval, resample=resample)
+                    guidance_interval=guidance_interval, resample=resample, shift=shift)
 
   def to_images(self, consts, z0) -> np.ndarray:
     from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top

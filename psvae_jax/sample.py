@@ -4,16 +4,19 @@
       --prompt="a red circle on the left and a blue square on the right" \
       --num_images=4 --steps=50 --cfg=7.5 --seed=0 --out=grid.png
   ... --out_dir=DIR   writes one PNG per image instead of a grid.
+  ... --shift=3       the Euler sampler's timestep shift (flow models; default: the model
+                      config's sample.shift), separate from the training shift
   ... --init_image=IMG --strength=0.6         SDEdit: edit IMG towards the prompt
   ... --init_image=IMG --mask=MASK.png        inpaint the white (>= 0.5) part of MASK
       [--dilation=1 --feather=1.0 --fit=crop|pad]
 An edited image is written at the input image's size. Bad inputs (missing files, strength
-outside [0, 1], a mask without an image) exit with a one-line message.
+outside [0, 1], a mask without an image, a shift <= 0) exit with a one-line message.
 
-Same seed, same images. The sampler compiles once per batch size; steps, cfg, eta, seed
-and prompt do not recompile.
+Same seed, same images. The sampler compiles once per batch size; steps, cfg, eta, shift,
+seed and prompt do not recompile.
 """
 
+import math
 import os
 
 from absl import app
@@ -31,6 +34,9 @@ _ETA = flags.DEFINE_float("eta", 0.0, "DDIM eta (0 = deterministic).")
 _INTERVAL = flags.DEFINE_list(
     "guidance_interval", None, "lo,hi: apply cfg only at noise levels in [lo, hi] (1 = pure noise), "
     "scale 1 elsewhere; 0,1 = every step. Default: the model config's sample.guidance_interval.")
+_SHIFT = flags.DEFINE_float("shift", None, "Sampling timestep shift s > 0 of the Euler grid "
+                            "(flow models): t' = s*t / (1 + (s-1)*t). Default: the model config's "
+                            "sample.shift (its training diffusion.flow_shift if it has none).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUT = flags.DEFINE_string("out", None, "Output grid PNG.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write one PNG per image here instead.")
@@ -57,6 +63,8 @@ def main(argv):
     raise app.UsageError("Give --prompt (text models) or --label (class models).")
   if _NUM.value < 1:
     raise app.UsageError("--num_images must be >= 1.")
+  if _SHIFT.value is not None and not (math.isfinite(_SHIFT.value) and _SHIFT.value > 0):
+    raise app.UsageError(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
   from psvae_jax import editing  # pylint: disable=g-import-not-at-top
   init = mask = None
   try:
@@ -90,7 +98,7 @@ def main(argv):
   n = _NUM.value
   if init is not None:
     kw = dict(steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value, fit=_FIT.value,
-              guidance_interval=interval)
+              guidance_interval=interval, shift=_SHIFT.value)
     try:
       if mask is None:
         images = pipe.edit([init] * n, [_PROMPT.value] * n, strength=strength, **kw)
@@ -105,7 +113,7 @@ def main(argv):
     images = pipe.generate(prompts=None if _PROMPT.value is None else [_PROMPT.value] * n,
                            labels=None if _LABEL.value is None else [_LABEL.value] * n,
                            steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value,
-                           guidance_interval=interval)
+                           guidance_interval=interval, shift=_SHIFT.value)
   if _OUT_DIR.value:
     for i, im in enumerate(images):
       metrics_lib.save_png(os.path.join(_OUT_DIR.value, f"{i:04d}.png"), im)
