@@ -7,9 +7,20 @@
       --config.data.source=latents --config.data.path=gs://b/latents
 
 Variants: `<S|B|L|XL>_<text|class>` (DiT paper sizes, patch 1 on the 16x16xC latent, batch
-256, 400k steps) and `tiny` (CPU demo: width 128, depth 4, text, 8x8x16 shapes latents).
+256, 400k steps), `paper` and `tiny` (CPU demo: width 128, depth 4, text, 8x8x16 shapes latents).
 Objective: eps-prediction with the linear beta schedule (seed) or flow matching with
 logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
+
+The two presets of the method (DESIGN.md section 1):
+- `XL_text` (the seed, the default): eps-prediction, linear betas, T = 1000; DDIM 50 steps
+  (eta 0), CFG 7.5.
+- `paper` (the PS-VAE paper's recipe): XL text; flow matching (v = eps - z0), logit-normal(0, 1)
+  t with the dimension-dependent training shift sqrt(h*w*C / 4096) (diffusion.flow_shift_base_dim
+  = 4096: resolved from the autoencoder's latent at stage-3 start, sqrt(6) ~ 2.449 on the 16x16x96
+  PS-VAE latent, and written into the workdir's config.json as diffusion.flow_shift); Euler
+  50 steps with sampling shift sample.shift = 3, CFG 6.5.
+The training shift (diffusion.flow_shift) and the sampling shift (sample.shift, `--shift` on
+`python -m psvae_jax.sample`) are separate settings: changing one leaves the other alone.
 """
 
 import ml_collections
@@ -18,7 +29,7 @@ from configs import common
 
 SIZES = ("S", "B", "L", "XL")
 CONDS = ("text", "class")
-VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + ("tiny",)
+VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + ("paper", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.autoencoder = ""  # stage-2 (PS-VAE) workdir: frozen encoder/decoder + latent_stats.npz
   c.text_encoder = ""  # HF directory of a CLIP text model or T5 encoder (+ its tokenizer)
   c.train_text_encoder = False  # True: fine-tune it jointly (small encoders; the demo's)
-  size, cond = ("tiny", "text") if variant == "tiny" else variant.split("_")
+  size, cond = {"tiny": ("tiny", "text"), "paper": ("XL", "text")}.get(
+      variant, tuple(variant.split("_")))
   c.model = ml_collections.ConfigDict(dict(
       size=size, patch_size=1, cond_type=cond, num_classes=1000,
       # Activation memory: remat the blocks ("full": keep block inputs only; "dots_saveable":
@@ -38,14 +50,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # bench/dit_train_vs_torch.py --no-torch --dit scan_blocks=true): off by default.
       remat=False, remat_policy="full", scan_blocks=False,
       attention_impl=""))  # "" = jax's default; "cudnn" | "xla"
+  # flow_shift: the TRAINING timestep shift s of flow matching (t' = s*t / (1 + (s-1)*t) on the
+  # logit-normal t); flow_shift_base_dim > 0 replaces it at stage-3 start by the dimension-
+  # dependent shift sqrt(h*w*C / flow_shift_base_dim) (SD3 section 5.3.2, RAE: base 4096;
+  # psvae_jax/diffusion/objectives.dimension_shift). 0: flow_shift as given.
   c.diffusion = ml_collections.ConfigDict(dict(
       objective="eps", schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
-      flow_shift=1.0, p_uncond=0.1, latent_sample=True))
+      flow_shift=1.0, flow_shift_base_dim=0, p_uncond=0.1, latent_sample=True))
   # cfg_rescale: guidance rescale phi (0 = plain CFG); guidance_interval: the noise levels (t/T or
   # flow t, 1 = pure noise) where the cfg scale applies, scale 1 elsewhere ((0, 1): every step).
-  # See psvae_jax/diffusion/samplers.py.
+  # shift: the SAMPLING timestep shift of the Euler grid (flow models; traced, so changing it does
+  # not recompile), independent of diffusion.flow_shift. A workdir whose config.json predates it
+  # samples with its diffusion.flow_shift. See psvae_jax/diffusion/samplers.py.
   c.sample = ml_collections.ConfigDict(dict(steps=50, cfg=7.5, eta=0.0, cfg_rescale=0.0,
-                                            guidance_interval=(0.0, 1.0)))
+                                            guidance_interval=(0.0, 1.0), shift=1.0))
   c.data.max_length = 77
   c.optim.lr = 1e-4
   c.optim.warmup_steps = 5_000
@@ -53,7 +71,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ema_decay = 0.9999
   c.num_train_steps = 400_000
   c.batch_size = 256
+  # Eval size (every eval_every steps and the final one): eval.num_images prompts x sample.steps
+  # steps, once per guidance scale in eval.guidance_scales (empty: (sample.cfg, 1.0)); each step
+  # runs the conditional and unconditional halves as one batch. At these defaults: 64 prompts x
+  # 50 steps x 2 scales = 6,400 denoising steps = 12,800 DiT-XL forward passes (one per latent),
+  # plus 2 x 64 decodes.
   c.eval.num_images = 64
+  c.eval.guidance_scales = ()
+
+  if variant == "paper":
+    c.diffusion.objective = "flow"
+    c.diffusion.flow_shift_base_dim = 4096  # training shift sqrt(h*w*C / 4096)
+    c.sample.update(steps=50, shift=3.0, cfg=6.5)
 
   if variant == "tiny":
     # Measured on the 2-core CPU (shapes, 8x8x16 latent): flow matching reached adherence
@@ -75,7 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.data.num_eval = 256
     c.data.max_length = 16
-    c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
+    c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16,
+                                            guidance_scales=()))
     # Plain CFG at 7.5 over-guides this small flow model at low noise (shapes grow, textures
     # appear). Measured on the demo's DiT, 256 held-out prompts, 50 Euler steps: cfg 1 0.418,
     # cfg 7.5 on every step 0.449, cfg 7.5 on t >= 0.5 only 0.551 (t >= 0.4: 0.539, 0.6: 0.539).
