@@ -184,7 +184,8 @@ class DiTTask:
     captions = list(data["caption"])
     labels = data.get("label") if self.config.model.cond_type == "class" else None
     scalars, images = {}, {}
-    for cfg in sorted(set([self.config.sample.cfg, 1.0])):
+    scales = tuple(self.config.eval.get("guidance_scales", ())) or (self.config.sample.cfg, 1.0)
+    for cfg in sorted(set(scales)):
       out = self.generate(state.ema_params, consts, captions, labels, cfg)
       suffix = "" if cfg == self.config.sample.cfg else f"_cfg{cfg:g}"
       if _shapes_captions(captions):  # shapes data, directly or through a latent cache
