@@ -279,10 +279,12 @@ class DiT(nn.Module):
       for i in range(self.depth):
         tokens = block_cls(**block_kw, name=f"blocks_{i}")(tokens, c, ctx, ctx_mask)
 
-    # Final layer: adaLN (shift, scale) + zero-initialised linear to patch outputs.
+    # Final layer: adaLN (shift, scale) + zero-initialised linear to patch outputs. The norm,
+    # modulation and head run in float32 whatever self.dtype (cheap: the head is D x p·p·C), so
+    # the prediction the loss compares is not rounded to bf16.
     shift, scale = jnp.split(self._dense(2 * self.width, "final_adaLN", _ZERO)(nn.silu(c)), 2, axis=-1)
-    norm = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name="final_norm")
-    tokens = modulate(norm(tokens), shift, scale)
-    out = self._dense(p * p * out_ch, "final_linear", _ZERO)(tokens)  # (B, N, p·p·C_out)
+    norm = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32, name="final_norm")
+    tokens = modulate(norm(tokens), shift.astype(jnp.float32), scale.astype(jnp.float32))
+    out = _dense(p * p * out_ch, "final_linear", jnp.float32, _ZERO)(tokens)  # (B, N, p·p·C_out)
     out = out.reshape(b, gh, gw, p, p, out_ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, out_ch)
     return out.astype(jnp.float32)

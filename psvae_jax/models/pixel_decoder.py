@@ -88,8 +88,9 @@ class ConvDecoder(nn.Module):
         x = upsample2x(x)
         x = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name=f"up{level}_conv")(x)
     x = nn.GroupNorm(num_groups=min(self.groups, chans[0]), dtype=self.dtype, name="norm_out")(x)
-    x = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv_out")(nn.silu(x))
-    return x.astype(jnp.float32)  # (B, h * 2^(L-1), w * 2^(L-1), 3)
+    # The pixel head runs in float32 (a few channels out): pixels are not rounded to bf16.
+    x = nn.Conv(self.out_channels, (3, 3), dtype=jnp.float32, name="conv_out")(nn.silu(x))
+    return x  # (B, h * 2^(L-1), w * 2^(L-1), 3) float32
 
 
 class ViTDecoder(nn.Module):
@@ -115,12 +116,13 @@ class ViTDecoder(nn.Module):
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
     p = self.patch_size
     c = self.refine_channels or 3
-    x = nn.Dense(p * p * c, dtype=self.dtype, name="proj_out")(x)  # (B, h*w, p*p*c)
+    head_dtype = self.dtype if self.refine_channels else jnp.float32  # pixels out: float32
+    x = nn.Dense(p * p * c, dtype=head_dtype, name="proj_out")(x)  # (B, h*w, p*p*c)
     x = x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
     if self.refine_channels:  # smooths seams between patches: shapes stay shapes
       x = ResBlock(c, self.groups, self.dtype, name="refine")(x)
       x = nn.GroupNorm(num_groups=min(self.groups, c), dtype=self.dtype, name="norm_out")(x)
-      x = nn.Conv(3, (3, 3), dtype=self.dtype, name="conv_out")(nn.silu(x))
+      x = nn.Conv(3, (3, 3), dtype=jnp.float32, name="conv_out")(nn.silu(x))
     return x.astype(jnp.float32)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,6 +46,12 @@ _LAYER_RENAMES = {
 
 read_json = common.read_json
 weights_path = common.weights_path
+
+
+def cast_params(params: Any, dtype: Any) -> Any:
+  """Host (numpy) copies of a parameter tree in `dtype` (e.g. bf16 for a frozen encoder)."""
+  dtype = np.dtype(dtype)
+  return jax.tree.map(lambda a: np.asarray(a, dtype), params)
 
 
 def clip_text_module_from_hf_config(cfg: Mapping[str, Any],
@@ -117,14 +124,15 @@ def convert_clip_text_state_dict(
   return out, unused
 
 
-def load_clip_text(hf_dir: str,
-                   dtype: Any = jnp.float32) -> tuple[CLIPTextTransformer, dict]:
+def load_clip_text(hf_dir: str, dtype: Any = jnp.float32,
+                   param_dtype: Any = jnp.float32) -> tuple[CLIPTextTransformer, dict]:
   """Loads the CLIP text transformer of a Hugging Face checkpoint directory.
 
   Args:
     hf_dir: directory with ``config.json`` and ``model.safetensors`` (or
       ``pytorch_model.bin``) of a CLIPTextModel / CLIPModel.
-    dtype: compute dtype of the returned module (parameters stay float32).
+    dtype: compute dtype of the returned module.
+    param_dtype: dtype the parameters are stored in (float32, or bfloat16 when frozen).
 
   Returns:
     ``(module, params)``; ``module.apply({"params": params}, input_ids,
@@ -138,8 +146,9 @@ def load_clip_text(hf_dir: str,
   """
   module = clip_text_module_from_hf_config(read_json(hf_dir), dtype=dtype)
   ids = jnp.zeros((1, 1), jnp.int32)
-  return module, common.load_hf_params(hf_dir, module, convert_clip_text_state_dict, (ids, ids),
-                                       "CLIP text checkpoint")
+  params = common.load_hf_params(hf_dir, module, convert_clip_text_state_dict, (ids, ids),
+                                 "CLIP text checkpoint")
+  return module, cast_params(params, param_dtype)
 
 
 def load_tokenizer(hf_dir: str) -> Any:
