@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: load checks from /proc/stat, fresh-process alternation, DiT <-> diffusers weights.
+"""Shared benchmark plumbing: load checks from /proc/stat, fresh-process alternation, DiT <-> diffusers weights,
+the production stage-3 train step without workdirs (production_dit_step).
 
 Timing on a shared CPU is only meaningful when nothing else runs: every worker measures the CPU time the
 *rest of the machine* used during its timed region (system busy jiffies from /proc/stat minus this process's
@@ -8,6 +9,8 @@ own CPU time) and reports it as ``other_load`` (fraction of all cores). Runs wit
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import resource
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
+from unittest import mock
 
 import numpy as np
 
@@ -182,20 +186,58 @@ def make_torch_dit(depth: int, width: int = 384, heads: int = 6, num_classes: in
   return model
 
 
-def dit_train_step(model, tx):
-  """(params, opt_state, x, t, labels, target) -> (params, opt_state, loss): one AdamW-style step on
-  mean((DiT(x, t, labels) - target)^2) for a class-conditional DiT (the benches' shared step)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+def dit_class_config(size: str, batch: int, patch: int = 2, dtype: str = "float32", **model):
+  """configs/dit.py's `<size>_class` (1000 classes) with the benches' patch, batch, dtype and
+  model overrides (remat, remat_policy, scan_blocks, attention_impl); size may be "tiny"."""
+  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+  config = dit_config.get_config("S_class")
+  config.model.size, config.model.patch_size = size, patch
+  config.model.update(model)
+  config.batch_size, config.dtype = batch, dtype
+  return config
 
-  def step(p, o, x, t, y, target):
-    def loss_fn(p):
-      return jnp.mean(jnp.square(model.apply({"params": p}, x, t, labels=y) - target))
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, o = tx.update(g, o, p)
-    return optax.apply_updates(p, u), o, loss
-  return step
+
+def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, mesh=None):
+  """(task, tx, step) of the production stage 3, built without an autoencoder workdir.
+
+  task is psvae_jax.train.tasks.dit.DiTTask, whose autoencoder loader returns a weightless
+  stand-in with identity latent statistics (and, for a text `config`, whose text-encoder
+  loader returns `text_encoder` = (module, params), params possibly abstract); tx is the
+  production optimizer and step `loop.train_step(state, batch, consts) -> (state, metrics)`
+  bound to both, for latent-cache batches {"latent": (B, *latent_shape) float32} plus
+  {"label": (B,) int32} or {"input_ids", "attention_mask": (B, L) int32}. State: jit or
+  eval_shape of `functools.partial(loop.create_train_state, task=task, tx=tx)`; consts:
+  task.constants(). mesh: DiTTask's (default: all devices on "data").
+  """
+  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top
+  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train.tasks import dit as dit_task  # pylint: disable=g-import-not-at-top
+  if (config.model.cond_type == "text") != (text_encoder is not None):
+    raise ValueError("Pass text_encoder=(module, params) for a text-conditioned config (only).")
+  config.autoencoder = config.autoencoder or "(latent-only stand-in)"
+
+  class LatentOnlyAutoencoder(autoencoders.Autoencoder):
+    """Stands in for a PS-VAE workdir on latent-cache batches: DiTTask reads the latent shape
+    and statistics (identity) from it; no weights (the step's "ae" constant is empty)."""
+
+    @property
+    def latent_shape(self):
+      return tuple(latent_shape)
+
+  zeros, ones = np.zeros(latent_shape[-1], np.float32), np.ones(latent_shape[-1], np.float32)
+  stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
+  ae = LatentOnlyAutoencoder(model=None, params={}, config=None, stats=stats)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(mock.patch.object(autoencoders, "load_autoencoder", return_value=ae))
+    if text_encoder is not None:
+      stack.enter_context(mock.patch.object(dit_task, "load_text_encoder",
+                                            return_value=(*text_encoder, None)))
+    task = dit_task.DiTTask(config, mesh or parallel.make_mesh(-1, 1))
+  tx = optim.make_optimizer(config.optim, config.num_train_steps,
+                            functools.partial(optim.label_params, groups=task.param_groups))
+  return task, tx, functools.partial(loop.train_step, task=task, tx=tx, config=config)
 
 
 def random_params(param_shapes: Any, seed: int = 0, scale: float = 0.05) -> Any:

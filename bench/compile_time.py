@@ -4,20 +4,24 @@
   python bench/compile_time.py --sizes XL --remat full --rounds 2
 
 Each measurement runs in a fresh process (no in-memory or persistent compilation cache: the
-worker turns `jax_compilation_cache_dir` off) and AOT-lowers and compiles the full stage-3 step
-(forward + backward + AdamW, class-conditional, patch 2 on a 32x32x4 latent, batch 8, fp32) from
+worker turns `jax_compilation_cache_dir` off) and AOT-lowers and compiles the production stage-3
+step (loop.train_step with DiTTask.loss: forward + backward + AdamW + EMA, class-conditional,
+patch 2 on a 32x32x4 latent-cache batch, batch 8, fp32; bench/_common.production_dit_step) from
 abstract shapes only, so nothing is allocated: it measures XLA's work, which is what a user waits
 for before step 1 on any backend (GPU/TPU compile times scale with the same HLO size). Prints
 
   compile DiT-XL/2 remat=none unrolled: 11.1 s  scan: 3.7 s  ratio unrolled/scan: 2.96
 
-(measured on the 2-core development CPU, --rounds 2) and the optimized HLO's line counts. The step time of the two forms is what bench/dit_train_vs_torch.py
+(measured on the 2-core development CPU, --rounds 2, on the earlier hand-written step without
+the EMA and optimizer groups; not yet re-measured on the production step) and the optimized HLO's
+line counts. The step time of the two forms is what bench/dit_train_vs_torch.py
 (`--dit scan_blocks=true`) and bench/gpu_bench.py measure.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -31,28 +35,24 @@ def worker(args) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir", None)
   jax.config.update("jax_enable_compilation_cache", False)
 
-  kw = dict(dit.dit_config(args.size), patch_size=2, cond_type="class", num_classes=1000,
-            scan_blocks=args.scan, remat=args.remat != "none",
-            remat_policy="full" if args.remat == "none" else args.remat)
-  model = dit.DiT(**kw)
+  config = _common.dit_class_config(
+      args.size, args.batch, scan_blocks=args.scan, remat=args.remat != "none",
+      remat_policy="full" if args.remat == "none" else args.remat)
   b, lat = args.batch, args.latent
-  x = jax.ShapeDtypeStruct((b, lat, lat, 4), jnp.float32)
-  t = jax.ShapeDtypeStruct((b,), jnp.float32)
-  y = jax.ShapeDtypeStruct((b,), jnp.int32)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, lat, lat, 4)),
-                                             jnp.zeros((1,)), labels=jnp.zeros((1,), jnp.int32)))
-  params = params["params"]
-  tx = optax.adamw(1e-4)
-  opt = jax.eval_shape(tx.init, params)
+  task, tx, step = _common.production_dit_step(config, (lat, lat, 4))
+  state = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),
+                         jax.random.key(0))
+  consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), task.constants())
+  batch = {"latent": jax.ShapeDtypeStruct((b, lat, lat, 4), jnp.float32),
+           "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  params = state.params
 
-  step = _common.dit_train_step(model, tx)
   t0 = time.perf_counter()
-  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt, x, t, y, x)
+  lowered = jax.jit(step, donate_argnums=0).lower(state, batch, consts)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   compiled = lowered.compile()

@@ -7,7 +7,8 @@ pixel-decoder decode; prints img/s and MFU (bf16 peak table in bench/flops.py).
   python bench/gpu_bench.py decode --batch 64         # conv pixel decoder, 16x16x96 latent -> 256 px
   ... --dry-run   # tiny shapes, 2 steps: checks everything lowers, compiles and runs (CPU is fine)
 
-Weights are random (throughput does not depend on values). Compile time is reported apart; the timing is the
+Weights are random (throughput does not depend on values); `train` times the production step
+(loop.train_step with DiTTask.loss, from its own init) on latent-cache batches. Compile time is reported apart; the timing is the
 median of --steps calls after --warmup.
 """
 
@@ -63,28 +64,32 @@ def _dit(args, dtype):
 
 
 def train(args):
-  import optax  # pylint: disable=g-import-not-at-top
-  dtype = jnp.dtype(args.dtype)
-  model, cfg = _dit(args, dtype)
+  """The production stage-3 step (loop.train_step + DiTTask.loss: noise, timesteps, condition
+  dropout, AdamW, EMA) on a class-conditional DiT, from latent-cache batches."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
   b, lat = args.batch, args.latent
+  config = _common.dit_class_config(
+      "tiny" if args.dry_run else args.size, b, dtype=args.dtype,
+      attention_impl="" if args.attention == "default" else args.attention,
+      remat=args.remat != "none", remat_policy="full" if args.remat == "none" else args.remat)
+  cfg = dit.dit_config(config.model.size)
+  task, tx, step = _common.production_dit_step(config, (lat, lat, 4))
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((b, lat, lat, 4)), jnp.float32)
-  t = jnp.asarray(rng.integers(0, 1000, (b,)), jnp.float32)
-  y = jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32)
-  noise = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-  params = _random_params(model, x, t, labels=y)
-  tx = optax.adamw(1e-4, weight_decay=0.0)
-  opt = jax.jit(tx.init)(params)
+  batch = {"latent": jnp.asarray(rng.standard_normal((b, lat, lat, 4)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32)}
+  consts = task.constants()
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
 
-  step = _common.dit_train_step(model, tx)
   t0 = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt, x, t, y, noise).compile()
+  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, consts).compile()
   compile_s = time.perf_counter() - t0
-  state = [params, opt]
+  holder = [state]
 
   def run():
-    state[0], state[1], loss = compiled(state[0], state[1], x, t, y, noise)
-    loss.block_until_ready()
+    holder[0], metrics = compiled(holder[0], batch, consts)
+    metrics["loss"].block_until_ready()
 
   # MFU on model FLOPs: 3 x analytic forward (no remat recompute counted), as is customary.
   fwd = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * b

@@ -1,72 +1,89 @@
 """Full-size stage 3 lowers for an 8-device mesh with FSDP-sharded params (AOT, nothing allocated).
 
-DiT-XL (text) with a T5-XXL-sized encoder (4096 wide, 24 layers, 64 heads): the train step
-(T5 forward, DiT forward + backward + AdamW) is lowered on ShapeDtypeStructs.
+DiT-XL (text) with a T5-XXL-sized encoder (4096 wide, 24 layers, 64 heads) and the paper's
+PS-VAE (DINOv2-B, 16x16x96 latent): the production step, loop.train_step with DiTTask.loss
+(T5 forward, DiT forward + backward, AdamW, EMA), is lowered on ShapeDtypeStructs. The
+task is built by DiTTask itself; only its two file loaders are replaced by abstract stand-ins
+(no checkpoint of these sizes is read or materialised).
 """
 
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from configs import dit as dit_config
+from configs import psvae as psvae_config
+from psvae_jax import autoencoders
+from psvae_jax import latent_stats
 from psvae_jax import parallel
-from psvae_jax.diffusion import objectives
-from psvae_jax.diffusion import schedules
-from psvae_jax.models import dit as dit_lib
+from psvae_jax.models import builders
 from psvae_jax.models import text_encoders
+from psvae_jax.train import loop
+from psvae_jax.train import optim
+from psvae_jax.train.tasks import dit as dit_task
 
 
-def test_dit_xl_text_with_t5_xxl_lowers_sharded():
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def _abstract_dit_task(monkeypatch, config, mesh, text_width: int):
+  """DiTTask(config, mesh) over an abstract PS-VAE (dinov2_b) and T5-XXL-sized text encoder."""
+  ae_config = psvae_config.get_config("dinov2_b")
+  ae_model = builders.build_psvae(ae_config.model)
+  s = ae_config.data.image_size
+  ae_params = jax.eval_shape(ae_model.init, jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))["params"]
+  c = ae_config.model.latent_channels
+  zeros, ones = np.zeros(c, np.float32), np.ones(c, np.float32)
+  stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
+  ae = autoencoders.Autoencoder(model=ae_model, params=ae_params, config=ae_config, stats=stats)
+  t5 = text_encoders.T5Encoder(vocab_size=32128, d_model=text_width, d_kv=64, d_ff=10240,
+                               num_layers=24, num_heads=64, is_gated_act=True,
+                               dense_act_fn="gelu_new", dtype=jnp.bfloat16)
+  ids = jax.ShapeDtypeStruct((1, config.data.max_length), jnp.int32)
+  t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
+  monkeypatch.setattr(autoencoders, "load_autoencoder", lambda *a, **k: ae)
+  monkeypatch.setattr(dit_task, "load_text_encoder", lambda *a, **k: (t5, t5_params, None))
+  config.autoencoder = config.text_encoder = "(abstract)"
+  return dit_task.DiTTask(config, mesh)
+
+
+def test_dit_xl_text_with_t5_xxl_lowers_sharded(monkeypatch):
   mesh = parallel.make_mesh(1, 8)
   config = dit_config.get_config("XL_text")
-  length, batch = 120, 16
-  t5 = text_encoders.T5Encoder(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                               num_heads=64, is_gated_act=True, dense_act_fn="gelu_new",
-                               dtype=jnp.bfloat16)
-  dit = dit_lib.DiT(**dit_lib.dit_config("XL"), patch_size=1, cond_type="text",
-                    dtype=jnp.bfloat16, remat=True)
-  ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-  t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
-  z = jax.ShapeDtypeStruct((batch, 16, 16, 96), jnp.float32)
-  dit_params = jax.eval_shape(
-      dit.init, jax.random.key(0), z, jax.ShapeDtypeStruct((batch,), jnp.float32),
-      context=jax.ShapeDtypeStruct((batch, length, 4096), jnp.float32),
-      context_mask=jax.ShapeDtypeStruct((batch, length), bool),
-      pooled=jax.ShapeDtypeStruct((batch, 4096), jnp.float32))["params"]
-  n_t5 = sum(x.size for x in jax.tree.leaves(t5_params))
-  n_dit = sum(x.size for x in jax.tree.leaves(dit_params))
+  config.batch_size, config.data.max_length = 16, 120
+  config.dtype, config.model.remat = "bfloat16", True
+  task = _abstract_dit_task(monkeypatch, config, mesh, text_width=4096)
+  tx = optim.make_optimizer(config.optim, config.num_train_steps,
+                            functools.partial(optim.label_params, groups=task.param_groups))
+  state = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),
+                         jax.random.key(0))
+  consts = _abstract(task.constants())
+  n_t5 = sum(x.size for x in jax.tree.leaves(consts["text"]))
+  n_dit = sum(x.size for x in jax.tree.leaves(state.params["dit"]))
   assert n_t5 > 4.5e9 and n_dit > 6.5e8, (n_t5, n_dit)
+  assert task.ae.latent_shape == (16, 16, 96)
 
-  tx = optax.adamw(1e-4)
-  opt = jax.eval_shape(tx.init, dit_params)
-  obj = objectives.EpsilonObjective(schedules.linear_schedule())
-  min_size = config.shard_min_size
-
-  def step(params, opt_state, text_params, batch_):
-    hidden, pooled = t5.apply({"params": text_params}, batch_["ids"], batch_["mask"])
-    def loss_fn(p):
-      t = obj.sample_t(jax.random.key(0), (batch,))
-      noise = jax.random.normal(jax.random.key(1), batch_["z"].shape)
-      pred = dit.apply({"params": p}, obj.sample_x_t(batch_["z"], t, noise), t, context=hidden,
-                       context_mask=batch_["mask"].astype(bool), pooled=pooled)
-      return jnp.mean(jnp.square(pred - noise))
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  sh = lambda tree: parallel.param_shardings(tree, mesh, min_size=min_size)
-  p_sh, o_sh, t_sh = sh(dit_params), sh(opt), sh(t5_params)
-  b = {"ids": ids, "mask": ids, "z": z}
-  b_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in b.items()}
-  lowered = jax.jit(step, out_shardings=(p_sh, o_sh, parallel.replicated(mesh))).lower(
-      parallel.with_shardings(dit_params, p_sh), parallel.with_shardings(opt, o_sh), parallel.with_shardings(t5_params, t_sh),
-      parallel.with_shardings(b, b_sh))
+  b, length = config.batch_size, config.data.max_length
+  batch = {"latent": jax.ShapeDtypeStruct((b, 16, 16, 96), jnp.float32),  # latent-cache batches
+           "input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
+           "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.int32)}
+  sh = lambda tree: parallel.param_shardings(tree, mesh, min_size=config.shard_min_size)
+  state_sh, consts_sh = sh(state), sh(consts)
+  batch_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+  step = functools.partial(loop.train_step, task=task, tx=tx, config=config)
+  lowered = jax.jit(step, out_shardings=(state_sh, parallel.replicated(mesh)),
+                    donate_argnums=0).lower(
+                        parallel.with_shardings(state, state_sh),
+                        parallel.with_shardings(batch, batch_sh),
+                        parallel.with_shardings(consts, consts_sh))
   assert "sharding" in lowered.as_text()[:200_000]
 
   total = per_device = 0
-  for tree, shards in ((dit_params, p_sh), (opt, o_sh), (t5_params, t_sh)):
+  for tree, shards in ((state, state_sh), (consts, consts_sh)):
     for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shards)):
       total += a.size * a.dtype.itemsize
       per_device += int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
