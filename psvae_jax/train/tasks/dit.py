@@ -32,6 +32,14 @@ def build_dit(config) -> dit_lib.DiT:
                      scan_blocks=m.get("scan_blocks", False), attention_impl=m.attention_impl or None)
 
 
+def text_param_dtype(config) -> jnp.dtype:
+  """Storage dtype of the text encoder's params: config.text_encoder_dtype while frozen (bf16
+  halves T5-XXL's 19 GB), float32 when it trains (train_text_encoder)."""
+  if config.get("train_text_encoder"):
+    return jnp.dtype(jnp.float32)
+  return jnp.dtype(config.get("text_encoder_dtype", "float32"))
+
+
 def load_text_encoder(config):
   """(module, params, tokenizer) of config.text_encoder (CLIP text or T5), or Nones for class."""
   if config.model.cond_type != "text":
@@ -43,9 +51,11 @@ def load_text_encoder(config):
   cfg = clip.read_json(config.text_encoder)
   if cfg.get("model_type", "").startswith("t5"):
     from psvae_jax.weights import t5  # pylint: disable=g-import-not-at-top
-    module, params = t5.load_t5_encoder(config.text_encoder, dtype=jnp.dtype(config.dtype))
+    module, params = t5.load_t5_encoder(config.text_encoder, dtype=jnp.dtype(config.dtype),
+                                        param_dtype=text_param_dtype(config))
   else:
-    module, params = clip.load_clip_text(config.text_encoder, dtype=jnp.dtype(config.dtype))
+    module, params = clip.load_clip_text(config.text_encoder, dtype=jnp.dtype(config.dtype),
+                                         param_dtype=text_param_dtype(config))
   return module, params, clip.load_tokenizer(config.text_encoder)
 
 
