@@ -38,6 +38,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.autoencoder = ""  # stage-2 (PS-VAE) workdir: frozen encoder/decoder + latent_stats.npz
   c.text_encoder = ""  # HF directory of a CLIP text model or T5 encoder (+ its tokenizer)
   c.train_text_encoder = False  # True: fine-tune it jointly (small encoders; the demo's)
+  # Storage dtype of a FROZEN text encoder's params (a jointly trained one stays float32); they
+  # are step constants, fsdp-sharded like params. XL_text + T5-XXL (bench/memory_plan.py, batch
+  # 256, 8 devices), state + constants per device before activations: T5-XXL encoder (4.8B) 8.9
+  # GiB bf16 (17.7 fp32) + DiT-XL (0.83B) params, EMA, Adam 12.4 GiB fp32 = 21.3 GiB at the
+  # default mesh (fsdp=1, all replicated; 30.1 with fp32 T5): fits 80 GB GPUs / 95 GB TPU v5p.
+  # 16-32 GB chips (TPU v5e, v4) need --config.mesh.fsdp=8: 2.7 GiB per device.
+  c.text_encoder_dtype = "bfloat16"
   size, cond = {"tiny": ("tiny", "text"), "paper": ("XL", "text")}.get(
       variant, tuple(variant.split("_")))
   c.model = ml_collections.ConfigDict(dict(
@@ -85,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sample.update(steps=50, shift=3.0, cfg=6.5)
 
   if variant == "tiny":
+    c.dtype = c.text_encoder_dtype = "float32"  # XLA:CPU: bf16 is no faster
     # Measured on the 2-core CPU (shapes, 8x8x16 latent): flow matching reached adherence
     # 0.16 after 800 steps where eps-prediction reached 0.0, and 0.41 after 1600; patch 2
     # (16 tokens) makes a step ~3x cheaper than patch 1. The demo trains from a latent cache.
