@@ -34,7 +34,7 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   first = counter.count
   s0 = pipe.edit(images, caps, strength=0.0, steps=10, seed=0)
   s1 = pipe.edit(images, caps[::-1], strength=1.0, steps=20, cfg=3.0, seed=2)
-  s4 = pipe.edit(images, caps, strength=0.4, steps=10, eta=0.5, seed=1)
+  s4 = pipe.edit(images, caps, strength=0.4, steps=10, eta=0.5, seed=1, shift=2.0)
   rng = np.random.default_rng(0)
   masks = rng.uniform(size=(8, 32, 32)) > 0.7
   black, white = np.zeros((8, 32, 32)), np.ones((8, 32, 32))
@@ -43,7 +43,8 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   blk_raw = pipe.inpaint(images, black, caps, steps=10, composite=False)
   wht = pipe.inpaint(images, white, caps[::-1], steps=20, cfg=3.0, seed=2, dilation=0)
   rsm = pipe.inpaint(images, masks, caps, steps=10, dilation=2, feather=0.0, resample=2)
-  assert counter.count == first, "another strength, mask, steps, cfg, seed or resample recompiled"
+  assert counter.count == first, "another strength, mask, steps, cfg, seed, shift or resample " \
+      "recompiled"
   assert editing.psnr(s0, rec) >= 40.0  # strength 0: the reconstruction
   gen = pipe.generate(caps[::-1], steps=20, cfg=3.0, seed=2)
   assert np.abs(s1.astype(int) - gen).max() <= 1  # strength 1: plain generation, same seed

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from psvae_jax import api
 from psvae_jax import runtime
@@ -30,9 +31,15 @@ def test_generate_compiles_once_and_is_deterministic(trained_dit):
   assert a.shape == (8, 32, 32, 3) and a.dtype == np.uint8
   b = pipe.generate(prompts[::-1], steps=20, cfg=3.0, eta=0.5, seed=1)
   c = pipe.generate(prompts, steps=50, cfg=7.5, seed=0)
-  assert counter.count == first, "another cfg/steps/eta/seed/prompt must not recompile"
+  d = pipe.generate(prompts, steps=50, cfg=7.5, seed=0, shift=3.0)  # the sampling shift
+  assert counter.count == first, "another cfg/steps/eta/seed/prompt/shift must not recompile"
   np.testing.assert_array_equal(a, c)
   assert not np.array_equal(a, b)
+  # (a 4-step DiT's velocity is ~constant, so any grid gives ~the same images: tests/test_shift.py
+  # checks what the shift does; here that it reaches the sampler, traced.)
+  assert d.shape == a.shape
+  with pytest.raises(ValueError, match="shift"):
+    pipe.generate(prompts, steps=5, shift=0.0)
   # An image depends on its seed and index, not on the batch it is generated in.
   one = pipe.generate(prompts[:1], steps=50, cfg=7.5, seed=0)
   np.testing.assert_array_equal(one[0], a[0])
@@ -51,7 +58,7 @@ def test_sample_cli(trained_dit, tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "psvae_jax.sample", f"--workdir={trained_dit / 'dit'}",
-         f"--prompt={PROMPTS[0]}", "--num_images=2", "--steps=5", f"--out={out}",
+         f"--prompt={PROMPTS[0]}", "--num_images=2", "--steps=5", "--shift=2.5", f"--out={out}",
          f"--out_dir={tmp_path / 'each'}"]
   r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
