@@ -175,7 +175,7 @@ def _repaint_noise(key, i, j):
                     np.float64)
 
 
-def _reference_ddim(z, n, *, known, mask, noise, resample, start, key):
+def _reference_ddim_inpaint(z, n, *, known, mask, noise, resample, start, key):
   """DDIM (η = 0), CFG, known-region reset to q_sample(known, t_prev), RePaint re-noise t_prev → t."""
   z, known, mask, noise = (np.asarray(x, np.float64) for x in (z, known, mask, noise))
   ratio = 1000 // n
@@ -248,8 +248,8 @@ def test_ddim_inpaint_matches_reference(resample, start):
     np.testing.assert_allclose(z_start, np.sqrt(a) * known + np.sqrt(1 - a) * noise, atol=1e-6)
   out = _DDIM_INPAINT(sched, z_start, {"m": _M_C}, {"m": _M_U}, ts, _SCALE, 0.0, key, start_index=start,
                       inpaint=(known, mask, noise), resample=resample)
-  ref = _reference_ddim(z_start, n, known=known, mask=mask, noise=noise, resample=resample, start=start,
-                        key=jax.random.fold_in(key, 1 << 30))
+  ref = _reference_ddim_inpaint(z_start, n, known=known, mask=mask, noise=noise, resample=resample,
+                                start=start, key=jax.random.fold_in(key, 1 << 30))
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
   np.testing.assert_allclose(np.asarray(out)[:, :, :2], known[:, :, :2], atol=1e-6)  # ᾱ_{-1} = 1
 

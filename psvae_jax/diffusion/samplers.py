@@ -231,8 +231,8 @@ def euler_start_latents(z0: jax.Array, noise: jax.Array, num_steps: int | jax.Ar
                         start_index: int | jax.Array, shift: float | jax.Array) -> jax.Array:
   """SDEdit start for ``euler_sample``: (1 − t) z0 + t ε at t = shift(1 − start_index / num_steps),
   the grid's time at ``start_index`` (start 0: the noise itself; start = num_steps: z0)."""
-  t = objectives.shift_time(jnp.clip(1.0 - jnp.asarray(start_index, jnp.float32) / num_steps, 0.0, 1.0),
-                            jnp.asarray(shift, jnp.float32))
+  u = jnp.clip(1.0 - jnp.asarray(start_index, jnp.float32) / num_steps, 0.0, 1.0)
+  t = objectives.shift_time(u, jnp.asarray(shift, jnp.float32))
   return (1.0 - t) * jnp.asarray(z0, jnp.float32) + t * jnp.asarray(noise, jnp.float32)
 
 
