@@ -27,6 +27,13 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # heads (pixels, DiT prediction, latent moments) stay float32; LayerNorm statistics and
   # attention softmax are float32 (flax, jax.nn.dot_product_attention). tests/test_precision.py:
   # the tiny stage 1-3 losses in bf16 within 2e-2 of fp32.
+  # Memory of stage 2 (PS-VAE DINOv2-B, 224 in / 256 out), batch 8, 8 simulated CPU devices, default
+  # mesh (fsdp=1), per device, XLA memory_analysis (python bench/memory_plan.py --devices 8 --fsdp 1
+  # --configs psvae_dinov2_b --batch 8 --compile --dtype D):   state (args)   temp
+  #   float32    2.77 GiB   1.08 GiB
+  #   bfloat16   2.77 GiB   0.99 GiB   (params and Adam state stay fp32: bf16 saves activations)
+  # x 8 simulated devices on one host: ~30 GiB (the ">21 GB" seen). --config.mesh.fsdp=8 divides the
+  # state by 8 (0.35 GiB per device); bench/memory_plan.py has the paper-size rows.
   c.dtype = "bfloat16"
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: the remaining devices
