@@ -31,7 +31,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # mesh (fsdp=1), per device, XLA memory_analysis (python bench/memory_plan.py --devices 8 --fsdp 1
   # --configs psvae_dinov2_b --batch 8 --compile --dtype D):   state (args)   temp
   #   float32    2.77 GiB   1.08 GiB
-  #   bfloat16   2.77 GiB   0.99 GiB   (params and Adam state stay fp32: bf16 saves activations)
+  #   bfloat16   2.77 GiB   0.99 GiB   (params, Adam state stay fp32: bf16 only trims activations)
   # x 8 simulated devices on one host: ~30 GiB (the ">21 GB" seen). --config.mesh.fsdp=8 divides the
   # state by 8 (0.35 GiB per device); bench/memory_plan.py has the paper-size rows.
   c.dtype = "bfloat16"
