@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+from configs import dit as dit_config
 from configs import psvae as psvae_config
 from configs import svae as svae_config
 from psvae_jax.models import builders
@@ -135,3 +136,22 @@ def test_cli_stage1_without_encoder_weights_refuses(tmp_path):
 def test_cli_stage2_without_init_from_refuses(tmp_path):
   line = _refuses(tmp_path, "configs/psvae.py:dinov2_b")
   assert line.startswith("error:") and "--config.init_from" in line
+
+
+def test_preflight_stage3_and_intervals():
+  c = dit_config.get_config("B_text")
+  with pytest.raises(preflight.ConfigError, match=r"--config\.autoencoder="):
+    preflight.check(c)
+  c.autoencoder = "/runs/psvae"
+  with pytest.raises(preflight.ConfigError, match=r"--config\.text_encoder="):
+    preflight.check(c)
+  c.text_encoder = "/ckpt/clip"
+  preflight.check(c)
+  c.eval_every = 0  # 0 = never: allowed
+  preflight.check(c)
+  c.log_every = -1
+  with pytest.raises(preflight.ConfigError, match=r"--config\.log_every=-1"):
+    preflight.check(c)
+  k = dit_config.get_config("B_class")
+  k.autoencoder = "/runs/psvae"
+  preflight.check(k)  # class models need no text encoder

@@ -56,8 +56,30 @@ def _lpips_files(config) -> str | None:
           "weights/v0.1/vgg.pth), or --config.loss.lpips=0")
 
 
+def _stage3_inputs(config) -> str | None:
+  """Stage 3 trains in a PS-VAE's latent, conditioned by a text encoder for text models."""
+  if config.stage != "dit":
+    return None
+  if not config.autoencoder:
+    return "stage 3 trains in a PS-VAE's latent: set --config.autoencoder=STAGE2_WORKDIR"
+  if config.model.cond_type == "text" and not config.text_encoder:
+    return ("a text-conditioned DiT needs --config.text_encoder=HF_DIR (a CLIP text or T5 encoder "
+            "directory with its tokenizer)")
+  return None
+
+
+def _intervals(config) -> str | None:
+  """log_every / eval_every / ckpt_every: 0 means never; negative values are mistakes."""
+  for key in ("log_every", "eval_every", "ckpt_every"):
+    if config[key] < 0:
+      return f"--config.{key}={config[key]} must be >= 0 (0 = never)"
+  if config.num_train_steps < 0:
+    return f"--config.num_train_steps={config.num_train_steps} must be >= 0"
+  return None
+
+
 CHECKS: tuple[Callable[[ml_collections.ConfigDict], str | None], ...] = (
-    _encoder_weights, _stage2_init, _lpips_files)
+    _intervals, _encoder_weights, _stage2_init, _lpips_files, _stage3_inputs)
 
 
 def check(config: ml_collections.ConfigDict) -> None:
