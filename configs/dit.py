@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Measured on the 2-core CPU: DiT-XL/2 train-step lower+compile 11.1 -> 3.7 s
       # (bench/compile_time.py), but the DiT-S depth-12 step 1229 -> 1497 ms (+22%,
       # bench/dit_train_vs_torch.py --no-torch --dit scan_blocks=true): off by default.
+      depth=0,  # 0 = the size's depth (DiT paper); > 0 overrides it at the size's width
       remat=False, remat_policy="full", scan_blocks=False,
       attention_impl=""))  # "" = jax's default; "cudnn" | "xla"
   # flow_shift: the TRAINING timestep shift s of flow matching (t' = s*t / (1 + (s-1)*t) on the

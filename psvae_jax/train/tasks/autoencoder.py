@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from psvae_jax import autoencoders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import losses
@@ -24,10 +25,50 @@ from psvae_jax.models import builders
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_leaves(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def inherit_stage1_model(config) -> None:
+  """Stage 2 builds the model stage 1 trained: `model` is taken from init_from's config.json.
+
+  The architecture must match stage 1's checkpoint exactly, and stage 1 may have read it from
+  its encoder weights directory (`model.encoder.weights`, a HF config.json), which stage 2's
+  command does not repeat. Fields that differ from stage 2's config are logged.
+  """
+  if config.stage != "psvae" or not config.init_from:
+    return
+  stage1 = autoencoders.read_config(config.init_from)
+  if stage1.stage != "svae":
+    raise ValueError(f"--config.init_from={config.init_from} holds a {stage1.stage!r} run, "
+                     "not a stage-1 (svae) workdir.")
+  mine = _leaves(config.model.to_dict())
+  for key, value in _leaves(stage1.model.to_dict()).items():
+    if key not in mine:
+      continue
+    if isinstance(mine[key], tuple) and isinstance(value, list):
+      value = tuple(value)
+    if value != mine[key]:
+      logging.info("model.%s = %r from stage 1 (%s), was %r.", key, value, config.init_from,
+                   mine[key])
+      node = config.model
+      *path, leaf = key.split(".")
+      for part in path:
+        node = node[part]
+      node[leaf] = value
+
+
 class AutoencoderTask:
   """The S-VAE / PS-VAE stage, chosen by config.stage ("svae" | "psvae")."""
 
   def __init__(self, config):
+    inherit_stage1_model(config)
     self.config = config
     self.stage2 = config.stage == "psvae"
     self.dtype = jnp.dtype(config.dtype)

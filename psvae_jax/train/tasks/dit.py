@@ -26,6 +26,8 @@ def build_dit(config) -> dit_lib.DiT:
   """The DiT of config.model (its output channels follow the input latent's)."""
   m = config.model
   kw = dit_lib.dit_config(m.size)
+  if m.get("depth", 0):  # a shallower (or deeper) stack at the size's width (tests, ablations)
+    kw["depth"] = m.depth
   return dit_lib.DiT(**kw, patch_size=m.patch_size, cond_type=m.cond_type,
                      num_classes=m.num_classes, dtype=jnp.dtype(config.dtype), remat=m.remat,
                      remat_policy=m.get("remat_policy", "full"),
