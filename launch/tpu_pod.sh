@@ -15,7 +15,8 @@
 # Example:
 #   launch/tpu_pod.sh --name psvae --type v4-32 --preemptible -- \
 #     python -m psvae_jax.main --config=configs/psvae.py:dinov2_b --workdir=gs://BUCKET/psvae \
-#       --config.init_from=gs://BUCKET/svae
+#       --config.init_from=gs://BUCKET/svae \
+#       --config.lpips.vgg=/ckpt/vgg16-397923af.pth --config.lpips.heads=/ckpt/lpips_vgg_v0.1.pth
 # The same command runs on --worker=all; jax.distributed.initialize() auto-detects the pod
 # (main's --distributed=auto), process 0 writes metrics/config/samples, all processes write
 # checkpoints (use a gs:// workdir every worker can reach). On preemption the TPU sends
