@@ -44,7 +44,23 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       weight_decay=0.0, b1=0.9, b2=0.99, eps=1e-8, grad_clip=1.0))
   c.ema_decay = 0.9999
 
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = data_config()
+
+  c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
+  # Extra evaluators run at every eval (psvae_jax/evals/evaluators.py), e.g. in a config file
+  # c.evals.rfid = dict(type="rfid", feature="inception", weights="pt_inception.pth",
+  # num_images=10_000). Empty by default: the tiny configs' eval cost is unchanged.
+  c.evals = ml_collections.ConfigDict()
+  return c
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """The data fields and their defaults: the only place they are written.
+
+  `psvae_jax.data.config.resolve` fills a partial data config (a test's dict, an old
+  workdir's config.json, a latent cache's meta.json) from these.
+  """
+  return ml_collections.ConfigDict(dict(
       source="shapes",  # "shapes" | "folder" | "tfds" | "latents" (psvae_jax/data/sources.py)
       path="",  # folder root; tfds data_dir (or a prepared dataset dir); latent cache dir
       image_size=256,  # pixel target side
@@ -77,13 +93,6 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       min_image_size=8,  # shorter side below this (e.g. 1x1): skipped
       alpha_background="white",  # transparent pixels composited on "white" | "black"
       probe_records=64))  # records checked at start-up: none usable -> fail fast
-
-  c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
-  # Extra evaluators run at every eval (psvae_jax/evals/evaluators.py), e.g. in a config file
-  # c.evals.rfid = dict(type="rfid", feature="inception", weights="pt_inception.pth",
-  # num_images=10_000). Empty by default: the tiny configs' eval cost is unchanged.
-  c.evals = ml_collections.ConfigDict()
-  return c
 
 
 def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> str:

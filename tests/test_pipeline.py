@@ -14,6 +14,7 @@ import pytest
 from psvae_jax.data import pipeline
 from psvae_jax.data import shapes
 from psvae_jax.data import sources
+from psvae_jax.data import text
 
 
 def _cfg(**overrides):
@@ -209,8 +210,8 @@ def test_eval_set_is_deterministic_and_held_out():
   assert all(isinstance(c, str) for c in a["caption"])
   np.testing.assert_array_equal(a["image"], b["image"])
   assert a["caption"] == b["caption"]
-  expected, text = shapes.generate(sources.EVAL_INDEX_OFFSET, 32, seed=0)
-  assert text == a["caption"][0]
+  expected, caption = shapes.generate(sources.EVAL_INDEX_OFFSET, 32, seed=0)
+  assert caption == a["caption"][0]
   np.testing.assert_allclose(a["image"][0], expected / 127.5 - 1, atol=1e-6)
   train, _ = shapes.generate(0, 32, seed=0)
   assert not np.array_equal(train, expected)
@@ -320,7 +321,7 @@ def test_encoder_input_and_tokens(indexed, tmp_path):
   flips = {int(s) for b in batches for s in np.sign(b["image"][:, 0, -1, 0] -
                                                     b["image"][:, 0, 0, 0])}
   assert flips == {-1, 1}
-  tokens = pipeline.make_tokenizer(cfg)("item a b a b a b")
+  tokens = text.make_tokenizer(cfg)("item a b a b a b")
   np.testing.assert_array_equal(tokens["input_ids"], [2, 3, 4, 3])  # Truncated.
   with pytest.raises(ValueError, match="No tokenizer"):
-    pipeline.make_tokenizer(dict(tokenizer=str(tmp_path), max_length=4))
+    text.make_tokenizer(dict(tokenizer=str(tmp_path), max_length=4))

@@ -30,14 +30,20 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+from array_record.python import array_record_module
+import grain
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import common
+from psvae_jax import autoencoders
 from psvae_jax import latent_stats
 from psvae_jax import parallel
+from psvae_jax import runtime
+from psvae_jax.data import config
 from psvae_jax.data import iterators
 from psvae_jax.data import latents
 from psvae_jax.data import pipeline
@@ -59,8 +65,7 @@ def define_flags() -> None:
 
 def parse_data_spec(spec: str, image_size: int) -> ml_collections.ConfigDict:
   """`KIND:ARGS` (or a bare directory) -> a locked data config (see module docstring)."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-  cfg = common.base_config("cache").data
+  cfg = common.data_config()
   cfg.image_size, cfg.num_train, cfg.num_eval = int(image_size), 0, 0
   cfg.lock()
   kind, sep, rest = spec.partition(":")
@@ -109,11 +114,11 @@ class _Indexed:
 
 def _records(source: Any, data_cfg: Any, start: int, stop: int, counts: dict[str, int]):
   """Good preprocessed records of source[start:stop], in order; counts the rest."""
-  import grain  # pylint: disable=g-import-not-at-top
-  preprocess = pipeline.preprocess_from_cfg(data_cfg, train=False)
+  cfg = config.resolve(data_cfg)
+  preprocess = pipeline.preprocess_from_cfg(cfg, train=False)
   ds = grain.MapDataset.source(_Indexed(source))[start:stop]
   ds = ds.map(lambda r: {**preprocess.random_map(r, None), "index": r["index"]})
-  threads = int(sources.cfg_get(data_cfg, "num_threads", 8) or 0)
+  threads = int(cfg.num_threads or 0)
   read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, threads))
   for record in ds.to_iter_dataset(read):
     for kind in record.pop(iterators.KINDS_KEY, ()):
@@ -180,7 +185,6 @@ def write_cache(ae: Any, data_cfg: Any, out_dir: str, *, batch_size: int = 256,
     seed: noise seed for store="sample".
     autoencoder_dir: the autoencoder's workdir, recorded in meta.json.
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir).expanduser()
   if (out / latents.META_FILE).exists():
     raise FileExistsError(f"{out} already holds a latent cache; remove it or pick another.")
@@ -252,8 +256,6 @@ def _finish(out: pathlib.Path, data_cfg: Any, moments: latent_stats.Moments, wri
 
 def main(argv: list[str]) -> None:
   del argv
-  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
-  from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.initialize()
   f = flags.FLAGS
   ae = autoencoders.load_autoencoder(f.autoencoder)

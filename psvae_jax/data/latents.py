@@ -32,9 +32,9 @@ import msgpack
 import numpy as np
 
 from psvae_jax import latent_stats
+from psvae_jax.data import config
 from psvae_jax.data import iterators
-from psvae_jax.data import pipeline
-from psvae_jax.data import sources
+from psvae_jax.data import text
 
 FORMAT = "psvae-latent-cache/1"
 META_FILE = "meta.json"
@@ -175,26 +175,26 @@ def build_latent_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
 
   Args:
     data_cfg: data config: `path` (the cache directory), optional `num_train` cap,
-      `tokenizer` / `max_length`, `num_workers`, `prefetch`, `num_threads`.
+      `tokenizer` / `max_length`, `num_workers`, `prefetch`, `num_threads` (missing
+      fields take the defaults of configs/common.py).
     global_batch_size: batch size over all processes.
     seed: shuffle / noise seed.
     process_index: this process (default jax.process_index()).
     process_count: number of processes (default jax.process_count()).
   """
-  cfg_get = sources.cfg_get
+  cfg = config.resolve(data_cfg)
   index, count = iterators.process_info(process_index, process_count)
   batch_size = iterators.per_process_batch(global_batch_size, count)
-  cache = LatentCacheSource(cfg_get(data_cfg, "path"))
-  limit = int(cfg_get(data_cfg, "num_train", 0) or 0)
+  cache = LatentCacheSource(cfg.path)
+  limit = int(cfg.num_train or 0)
   num_records = min(len(cache), limit) if limit > 0 else len(cache)
   start, stop = iterators.shard_bounds(num_records, index, count)
   if stop - start < batch_size:
     raise ValueError(f"{cache!r}: this process's shard has {stop - start} records, fewer "
                      f"than a batch ({batch_size}).")
-  transform = SampleBatch(cache.shape, cache.dtype, pipeline.make_tokenizer(data_cfg))
+  transform = SampleBatch(cache.shape, cache.dtype, text.make_tokenizer(cfg))
   return iterators.build_batched_iterator(
       cache.raw, transform, batch_size=batch_size, seed=seed, start=start, stop=stop,
       # Decoding a batch is GIL-bound Python: beyond 2 threads they only contend.
-      num_threads=min(2, int(cfg_get(data_cfg, "num_threads", 8) or 0)),
-      num_workers=int(cfg_get(data_cfg, "num_workers", 0) or 0),
-      prefetch=max(1, int(cfg_get(data_cfg, "prefetch", 2) or 1)))
+      num_threads=min(2, int(cfg.num_threads or 0)), num_workers=int(cfg.num_workers or 0),
+      prefetch=max(1, int(cfg.prefetch or 1)))

@@ -38,26 +38,27 @@ from absl import logging
 import grain
 import numpy as np
 
+from psvae_jax.data import config
 from psvae_jax.data import decode
 from psvae_jax.data import iterators
+from psvae_jax.data import latents
 from psvae_jax.data import sources
 from psvae_jax.data import text
 
 Record = dict[str, Any]
 Batch = dict[str, np.ndarray]
 _IMAGE_KEYS = ("image", "image_enc")
-cfg_get = sources.cfg_get
 BatchIterator = iterators.BatchIterator
 
 
 class Preprocess(grain.transforms.RandomMap):
   """Source record -> pixels, caption and tokens; or {SKIP: kind} when unusable."""
 
-  def __init__(self, image_size: int, crop: str = "center", random_flip: bool = False, *,
-               encoder_image_size: int = 0, max_pixels: int = 50_000_000,
-               min_image_size: int = 8, alpha_background: str = "white",
-               max_caption_chars: int = 1000, empty_captions: str = "keep",
-               tokenizer: text.CaptionTokenizer | None = None):
+  def __init__(self, image_size: int, crop: str, random_flip: bool, *,
+               encoder_image_size: int, max_pixels: int, min_image_size: int,
+               alpha_background: str, max_caption_chars: int, empty_captions: str,
+               tokenizer: text.CaptionTokenizer | None):
+    """See the data fields of configs/common.py (built by `preprocess_from_cfg`)."""
     if crop not in ("center", "random"):
       raise ValueError(f"crop must be 'center' or 'random', got {crop!r}.")
     if empty_captions not in ("keep", "skip"):
@@ -141,32 +142,23 @@ def collate(records: Sequence[Record], as_float: bool = True) -> Batch:
   return images_to_float(batch) if as_float else batch
 
 
-def make_tokenizer(data_cfg: Any) -> text.CaptionTokenizer | None:
-  """The configured tokenizer, loaded now so a bad directory fails early."""
-  path = cfg_get(data_cfg, "tokenizer", "") or ""
-  if not path:
-    return None
-  tokenizer = text.CaptionTokenizer(path, int(cfg_get(data_cfg, "max_length", 77) or 77))
-  tokenizer.load()
-  return tokenizer
-
-
 def preprocess_from_cfg(data_cfg: Any, train: bool = True) -> Preprocess:
   """Training (crop / flip as configured) or evaluation (center, no flip) transform."""
-  random_flip = bool(cfg_get(data_cfg, "random_flip", False)) and train
-  if random_flip and cfg_get(data_cfg, "source") == "shapes":
+  cfg = config.resolve(data_cfg)
+  random_flip = bool(cfg.random_flip) and train
+  if random_flip and cfg.source == "shapes":
     raise ValueError("random_flip must be off for shapes: captions say left/right.")
   return Preprocess(
-      image_size=int(cfg_get(data_cfg, "image_size")),
-      crop=(cfg_get(data_cfg, "crop", "center") or "center") if train else "center",
+      image_size=int(cfg.image_size),
+      crop=cfg.crop if train else "center",
       random_flip=random_flip,
-      encoder_image_size=int(cfg_get(data_cfg, "encoder_image_size", 0) or 0),
-      max_pixels=int(cfg_get(data_cfg, "max_pixels", 50_000_000) or 50_000_000),
-      min_image_size=int(cfg_get(data_cfg, "min_image_size", 8) or 1),
-      alpha_background=cfg_get(data_cfg, "alpha_background", "white") or "white",
-      max_caption_chars=int(cfg_get(data_cfg, "max_caption_chars", 1000) or 1000),
-      empty_captions=cfg_get(data_cfg, "empty_captions", "keep") or "keep",
-      tokenizer=make_tokenizer(data_cfg))
+      encoder_image_size=int(cfg.encoder_image_size or 0),
+      max_pixels=int(cfg.max_pixels),
+      min_image_size=int(cfg.min_image_size or 1),
+      alpha_background=cfg.alpha_background,
+      max_caption_chars=int(cfg.max_caption_chars),
+      empty_captions=cfg.empty_captions,
+      tokenizer=text.make_tokenizer(cfg))
 
 
 def build_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
@@ -180,8 +172,9 @@ def build_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
       `max_pixels`, `min_image_size`, `alpha_background`, `max_caption_chars`,
       `empty_captions`, `probe_records`, `num_workers` (0: in-process), `prefetch`
       (batches buffered per worker), `num_threads` (reader threads per process).
-      Worker processes are spawned and read absl flags, so the program must have
-      parsed them (absl.app.run does).
+      Missing fields take the defaults of configs/common.py. Worker processes are
+      spawned and read absl flags, so the program must have parsed them
+      (absl.app.run does).
     global_batch_size: batch size over all processes.
     seed: shuffle / augmentation seed, in [0, 2**32 - 2].
     process_index: this process (default jax.process_index()).
@@ -194,26 +187,26 @@ def build_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
     ValueError: if global_batch_size is not divisible by the process count, this
       process's shard is empty, or none of the probed records is usable.
   """
-  if cfg_get(data_cfg, "source") == "latents":
-    from psvae_jax.data import latents  # pylint: disable=g-import-not-at-top
+  cfg = config.resolve(data_cfg)
+  if cfg.source == "latents":
     return latents.build_latent_iterator(
-        data_cfg, global_batch_size=global_batch_size, seed=seed,
+        cfg, global_batch_size=global_batch_size, seed=seed,
         process_index=process_index, process_count=process_count)
   index, count = iterators.process_info(process_index, process_count)
   batch_size = iterators.per_process_batch(global_batch_size, count)
-  preprocess = preprocess_from_cfg(data_cfg, train=True)
-  source = sources.get_source(data_cfg, "train")
+  preprocess = preprocess_from_cfg(cfg, train=True)
+  source = sources.get_source(cfg, "train")
   start, stop = iterators.shard_bounds(len(source), index, count)
   iterators.probe(source, preprocess.random_map, start=start, stop=stop, seed=seed,
-                  num_records=int(cfg_get(data_cfg, "probe_records", 64) or 64))
-  num_workers = int(cfg_get(data_cfg, "num_workers", 0) or 0)
+                  num_records=int(cfg.probe_records))
+  num_workers = int(cfg.num_workers or 0)
   logging.info("Train pipeline: %r, shard %d/%d [%d, %d), batch %d, %d workers.",
                source, index, count, start, stop, batch_size, num_workers)
   return iterators.build_iterator(
       source, preprocess, functools.partial(collate, as_float=False), batch_size=batch_size,
       seed=seed, start=start, stop=stop,
-      num_threads=int(cfg_get(data_cfg, "num_threads", 8) or 0), num_workers=num_workers,
-      prefetch=max(1, int(cfg_get(data_cfg, "prefetch", 2) or 1)), finalize=images_to_float)
+      num_threads=int(cfg.num_threads or 0), num_workers=num_workers,
+      prefetch=max(1, int(cfg.prefetch or 1)), finalize=images_to_float)
 
 
 def iterator_checkpoint_args(iterator: grain.DatasetIterator, save: bool):
@@ -250,8 +243,9 @@ def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
     {"image": float32 (N, S, S, 3) in [-1, 1], "caption": list of N str, "label":
     int32 (N,)}, plus "image_enc" / "input_ids" / "attention_mask" when configured.
   """
-  source = sources.get_source(data_cfg, "eval")
-  preprocess = preprocess_from_cfg(data_cfg, train=False)
+  cfg = config.resolve(data_cfg)
+  source = sources.get_source(cfg, "eval")
+  preprocess = preprocess_from_cfg(cfg, train=False)
   records = []
   for index in range(len(source)):
     if len(records) == num_images:

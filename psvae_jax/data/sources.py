@@ -19,7 +19,6 @@ decode). Decoding, caption repair and resizing happen in the input pipeline
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import json
 import os
 import pathlib
@@ -28,8 +27,11 @@ from typing import Any, Callable, Sequence
 from absl import logging
 import numpy as np
 
+from psvae_jax.data import config
+from psvae_jax.data import latents
 from psvae_jax.data import shapes
 from psvae_jax.data import text
+from psvae_jax.data import tfds_source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTIONS_FILE = "captions.jsonl"
@@ -40,13 +42,6 @@ _SPLIT_DIRS = {
 }
 
 Record = dict[str, Any]
-
-
-def cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
-  """Reads a field from a dataclass / ConfigDict / namespace / mapping."""
-  if isinstance(cfg, Mapping):
-    return cfg.get(name, default)
-  return getattr(cfg, name, default)
 
 
 class ShapesSource:
@@ -221,26 +216,28 @@ class SubsetSource:
     return f"SubsetSource({self._parent!r}, n={len(self._indices)})"
 
 
-def _label_kwargs(data_cfg: Any) -> dict[str, Any]:
-  return dict(label_captions=bool(cfg_get(data_cfg, "label_captions", False)),
-              label_names=cfg_get(data_cfg, "label_names", "") or "",
-              label_template=cfg_get(data_cfg, "label_template", "{}") or "{}")
+def _label_kwargs(cfg: Any) -> dict[str, Any]:
+  return dict(label_captions=bool(cfg.label_captions), label_names=cfg.label_names,
+              label_template=cfg.label_template)
 
 
-def _folder_kwargs(data_cfg: Any, root: pathlib.Path) -> dict[str, Any]:
+def _folder_kwargs(cfg: Any, root: pathlib.Path) -> dict[str, Any]:
   captions = root / CAPTIONS_FILE
   return dict(captions_file=captions if captions.is_file() else None,
-              **_label_kwargs(data_cfg))
+              **_label_kwargs(cfg))
 
 
-def _folder_source(data_cfg: Any, split: str) -> Any:
+def _limit(cfg: Any, split: str) -> int | None:
+  return cfg.num_train if split == "train" else cfg.num_eval
+
+
+def _folder_source(cfg: Any, split: str) -> Any:
   """A folder split: its split subfolder if any, else a seeded hold-out."""
-  path = cfg_get(data_cfg, "path")
-  if not path:
+  if not cfg.path:
     raise ValueError("data.source='folder' needs data.path.")
-  root = pathlib.Path(path).expanduser()
-  kwargs = _folder_kwargs(data_cfg, root)
-  limit = cfg_get(data_cfg, "num_train" if split == "train" else "num_eval")
+  root = pathlib.Path(cfg.path).expanduser()
+  kwargs = _folder_kwargs(cfg, root)
+  limit = _limit(cfg, split)
   split_dirs = {s: [root / n for n in names if (root / n).is_dir()]
                 for s, names in _SPLIT_DIRS.items()}
   if split_dirs[split]:
@@ -256,9 +253,8 @@ def _folder_source(data_cfg: Any, split: str) -> Any:
                      f"{'/, '.join(_SPLIT_DIRS['eval'])}/ for evaluation.")
   # No split subfolders: hold out `num_eval` images of a seeded permutation.
   source = ImageFolderSource(root, **kwargs)
-  num_eval = min(int(cfg_get(data_cfg, "num_eval", 0) or 0), len(source) // 2)
-  order = np.random.default_rng(
-      int(cfg_get(data_cfg, "seed", 0))).permutation(len(source))
+  num_eval = min(int(cfg.num_eval or 0), len(source) // 2)
+  order = np.random.default_rng(int(cfg.seed)).permutation(len(source))
   if split == "train":
     return _cap(SubsetSource(source, np.sort(order[num_eval:])), limit)
   if num_eval == 0:
@@ -275,48 +271,40 @@ def _cap(source: Any, limit: int | None) -> Any:
   return source
 
 
-def _shapes_source(data_cfg: Any, split: str) -> ShapesSource:
+def _shapes_source(cfg: Any, split: str) -> ShapesSource:
   train = split == "train"
-  num_records = int(cfg_get(data_cfg, "num_train" if train else "num_eval"))
+  num_records = int(_limit(cfg, split))
   if train and num_records > EVAL_INDEX_OFFSET:
     raise ValueError(f"num_train={num_records} would overlap the held-out "
                      f"shapes (indices from {EVAL_INDEX_OFFSET}).")
   return ShapesSource(
       num_records=num_records,
-      image_size=int(cfg_get(data_cfg, "image_size")),
-      seed=int(cfg_get(data_cfg, "seed", 0)),
+      image_size=int(cfg.image_size),
+      seed=int(cfg.seed),
       index_offset=0 if train else EVAL_INDEX_OFFSET)
 
 
-def _tfds_source(data_cfg: Any, split: str) -> Any:
-  from psvae_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-  name = cfg_get(data_cfg, "tfds_name", "") or ""
-  split_name = cfg_get(data_cfg, f"{split}_split", "") or (
-      "train" if split == "train" else "validation")
+def _tfds_source(cfg: Any, split: str) -> Any:
+  split_name = cfg.train_split if split == "train" else cfg.eval_split
   source = tfds_source.TfdsSource(
-      name, split_name, cfg_get(data_cfg, "path", "") or None,
-      image_key=cfg_get(data_cfg, "image_key", "") or "",
-      caption_key=cfg_get(data_cfg, "caption_key", "") or "",
-      label_key=cfg_get(data_cfg, "label_key", "") or "",
-      **_label_kwargs(data_cfg))
-  return _cap(source, cfg_get(data_cfg, "num_train" if split == "train" else "num_eval"))
+      cfg.tfds_name, split_name, cfg.path or None, image_key=cfg.image_key,
+      caption_key=cfg.caption_key, label_key=cfg.label_key, **_label_kwargs(cfg))
+  return _cap(source, _limit(cfg, split))
 
 
-def _latent_source(data_cfg: Any, split: str) -> Any:
+def _latent_source(cfg: Any, split: str) -> Any:
   """The cache (train); for "eval", the eval split of the dataset the cache was made
   from (its data config is in meta.json), e.g. prompts and images for stage-3 eval."""
-  from psvae_jax.data import latents  # pylint: disable=g-import-not-at-top
   if split == "train":
-    return _cap(latents.LatentCacheSource(cfg_get(data_cfg, "path")),
-                cfg_get(data_cfg, "num_train"))
-  origin = dict(latents.read_meta(cfg_get(data_cfg, "path"))["data"])
-  origin["num_eval"] = cfg_get(data_cfg, "num_eval", origin.get("num_eval"))
+    return _cap(latents.LatentCacheSource(cfg.path), cfg.num_train)
+  origin = dict(latents.read_meta(cfg.path)["data"])
+  origin["num_eval"] = cfg.num_eval
   if origin.get("source") == "latents":
     raise ValueError("A latent cache made from a latent cache has no eval split.")
   return get_source(origin, "eval")
 
 
-# data.source -> builder(data_cfg, split). Register new kinds here.
+# data.source -> builder(cfg, split), cfg complete (`config.resolve`). Register new kinds here.
 SOURCES: dict[str, Callable[[Any, str], Any]] = {
     "shapes": _shapes_source,
     "folder": _folder_source,
@@ -336,7 +324,8 @@ def get_source(data_cfg: Any, split: str) -> Any:
   `label_template`.
 
   Args:
-    data_cfg: the data config (dataclass, ConfigDict or mapping).
+    data_cfg: the data config (ConfigDict, mapping or dataclass; missing fields take
+      the defaults of configs/common.py).
     split: "train" or "eval".
 
   Returns:
@@ -344,7 +333,8 @@ def get_source(data_cfg: Any, split: str) -> Any:
   """
   if split not in _SPLIT_DIRS:
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
-  kind = cfg_get(data_cfg, "source", "shapes")
-  if kind not in SOURCES:
-    raise ValueError(f"Unknown data source {kind!r} (expected one of {sorted(SOURCES)}).")
-  return SOURCES[kind](data_cfg, split)
+  cfg = config.resolve(data_cfg)
+  if cfg.source not in SOURCES:
+    raise ValueError(
+        f"Unknown data source {cfg.source!r} (expected one of {sorted(SOURCES)}).")
+  return SOURCES[cfg.source](cfg, split)

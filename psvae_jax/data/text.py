@@ -12,7 +12,8 @@ The pipeline then keeps missing / empty captions as "" or skips the record
 (`data.empty_captions`).
 
 `CaptionTokenizer` wraps a `transformers` tokenizer read from a local directory only
-(never downloaded) and pads / truncates to a fixed length.
+(never downloaded) and pads / truncates to a fixed length; `make_tokenizer` builds the
+configured one (`data.tokenizer`, `data.max_length`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import re
 from typing import Any
 
 import numpy as np
+
+from psvae_jax.data import config
 
 CAPTION_MISSING = "caption_missing"
 CAPTION_EMPTY = "caption_empty"
@@ -117,6 +120,17 @@ class CaptionTokenizer:
 
   def __getstate__(self) -> dict[str, Any]:
     return {"path": self.path, "max_length": self.max_length, "_tokenizer": None}
+
+
+def make_tokenizer(data_cfg: Any) -> CaptionTokenizer | None:
+  """The tokenizer of `data.tokenizer` ("": none), loaded now so a bad directory fails
+  early."""
+  cfg = config.resolve(data_cfg)
+  if not cfg.tokenizer:
+    return None
+  tokenizer = CaptionTokenizer(cfg.tokenizer, cfg.max_length)
+  tokenizer.load()
+  return tokenizer
 
 
 def resolve_label_names(class_names: list[str], names_file: str = "") -> list[str]:
