@@ -134,7 +134,8 @@ def convert(src: str, out: str, *, name: str = "", num_eval: int = 0, verify: bo
             seed: int = 0) -> Any:
   """Writes `src` into `out`/NAME/1.0.0 as ArrayRecord; returns the tfds builder."""
   name = name or dataset_name(src)
-  cfg = {"source": "folder", "path": src, "num_eval": num_eval, "seed": seed}
+  # num_train=0: every image (the data config's default caps at num_train).
+  cfg = {"source": "folder", "path": src, "num_train": 0, "num_eval": num_eval, "seed": seed}
   splits = {"train": sources.get_source(cfg, "train")}
   try:
     splits["validation"] = sources.get_source(cfg, "eval")
