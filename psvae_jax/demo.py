@@ -29,6 +29,30 @@ def _scaled(config, scale: float):
   return config
 
 
+def _proxy_figures(outdir: str, num_samples: int = 64, num_images: int = 128) -> dict:
+  """The demo's fid_proxy / rfid_proxy: trains the proxy into OUTDIR/fid_proxy.safetensors,
+  then runs the fid and rfid evaluators of configs/eval.py:demo on OUTDIR/dit (figures also
+  land in OUTDIR/dit/metrics.json and its TensorBoard events)."""
+  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+  from psvae_jax.evals import proxy  # pylint: disable=g-import-not-at-top
+  from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
+  path = os.path.join(outdir, "fid_proxy.safetensors")
+  t0 = time.time()
+  info = proxy.train_proxy(path, steps=60, num_images=768)
+  cfg = eval_config.get_config("demo")
+  cfg.proxy_weights = path
+  for k in ("psnr", "ssim", "lpips", "adherence"):  # the demo reports these already
+    del cfg.evals[k]
+  cfg.evals.fid_proxy.num_samples = num_samples
+  cfg.evals.fid_proxy.num_reference = 4 * num_samples
+  cfg.evals.rfid_proxy.num_images = num_images
+  r = runner.evaluate(os.path.join(outdir, "dit"), cfg)
+  return {"fid_proxy": r["fid_proxy/fid"], "rfid_proxy": r["rfid_proxy/rfid"],
+          "fid_proxy_settings": {k.split("/", 1)[1]: v for k, v in r.items()
+                                 if k.startswith("fid_proxy/") and k != "fid_proxy/fid"},
+          "proxy_accuracy": info["proxy_accuracy"], "seconds_fid_proxy": time.time() - t0}
+
+
 def main(argv):
   del argv
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -84,8 +108,7 @@ def main(argv):
                                    num_prompts=c3.eval.num_images)
   report["seconds_stage3"] = time.time() - t3
   # FID with a shapes-trained proxy feature net (NOT comparable with Inception FID).
-  from psvae_jax.evals import proxy  # pylint: disable=g-import-not-at-top
-  report.update(proxy.demo_figures(out))
+  report.update(_proxy_figures(out))
   # Editing (SDEdit, strength 0.7) and inpainting of held-out shapes: grids in OUT/edits/.
   t_edit = time.time()
   from psvae_jax import api  # pylint: disable=g-import-not-at-top

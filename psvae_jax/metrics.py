@@ -43,11 +43,18 @@ def save_png(path: str, image: np.ndarray) -> None:
   Image.fromarray(image).save(path)
 
 
-def write_metrics_json(workdir: str, metrics: Mapping[str, float]) -> None:
-  """Merges flat {name: value} into DIR/metrics.json (process 0 only)."""
+def write_metrics_json(workdir: str, metrics: Mapping[str, float | str],
+                       eval_step: int | None = None) -> None:
+  """Merges flat {name: value} into DIR/metrics.json (process 0 only), the one writer of it.
+
+  Numbers are written as floats, strings (an evaluator's reference set, ...) as they are;
+  `eval_step` (psvae_jax.evaluate: the step its figures describe) is written as an int.
+  """
   if jax.process_index() != 0:
     return
   path = epath.Path(workdir) / "metrics.json"
   current = json.loads(path.read_text()) if path.exists() else {}
-  current.update({k: float(v) for k, v in metrics.items()})
+  current.update({k: (v if isinstance(v, str) else float(v)) for k, v in metrics.items()})
+  if eval_step is not None:
+    current["eval_step"] = eval_step
   path.write_text(json.dumps(current, indent=2, sort_keys=True))

@@ -16,6 +16,7 @@ from psvae_jax.data import shapes
 from psvae_jax.evals import evaluators
 from psvae_jax.evals import image_metrics
 from psvae_jax.evals import proxy
+from psvae_jax.evals import runner
 
 N = 72  # not a multiple of 32 or 64: the last batch is padded
 
@@ -90,7 +91,6 @@ def test_in_training_runs_configured_evaluators_with_saved_proxy(tmp_path):
   """The periodic-eval entry point (tasks' evaluate): loads the proxy file, numbers only."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  from psvae_jax import evaluate  # pylint: disable=g-import-not-at-top
   from psvae_jax.weights import common  # pylint: disable=g-import-not-at-top
   _, params = proxy.random_proxy(0)
   path = str(tmp_path / "fid_proxy.safetensors")
@@ -100,7 +100,7 @@ def test_in_training_runs_configured_evaluators_with_saved_proxy(tmp_path):
       evals=dict(rfid_proxy=dict(type="rfid", feature="proxy", weights=path, num_images=N),
                  psnr=dict(type="psnr", num_images=N))))
   mesh = parallel.make_mesh(-1, 1)
-  out = evaluate.in_training(config, mesh, _data, reconstruct=lambda x: np.asarray(
+  out = runner.in_training(config, mesh, _data, reconstruct=lambda x: np.asarray(
       jax.jit(_fake_autoencoder)(x)))
   base = _results(32, 8)
   assert set(out) == {"rfid_proxy/rfid", "rfid_proxy/num_samples", "psnr/psnr", "psnr/num_images"}

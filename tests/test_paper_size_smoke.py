@@ -21,7 +21,7 @@ from configs import psvae as psvae_config
 from configs import svae as svae_config
 from psvae_jax import api
 from psvae_jax import checkpoint
-from psvae_jax import evaluate
+from psvae_jax.evals import runner as eval_runner
 from psvae_jax.train import loop
 from psvae_jax.weights import demo_text
 
@@ -96,7 +96,7 @@ def test_paper_size_chain(tmp_path):
   assert images.shape == (2, PIX_PX, PIX_PX, 3) and images.dtype == np.uint8
   edited = pipe.edit(images, ["a blue square on the right"] * 2, strength=0.5, steps=3)
   assert edited.shape == images.shape
-  results = evaluate.evaluate(str(tmp_path / "dit"), evaluate_config())
+  results = eval_runner.evaluate(str(tmp_path / "dit"), evaluate_config())
   assert np.isfinite(results["psnr/psnr"]) and np.isfinite(results["ssim/ssim"]), results
 
 

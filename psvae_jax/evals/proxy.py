@@ -130,26 +130,3 @@ def feature_fn(module, params):
   """uint8-range images -> (B, 128) features, a pure function for jit."""
   return functools.partial(lambda p, x: module.apply({"params": p}, x)[0], params)
 
-
-def demo_figures(outdir: str, num_samples: int = 64, num_images: int = 128) -> dict[str, Any]:
-  """The demo's fid_proxy / rfid_proxy: trains the proxy into OUTDIR/fid_proxy.safetensors,
-  then runs psvae_jax.evaluate's fid and rfid evaluators on OUTDIR/dit (figures also land in
-  OUTDIR/dit/metrics.json and its TensorBoard events)."""
-  import os  # pylint: disable=g-import-not-at-top
-  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
-  from psvae_jax import evaluate  # pylint: disable=g-import-not-at-top
-  path = os.path.join(outdir, "fid_proxy.safetensors")
-  t0 = time.time()
-  info = train_proxy(path, steps=60, num_images=768)
-  cfg = eval_config.get_config("demo")
-  cfg.proxy_weights = path
-  for k in ("psnr", "ssim", "lpips", "adherence"):  # the demo reports these already
-    del cfg.evals[k]
-  cfg.evals.fid_proxy.num_samples = num_samples
-  cfg.evals.fid_proxy.num_reference = 4 * num_samples
-  cfg.evals.rfid_proxy.num_images = num_images
-  r = evaluate.evaluate(os.path.join(outdir, "dit"), cfg)
-  return {"fid_proxy": r["fid_proxy/fid"], "rfid_proxy": r["rfid_proxy/rfid"],
-          "fid_proxy_settings": {k.split("/", 1)[1]: v for k, v in r.items()
-                                 if k.startswith("fid_proxy/") and k != "fid_proxy/fid"},
-          "proxy_accuracy": info["proxy_accuracy"], "seconds_fid_proxy": time.time() - t0}

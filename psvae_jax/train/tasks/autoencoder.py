@@ -21,6 +21,7 @@ from psvae_jax import losses
 from psvae_jax import parallel
 from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import image_metrics
+from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models import builders
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
 
@@ -203,8 +204,7 @@ class AutoencoderTask:
     pairs = np.concatenate([metrics_lib.to_uint8(data["image"][:k]), recon_u8[:k]])
     images = {"reconstructions": metrics_lib.grid(pairs, cols=k)}
     if self.config.get("evals"):  # configured evaluators (rfid, lpips, ...): eval/<name>/<key>
-      from psvae_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-      scalars.update(evaluate_lib.in_training(
+      scalars.update(eval_runner.in_training(
           self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
           reconstruct=lambda x: self.reconstruct(state, consts, mesh, x)[1]))
     return scalars, images

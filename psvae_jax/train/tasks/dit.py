@@ -18,6 +18,7 @@ from psvae_jax import autoencoders
 from psvae_jax import generation
 from psvae_jax import latent_stats
 from psvae_jax.data import pipeline
+from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models import dit as dit_lib
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
 
@@ -209,11 +210,10 @@ class DiTTask:
                  self.config.sample.steps, self.config.sample.cfg, self.config.sample.eta,
                  tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
     if self.config.get("evals"):  # configured evaluators (fid with a reference .npz, ...)
-      from psvae_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
       gen = lambda caps, steps, cfg, seed, labels=None: self.gen.generate(
           state.ema_params, consts, prompts=caps if labels is None else None, labels=labels,
           steps=steps, cfg=cfg, seed=seed)
-      scalars.update(evaluate_lib.in_training(
+      scalars.update(eval_runner.in_training(
           self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
           generate=gen))
     return scalars, images

@@ -1,0 +1,151 @@
+"""Evaluation wiring: the EvalContext of a workdir or of a training task, and where results go.
+
+  results = runner.evaluate(workdir, config)   # what `python -m psvae_jax.evaluate` runs
+  scalars = runner.in_training(config, mesh, eval_data, reconstruct=..., generate=...)
+
+A stage-3 (dit) workdir gets the generation evaluators (samples from its DiT) and the
+reconstruction ones (through its autoencoder); an autoencoder workdir only the latter.
+Figures go to TensorBoard as `eval/<name>/<key>` (strings such as the reference set as
+text summaries) and are merged into DIR/metrics.json as `"<name>/<key>": value`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from psvae_jax import api
+from psvae_jax import autoencoders
+from psvae_jax import checkpoint
+from psvae_jax import metrics as metrics_lib
+from psvae_jax import parallel
+from psvae_jax.data import pipeline
+from psvae_jax.evals import evaluators
+from psvae_jax.evals import proxy
+from psvae_jax.models.autoencoder import PSVAE
+from psvae_jax.weights import inception
+from psvae_jax.weights import lpips
+
+GENERATION_TYPES = ("fid", "adherence")
+
+
+def feature_net(kind: str, weights: str, image_size: int):
+  """(jitted uint8 images -> features, dim) for "proxy" or "inception" with a weights file."""
+  if kind == "proxy":
+    module, params = proxy.load_proxy(weights, image_size)
+    return jax.jit(proxy.feature_fn(module, params)), proxy.FEATURE_DIM
+  module, params = inception.load_inception(weights)
+  return jax.jit(lambda x: module.apply({"params": params}, x)), 2048
+
+
+def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dict[str, float]:
+  """Runs config.evals from a training task's periodic eval; numeric figures only.
+
+  Each evaluator config that needs features names them with `feature` and `weights`
+  (a proxy or Inception file); strings (reference set, feature kind) are logged.
+  """
+  ctx = evaluators.EvalContext(mesh=mesh, batch_size=config.eval.batch_size,
+                               eval_data=eval_data, reconstruct=reconstruct, generate=generate)
+  for e in config.evals.values():
+    e = dict(e)
+    if e.get("feature") and e["feature"] not in ctx.feature_nets:
+      ctx.feature_nets[e["feature"]] = feature_net(e["feature"], e["weights"],
+                                                   config.data.image_size)
+  evals = {k: v for k, v in config.evals.items()
+           if (dict(v)["type"] in GENERATION_TYPES) == (generate is not None)}
+  results = evaluators.run_all(evals, ctx)
+  logging.info("evaluators: %s", results)
+  return {k: float(v) for k, v in results.items() if not isinstance(v, str)}
+
+
+def _load(workdir: str, mesh):
+  """(run config, autoencoder, generate or None) of a workdir; a dit's autoencoder loads once."""
+  run_cfg = autoencoders.read_config(workdir)
+  if run_cfg.stage != "dit":
+    return run_cfg, autoencoders.load_autoencoder(workdir, mesh), None
+  pipe = api.load(workdir, mesh)
+  generate = lambda caps, steps, cfg, seed, labels=None: pipe.generate(
+      caps if labels is None else None, steps=steps, cfg=cfg, seed=seed, labels=labels)
+  return run_cfg, pipe.gen.ae, generate
+
+
+def build_context(workdir: str, config):
+  """The EvalContext of a workdir: reconstruction, generation, feature nets, LPIPS."""
+  mesh = parallel.make_mesh(-1, 1)
+  run_cfg, ae, generate = _load(workdir, mesh)
+  sets = {}
+
+  def eval_data(n):
+    if n not in sets:
+      data_cfg = ae.config.data.copy_and_resolve_references()
+      if data_cfg.source == "shapes":  # a generator: the held-out split grows on demand
+        data_cfg.num_eval = max(data_cfg.num_eval, n)
+      sets[n] = pipeline.build_eval_set(data_cfg, n)
+    return sets[n]
+
+  recon_jit = jax.jit(lambda p, x: jax.numpy.clip(ae.model.apply(
+      {"params": p}, ae.model.apply({"params": p}, x, method=PSVAE.encode)[0],
+      method=PSVAE.decode), -1, 1))
+  ctx = evaluators.EvalContext(mesh=mesh, batch_size=config.batch_size, eval_data=eval_data,
+                               generate=generate)
+
+  def reconstruct(images):
+    out = []
+    for i, j in ctx.batches(len(images)):
+      x, _ = ctx.put(np.asarray(images[i:j], np.float32))
+      out.append(np.asarray(jax.device_get(recon_jit(ae.params, x)))[:j - i])
+    return np.concatenate(out)
+
+  ctx.reconstruct = reconstruct
+  kinds = {dict(e).get("feature") for e in config.evals.values()}
+  if "proxy" in kinds:
+    path = config.proxy_weights or os.path.join(os.path.dirname(os.path.abspath(workdir)),
+                                                "fid_proxy.safetensors")
+    ctx.feature_nets["proxy"] = feature_net("proxy", path, ae.image_size)
+  if "inception" in kinds:
+    if not config.inception_weights:
+      raise ValueError("Inception FID needs --config.inception_weights=pt_inception-...pth.")
+    ctx.feature_nets["inception"] = feature_net("inception", config.inception_weights,
+                                                ae.image_size)
+  if any(dict(e)["type"] == "lpips" for e in config.evals.values()):
+    if config.lpips_vgg:
+      ctx.lpips = lpips.load_lpips(config.lpips_vgg, config.lpips_heads)
+      ctx.lpips_label = f"vgg={config.lpips_vgg} heads={config.lpips_heads}"
+    else:
+      ctx.lpips = lpips.random_lpips(jax.random.key(0), ae.image_size)
+      ctx.lpips_label = "RANDOM-INIT VGG16 + heads (no weights available): not perceptual"
+      logging.warning("lpips: %s", ctx.lpips_label)
+  return ctx, run_cfg
+
+
+def write_results(workdir: str, step: int, results: dict) -> None:
+  """CLU scalars/texts under eval/<name>/<key>, and DIR/metrics.json (process 0 writes)."""
+  writer = metrics_lib.create_writer(workdir)
+  nums = {f"eval/{k}": float(v) for k, v in results.items() if not isinstance(v, str)}
+  texts = {f"eval/{k}": v for k, v in results.items() if isinstance(v, str)}
+  writer.write_scalars(step, nums)
+  if texts:
+    writer.write_texts(step, texts)
+  writer.flush()
+  metrics_lib.write_metrics_json(workdir, results, eval_step=step)
+
+
+def evaluate(workdir: str, config) -> dict:
+  """Runs config.evals on a trained workdir, writes them (write_results) and returns them."""
+  ctx, run_cfg = build_context(workdir, config)
+  evals = dict(config.evals)
+  if ctx.generate is None:  # autoencoder workdir: reconstruction evaluators only
+    evals = {k: v for k, v in evals.items() if dict(v)["type"] not in GENERATION_TYPES}
+  results = evaluators.run_all(evals, ctx)
+  step = config.step
+  if step < 0:
+    step = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   async_save=False).latest_step() or 0
+  write_results(workdir, step, results)
+  results["eval_step"] = step
+  logging.info("stage %s step %d: %s", run_cfg.stage, step, json.dumps(results, indent=1))
+  return results
