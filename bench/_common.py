@@ -204,7 +204,8 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
   `loop.train_step(state, batch, consts) -> (state, metrics)` bound to both, for latent-cache
   batches {"latent": (B, *latent_shape) float32} plus {"label": (B,) int32} or
   {"input_ids", "attention_mask": (B, L) int32}. State: jit or eval_shape of
-  `functools.partial(loop.create_train_state, task=task, tx=tx)`; consts: task.constants(). mesh: DiTTask's (default: all devices on "data").
+  `functools.partial(loop.create_train_state, task=task, tx=tx)`; consts: task.constants().
+  mesh: DiTTask's (default: all devices on "data").
   """
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
   from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top
