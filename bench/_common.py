@@ -9,7 +9,6 @@ own CPU time) and reports it as ``other_load`` (fraction of all cores). Runs wit
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -19,7 +18,6 @@ import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
-from unittest import mock
 
 import numpy as np
 
@@ -200,14 +198,14 @@ def dit_class_config(size: str, batch: int, patch: int = 2, dtype: str = "float3
 def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, mesh=None):
   """(task, tx, step) of the production stage 3, built without an autoencoder workdir.
 
-  task is psvae_jax.train.tasks.dit.DiTTask, whose autoencoder loader returns a weightless
-  stand-in with identity latent statistics (and, for a text `config`, whose text-encoder
-  loader returns `text_encoder` = (module, params), params possibly abstract); tx is the
-  production optimizer and step `loop.train_step(state, batch, consts) -> (state, metrics)`
-  bound to both, for latent-cache batches {"latent": (B, *latent_shape) float32} plus
-  {"label": (B,) int32} or {"input_ids", "attention_mask": (B, L) int32}. State: jit or
-  eval_shape of `functools.partial(loop.create_train_state, task=task, tx=tx)`; consts:
-  task.constants(). mesh: DiTTask's (default: all devices on "data").
+  task is psvae_jax.train.tasks.dit.DiTTask, given a weightless stand-in autoencoder with
+  identity latent statistics (and, for a text `config`, the text encoder `text_encoder` =
+  (module, params), params possibly abstract); tx is the production optimizer and step
+  `loop.train_step(state, batch, consts) -> (state, metrics)` bound to both, for latent-cache
+  batches {"latent": (B, *latent_shape) float32} plus {"label": (B,) int32} or
+  {"input_ids", "attention_mask": (B, L) int32}. State: jit or eval_shape of
+  `functools.partial(loop.create_train_state, task=task, tx=tx)`; consts: task.constants().
+  mesh: DiTTask's (default: all devices on "data").
   """
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
   from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top
@@ -229,12 +227,8 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
   zeros, ones = np.zeros(latent_shape[-1], np.float32), np.ones(latent_shape[-1], np.float32)
   stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
   ae = LatentOnlyAutoencoder(model=None, params={}, config=None, stats=stats)
-  with contextlib.ExitStack() as stack:
-    stack.enter_context(mock.patch.object(autoencoders, "load_autoencoder", return_value=ae))
-    if text_encoder is not None:
-      stack.enter_context(mock.patch.object(dit_task, "load_text_encoder",
-                                            return_value=(*text_encoder, None)))
-    task = dit_task.DiTTask(config, mesh or parallel.make_mesh(-1, 1))
+  text = (None, None, None) if text_encoder is None else (*text_encoder, None)
+  task = dit_task.DiTTask(config, mesh or parallel.make_mesh(-1, 1), ae, text)
   tx = optim.make_optimizer(config.optim, config.num_train_steps,
                             functools.partial(optim.label_params, groups=task.param_groups))
   return task, tx, functools.partial(loop.train_step, task=task, tx=tx, config=config)

@@ -123,7 +123,7 @@ def tiny_autoencoder() -> Any:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import svae  # pylint: disable=g-import-not-at-top
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
-  from psvae_jax.models import builders  # pylint: disable=g-import-not-at-top
+  from psvae_jax import builders  # pylint: disable=g-import-not-at-top
   config = svae.get_config("tiny")
   model = builders.build_psvae(config.model, dtype=jnp.float32)
   size = config.data.image_size

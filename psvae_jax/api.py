@@ -19,8 +19,10 @@ import jax
 import numpy as np
 
 from psvae_jax import autoencoders
+from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import editing
+from psvae_jax import generation
 from psvae_jax import parallel
 
 
@@ -28,26 +30,31 @@ class Pipeline:
   """A trained DiT with its frozen PS-VAE and text encoder, sharded over a mesh."""
 
   def __init__(self, workdir: str, mesh: jax.sharding.Mesh | None = None):
-    from psvae_jax.train.tasks import dit as dit_task  # pylint: disable=g-import-not-at-top
     config = autoencoders.read_config(workdir)
     if config.stage != "dit":
       raise ValueError(f"{workdir} holds a {config.stage!r} run; api.load wants a stage-3 (dit) "
                        "workdir.")
     self.mesh = mesh or parallel.make_mesh(-1, 1)
     self.config = config
-    self.task = dit_task.DiTTask(config, self.mesh)
-    self.gen = self.task.gen
-    abstract, _ = jax.eval_shape(self.task.init, jax.random.key(0))
+    if not config.autoencoder:
+      raise ValueError(f"{workdir}'s config names no autoencoder (config.autoencoder).")
+    self.ae = autoencoders.load_autoencoder(config.autoencoder, self.mesh)
+    latent_mean, latent_std = autoencoders.latent_normalization(config, self.ae)
+    text, text_params, tokenizer = builders.load_text_encoder(config)
+    generation.resolve_flow_shift(config, self.ae.latent_shape)
+    dit = builders.build_dit(config)
+    self.gen = generation.Generator(config, dit, text, tokenizer, self.ae, self.mesh)
+    abstract = builders.dit_param_template(config, dit, self.ae.latent_shape, text, text_params)
     shardings = parallel.param_shardings(abstract, self.mesh, min_size=config.shard_min_size)
     self.params = checkpoint.restore_params(
         workdir, parallel.with_shardings(abstract, shardings), key="ema_params")
-    consts = self.task.constants()
+    consts = builders.dit_constants(config, self.ae.params, latent_mean, latent_std, text_params)
     self.consts = jax.device_put(consts, parallel.param_shardings(
         consts, self.mesh, min_size=config.shard_min_size))
 
   @property
   def image_size(self) -> int:
-    return self.task.ae.image_size
+    return self.ae.image_size
 
   def generate(self, prompts: Sequence[str] | None = None, steps: int = 50, cfg: float = 7.5,
                eta: float = 0.0, seed: int = 0, labels: Sequence[int] | None = None,

@@ -7,7 +7,8 @@
 
 normalize / denormalize take `sample`: True (default, as diffusion.latent_sample) uses the
 statistics of the sampled latent z = mu + sigma * eps, False those of mu; a DiT must be
-sampled with the statistics it was trained with (psvae_jax/latent_stats.py).
+sampled with the statistics it was trained with (psvae_jax/latent_stats.py);
+`latent_normalization` picks them for a stage-3 config (training and `psvae_jax.api`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 
+from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import parallel
-from psvae_jax.models import builders
 from psvae_jax.models.autoencoder import PSVAE
 
 
@@ -111,3 +113,34 @@ def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
   params = checkpoint.restore_params(workdir, parallel.with_shardings(abstract, shardings),
                                      key="ema_params")
   return Autoencoder(model, params, config, latent_stats.load(workdir))
+
+
+def latent_normalization(config, ae: Autoencoder) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (mean, std) stage 3 normalises with: the statistics of what it trains on.
+
+  Encoding on the fly trains on sampled z (diffusion.latent_sample=True) or on mu; a latent
+  cache always yields sampled z. Warns when that latent, normalised, has a std outside
+  latent_stats.NORMALIZED_STD_RANGE (judged from the cache's own statistics on a cache).
+  """
+  sample = bool(config.diffusion.latent_sample)
+  on_cache = config.data.source == "latents"
+  if on_cache and not sample:
+    raise ValueError("--config.diffusion.latent_sample=False trains on mu, but a latent cache "
+                     "(data.source=latents) yields sampled z = mu + sigma * eps: keep "
+                     "latent_sample=True or encode images on the fly.")
+  if ae.stats is None:
+    raise ValueError(f"{config.autoencoder} has no {latent_stats.FILE}: finish its stage 2 "
+                     "first.")
+  mean, std = ae.normalization(sample)
+  data, where = ae.stats, f"{config.autoencoder}/{latent_stats.FILE}"
+  cached = latent_stats.load(config.data.path) if on_cache else None
+  if cached is not None and not cached.legacy:
+    data, where = cached, f"{config.data.path}/{latent_stats.FILE}"
+  if not (data.legacy and sample):  # (select has warned: z's statistics are unknown)
+    latent_stats.check_normalized(*data.select(sample), mean, std,
+                                  f"{'sampled z' if sample else 'mu'} as {where} describes it")
+  used = "mu" if not sample or ae.stats.legacy else "z"
+  logging.info("Stage 3 trains on %s, normalised with the '%s' statistics of %s:\n%s",
+               "sampled z" if sample else "mu", used, config.autoencoder,
+               latent_stats.describe(ae.stats))
+  return mean, std

@@ -3,7 +3,7 @@
 DiT-XL (text) with a T5-XXL-sized encoder (4096 wide, 24 layers, 64 heads) and the paper's
 PS-VAE (DINOv2-B, 16x16x96 latent): the production step, loop.train_step with DiTTask.loss
 (T5 forward, DiT forward + backward, AdamW, EMA), is lowered on ShapeDtypeStructs. The
-task is built by DiTTask itself; only its two file loaders are replaced by abstract stand-ins
+task is DiTTask itself, given abstract stand-ins for its frozen autoencoder and text encoder
 (no checkpoint of these sizes is read or materialised).
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 from configs import dit as dit_config
 from configs import psvae as psvae_config
 from psvae_jax import autoencoders
+from psvae_jax import builders
 from psvae_jax import latent_stats
 from psvae_jax import parallel
-from psvae_jax.models import builders
 from psvae_jax.models import text_encoders
 from psvae_jax.train import loop
 from psvae_jax.train import optim
@@ -29,8 +29,8 @@ def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def _abstract_dit_task(monkeypatch, config, mesh, text_width: int):
-  """DiTTask(config, mesh) over an abstract PS-VAE (dinov2_b) and T5-XXL-sized text encoder."""
+def _abstract_dit_task(config, mesh, text_width: int):
+  """DiTTask(config, mesh, ...) over an abstract PS-VAE (dinov2_b) and T5-XXL-sized text encoder."""
   ae_config = psvae_config.get_config("dinov2_b")
   ae_model = builders.build_psvae(ae_config.model)
   s = ae_config.data.image_size
@@ -45,18 +45,16 @@ def _abstract_dit_task(monkeypatch, config, mesh, text_width: int):
                                dense_act_fn="gelu_new", dtype=jnp.bfloat16)
   ids = jax.ShapeDtypeStruct((1, config.data.max_length), jnp.int32)
   t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
-  monkeypatch.setattr(autoencoders, "load_autoencoder", lambda *a, **k: ae)
-  monkeypatch.setattr(dit_task, "load_text_encoder", lambda *a, **k: (t5, t5_params, None))
   config.autoencoder = config.text_encoder = "(abstract)"
-  return dit_task.DiTTask(config, mesh)
+  return dit_task.DiTTask(config, mesh, ae, (t5, t5_params, None))
 
 
-def test_dit_xl_text_with_t5_xxl_lowers_sharded(monkeypatch):
+def test_dit_xl_text_with_t5_xxl_lowers_sharded():
   mesh = parallel.make_mesh(1, 8)
   config = dit_config.get_config("XL_text")
   config.batch_size, config.data.max_length = 16, 120
   config.dtype, config.model.remat = "bfloat16", True
-  task = _abstract_dit_task(monkeypatch, config, mesh, text_width=4096)
+  task = _abstract_dit_task(config, mesh, text_width=4096)
   tx = optim.make_optimizer(config.optim, config.num_train_steps,
                             functools.partial(optim.label_params, groups=task.param_groups))
   state = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),

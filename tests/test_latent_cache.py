@@ -14,6 +14,7 @@ import pytest
 
 from configs import svae
 from psvae_jax import autoencoders
+from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax.data import cache
 from psvae_jax.data import iterators
@@ -21,7 +22,6 @@ from psvae_jax.data import latents
 from psvae_jax.data import pipeline
 from psvae_jax.data import shapes
 from psvae_jax.data import sources
-from psvae_jax.models import builders
 from psvae_jax.train.state import TrainState
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

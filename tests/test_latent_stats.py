@@ -11,9 +11,9 @@ import pytest
 from configs import dit as dit_config
 from configs import psvae as psvae_config
 from psvae_jax import autoencoders
+from psvae_jax import builders
 from psvae_jax import latent_stats
 from psvae_jax import parallel
-from psvae_jax.models import builders
 from psvae_jax.train.tasks import autoencoder as ae_task
 from psvae_jax.train.tasks import dit as dit_task
 
@@ -81,14 +81,13 @@ def _stats(mu_std, z_std, channels=16):
 
 
 @pytest.mark.parametrize("sample", [True, False])
-def test_stage3_normalises_with_the_trained_latents_statistics(monkeypatch, sample):
+def test_stage3_normalises_with_the_trained_latents_statistics(sample):
   stats = _stats(mu_std=1e-3, z_std=1.0)
-  monkeypatch.setattr(autoencoders, "load_autoencoder", lambda *a, **k: _fake_autoencoder(stats))
   config = dit_config.get_config("tiny")
   config.model.cond_type = "class"
   config.autoencoder = "AE_DIR"
   config.diffusion.latent_sample = sample
-  task = dit_task.DiTTask(config, parallel.make_mesh(-1, 1))
+  task = dit_task.DiTTask(config, parallel.make_mesh(-1, 1), _fake_autoencoder(stats))
   consts = task.constants()
   np.testing.assert_array_equal(consts["latent_std"], stats.select(sample)[1])
   assert float(consts["latent_std"][0]) == pytest.approx(1.0 if sample else 1e-3)
@@ -115,11 +114,11 @@ def test_normalised_std_out_of_range_warns(tmp_path, caplog):
   config.data.source, config.data.path = "latents", str(tmp_path)
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    dit_task.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
+    autoencoders.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
   assert "Normalised latent std 100 is outside" in caplog.text
   config.diffusion.latent_sample = False
   with pytest.raises(ValueError, match="latent cache"):
-    dit_task.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
+    autoencoders.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
 
 
 def _never():

@@ -14,7 +14,7 @@ import transformers
 from configs import dit as dit_config
 from configs import psvae as psvae_config
 from configs import svae as svae_config
-from psvae_jax.models import builders
+from psvae_jax import builders
 from psvae_jax.models.autoencoder import PSVAE
 from psvae_jax.train import loop
 from psvae_jax.train import optim

@@ -14,7 +14,9 @@ from jax import flatten_util
 from configs import dit as dit_config
 from configs import psvae as psvae_config
 from configs import svae as svae_config
+from psvae_jax import builders
 from psvae_jax import parallel
+from psvae_jax.train import tasks
 from psvae_jax.train.tasks import autoencoder
 from psvae_jax.train.tasks import dit as dit_task
 from psvae_jax.weights import clip
@@ -97,7 +99,7 @@ def test_dit_loss_bf16_matches_fp32_and_stores_frozen_text_in_bf16(trained_dit):
     config = dit_config.get_config("tiny")
     config.autoencoder, config.text_encoder = str(trained_dit / "psvae"), text_dir
     config.dtype = config.text_encoder_dtype = dtype
-    task = dit_task.DiTTask(config, mesh)
+    task = dit_task.DiTTask(config, mesh, *tasks.dit_pieces(config, mesh))
     consts = task.constants()
     assert {str(x.dtype) for x in jax.tree.leaves(consts["text"])} == {dtype}  # frozen storage
     if params is None:
@@ -112,4 +114,4 @@ def test_dit_loss_bf16_matches_fp32_and_stores_frozen_text_in_bf16(trained_dit):
   _check(losses, dots)
   # A jointly trained text encoder keeps fp32 params whatever text_encoder_dtype says.
   config.train_text_encoder = True
-  assert dit_task.text_param_dtype(config) == jnp.float32
+  assert builders.text_param_dtype(config) == jnp.float32

@@ -21,6 +21,7 @@ from psvae_jax import losses
 from psvae_jax import parallel
 from psvae_jax.train import loop
 from psvae_jax.train import optim
+from psvae_jax.train import tasks
 from psvae_jax.train.tasks import autoencoder
 from psvae_jax.train.tasks import dit as dit_task
 
@@ -173,7 +174,8 @@ def eps_task(trained_dit):
   config.diffusion.objective = "eps"
   config.diffusion.schedule = "linear"
   config.train_text_encoder = False
-  task = dit_task.DiTTask(config, parallel.make_mesh(1, 1, devices=jax.devices()[:1]))
+  mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
+  task = dit_task.DiTTask(config, mesh, *tasks.dit_pieces(config, mesh))
   params, _ = task.init(jax.random.key(0))
   # Random weights everywhere (adaLN-Zero starts the output layer at zero: the prediction
   # would be 0 whatever the inputs).

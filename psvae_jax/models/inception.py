@@ -235,20 +235,6 @@ class InceptionV3FID(nn.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # (B, 2048) pool3
 
 
-def torch_name_map(params: Any) -> dict[str, str]:
-  """flax path "A/b/conv/kernel" -> torch state-dict key "A.b.conv.weight" for every param."""
-  from psvae_jax.weights import common  # pylint: disable=g-import-not-at-top
-  suffix = {"conv/kernel": "conv.weight", "bn/scale": "bn.weight", "bn/bias": "bn.bias",
-            "bn/mean": "bn.running_mean", "bn/var": "bn.running_var"}
-  out = {}
-  for path in common.flatten(params):
-    head, _, tail = path.rpartition("/")
-    head2, _, leaf_mod = head.rpartition("/")
-    key = f"{leaf_mod}/{tail}"
-    out[path] = f"{head2.replace('/', '.')}.{suffix[key]}".lstrip(".")
-  return out
-
-
 def abstract_params(module: InceptionV3FID, size: int = 75) -> Any:
   """Parameter shapes (they do not depend on the input size)."""
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
@@ -256,4 +242,4 @@ def abstract_params(module: InceptionV3FID, size: int = 75) -> Any:
 
 
 __all__: Sequence[str] = ("InceptionV3FID", "resize_bilinear", "bilinear_matrix", "FID_SIZE",
-                          "FEATURE_DIM", "torch_name_map", "abstract_params")
+                          "FEATURE_DIM", "abstract_params")

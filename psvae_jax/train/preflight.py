@@ -46,7 +46,7 @@ def _lpips_files(config) -> str | None:
   if config.stage not in ("svae", "psvae") or config.loss.lpips <= 0:
     return None
   lp = config.lpips
-  if lp.vgg == "random":  # builders.RANDOM (not imported: it would pull in JAX)
+  if lp.vgg == "random":  # psvae_jax.builders.RANDOM (not imported: it would pull in JAX)
     return None
   missing = [f"--config.lpips.{k}" for k in ("vgg", "heads") if not lp[k]]
   if not missing:

@@ -31,6 +31,19 @@ IGNORED_KEYS = ("fc.weight", "fc.bias")
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
+def torch_name_map(params: Any) -> dict[str, str]:
+  """flax path "A/b/conv/kernel" -> torch state-dict key "A.b.conv.weight" for every param."""
+  suffix = {"conv/kernel": "conv.weight", "bn/scale": "bn.weight", "bn/bias": "bn.bias",
+            "bn/mean": "bn.running_mean", "bn/var": "bn.running_var"}
+  out = {}
+  for path in common.flatten(params):
+    head, _, tail = path.rpartition("/")
+    head2, _, leaf_mod = head.rpartition("/")
+    key = f"{leaf_mod}/{tail}"
+    out[path] = f"{head2.replace('/', '.')}.{suffix[key]}".lstrip(".")
+  return out
+
+
 def check_not_torchvision(sd: dict[str, np.ndarray], path: str = "weights") -> None:
   """Raises if `sd` looks like torchvision's ImageNet Inception-v3 rather than the FID one."""
   aux = sorted(k for k in sd if k.startswith("AuxLogits."))
@@ -54,7 +67,7 @@ def convert(sd: dict[str, np.ndarray],
             ) -> tuple[dict[str, np.ndarray], list[str]]:
   """FID Inception state dict -> (flat flax params, unused source keys)."""
   module = module or inception_lib.InceptionV3FID()
-  names = inception_lib.torch_name_map(inception_lib.abstract_params(module))
+  names = torch_name_map(inception_lib.abstract_params(module))
   out, used = {}, set()
   for flax_path, key in names.items():
     if key in sd:

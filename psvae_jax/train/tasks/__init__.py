@@ -11,15 +11,26 @@ A task has:
   finish(state, consts, mesh, workdir)     e.g. latent statistics for stage 3
 """
 
+from psvae_jax import autoencoders
+from psvae_jax import builders
+from psvae_jax.train.tasks import autoencoder
+from psvae_jax.train.tasks import dit
+
+
+def dit_pieces(config, mesh):
+  """(frozen autoencoder, (text module, params, tokenizer)) of a stage-3 config, from files."""
+  if not config.autoencoder:
+    raise ValueError("Stage 3 needs --config.autoencoder=DIR (a trained PS-VAE workdir).")
+  return (autoencoders.load_autoencoder(config.autoencoder, mesh),
+          builders.load_text_encoder(config))
+
 
 def get_task(config, mesh):
   """The task of config.stage ("svae" | "psvae" | "dit")."""
   if config.stage in ("svae", "psvae"):
-    from psvae_jax.train.tasks import autoencoder  # pylint: disable=g-import-not-at-top
     return autoencoder.AutoencoderTask(config)
   if config.stage == "dit":
-    from psvae_jax.train.tasks import dit  # pylint: disable=g-import-not-at-top
     if config.model.cond_type == "text" and not config.data.tokenizer:
       config.data.tokenizer = config.text_encoder  # the encoder's own tokenizer
-    return dit.DiTTask(config, mesh)
+    return dit.DiTTask(config, mesh, *dit_pieces(config, mesh))
   raise ValueError(f"Unknown stage {config.stage!r}.")

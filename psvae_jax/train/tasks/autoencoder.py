@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from psvae_jax import autoencoders
+from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import losses
@@ -22,7 +23,6 @@ from psvae_jax import parallel
 from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import image_metrics
 from psvae_jax.evals import runner as eval_runner
-from psvae_jax.models import builders
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
 
 
