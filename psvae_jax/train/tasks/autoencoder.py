@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from psvae_jax import autoencoders
 from psvae_jax import builders
@@ -24,16 +25,6 @@ from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import image_metrics
 from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
-
-
-def _leaves(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_leaves(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def inherit_stage1_model(config) -> None:
@@ -49,8 +40,8 @@ def inherit_stage1_model(config) -> None:
   if stage1.stage != "svae":
     raise ValueError(f"--config.init_from={config.init_from} holds a {stage1.stage!r} run, "
                      "not a stage-1 (svae) workdir.")
-  mine = _leaves(config.model.to_dict())
-  for key, value in _leaves(stage1.model.to_dict()).items():
+  mine = traverse_util.flatten_dict(config.model.to_dict(), sep=".")
+  for key, value in traverse_util.flatten_dict(stage1.model.to_dict(), sep=".").items():
     if key not in mine:
       continue
     if isinstance(mine[key], tuple) and isinstance(value, list):
