@@ -34,7 +34,7 @@ def _proxy_figures(outdir: str, num_samples: int = 64, num_images: int = 128) ->
   then runs the fid and rfid evaluators of configs/eval.py:demo on OUTDIR/dit (figures also
   land in OUTDIR/dit/metrics.json and its TensorBoard events)."""
   from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
-  from psvae_jax.evals import proxy  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
   from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
   path = os.path.join(outdir, "fid_proxy.safetensors")
   t0 = time.time()
@@ -60,6 +60,9 @@ def main(argv):
   from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top
   from configs import svae as svae_config  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
+  # The shapes world: data.source="shapes", its adherence checker, the "proxy" features.
+  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  shapes_plugin.register()
   t0 = time.time()
   out = _OUTDIR.value
   report = {}
@@ -80,12 +83,12 @@ def main(argv):
   report["psnr_stage1"] = m1.get("psnr")
 
   # Stage 3: a frozen, random-initialised CLIP-shaped text encoder over the shapes words
-  # (psvae_jax/weights/demo_text.py says why), then the DiT in the PS-VAE latent.
+  # (psvae_jax/shapes/text.py says why), then the DiT in the PS-VAE latent.
   t3 = time.time()
   from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
-  from psvae_jax.weights import demo_text  # pylint: disable=g-import-not-at-top
-  text_dir = demo_text.build_demo_text_encoder(f"{out}/text_encoder",
-                                               demo_text.shapes_vocabulary())
+  from psvae_jax.shapes import text as shapes_text  # pylint: disable=g-import-not-at-top
+  text_dir = shapes_text.build_demo_text_encoder(f"{out}/text_encoder",
+                                                 shapes_text.shapes_vocabulary())
   # Encode the training images once (latent cache): each DiT step then skips image
   # generation and the encoder (measured 0.23 -> 0.165 s/step).
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
@@ -112,8 +115,8 @@ def main(argv):
   # Editing (SDEdit, strength 0.7) and inpainting of held-out shapes: grids in OUT/edits/.
   t_edit = time.time()
   from psvae_jax import api  # pylint: disable=g-import-not-at-top
-  from psvae_jax import editing  # pylint: disable=g-import-not-at-top
-  report.update(editing.demo_figures(api.load(f"{out}/dit"), f"{out}/edits"))
+  from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
+  report.update(figures.demo_figures(api.load(f"{out}/dit"), f"{out}/edits"))
   report["seconds_edits"] = time.time() - t_edit
   report["seconds"] = time.time() - t0
   with open(f"{out}/report.json", "w") as f:

@@ -1,8 +1,9 @@
-"""Image editing (SDEdit) and inpainting: input/mask preparation, compositing, demo figures.
+"""Image editing (SDEdit) and inpainting: input/mask preparation and compositing.
 
 The sampling itself is `Generator.edit_latents` (one jit, the same scan sampler as generation);
 this module holds the host-side parts used by `psvae_jax.api.Pipeline.edit` / `.inpaint`,
-`python -m psvae_jax.sample --init_image=... [--mask=...]` and the demo:
+`python -m psvae_jax.sample --init_image=... [--mask=...]` and the demo's figures
+(`psvae_jax.shapes.figures`):
 
 - `prepare_images`: images of any size -> the model's square resolution, by center crop
   ("crop") or padding ("pad"), with a `Placement` that maps a result back to the input size.
@@ -13,7 +14,6 @@ this module holds the host-side parts used by `psvae_jax.api.Pipeline.edit` / `.
   if any of its pixels is), then dilated by `dilation` cells.
 - `composite`: the final image = feathered mask * generated + (1 - mask) * original.
 - `load_image` / `load_mask`: files -> arrays with clear errors (`EditInputError`).
-- `demo_figures`: edit_adherence, inpaint_keep_psnr, inpaint_adherence on held-out shapes.
 """
 
 from __future__ import annotations
@@ -234,86 +234,6 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
   return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-# ---- demo figures ---------------------------------------------------------------------------
-def _edit_prompt(objects, rng: np.random.Generator) -> tuple[str, list]:
-  """A new caption for a scene: the first object's colour changed."""
-  from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
-  first = objects[0]
-  colors = [c for c in shapes.COLORS if c != first.color]
-  new = dataclasses.replace(first, color=colors[int(rng.integers(len(colors)))])
-  return shapes.caption([new, *objects[1:]]), [new, *objects[1:]]
-
-
-def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps: int = 25,
-                 cfg: float = 7.5, seed: int = 0, first_index: int = 10**6) -> dict[str, float]:
-  """Edits and inpaints `num` held-out shapes images; writes before/after grids; returns figures.
-
-  - edit_adherence: the checker accepts the edit (strength `strength`) for a caption with the
-    first object's colour changed;
-  - inpaint: the half of the image holding the first object is masked (white) and regenerated
-    with a caption naming a different shape/colour there: inpaint_keep_psnr is the PSNR outside
-    the mask vs the input, inpaint_adherence the checker's acceptance of the new caption.
-  Edits and inpaints share one compiled sampler (same batch size).
-  """
-  from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
-  size = pipe.image_size
-  rng = np.random.default_rng(seed)
-  images, edit_caps, inpaint_caps, masks = [], [], [], []
-  for i in range(num):
-    r = np.random.default_rng([seed, first_index + i])
-    bg = tuple(int(c) for c in r.integers(0, 41, 3))
-    objects = shapes.sample_scene(r)
-    images.append(shapes.render(objects, size, bg))
-    edit_caps.append(_edit_prompt(objects, rng)[0])
-    first = objects[0]
-    new = dataclasses.replace(
-        first, shape=[s for s in shapes.SHAPES if s != first.shape][int(rng.integers(2))],
-        color=[c for c in shapes.COLORS if c != first.color][int(rng.integers(6))])
-    inpaint_caps.append(shapes.caption([new, *objects[1:]]))
-    masks.append(_half_mask(first.position, size))
-  images = np.stack(images)
-  masks = np.stack(masks)
-  full = np.ones_like(masks)
-  edited = pipe.edit(images, edit_caps, strength=strength, steps=steps, cfg=cfg, seed=seed)
-  inpainted = pipe.inpaint(images, masks, inpaint_caps, steps=steps, cfg=cfg, seed=seed)
-  keep = [psnr(inpainted[i], images[i], masks[i] < 0.5) for i in range(num)]
-  figures = {
-      "edit_adherence": float(np.mean(shapes.score_batch(edited, edit_caps))),
-      "inpaint_keep_psnr": float(np.mean(np.minimum(keep, 100.0))),
-      "inpaint_adherence": float(np.mean(shapes.score_batch(inpainted, inpaint_caps))),
-      "edit_settings": dict(num=num, strength=strength, steps=steps, cfg=cfg),
-  }
-  grid = lambda *rows: metrics_lib.grid(np.stack([im for row in zip(*rows) for im in row]),
-                                        cols=len(rows) * 4)
-  mask_rgb = (masks[..., None] * 255).astype(np.uint8).repeat(3, axis=-1)
-  metrics_lib.save_png(os.path.join(out_dir, "edit_before_after.png"), grid(images, edited))
-  metrics_lib.save_png(os.path.join(out_dir, "inpaint_before_mask_after.png"),
-                       grid(images, mask_rgb, inpainted))
-  with open(os.path.join(out_dir, "captions.txt"), "w") as f:
-    for i in range(num):
-      f.write(f"{i}\tedit: {edit_caps[i]}\tinpaint: {inpaint_caps[i]}\n")
-  return figures
-
-
-def _half_mask(position: str, size: int) -> np.ndarray:
-  """{0, 1} (size, size): the half of the image that holds an object at `position`."""
-  m = np.zeros((size, size), np.float32)
-  half = size // 2
-  if position == "left":
-    m[:, :half] = 1
-  elif position == "right":
-    m[:, half:] = 1
-  elif position == "top":
-    m[:half] = 1
-  elif position == "bottom":
-    m[half:] = 1
-  else:
-    q = size // 4
-    m[q:size - q, q:size - q] = 1
-  return m
-
-
 __all__ = ["EditInputError", "Placement", "load_image", "load_mask", "check_strength",
            "prepare_image", "prepare_images", "restore_size", "binarize_mask", "prepare_mask",
-           "latent_mask", "feather_weights", "composite", "psnr", "demo_figures"]
+           "latent_mask", "feather_weights", "composite", "psnr"]

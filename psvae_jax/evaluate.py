@@ -26,6 +26,9 @@ def main(argv):
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.initialize("auto")
   from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
+  # The demo's shapes world: its data source, the adherence checker, the "proxy" features.
+  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  shapes_plugin.register()
   results = runner.evaluate(_WORKDIR.value, _CONFIG.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 

@@ -46,6 +46,9 @@ def main(argv):
                      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
                      heartbeat_timeout_s=_HEARTBEAT.value)
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
+  # The demo's shapes world: data.source="shapes", its adherence checker, "proxy" features.
+  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  shapes_plugin.register()
   result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Done: %s", result)
 

@@ -26,6 +26,11 @@ import sys  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
+from psvae_jax.shapes import plugin  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.shapes import text as demo_text  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+plugin.register()  # the demo's shapes world: data.source="shapes", its checker, "proxy" features
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Smaller than `tiny` so each compile stays short; the same code path as the demo.
 SMALL_AE = ["--config.model.encoder.num_layers=1", "--config.model.pixel_decoder.num_layers=1",
@@ -55,7 +60,6 @@ def svae_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_dit(tmp_path_factory, svae_dir):
   """A tiny trained chain: stage 1 -> stage 2 -> demo text encoder -> stage 3 (a few steps)."""
-  from psvae_jax.weights import demo_text  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("chain")
   steps = ["--config.num_train_steps=4", "--config.eval_every=4", "--config.ckpt_every=4"]
   run_main(root / "psvae", "configs/psvae.py:tiny", *SMALL_AE, *steps,

@@ -11,7 +11,7 @@ from PIL import Image
 from psvae_jax import api
 from psvae_jax import editing
 from psvae_jax import runtime
-from psvae_jax.data import shapes
+from psvae_jax.shapes import world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def pipe(trained_dit):
 
 
 def _scenes(n, size=32):
-  pairs = [shapes.generate(500 + i, size) for i in range(n)]
+  pairs = [world.generate(500 + i, size) for i in range(n)]
   return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
 
 
@@ -63,7 +63,7 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
 
 def test_any_input_size_is_returned_at_that_size(pipe):
   img = np.random.default_rng(1).integers(0, 255, (24, 40, 3), np.uint8)
-  cap = shapes.generate(0, 32)[1]
+  cap = world.generate(0, 32)[1]
   crop = pipe.edit([img], [cap], strength=0.5, steps=4)
   pad = pipe.edit(img, cap, strength=0.5, steps=4, fit="pad")
   assert crop.shape == pad.shape == (1, 24, 40, 3)
@@ -121,13 +121,13 @@ def test_bad_inputs(pipe, tmp_path):
 def _cli(trained_dit, *args):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "psvae_jax.sample", f"--workdir={trained_dit / 'dit'}",
-         f"--prompt={shapes.generate(0, 32)[1]}", *args]
+         f"--prompt={world.generate(0, 32)[1]}", *args]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_sample_cli_inpaint_and_clear_errors(trained_dit, tmp_path):
   img = tmp_path / "in.png"
-  Image.fromarray(shapes.generate(3, 48)[0]).save(img)
+  Image.fromarray(world.generate(3, 48)[0]).save(img)
   mask = tmp_path / "mask.png"
   Image.fromarray(np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))).save(mask)
   for args, msg in [([f"--init_image={tmp_path / 'no.png'}"], "not found"),

@@ -20,8 +20,9 @@ from psvae_jax.data import cache
 from psvae_jax.data import iterators
 from psvae_jax.data import latents
 from psvae_jax.data import pipeline
-from psvae_jax.data import shapes
 from psvae_jax.data import sources
+from psvae_jax.shapes import source as shapes_source
+from psvae_jax.shapes import world
 from psvae_jax.train.state import TrainState
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def test_cache_matches_direct_encoding(ae, ae_dir, cache_dir):
   assert meta["autoencoder"] == os.path.abspath(ae_dir)
   source = latents.LatentCacheSource(cache_dir)
   assert len(source) == 40
-  images, captions = zip(*(shapes.generate(i, 32, 3) for i in range(40)))
+  images, captions = zip(*(world.generate(i, 32, 3) for i in range(40)))
   x = np.stack(images).astype(np.float32) / 127.5 - 1  # (40, 32, 32, 3)
   mu, logvar = map(np.asarray, ae.encode(jnp.asarray(x)))
   for i in (0, 17, 39):
@@ -130,7 +131,7 @@ def test_latent_iterator_sampling_and_resume(cache_dir):
     np.testing.assert_array_equal(got["latent"], expected["latent"])
     assert list(got["caption"]) == list(expected["caption"])
   eval_set = pipeline.build_eval_set(dict(cfg, num_eval=8, image_size=32), 4)
-  assert eval_set["caption"] == [shapes.generate(sources.EVAL_INDEX_OFFSET + i, 32, 3)[1]
+  assert eval_set["caption"] == [world.generate(shapes_source.EVAL_INDEX_OFFSET + i, 32, 3)[1]
                                  for i in range(4)]  # The shapes' held-out split.
   parts = [latents.build_latent_iterator(cfg, global_batch_size=4, seed=1, process_index=p,
                                          process_count=2) for p in range(2)]
@@ -143,7 +144,7 @@ def test_cli_folder_with_bad_records_float32_sample(ae_dir, tmp_path, monkeypatc
   folder = tmp_path / "images"
   folder.mkdir()
   for i in range(5):
-    image, caption = shapes.generate(i, 48, 0)
+    image, caption = world.generate(i, 48, 0)
     Image.fromarray(image).save(folder / f"{i}.png")
     (folder / f"{i}.txt").write_text(caption)
   (folder / "bad.jpg").write_bytes(b"")
@@ -163,7 +164,7 @@ def test_cli_folder_with_bad_records_float32_sample(ae_dir, tmp_path, monkeypatc
   assert meta["count"] == 5 and meta["counters"] == {"skipped_empty_file": 1}
   record = latents.LatentCacheSource(out)[0]
   assert set(record) == {"z", "caption", "label", "index"} and record["z"].shape == (8, 8, 16)
-  assert record["caption"] == shapes.generate(0, 48, 0)[1]
+  assert record["caption"] == world.generate(0, 48, 0)[1]
   stats = latents.LatentCacheSource(out).stats()  # z's spread estimated from (z - mu)^2
   assert stats.num_images == 5 and np.all(stats.sample_std > stats.mu_std)
   with pytest.raises(FileExistsError):

@@ -22,8 +22,8 @@ from configs import svae as svae_config
 from psvae_jax import api
 from psvae_jax import checkpoint
 from psvae_jax.evals import runner as eval_runner
+from psvae_jax.shapes import text as demo_text
 from psvae_jax.train import loop
-from psvae_jax.weights import demo_text
 
 ENC_PX, PIX_PX = 56, 64  # 4x4 DINOv2 tokens (patch 14) -> 4x4x96 latent -> 16x conv decoder
 

@@ -12,9 +12,11 @@ from PIL import Image
 import pytest
 
 from psvae_jax.data import pipeline
-from psvae_jax.data import shapes
 from psvae_jax.data import sources
 from psvae_jax.data import text
+from psvae_jax.shapes import checker
+from psvae_jax.shapes import source as shapes_source
+from psvae_jax.shapes import world
 
 
 def _cfg(**overrides):
@@ -48,7 +50,7 @@ def test_batch_shape_dtype_range():
     assert batch["label"].dtype == np.int32
     # Pixels round-trip to the generated uint8 images: the checker agrees.
     u8 = np.round((batch["image"] + 1) * 127.5).astype(np.uint8)
-    assert shapes.score_batch(u8, list(batch["caption"])).all()
+    assert checker.score_batch(u8, list(batch["caption"])).all()
   assert it.num_bad_records == 0
 
 
@@ -210,10 +212,10 @@ def test_eval_set_is_deterministic_and_held_out():
   assert all(isinstance(c, str) for c in a["caption"])
   np.testing.assert_array_equal(a["image"], b["image"])
   assert a["caption"] == b["caption"]
-  expected, caption = shapes.generate(sources.EVAL_INDEX_OFFSET, 32, seed=0)
+  expected, caption = world.generate(shapes_source.EVAL_INDEX_OFFSET, 32, seed=0)
   assert caption == a["caption"][0]
   np.testing.assert_allclose(a["image"][0], expected / 127.5 - 1, atol=1e-6)
-  train, _ = shapes.generate(0, 32, seed=0)
+  train, _ = world.generate(0, 32, seed=0)
   assert not np.array_equal(train, expected)
 
 

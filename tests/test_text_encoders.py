@@ -13,9 +13,9 @@ import transformers
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
-from psvae_jax.data import shapes
+from psvae_jax.shapes import text as demo_text
+from psvae_jax.shapes import world
 from psvae_jax.weights import clip as clip_weights
-from psvae_jax.weights import demo_text
 from psvae_jax.weights import t5 as t5_weights
 
 _TOL = 1e-5
@@ -145,14 +145,14 @@ def test_bad_checkpoint_names_entries(tmp_path):
 def test_demo_text_encoder(tmp_path):
   vocab = demo_text.shapes_vocabulary()
   assert {"a", "and", "on", "the", "at", "in"} <= set(vocab)
-  assert set(shapes.COLORS) | set(shapes.SHAPES) | set(shapes.POSITIONS) <= set(vocab)
+  assert set(world.COLORS) | set(world.SHAPES) | set(world.POSITIONS) <= set(vocab)
   out = demo_text.build_demo_text_encoder(str(tmp_path / "te"), vocab,
                                           hidden_size=32, max_length=16)
   tokenizer = clip_weights.load_tokenizer(out)
   module, params = clip_weights.load_clip_text(out)
-  objs = [shapes.ShapeObject("circle", "red", "left"),
-          shapes.ShapeObject("square", "blue", "right")]
-  texts = [shapes.caption(objs), shapes.caption(objs[1:])]
+  objs = [world.ShapeObject("circle", "red", "left"),
+          world.ShapeObject("square", "blue", "right")]
+  texts = [world.caption(objs), world.caption(objs[1:])]
   ids, mask = clip_weights.tokenize(tokenizer, texts, max_length=16)
   assert ids.dtype == np.int32 and ids.shape == mask.shape == (2, 16)
   assert tokenizer.unk_token_id not in ids[mask == 1]
@@ -167,11 +167,11 @@ def test_demo_text_encoder(tmp_path):
 
 
 def _demo_captions() -> list[str]:
-  objs = [shapes.ShapeObject("circle", "red", "left"),
-          shapes.ShapeObject("square", "blue", "right"),
-          shapes.ShapeObject("triangle", "green", "top")]
-  return [shapes.caption(objs[:2]), shapes.caption(objs[1:2]),
-          shapes.caption(objs[2:]), shapes.caption(objs[::-1])]
+  objs = [world.ShapeObject("circle", "red", "left"),
+          world.ShapeObject("square", "blue", "right"),
+          world.ShapeObject("triangle", "green", "top")]
+  return [world.caption(objs[:2]), world.caption(objs[1:2]),
+          world.caption(objs[2:]), world.caption(objs[::-1])]
 
 
 def test_demo_text_encoder_loads_in_transformers(tmp_path):
@@ -205,7 +205,7 @@ def test_demo_text_encoder_builds_without_torch(tmp_path):
   script = textwrap.dedent(f"""
       import sys
       sys.modules["torch"] = None  # Any `import torch` now raises ImportError.
-      from psvae_jax.weights import demo_text
+      from psvae_jax.shapes import text as demo_text
       demo_text.build_demo_text_encoder(
           {out!r}, demo_text.shapes_vocabulary(), hidden_size=32, seed=5)
       assert sys.modules["torch"] is None

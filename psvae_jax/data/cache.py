@@ -265,5 +265,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Run as a program: the demo's shapes world provides data.source="shapes" (--data=shapes:...).
+  # Not when imported: the library does not depend on psvae_jax.shapes.
+  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  shapes_plugin.register()
   define_flags()
   app.run(main)

@@ -7,7 +7,6 @@ decode). Decoding, caption repair and resizing happen in the input pipeline
 (`psvae_jax.data.pipeline`), where bad records are skipped and counted.
 
 `get_source(data_cfg, split)` picks the source from `data.source`:
-  * "shapes": the synthetic captioned shapes (`psvae_jax.data.shapes`);
   * "folder": an image folder (`data.path`): class subfolders, captions.jsonl or .txt
     sidecars, optional train/ and val/ split subfolders;
   * "tfds": a prepared TensorFlow Datasets dataset in ArrayRecord format
@@ -15,6 +14,9 @@ decode). Decoding, caption repair and resizing happen in the input pipeline
     prepare ImageNet, COCO or a folder);
   * "latents": a latent cache written by `python -m psvae_jax.data.cache` (`data.path`);
     its "eval" split is the eval split of the dataset the cache was made from.
+Other kinds are registered with `register_source` by whoever provides them: the synthetic
+captioned shapes of the demo ("shapes") by `psvae_jax.shapes.plugin.register()`, which the
+entry points that can run a shapes config call.
 """
 
 from __future__ import annotations
@@ -29,51 +31,17 @@ import numpy as np
 
 from psvae_jax.data import config
 from psvae_jax.data import latents
-from psvae_jax.data import shapes
 from psvae_jax.data import text
 from psvae_jax.data import tfds_source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTIONS_FILE = "captions.jsonl"
-EVAL_INDEX_OFFSET = 10_000_000  # Shapes held-out split: generator indices.
 _SPLIT_DIRS = {
     "train": ("train",),
     "eval": ("eval", "val", "validation", "test"),
 }
 
 Record = dict[str, Any]
-
-
-class ShapesSource:
-  """Synthetic captioned shapes, generated on the fly and deterministically.
-
-  Record i is `shapes.generate(index_offset + i, image_size, seed)`.
-  """
-
-  def __init__(self, num_records: int, image_size: int, seed: int,
-               index_offset: int = 0):
-    if num_records <= 0:
-      raise ValueError(f"num_records must be positive, got {num_records}.")
-    self._num_records = int(num_records)
-    self._image_size = int(image_size)
-    self._seed = int(seed)
-    self._index_offset = int(index_offset)
-
-  def __len__(self) -> int:
-    return self._num_records
-
-  def __getitem__(self, index: int) -> Record:
-    index = int(index)
-    if not 0 <= index < self._num_records:
-      raise IndexError(f"Index {index} out of range [0, {self._num_records}).")
-    image, caption = shapes.generate(
-        self._index_offset + index, self._image_size, self._seed)
-    return {"image": image, "caption": caption, "label": -1}
-
-  def __repr__(self) -> str:
-    return (f"ShapesSource(num_records={self._num_records}, "
-            f"image_size={self._image_size}, seed={self._seed}, "
-            f"index_offset={self._index_offset})")
 
 
 class ImageFolderSource:
@@ -271,19 +239,6 @@ def _cap(source: Any, limit: int | None) -> Any:
   return source
 
 
-def _shapes_source(cfg: Any, split: str) -> ShapesSource:
-  train = split == "train"
-  num_records = int(_limit(cfg, split))
-  if train and num_records > EVAL_INDEX_OFFSET:
-    raise ValueError(f"num_train={num_records} would overlap the held-out "
-                     f"shapes (indices from {EVAL_INDEX_OFFSET}).")
-  return ShapesSource(
-      num_records=num_records,
-      image_size=int(cfg.image_size),
-      seed=int(cfg.seed),
-      index_offset=0 if train else EVAL_INDEX_OFFSET)
-
-
 def _tfds_source(cfg: Any, split: str) -> Any:
   split_name = cfg.train_split if split == "train" else cfg.eval_split
   source = tfds_source.TfdsSource(
@@ -304,13 +259,22 @@ def _latent_source(cfg: Any, split: str) -> Any:
   return get_source(origin, "eval")
 
 
-# data.source -> builder(cfg, split), cfg complete (`config.resolve`). Register new kinds here.
+# data.source -> builder(cfg, split), cfg complete (`config.resolve`); more through
+# `register_source`.
 SOURCES: dict[str, Callable[[Any, str], Any]] = {
-    "shapes": _shapes_source,
     "folder": _folder_source,
     "tfds": _tfds_source,
     "latents": _latent_source,
 }
+
+
+def register_source(name: str, factory: Callable[[Any, str], Any]) -> None:
+  """Registers (or replaces) data.source=`name`: factory(resolved data cfg, split) -> source.
+
+  The factory gets the data config completed by `config.resolve` and "train" or "eval",
+  and returns a random-access source of dict records (module docstring).
+  """
+  SOURCES[name] = factory
 
 
 def get_source(data_cfg: Any, split: str) -> Any:
@@ -336,5 +300,6 @@ def get_source(data_cfg: Any, split: str) -> Any:
   cfg = config.resolve(data_cfg)
   if cfg.source not in SOURCES:
     raise ValueError(
-        f"Unknown data source {cfg.source!r} (expected one of {sorted(SOURCES)}).")
+        f"Unknown data source {cfg.source!r}; registered: {sorted(SOURCES)} (the demo's "
+        "'shapes': psvae_jax.shapes.plugin.register(), which the entry points call).")
   return SOURCES[cfg.source](cfg, split)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax import parallel
+from psvae_jax.evals import checkers
 from psvae_jax.evals import fid as fid_lib
 from psvae_jax.evals import image_metrics
 
@@ -190,17 +191,21 @@ class FID:
 
 
 class Adherence(FID):
-  """Shapes prompt adherence of generated samples (psvae_jax.data.shapes.score)."""
+  """Prompt adherence of generated samples, by the registered checker that accepts the eval
+  captions (psvae_jax/evals/checkers.py; the shapes demo registers "shapes")."""
 
   def run(self, ctx):
-    from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
     captions = list(ctx.eval_data(self.n)["caption"])
+    checker = checkers.for_captions(captions)
+    if checker is None:
+      raise ValueError(f"adherence: no registered checker accepts the eval captions "
+                       f"(registered: {checkers.registered()}; e.g. {str(captions[:1])[:80]}).")
     key = ("gen", self.n, self.steps, self.cfg, self.seed,
            f"captions of the first {len(captions)} eval images")
     if key not in ctx.cache:
       ctx.cache[key] = ctx.generate(captions, self.steps, self.cfg, self.seed)
     images = ctx.cache[key]
-    return {"adherence": float(np.mean(shapes.score_batch(images, captions))),
+    return {"adherence": checkers.adherence(images, captions, checker),
             "steps": self.steps, "cfg": self.cfg, "num_samples": self.n}
 
 

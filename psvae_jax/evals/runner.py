@@ -25,21 +25,11 @@ from psvae_jax import metrics as metrics_lib
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
 from psvae_jax.evals import evaluators
-from psvae_jax.evals import proxy
+from psvae_jax.evals import features
 from psvae_jax.models.autoencoder import PSVAE
-from psvae_jax.weights import inception
 from psvae_jax.weights import lpips
 
 GENERATION_TYPES = ("fid", "adherence")
-
-
-def feature_net(kind: str, weights: str, image_size: int):
-  """(jitted uint8 images -> features, dim) for "proxy" or "inception" with a weights file."""
-  if kind == "proxy":
-    module, params = proxy.load_proxy(weights, image_size)
-    return jax.jit(proxy.feature_fn(module, params)), proxy.FEATURE_DIM
-  module, params = inception.load_inception(weights)
-  return jax.jit(lambda x: module.apply({"params": params}, x)), 2048
 
 
 def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dict[str, float]:
@@ -53,7 +43,7 @@ def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dic
   for e in config.evals.values():
     e = dict(e)
     if e.get("feature") and e["feature"] not in ctx.feature_nets:
-      ctx.feature_nets[e["feature"]] = feature_net(e["feature"], e["weights"],
+      ctx.feature_nets[e["feature"]] = features.feature_net(e["feature"], e["weights"],
                                                    config.data.image_size)
   evals = {k: v for k, v in config.evals.items()
            if (dict(v)["type"] in GENERATION_TYPES) == (generate is not None)}
@@ -105,11 +95,11 @@ def build_context(workdir: str, config):
   if "proxy" in kinds:
     path = config.proxy_weights or os.path.join(os.path.dirname(os.path.abspath(workdir)),
                                                 "fid_proxy.safetensors")
-    ctx.feature_nets["proxy"] = feature_net("proxy", path, ae.image_size)
+    ctx.feature_nets["proxy"] = features.feature_net("proxy", path, ae.image_size)
   if "inception" in kinds:
     if not config.inception_weights:
       raise ValueError("Inception FID needs --config.inception_weights=pt_inception-...pth.")
-    ctx.feature_nets["inception"] = feature_net("inception", config.inception_weights,
+    ctx.feature_nets["inception"] = features.feature_net("inception", config.inception_weights,
                                                 ae.image_size)
   if any(dict(e)["type"] == "lpips" for e in config.evals.values()):
     if config.lpips_vgg:

@@ -22,6 +22,7 @@ from psvae_jax import latent_stats
 from psvae_jax import losses
 from psvae_jax import parallel
 from psvae_jax.data import pipeline  # noqa
+from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import image_metrics
 from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
@@ -188,9 +189,9 @@ class AutoencoderTask:
     per_image, recons = self.reconstruct(state, consts, mesh, data["image"])
     scalars = {k: float(np.mean(v)) for k, v in per_image.items()}
     recon_u8 = metrics_lib.to_uint8(recons)
-    if self.config.data.source == "shapes":
-      from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
-      scalars["recon_adherence"] = float(np.mean(shapes.score_batch(recon_u8, data["caption"])))
+    checker = eval_checkers.get(self.config.data.source)  # registered for this data (shapes)
+    if checker is not None:
+      scalars["recon_adherence"] = eval_checkers.adherence(recon_u8, data["caption"], checker)
     k = min(self.config.eval.num_grid, len(recons))
     pairs = np.concatenate([metrics_lib.to_uint8(data["image"][:k]), recon_u8[:k]])
     images = {"reconstructions": metrics_lib.grid(pairs, cols=k)}

@@ -12,24 +12,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import generation
 from psvae_jax.data import pipeline
+from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
-
-
-def _shapes_captions(captions) -> bool:
-  """True when every caption is a synthetic-shapes caption the checker can score."""
-  from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
-  try:
-    return bool(captions) and all(shapes.parse_caption(str(c)) for c in captions)
-  except ValueError:
-    return False
 
 
 class DiTTask:
@@ -90,7 +81,7 @@ class DiTTask:
     loss = jnp.mean(self.objective.loss(pred, self.objective.target(z0, noise, t)))
     return loss, {"loss": loss, "latent_std": jnp.std(z0)}
 
-  # ---- evaluation: sample grids (and prompt adherence on the shapes) -----------------------
+  # ---- evaluation: sample grids (and prompt adherence where a checker reads the captions) ---
   def eval_prompts(self):
     if not hasattr(self, "_eval"):
       self._eval = pipeline.build_eval_set(self.config.data, self.config.eval.num_images)
@@ -110,12 +101,12 @@ class DiTTask:
     labels = data.get("label") if self.config.model.cond_type == "class" else None
     scalars, images = {}, {}
     scales = tuple(self.config.eval.get("guidance_scales", ())) or (self.config.sample.cfg, 1.0)
+    checker = eval_checkers.for_captions(captions)  # a registered one that reads these captions
     for cfg in sorted(set(scales)):
       out = self.generate(state.ema_params, consts, captions, labels, cfg)
       suffix = "" if cfg == self.config.sample.cfg else f"_cfg{cfg:g}"
-      if _shapes_captions(captions):  # shapes data, directly or through a latent cache
-        from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
-        scalars["adherence" + suffix] = float(np.mean(shapes.score_batch(out, captions)))
+      if checker is not None:  # e.g. shapes data, directly or through a latent cache
+        scalars["adherence" + suffix] = eval_checkers.adherence(out, captions, checker)
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = metrics_lib.grid(out[:k])
     logging.info("sample settings: steps=%d cfg=%g eta=%g guidance_interval=%s n=%d",

@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from psvae_jax.data import shapes
+from psvae_jax.shapes import world
 from psvae_jax.weights import common
 
 FEATURE_DIM = 128
-NUM_POS, NUM_SHAPE, NUM_COLOR = len(shapes.POSITIONS), len(shapes.SHAPES) + 1, len(shapes.COLORS) + 1
+NUM_POS, NUM_SHAPE, NUM_COLOR = len(world.POSITIONS), len(world.SHAPES) + 1, len(world.COLORS) + 1
 
 
 class ProxyNet(nn.Module):
@@ -43,17 +43,17 @@ class ProxyNet(nn.Module):
 def caption_labels(caption: str) -> tuple[np.ndarray, np.ndarray]:
   """(shape index (5,), colour index (5,)) per position; 0 = nothing there."""
   shape_idx, color_idx = np.zeros(NUM_POS, np.int32), np.zeros(NUM_POS, np.int32)
-  for obj in shapes.parse_caption(caption):
-    p = shapes.POSITIONS.index(obj.position)
-    shape_idx[p] = shapes.SHAPES.index(obj.shape) + 1
-    color_idx[p] = list(shapes.COLORS).index(obj.color) + 1
+  for obj in world.parse_caption(caption):
+    p = world.POSITIONS.index(obj.position)
+    shape_idx[p] = world.SHAPES.index(obj.shape) + 1
+    color_idx[p] = list(world.COLORS).index(obj.color) + 1
   return shape_idx, color_idx
 
 
 def shapes_dataset(num: int, image_size: int, seed: int) -> dict[str, np.ndarray]:
   imgs, s_lab, c_lab = [], [], []
   for i in range(num):
-    img, cap = shapes.generate(i, image_size, seed=seed)
+    img, cap = world.generate(i, image_size, seed=seed)
     s, c = caption_labels(cap)
     imgs.append(img)
     s_lab.append(s)
@@ -130,3 +130,9 @@ def feature_fn(module, params):
   """uint8-range images -> (B, 128) features, a pure function for jit."""
   return functools.partial(lambda p, x: module.apply({"params": p}, x)[0], params)
 
+
+def load_feature_net(path: str, image_size: int) -> tuple[Any, int]:
+  """(jitted uint8 images -> (B, 128) features, 128) of a saved proxy: the loader that
+  `plugin.register()` registers as the "proxy" feature net (psvae_jax/evals/features.py)."""
+  module, params = load_proxy(path, image_size)
+  return jax.jit(feature_fn(module, params)), FEATURE_DIM

@@ -35,23 +35,23 @@ import os
 
 import numpy as np
 
-from psvae_jax.data import shapes
+from psvae_jax.shapes import world
 
 SPECIALS_BEFORE = ("[PAD]", "[UNK]", "[BOS]")
 EOS = "[EOS]"
 
 
 def shapes_vocabulary() -> list[str]:
-  """Every word ``shapes.caption`` can produce, in order of first appearance."""
+  """Every word ``world.caption`` can produce, in order of first appearance."""
   words: list[str] = []
-  singles = [shapes.ShapeObject(shape=s, color=c, position=p)
-             for c, s, p in itertools.product(shapes.COLORS, shapes.SHAPES,
-                                              shapes.POSITIONS)]
-  pairs = [[a, shapes.ShapeObject(shape=a.shape, color=a.color,
-                                  position=shapes.OPPOSITE[a.position])]
-           for a in singles if a.position in shapes.OPPOSITE]
+  singles = [world.ShapeObject(shape=s, color=c, position=p)
+             for c, s, p in itertools.product(world.COLORS, world.SHAPES,
+                                              world.POSITIONS)]
+  pairs = [[a, world.ShapeObject(shape=a.shape, color=a.color,
+                                 position=world.OPPOSITE[a.position])]
+           for a in singles if a.position in world.OPPOSITE]
   for objects in [[o] for o in singles] + pairs:
-    for word in shapes.caption(objects).lower().split():
+    for word in world.caption(objects).lower().split():
       if word not in words:
         words.append(word)
   return words

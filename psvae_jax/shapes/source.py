@@ -1,0 +1,63 @@
+"""The "shapes" data source: synthetic captioned shapes as a grain random-access source.
+
+`plugin.register()` registers `get_source` as data.source="shapes"
+(`psvae_jax.data.sources.register_source`). The train split is generator indices
+[0, num_train), the held-out eval split [EVAL_INDEX_OFFSET, EVAL_INDEX_OFFSET + num_eval).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psvae_jax.shapes import world
+
+EVAL_INDEX_OFFSET = 10_000_000  # Shapes held-out split: generator indices.
+
+Record = dict[str, Any]
+
+
+class ShapesSource:
+  """Synthetic captioned shapes, generated on the fly and deterministically.
+
+  Record i is `world.generate(index_offset + i, image_size, seed)`.
+  """
+
+  def __init__(self, num_records: int, image_size: int, seed: int,
+               index_offset: int = 0):
+    if num_records <= 0:
+      raise ValueError(f"num_records must be positive, got {num_records}.")
+    self._num_records = int(num_records)
+    self._image_size = int(image_size)
+    self._seed = int(seed)
+    self._index_offset = int(index_offset)
+
+  def __len__(self) -> int:
+    return self._num_records
+
+  def __getitem__(self, index: int) -> Record:
+    index = int(index)
+    if not 0 <= index < self._num_records:
+      raise IndexError(f"Index {index} out of range [0, {self._num_records}).")
+    image, caption = world.generate(
+        self._index_offset + index, self._image_size, self._seed)
+    return {"image": image, "caption": caption, "label": -1}
+
+  def __repr__(self) -> str:
+    return (f"ShapesSource(num_records={self._num_records}, "
+            f"image_size={self._image_size}, seed={self._seed}, "
+            f"index_offset={self._index_offset})")
+
+
+def get_source(cfg: Any, split: str) -> ShapesSource:
+  """The source of a split ("train" or "eval") from a resolved data config: `num_train` /
+  `num_eval` records of `image_size` pixels drawn with `seed`."""
+  train = split == "train"
+  num_records = int(cfg.num_train if train else cfg.num_eval)
+  if train and num_records > EVAL_INDEX_OFFSET:
+    raise ValueError(f"num_train={num_records} would overlap the held-out "
+                     f"shapes (indices from {EVAL_INDEX_OFFSET}).")
+  return ShapesSource(
+      num_records=num_records,
+      image_size=int(cfg.image_size),
+      seed=int(cfg.seed),
+      index_offset=0 if train else EVAL_INDEX_OFFSET)

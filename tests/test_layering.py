@@ -1,0 +1,32 @@
+"""Layering: the library does not import the demo's shapes world (psvae_jax/shapes/)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Entry points: they may use the shapes world (and define absl flags when imported).
+ENTRY_POINTS = ("psvae_jax.main", "psvae_jax.demo", "psvae_jax.evaluate", "psvae_jax.sample")
+
+
+def test_library_does_not_import_shapes():
+  # A fresh interpreter, so that other tests' imports (conftest registers the shapes) do not count.
+  code = textwrap.dedent(f"""
+      import importlib, pathlib, sys
+      files = sorted(pathlib.Path("psvae_jax").rglob("*.py"))  # not pkgutil: it imports packages
+      names = [".".join(f.with_suffix("").parts).removesuffix(".__init__") for f in files]
+      library = [n for n in names if n not in {ENTRY_POINTS!r}
+                 and n != "psvae_jax.shapes" and not n.startswith("psvae_jax.shapes.")]
+      assert len(library) > 40, library
+      for name in library:
+        importlib.import_module(name)
+      loaded = sorted(m for m in sys.modules if m.split(".")[:2] == ["psvae_jax", "shapes"])
+      assert not loaded, f"library modules import {{loaded}}"
+      print("imported", len(library))
+      """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+  assert "imported" in r.stdout
