@@ -153,6 +153,8 @@ def main(argv: list[str]) -> None:
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_threefry_partitionable", True)
+  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  shapes_plugin.register()  # data.source="shapes" (the tiny configs, the latent cache)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, "
         f"cpus: {os.cpu_count()}, batch {_BATCH.value}")
   with tempfile.TemporaryDirectory() as tmp:

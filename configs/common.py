@@ -61,7 +61,7 @@ def data_config() -> ml_collections.ConfigDict:
   workdir's config.json, a latent cache's meta.json) from these.
   """
   return ml_collections.ConfigDict(dict(
-      source="shapes",  # "shapes" | "folder" | "tfds" | "latents" (psvae_jax/data/sources.py)
+      source="shapes",  # "shapes" (psvae_jax/shapes/) | "folder" | "tfds" | "latents" (data/sources.py)
       path="",  # folder root; tfds data_dir (or a prepared dataset dir); latent cache dir
       image_size=256,  # pixel target side
       num_train=1_000_000,  # shapes: number of distinct training scenes; others: a cap

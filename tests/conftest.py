@@ -26,8 +26,10 @@ import sys  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from psvae_jax.shapes import plugin  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.shapes import text as demo_text  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.shapes import plugin  # noqa: E402
+from psvae_jax.shapes import text as demo_text  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 plugin.register()  # the demo's shapes world: data.source="shapes", its checker, "proxy" features
 

@@ -168,6 +168,15 @@ def test_unknown_source_lists_registered():
     sources.get_source({"source": "webdataset"}, "train")
 
 
+def test_register_source(monkeypatch):
+  monkeypatch.setattr(sources, "SOURCES", dict(sources.SOURCES))
+  record = {"image": np.zeros((4, 4, 3), np.uint8), "caption": "x", "label": -1}
+  sources.register_source("constant", lambda cfg, split: [record] * int(cfg.num_eval))
+  assert len(sources.get_source({"source": "constant", "num_eval": 3}, "eval")) == 3
+  with pytest.raises(ValueError, match="constant.*folder.*latents"):
+    sources.get_source({"source": "webdataset"}, "train")
+
+
 def test_tfds_key_detection_coco_and_imagenet_layouts():
   from psvae_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
   coco = tfds.features.FeaturesDict({

@@ -12,7 +12,9 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from psvae_jax import parallel
+from psvae_jax.evals import checkers
 from psvae_jax.evals import evaluators
+from psvae_jax.evals import features
 from psvae_jax.evals import image_metrics
 from psvae_jax.evals import runner
 from psvae_jax.shapes import proxy
@@ -85,6 +87,16 @@ def test_ssim_evaluator_matches_skimage():
 def test_unknown_evaluator_type_is_named():
   with pytest.raises(ValueError, match="fdi"):
     evaluators.get_evaluator({"type": "fdi"})
+
+
+def test_checker_and_feature_net_registries():
+  """Adherence checkers and feature nets come from registries (conftest registers the shapes)."""
+  caps = [world.generate(i, 32)[1] for i in range(3)]
+  assert checkers.for_captions(caps) is checkers.get("shapes") is not None
+  assert checkers.for_captions(caps + ["a photo of a dog"]) is None
+  assert checkers.for_captions([]) is None
+  with pytest.raises(ValueError, match=r"'clip'; registered: \['inception', 'proxy'\]"):
+    features.feature_net("clip", "weights.safetensors", 32)
 
 
 def test_in_training_runs_configured_evaluators_with_saved_proxy(tmp_path):

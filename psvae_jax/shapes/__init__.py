@@ -1,4 +1,4 @@
-"""The synthetic shapes world of the demo: everything about it, in one place the library does not import.
+"""The demo's synthetic shapes world, in one place that no library module imports.
 
   world.py    scene sampling, rendering, captions and their grammar (`generate`, `parse_caption`)
   checker.py  the prompt-adherence checker (`score`, `score_batch`)
