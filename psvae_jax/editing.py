@@ -255,7 +255,7 @@ def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps
     the mask vs the input, inpaint_adherence the checker's acceptance of the new caption.
   Edits and inpaints share one compiled sampler (same batch size).
   """
-  from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from psvae_jax import writers  # pylint: disable=g-import-not-at-top
   from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
   size = pipe.image_size
   rng = np.random.default_rng(seed)
@@ -284,11 +284,11 @@ def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps
       "inpaint_adherence": float(np.mean(shapes.score_batch(inpainted, inpaint_caps))),
       "edit_settings": dict(num=num, strength=strength, steps=steps, cfg=cfg),
   }
-  grid = lambda *rows: metrics_lib.grid(np.stack([im for row in zip(*rows) for im in row]),
+  grid = lambda *rows: writers.grid(np.stack([im for row in zip(*rows) for im in row]),
                                         cols=len(rows) * 4)
   mask_rgb = (masks[..., None] * 255).astype(np.uint8).repeat(3, axis=-1)
-  metrics_lib.save_png(os.path.join(out_dir, "edit_before_after.png"), grid(images, edited))
-  metrics_lib.save_png(os.path.join(out_dir, "inpaint_before_mask_after.png"),
+  writers.save_png(os.path.join(out_dir, "edit_before_after.png"), grid(images, edited))
+  writers.save_png(os.path.join(out_dir, "inpaint_before_mask_after.png"),
                        grid(images, mask_rgb, inpainted))
   with open(os.path.join(out_dir, "captions.txt"), "w") as f:
     for i in range(num):

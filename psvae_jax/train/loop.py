@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from psvae_jax import checkpoint
-from psvae_jax import metrics as metrics_lib
+from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
 from psvae_jax.train import optim
@@ -160,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, config=config),
                     out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
-  writer = metrics_lib.create_writer(str(workdir))
+  writer = writers.create_writer(str(workdir))
   start = int(jax.device_get(state.step))
   final: dict[str, Any] = {}
 
@@ -170,8 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
     if jax.process_index() == 0:
       for k, v in images.items():
-        metrics_lib.save_png(str(workdir / "samples" / f"{k}_{step:07d}.png"), v)
-    metrics_lib.write_metrics_json(str(workdir), scalars)
+        writers.save_png(str(workdir / "samples" / f"{k}_{step:07d}.png"), v)
+    writers.write_metrics_json(str(workdir), scalars)
     logging.info("eval step %d: %s", step, json.dumps({k: round(v, 4) for k, v in scalars.items()}))
     return scalars
 

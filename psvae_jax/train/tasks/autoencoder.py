@@ -21,6 +21,7 @@ from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import losses
 from psvae_jax import parallel
+from psvae_jax import writers
 from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import image_metrics
 from psvae_jax.evals import runner as eval_runner
@@ -183,17 +184,16 @@ class AutoencoderTask:
 
   def evaluate(self, state, consts, mesh, step):
     del step
-    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     data = self.eval_set()
     per_image, recons = self.reconstruct(state, consts, mesh, data["image"])
     scalars = {k: float(np.mean(v)) for k, v in per_image.items()}
-    recon_u8 = metrics_lib.to_uint8(recons)
+    recon_u8 = writers.to_uint8(recons)
     if self.config.data.source == "shapes":
       from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
       scalars["recon_adherence"] = float(np.mean(shapes.score_batch(recon_u8, data["caption"])))
     k = min(self.config.eval.num_grid, len(recons))
-    pairs = np.concatenate([metrics_lib.to_uint8(data["image"][:k]), recon_u8[:k]])
-    images = {"reconstructions": metrics_lib.grid(pairs, cols=k)}
+    pairs = np.concatenate([writers.to_uint8(data["image"][:k]), recon_u8[:k]])
+    images = {"reconstructions": writers.grid(pairs, cols=k)}
     if self.config.get("evals"):  # configured evaluators (rfid, lpips, ...): eval/<name>/<key>
       scalars.update(eval_runner.in_training(
           self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),

@@ -18,6 +18,7 @@ from absl import logging
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import generation
+from psvae_jax import writers
 from psvae_jax.data import pipeline
 from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
@@ -104,7 +105,6 @@ class DiTTask:
 
   def evaluate(self, state, consts, mesh, step):
     del step
-    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     data = self.eval_prompts()
     captions = list(data["caption"])
     labels = data.get("label") if self.config.model.cond_type == "class" else None
@@ -117,7 +117,7 @@ class DiTTask:
         from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
         scalars["adherence" + suffix] = float(np.mean(shapes.score_batch(out, captions)))
       k = min(self.config.eval.num_grid, len(out))
-      images["samples" + suffix] = metrics_lib.grid(out[:k])
+      images["samples" + suffix] = writers.grid(out[:k])
     logging.info("sample settings: steps=%d cfg=%g eta=%g guidance_interval=%s n=%d",
                  self.config.sample.steps, self.config.sample.cfg, self.config.sample.eta,
                  tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
