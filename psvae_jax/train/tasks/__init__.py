@@ -1,20 +1,14 @@
-"""Stage-specific tasks: what a stage trains and how; the loop knows only this interface.
+"""Stage-specific tasks: what a stage trains and how; the loop knows only `Task` (base.py).
 
-A task has:
-  init(rng) -> (params, frozen)            pure; traced by eval_shape and jit
-  make_frozen(params) -> frozen            the non-trained copy derived from params
-  param_groups: {regex: label}             optimizer groups ("frozen" = never updated)
-  constants() -> pytree                    fixed arrays the loss needs (e.g. LPIPS weights)
-  loss(params, frozen, consts, batch, rng) -> (loss, {name: scalar})
-  warm_start(params) -> params | None      e.g. stage 2 reads stage 1's weights
-  evaluate(state, consts, mesh, step) -> ({name: value}, {name: uint8 image})
-  finish(state, consts, mesh, workdir)     e.g. latent statistics for stage 3
+get_task(config, mesh) picks the task of config.stage: AutoencoderTask (stages 1-2, svae and
+psvae) or DiTTask (stage 3, dit, given its frozen autoencoder and text encoder from files).
 """
 
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax.train.tasks import autoencoder
 from psvae_jax.train.tasks import dit
+from psvae_jax.train.tasks.base import Task
 
 
 def dit_pieces(config, mesh):
@@ -25,7 +19,7 @@ def dit_pieces(config, mesh):
           builders.load_text_encoder(config))
 
 
-def get_task(config, mesh):
+def get_task(config, mesh) -> Task:
   """The task of config.stage ("svae" | "psvae" | "dit")."""
   if config.stage in ("svae", "psvae"):
     return autoencoder.AutoencoderTask(config)

@@ -60,6 +60,8 @@ def inherit_stage1_model(config) -> None:
 class AutoencoderTask:
   """The S-VAE / PS-VAE stage, chosen by config.stage ("svae" | "psvae")."""
 
+  param_groups: dict[str, str]
+
   def __init__(self, config):
     inherit_stage1_model(config)
     self.config = config

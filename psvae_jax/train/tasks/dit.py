@@ -36,6 +36,8 @@ def _shapes_captions(captions) -> bool:
 class DiTTask:
   """Stage 3 (config.stage == "dit")."""
 
+  param_groups: dict[str, str]
+
   def __init__(self, config, mesh, ae: autoencoders.Autoencoder, text=(None, None, None)):
     """ae: the frozen PS-VAE (autoencoders.load_autoencoder); text: (module, params, tokenizer)
     of the text encoder (builders.load_text_encoder; Nones for a class-conditional config)."""
