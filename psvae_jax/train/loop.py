@@ -149,7 +149,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   parallel.check_batch_divides_mesh(config.batch_size, mesh)
   logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
                jax.process_count())
-  task = tasks.get_task(config, mesh)
+  task = tasks.get_task(config, mesh, str(workdir))
   if jax.process_index() == 0:  # after get_task, which may resolve config fields
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   tx = optim.make_optimizer(config.optim, config.num_train_steps,
