@@ -23,6 +23,7 @@ from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import editing
 from psvae_jax import generation
+from psvae_jax import latent_stats
 from psvae_jax import parallel
 
 
@@ -38,7 +39,9 @@ class Pipeline:
     self.config = config
     if not config.autoencoder:
       raise ValueError(f"{workdir}'s config names no autoencoder (config.autoencoder).")
-    self.ae = autoencoders.load_autoencoder(config.autoencoder, self.mesh)
+    self.ae = autoencoders.load_autoencoder(  # latent statistics: the DiT's own copy
+        config.autoencoder, self.mesh,
+        stats_dir=latent_stats.stats_dir(workdir, config.autoencoder))
     latent_mean, latent_std = autoencoders.latent_normalization(config, self.ae)
     text, text_params, tokenizer = builders.load_text_encoder(config)
     generation.resolve_flow_shift(config, self.ae.latent_shape)

@@ -8,7 +8,8 @@
 normalize / denormalize take `sample`: True (default, as diffusion.latent_sample) uses the
 statistics of the sampled latent z = mu + sigma * eps, False those of mu; a DiT must be
 sampled with the statistics it was trained with (psvae_jax/latent_stats.py);
-`latent_normalization` picks them for a stage-3 config (training and `psvae_jax.api`).
+`latent_normalization` picks them for a stage-3 config (training and `psvae_jax.api`), which
+reads them from the DiT workdir's own copy (`load_autoencoder(..., stats_dir=...)`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Autoencoder:
   params: Any
   config: ml_collections.ConfigDict
   stats: latent_stats.LatentStats | None = None  # None: no latent_stats.npz yet
+  stats_dir: str = ""  # the directory `stats` were read from ("": not read from a file)
 
   @property
   def latent_channels(self) -> int:
@@ -100,8 +102,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
-                     min_shard_size: int = 2**16) -> Autoencoder:
-  """Restores a stage-1/2 workdir's EMA params, sharded over `mesh` (default: all devices)."""
+                     min_shard_size: int = 2**16, stats_dir: str | None = None) -> Autoencoder:
+  """Restores a stage-1/2 workdir's EMA params, sharded over `mesh` (default: all devices).
+
+  The latent statistics are read from `stats_dir` (a DiT workdir's own copy, see
+  latent_stats.stats_dir), by default from `workdir`.
+  """
   config = read_config(workdir)
   if config.stage not in ("svae", "psvae"):
     raise ValueError(f"{workdir} holds a {config.stage!r} run, not an autoencoder.")
@@ -112,7 +118,8 @@ def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
   shardings = parallel.param_shardings(abstract, mesh, min_size=min_shard_size)
   params = checkpoint.restore_params(workdir, parallel.with_shardings(abstract, shardings),
                                      key="ema_params")
-  return Autoencoder(model, params, config, latent_stats.load(workdir))
+  stats_dir = stats_dir or workdir
+  return Autoencoder(model, params, config, latent_stats.load(stats_dir), str(stats_dir))
 
 
 def latent_normalization(config, ae: Autoencoder) -> tuple[np.ndarray, np.ndarray]:
@@ -128,11 +135,11 @@ def latent_normalization(config, ae: Autoencoder) -> tuple[np.ndarray, np.ndarra
     raise ValueError("--config.diffusion.latent_sample=False trains on mu, but a latent cache "
                      "(data.source=latents) yields sampled z = mu + sigma * eps: keep "
                      "latent_sample=True or encode images on the fly.")
+  source = ae.stats_dir or config.autoencoder
   if ae.stats is None:
-    raise ValueError(f"{config.autoencoder} has no {latent_stats.FILE}: finish its stage 2 "
-                     "first.")
+    raise ValueError(f"{source} has no {latent_stats.FILE}: finish its stage 2 first.")
   mean, std = ae.normalization(sample)
-  data, where = ae.stats, f"{config.autoencoder}/{latent_stats.FILE}"
+  data, where = ae.stats, f"{source}/{latent_stats.FILE}"
   cached = latent_stats.load(config.data.path) if on_cache else None
   if cached is not None and not cached.legacy:
     data, where = cached, f"{config.data.path}/{latent_stats.FILE}"
@@ -141,6 +148,6 @@ def latent_normalization(config, ae: Autoencoder) -> tuple[np.ndarray, np.ndarra
                                   f"{'sampled z' if sample else 'mu'} as {where} describes it")
   used = "mu" if not sample or ae.stats.legacy else "z"
   logging.info("Stage 3 trains on %s, normalised with the '%s' statistics of %s:\n%s",
-               "sampled z" if sample else "mu", used, config.autoencoder,
+               "sampled z" if sample else "mu", used, source,
                latent_stats.describe(ae.stats))
   return mean, std

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax import parallel
+from psvae_jax import writers
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import schedules
@@ -260,8 +261,7 @@ class Generator:
                     guidance_interval=guidance_interval, resample=resample, shift=shift)
 
   def to_images(self, consts, z0) -> np.ndarray:
-    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-    return metrics_lib.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes
+    return writers.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes
 
   def __hash__(self):
     return id(self)

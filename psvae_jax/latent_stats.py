@@ -1,7 +1,8 @@
 """Per-channel latent statistics (DIR/latent_stats.npz): what stage 3 normalises with.
 
 Stage 2 measures them after training (`compute`, called by the autoencoder task's `finish`),
-the latent-cache writer over its cache; the DiT trains on (z - mean) / std. A file holds the
+the latent-cache writer over its cache; the DiT trains on (z - mean) / std. A DiT workdir
+keeps its own copy of its autoencoder's file (`keep_copy`, `stats_dir`). A file holds the
 statistics of both latents stage 3 can train on, per channel, float32 (C,):
 
   mean, std         the sampled latent z = mu + sigma * eps: diffusion.latent_sample=True (the
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from psvae_jax import parallel
 
@@ -207,6 +209,35 @@ def load(directory: str) -> LatentStats | None:
     return LatentStats(data["mu_mean"], data["mu_std"], data["mean"], data["std"],
                        num_images=int(data["num_images"]), images_seen=int(data["images_seen"]),
                        step=int(data["step"]))
+
+
+def stats_dir(dit_dir: str, autoencoder_dir: str) -> str:
+  """The directory a DiT's latent statistics are read from: its own copy (`keep_copy`) if it
+  has one, else (a DiT trained before copies were kept) its autoencoder's."""
+  return dit_dir if (epath.Path(dit_dir) / FILE).exists() else autoencoder_dir
+
+
+def keep_copy(autoencoder_dir: str, dit_dir: str) -> str:
+  """Gives a DiT workdir its own copy of the autoencoder's latent_stats.npz; returns stats_dir.
+
+  Stage 3 calls it when it starts: process 0 copies the file unless the DiT workdir already
+  holds one (a resumed run keeps the copy it trained with, even if stage 2 has since
+  re-measured its statistics). Training and `psvae_jax.api` then normalise with the copy.
+  Nothing is copied while the autoencoder has no statistics.
+  """
+  src, dst = epath.Path(autoencoder_dir) / FILE, epath.Path(dit_dir) / FILE
+  if jax.process_index() == 0:
+    if not dst.exists() and src.exists():
+      tmp = dst.with_name(FILE + ".tmp")
+      tmp.write_bytes(src.read_bytes())
+      tmp.rename(dst)  # readers see no file or the whole file
+      logging.info("latent_stats: copied %s to %s; this DiT normalises with the copy.", src, dst)
+    elif dst.exists() and src.exists() and dst.read_bytes() != src.read_bytes():
+      logging.warning("latent_stats: %s differs from %s; this DiT keeps the copy it trained "
+                      "with.", src, dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"latent_stats_copy:{dit_dir}")
+  return stats_dir(dit_dir, autoencoder_dir)
 
 
 def is_current(directory: str, num_images: int, step: int) -> bool:

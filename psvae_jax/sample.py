@@ -93,7 +93,7 @@ def main(argv):
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.initialize("auto")
   from psvae_jax import api  # pylint: disable=g-import-not-at-top
-  from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from psvae_jax import writers  # pylint: disable=g-import-not-at-top
   pipe = api.load(_WORKDIR.value)
   n = _NUM.value
   if init is not None:
@@ -116,10 +116,10 @@ def main(argv):
                            guidance_interval=interval, shift=_SHIFT.value)
   if _OUT_DIR.value:
     for i, im in enumerate(images):
-      metrics_lib.save_png(os.path.join(_OUT_DIR.value, f"{i:04d}.png"), im)
+      writers.save_png(os.path.join(_OUT_DIR.value, f"{i:04d}.png"), im)
     logging.info("Wrote %d images to %s", n, _OUT_DIR.value)
   if _OUT.value:
-    metrics_lib.save_png(_OUT.value, metrics_lib.grid(images))
+    writers.save_png(_OUT.value, writers.grid(images))
     logging.info("Wrote %s", _OUT.value)
 
 

@@ -12,6 +12,7 @@ from configs import dit as dit_config
 from configs import psvae as psvae_config
 from psvae_jax import autoencoders
 from psvae_jax import builders
+from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax.train.tasks import autoencoder as ae_task
@@ -149,3 +150,36 @@ def test_stage2_finish_measures_both_latents_and_a_rerun_keeps_the_file(tmp_path
   config.latent_stats_images = 8  # another count: measured again
   task.finish(state, {}, mesh, str(tmp_path), _batches(np.random.default_rng(0), 1, size=32))
   assert latent_stats.load(str(tmp_path)).num_images == 8
+
+
+def test_dit_keeps_its_own_copy_of_the_latent_statistics(tmp_path):
+  ae_dir, dit_dir = str(tmp_path / "psvae"), str(tmp_path / "dit")
+  (tmp_path / "psvae").mkdir()
+  (tmp_path / "dit").mkdir()
+  assert latent_stats.keep_copy(ae_dir, dit_dir) == ae_dir  # no statistics yet: nothing copied
+  assert not (tmp_path / "dit" / latent_stats.FILE).exists()
+  latent_stats.save(ae_dir, _stats(mu_std=0.5, z_std=1.0))
+  assert latent_stats.keep_copy(ae_dir, dit_dir) == dit_dir  # stage 3 starts: copied
+  latent_stats.save(ae_dir, _stats(mu_std=0.5, z_std=3.0))  # stage 2's finish re-run later
+  assert latent_stats.keep_copy(ae_dir, dit_dir) == dit_dir  # a resumed stage 3 keeps its copy
+  assert latent_stats.stats_dir(dit_dir, ae_dir) == dit_dir  # as does loading it (api)
+  assert latent_stats.load(dit_dir).sample_std[0] == 1.0
+  assert latent_stats.stats_dir(str(tmp_path / "old_dit"), ae_dir) == ae_dir  # no copy
+
+
+def test_load_autoencoder_reads_the_dit_copy(tmp_path, monkeypatch):
+  ae_dir, dit_dir = tmp_path / "psvae", tmp_path / "dit"
+  ae_dir.mkdir()
+  dit_dir.mkdir()
+  (ae_dir / "config.json").write_text(psvae_config.get_config("tiny").to_json())
+  monkeypatch.setattr(checkpoint, "restore_params", lambda workdir, target, key: target)
+  latent_stats.save(str(ae_dir), _stats(mu_std=0.5, z_std=1.0))
+  latent_stats.keep_copy(str(ae_dir), str(dit_dir))
+  latent_stats.save(str(ae_dir), _stats(mu_std=0.5, z_std=3.0))
+  ae = autoencoders.load_autoencoder(
+      str(ae_dir), stats_dir=latent_stats.stats_dir(str(dit_dir), str(ae_dir)))
+  config = dit_config.get_config("tiny")
+  config.autoencoder = str(ae_dir)
+  assert autoencoders.latent_normalization(config, ae)[1][0] == 1.0
+  assert ae.stats_dir == str(dit_dir)
+  assert autoencoders.load_autoencoder(str(ae_dir)).stats.sample_std[0] == 3.0

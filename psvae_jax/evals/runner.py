@@ -21,7 +21,7 @@ from absl import logging
 from psvae_jax import api
 from psvae_jax import autoencoders
 from psvae_jax import checkpoint
-from psvae_jax import metrics as metrics_lib
+from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
 from psvae_jax.evals import evaluators
@@ -114,14 +114,14 @@ def build_context(workdir: str, config):
 
 def write_results(workdir: str, step: int, results: dict) -> None:
   """CLU scalars/texts under eval/<name>/<key>, and DIR/metrics.json (process 0 writes)."""
-  writer = metrics_lib.create_writer(workdir)
+  writer = writers.create_writer(workdir)
   nums = {f"eval/{k}": float(v) for k, v in results.items() if not isinstance(v, str)}
   texts = {f"eval/{k}": v for k, v in results.items() if isinstance(v, str)}
   writer.write_scalars(step, nums)
   if texts:
     writer.write_texts(step, texts)
   writer.flush()
-  metrics_lib.write_metrics_json(workdir, results, eval_step=step)
+  writers.write_metrics_json(workdir, results, eval_step=step)
 
 
 def evaluate(workdir: str, config) -> dict:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from psvae_jax import editing
-from psvae_jax import metrics as metrics_lib
+from psvae_jax import writers
 from psvae_jax.shapes import checker
 from psvae_jax.shapes import world
 
@@ -65,11 +65,11 @@ def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps
       "inpaint_adherence": float(np.mean(checker.score_batch(inpainted, inpaint_caps))),
       "edit_settings": dict(num=num, strength=strength, steps=steps, cfg=cfg),
   }
-  grid = lambda *rows: metrics_lib.grid(np.stack([im for row in zip(*rows) for im in row]),
+  grid = lambda *rows: writers.grid(np.stack([im for row in zip(*rows) for im in row]),
                                         cols=len(rows) * 4)
   mask_rgb = (masks[..., None] * 255).astype(np.uint8).repeat(3, axis=-1)
-  metrics_lib.save_png(os.path.join(out_dir, "edit_before_after.png"), grid(images, edited))
-  metrics_lib.save_png(os.path.join(out_dir, "inpaint_before_mask_after.png"),
+  writers.save_png(os.path.join(out_dir, "edit_before_after.png"), grid(images, edited))
+  writers.save_png(os.path.join(out_dir, "inpaint_before_mask_after.png"),
                        grid(images, mask_rgb, inpainted))
   with open(os.path.join(out_dir, "captions.txt"), "w") as f:
     for i in range(num):

@@ -1,10 +1,15 @@
 """The one training loop: config -> mesh -> data -> sharded state -> jitted step -> metrics/checkpoints.
 
-Stage specifics live in a task (psvae_jax/train/tasks); this file knows only its interface.
+Stage specifics live in a task (psvae_jax/train/tasks); this file knows only its interface,
+`tasks.Task`. `train_and_evaluate` reads top-down: `setup` (mesh, task, optimizer, shardings,
+constants), `restore_or_init`, then `train_steps` (`compile_step` on the first step, then
+`log_train_metrics`, `run_eval` and `save_checkpoint` when due, and preemption), then the
+task's `finish`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import signal
@@ -20,7 +25,7 @@ from absl import logging
 from etils import epath
 
 from psvae_jax import checkpoint
-from psvae_jax import metrics as metrics_lib
+from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
 from psvae_jax.train import optim
@@ -75,21 +80,22 @@ class _Preemption:
     return self.requested
 
 
-def create_train_state(rng, *, task, tx) -> TrainState:
+def create_train_state(rng, *, task: tasks.Task, tx) -> TrainState:
   params, frozen = task.init(rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=jax.tree.map(jnp.copy, params), frozen=frozen,
                     skipped=jnp.zeros((), jnp.int32))
 
 
-def reset_params(state: TrainState, params, *, task) -> TrainState:
+def reset_params(state: TrainState, params, *, task: tasks.Task) -> TrainState:
   """Replaces params (e.g. a warm start); EMA and frozen copies follow."""
   return state.replace(params=jax.tree.map(jnp.copy, params),
                        ema_params=jax.tree.map(jnp.copy, params),
                        frozen=task.make_frozen(params))
 
 
-def train_step(state: TrainState, batch, consts, *, task, tx, config) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch, consts, *, task: tasks.Task, tx,
+               config) -> tuple[TrainState, dict]:
   """One optimizer step; a non-finite loss or gradient leaves the state unchanged (counted)."""
   rng = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
@@ -116,8 +122,26 @@ def due(step: int, every: int) -> bool:
   return every > 0 and step % every == 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains config.stage in workdir (resuming if it has checkpoints); returns final eval metrics."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a run is built from, before any state exists."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  mesh: jax.sharding.Mesh
+  task: tasks.Task
+  tx: optax.GradientTransformation
+  abstract: TrainState  # jax.ShapeDtypeStruct leaves
+  shardings: TrainState  # jax.sharding.Sharding leaves
+  consts: Any  # the task's constants, placed on the mesh
+
+  @property
+  def init_fn(self):
+    """rng -> a fresh TrainState (pure: traced by eval_shape and jit)."""
+    return functools.partial(create_train_state, task=self.task, tx=self.tx)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  """Checks the config, makes the workdir, mesh, task, optimizer, state shardings, constants."""
   preflight.check(config)  # before the workdir exists: a config that cannot run refuses here
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -125,114 +149,164 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel.check_batch_divides_mesh(config.batch_size, mesh)
   logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
                jax.process_count())
-  task = tasks.get_task(config, mesh)
-  if jax.process_index() == 0:
+  task = tasks.get_task(config, mesh, str(workdir))
+  if jax.process_index() == 0:  # after get_task, which may resolve config fields
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   tx = optim.make_optimizer(config.optim, config.num_train_steps,
                             functools.partial(optim.label_params, groups=task.param_groups))
-  init_fn = functools.partial(create_train_state, task=task, tx=tx)
-  rng = jax.random.key(config.seed)
-  abstract = jax.eval_shape(init_fn, rng)
+  abstract = jax.eval_shape(functools.partial(create_train_state, task=task, tx=tx),
+                            jax.random.key(config.seed))
   shardings = parallel.param_shardings(abstract, mesh, min_size=config.shard_min_size)
   consts = task.constants()
   consts = jax.device_put(consts, parallel.param_shardings(consts, mesh,
                                                            min_size=config.shard_min_size))
   parallel.log_replication_report(abstract, shardings, min_size=config.shard_min_size)
   parallel.log_replication_report(consts, min_size=config.shard_min_size, what="constant")
+  return Setup(config, workdir, mesh, task, tx, abstract, shardings, consts)
 
-  train_iter = pipeline.build_train_iterator(config.data, global_batch_size=config.batch_size,
-                                             seed=config.seed)
-  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"),
-                                 max_to_keep=config.keep_checkpoints,
-                                 async_save=config.async_checkpoint)
+
+def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, train_iter) -> TrainState:
+  """The latest checkpoint's state (and data position), else a fresh, warm-started one."""
   latest = ckpt.latest_step()
   if latest is not None:
-    logging.info("Resuming from %s/checkpoints/%d", workdir, latest)
-    state, data_state = ckpt.restore(latest, parallel.with_shardings(abstract, shardings))
+    logging.info("Resuming from %s/checkpoints/%d", s.workdir, latest)
+    state, data_state = ckpt.restore(latest, parallel.with_shardings(s.abstract, s.shardings))
     if data_state:
       train_iter.set_state(data_state)
-  else:
-    state = jax.jit(init_fn, out_shardings=shardings)(rng)
-    warm = task.warm_start(state.params)
-    if warm is not None:
-      state = jax.jit(functools.partial(reset_params, task=task), out_shardings=shardings,
-                      donate_argnums=0)(state, warm)
+    return state
+  state = jax.jit(s.init_fn, out_shardings=s.shardings)(jax.random.key(s.config.seed))
+  warm = s.task.warm_start(state.params)
+  if warm is not None:
+    state = jax.jit(functools.partial(reset_params, task=s.task), out_shardings=s.shardings,
+                    donate_argnums=0)(state, warm)
+  return state
 
-  step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, config=config),
-                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
-  writer = metrics_lib.create_writer(str(workdir))
-  start = int(jax.device_get(state.step))
-  final: dict[str, Any] = {}
 
-  def run_eval(step):
-    scalars, images = task.evaluate(state, consts, mesh, step)
-    writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
-    writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
-    if jax.process_index() == 0:
-      for k, v in images.items():
-        metrics_lib.save_png(str(workdir / "samples" / f"{k}_{step:07d}.png"), v)
-    metrics_lib.write_metrics_json(str(workdir), scalars)
-    logging.info("eval step %d: %s", step, json.dumps({k: round(v, 4) for k, v in scalars.items()}))
-    return scalars
+def compile_step(s: Setup, state: TrainState, batch, writer, step: int):
+  """train_step compiled ahead of time for these shapes, once; logs perf/ scalars at `step`."""
+  step_fn = jax.jit(functools.partial(train_step, task=s.task, tx=s.tx, config=s.config),
+                    out_shardings=(s.shardings, parallel.replicated(s.mesh)), donate_argnums=0)
+  t0 = time.time()
+  compiled = step_fn.lower(state, batch, s.consts).compile()
+  logging.info("Compiled train step in %.1f s.", time.time() - t0)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get("flops", 0.0))
+  writer.write_scalars(step, {"perf/compile_seconds": time.time() - t0,
+                              "perf/gflops_per_step": flops / 1e9})
+  return compiled
 
-  def save(step):
-    ckpt.save(step, state, data_state=train_iter.get_state(), config=config.to_dict())
 
+def log_train_metrics(step: int, pending: list[dict], state: TrainState, train_iter,
+                      writer) -> int:
+  """Writes the mean of the pending steps' metrics (and counters); returns the skipped steps."""
+  host = jax.device_get(pending)
+  scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
+  skipped = int(jax.device_get(state.skipped))
+  scalars["train/skipped_steps"] = skipped
+  if hasattr(train_iter, "counters"):  # skipped / repaired input records, by kind
+    scalars.update({f"data/{k}": v for k, v in train_iter.counters().items()})
+  writer.write_scalars(step, scalars)
+  logging.info("step %d: %s", step,
+               " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in scalars.items()))
+  return skipped
+
+
+def run_eval(s: Setup, state: TrainState, step: int, writer) -> dict[str, float]:
+  """The task's evaluation: scalars and images to the writer, PNGs and DIR/metrics.json."""
+  scalars, images = s.task.evaluate(state, s.consts, s.mesh, step)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
+  writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
+  if jax.process_index() == 0:
+    for k, v in images.items():
+      writers.save_png(str(s.workdir / "samples" / f"{k}_{step:07d}.png"), v)
+  writers.write_metrics_json(str(s.workdir), scalars)
+  logging.info("eval step %d: %s", step, json.dumps({k: round(v, 4) for k, v in scalars.items()}))
+  return scalars
+
+
+def save_checkpoint(s: Setup, ckpt: checkpoint.Checkpointer, step: int, state: TrainState,
+         train_iter) -> None:
+  ckpt.save(step, state, data_state=train_iter.get_state(), config=s.config.to_dict())
+
+
+def stop_if_diverged(s: Setup, ckpt: checkpoint.Checkpointer, step: int, state: TrainState,
+                     train_iter, skipped: int) -> None:
+  """More than max_skipped_steps non-finite steps: saves this step and raises."""
+  if skipped <= s.config.max_skipped_steps:
+    return
+  save_checkpoint(s, ckpt, step, state, train_iter)
+  ckpt.close()
+  raise FloatingPointError(
+      f"{skipped} steps had a non-finite loss or gradient (max_skipped_steps="
+      f"{s.config.max_skipped_steps}); stopped at step {step}. Lower the learning rate "
+      "or check the data.")
+
+
+def train_steps(s: Setup, state: TrainState, train_iter, ckpt: checkpoint.Checkpointer, writer,
+                preemption: _Preemption) -> tuple[TrainState, dict[str, Any], int | None]:
+  """Steps state.step + 1 .. num_train_steps, logging, evaluating and saving when due.
+
+  Returns (state, the last eval's metrics or {}, the step it was preempted at or None). The
+  last step is always logged and saved, and evaluated unless eval_every=0.
+  """
+  config = s.config
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (imports TF)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                              writer=writer, every_steps=config.log_every or None)
-  last = config.num_train_steps
+  start, last = int(jax.device_get(state.step)), config.num_train_steps
+  final: dict[str, Any] = {}
   pending: list[dict] = []
-  step = start
+  step_fn = None
+  for step in range(start + 1, last + 1):
+    batch = parallel.to_global(next(train_iter), s.mesh)
+    if step_fn is None:  # the first step: compile once, reuse
+      step_fn = compile_step(s, state, batch, writer, step)
+    state, m = step_fn(state, batch, s.consts)
+    if config.log_every > 0 or step == last:  # log_every=0: only the last step is logged
+      pending.append(m)
+    progress(step)
+    if due(step, config.log_every) or step == last:
+      skipped = log_train_metrics(step, pending, state, train_iter, writer)
+      pending = []
+      stop_if_diverged(s, ckpt, step, state, train_iter, skipped)
+    if due(step, config.eval_every) or (step == last and config.eval_every > 0):
+      final = run_eval(s, state, step, writer)  # eval_every=0: never, not even at the end
+    saved = due(step, config.ckpt_every) or step == last  # the last step is always saved
+    if saved:
+      save_checkpoint(s, ckpt, step, state, train_iter)
+    if preemption.should_stop(step):
+      if not saved:  # (the last step is saved above: saving it twice raises in Orbax)
+        save_checkpoint(s, ckpt, step, state, train_iter)
+      logging.warning("Preempted: saved step %d (process %d of %d), exiting.", step,
+                      jax.process_index(), jax.process_count())
+      return state, final, step
+  return state, final, None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains config.stage in workdir (resuming if it has checkpoints); returns final eval metrics.
+
+  A preempted run returns {"preempted_at": step} after saving that step.
+  """
+  s = setup(config, workdir)
+  train_iter = pipeline.build_train_iterator(config.data, global_batch_size=config.batch_size,
+                                             seed=config.seed)
+  ckpt = checkpoint.Checkpointer(str(s.workdir / "checkpoints"),
+                                 max_to_keep=config.keep_checkpoints,
+                                 async_save=config.async_checkpoint)
+  state = restore_or_init(s, ckpt, train_iter)
+  writer = writers.create_writer(str(s.workdir))
+  start = int(jax.device_get(state.step))
   with _Preemption() as preemption:
-    for step in range(start + 1, config.num_train_steps + 1):
-      batch = parallel.to_global(next(train_iter), mesh)
-      if step == start + 1:
-        t0 = time.time()
-        step_fn = step_fn.lower(state, batch, consts).compile()  # compile once, reuse
-        logging.info("Compiled train step in %.1f s.", time.time() - t0)
-        cost = step_fn.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = float((cost or {}).get("flops", 0.0))
-        writer.write_scalars(step, {"perf/compile_seconds": time.time() - t0,
-                                    "perf/gflops_per_step": flops / 1e9})
-      state, m = step_fn(state, batch, consts)
-      if config.log_every > 0 or step == last:  # log_every=0: only the last step is logged
-        pending.append(m)
-      progress(step)
-      if due(step, config.log_every) or step == last:
-        host = jax.device_get(pending)
-        pending = []
-        scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
-        skipped = int(jax.device_get(state.skipped))
-        scalars["train/skipped_steps"] = skipped
-        if hasattr(train_iter, "counters"):  # skipped / repaired input records, by kind
-          scalars.update({f"data/{k}": v for k, v in train_iter.counters().items()})
-        writer.write_scalars(step, scalars)
-        logging.info("step %d: %s", step, " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in scalars.items()))
-        if skipped > config.max_skipped_steps:
-          save(step)
-          ckpt.close()
-          raise FloatingPointError(
-              f"{skipped} steps had a non-finite loss or gradient (max_skipped_steps="
-              f"{config.max_skipped_steps}); stopped at step {step}. Lower the learning rate "
-              "or check the data.")
-      if due(step, config.eval_every) or (step == last and config.eval_every > 0):
-        final = run_eval(step)  # eval_every=0: never, not even at the end
-      saved = due(step, config.ckpt_every) or step == last  # the last step is always saved
-      if saved:
-        save(step)
-      if preemption.should_stop(step):
-        if not saved:  # (the last step is saved above: saving it twice raises in Orbax)
-          save(step)
-        logging.warning("Preempted: saved step %d (process %d of %d), exiting.", step,
-                        jax.process_index(), jax.process_count())
-        ckpt.close()
-        writer.flush()
-        return {"preempted_at": step}
+    state, final, preempted_at = train_steps(s, state, train_iter, ckpt, writer, preemption)
+    if preempted_at is not None:
+      ckpt.close()
+      writer.flush()
+      return {"preempted_at": preempted_at}
   if start >= config.num_train_steps and config.eval_every > 0:
-    final = run_eval(start)
-  task.finish(state, consts, mesh, str(workdir), train_iter)
+    final = run_eval(s, state, start, writer)  # a finished run re-evaluates its last state
+  s.task.finish(state, s.consts, s.mesh, str(s.workdir), train_iter)
   ckpt.close()
   writer.flush()
   return final

@@ -21,6 +21,7 @@ from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import losses
 from psvae_jax import parallel
+from psvae_jax import writers
 from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import image_metrics
@@ -59,6 +60,8 @@ def inherit_stage1_model(config) -> None:
 
 class AutoencoderTask:
   """The S-VAE / PS-VAE stage, chosen by config.stage ("svae" | "psvae")."""
+
+  param_groups: dict[str, str]
 
   def __init__(self, config):
     inherit_stage1_model(config)
@@ -184,17 +187,16 @@ class AutoencoderTask:
 
   def evaluate(self, state, consts, mesh, step):
     del step
-    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     data = self.eval_set()
     per_image, recons = self.reconstruct(state, consts, mesh, data["image"])
     scalars = {k: float(np.mean(v)) for k, v in per_image.items()}
-    recon_u8 = metrics_lib.to_uint8(recons)
+    recon_u8 = writers.to_uint8(recons)
     checker = eval_checkers.get(self.config.data.source)  # registered for this data (shapes)
     if checker is not None:
       scalars["recon_adherence"] = eval_checkers.adherence(recon_u8, data["caption"], checker)
     k = min(self.config.eval.num_grid, len(recons))
-    pairs = np.concatenate([metrics_lib.to_uint8(data["image"][:k]), recon_u8[:k]])
-    images = {"reconstructions": metrics_lib.grid(pairs, cols=k)}
+    pairs = np.concatenate([writers.to_uint8(data["image"][:k]), recon_u8[:k]])
+    images = {"reconstructions": writers.grid(pairs, cols=k)}
     if self.config.get("evals"):  # configured evaluators (rfid, lpips, ...): eval/<name>/<key>
       scalars.update(eval_runner.in_training(
           self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),

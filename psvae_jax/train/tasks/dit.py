@@ -17,6 +17,7 @@ from absl import logging
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import generation
+from psvae_jax import writers
 from psvae_jax.data import pipeline
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import runner as eval_runner
@@ -25,6 +26,8 @@ from psvae_jax.models.autoencoder import PSVAE, reparameterize
 
 class DiTTask:
   """Stage 3 (config.stage == "dit")."""
+
+  param_groups: dict[str, str]
 
   def __init__(self, config, mesh, ae: autoencoders.Autoencoder, text=(None, None, None)):
     """ae: the frozen PS-VAE (autoencoders.load_autoencoder); text: (module, params, tokenizer)
@@ -95,7 +98,6 @@ class DiTTask:
 
   def evaluate(self, state, consts, mesh, step):
     del step
-    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     data = self.eval_prompts()
     captions = list(data["caption"])
     labels = data.get("label") if self.config.model.cond_type == "class" else None
@@ -108,7 +110,7 @@ class DiTTask:
       if checker is not None:  # e.g. shapes data, directly or through a latent cache
         scalars["adherence" + suffix] = eval_checkers.adherence(out, captions, checker)
       k = min(self.config.eval.num_grid, len(out))
-      images["samples" + suffix] = metrics_lib.grid(out[:k])
+      images["samples" + suffix] = writers.grid(out[:k])
     logging.info("sample settings: steps=%d cfg=%g eta=%g guidance_interval=%s n=%d",
                  self.config.sample.steps, self.config.sample.cfg, self.config.sample.eta,
                  tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
