@@ -16,12 +16,14 @@ the values). The config is configs/dit.py:S_class (bench/_common.dit_class_confi
          + AdamW (b1 0.9, b2 0.99, eps 1e-8, weight decay 0, warmup + cosine lr, peak 1e-4) through
          optax.multi_transform (one "default" group); the EMA update (decay min(0.9999,
          (1+step)/(10+step))); the non-finite guard (loss and grad norm finite, else every state
-         leaf keeps its old value via jnp.where: a select over params, Adam moments and EMA).
+         leaf keeps its old value via jnp.where: a select over params, Adam moments and EMA); the
+         metrics loss, latent std, grad norm.
   torch  the same in eager torch (or torch.compile of the model with --torch-compile): normalise;
          torch.rand < p_uncond -> null class; torch.randint t; torch.randn_like noise; q_sample by
          diffusers' DDPMScheduler.add_noise (the same schedule: checked below); forward; per-example
          MSE, mean; backward; clip_grad_norm_(1.0, foreach); torch.optim.AdamW(foreach=True, the same
-         hyper-parameters) with a LambdaLR of the same warmup + cosine; EMA by torch._foreach_lerp_.
+         hyper-parameters) with a LambdaLR of the same warmup + cosine; EMA by torch._foreach_lerp_;
+         the latent's std.
          The non-finite guard is a host branch (`if isfinite(loss) and isfinite(grad_norm)`) that
          skips the optimizer and EMA: free on CPU, where torch has already synchronised, whereas the
          jax step always pays for the selects (XLA may fuse them into the update).
