@@ -1,5 +1,6 @@
 """Shared benchmark plumbing: load checks from /proc/stat, fresh-process alternation, DiT <-> diffusers weights,
-the production stage-3 train step without workdirs (production_dit_step).
+the production stage-3 train step without workdirs (production_dit_step). Importing it imports
+jax and psvae_jax (set JAX_PLATFORMS / XLA_FLAGS before).
 
 Timing on a shared CPU is only meaningful when nothing else runs: every worker measures the CPU time the
 *rest of the machine* used during its timed region (system busy jiffies from /proc/stat minus this process's
@@ -19,9 +20,22 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as bench/x.py with bench/ (not the root) on the path
+  sys.path.insert(0, ROOT)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from configs import dit as dit_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train.tasks import dit as dit_task  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 RESULT_TAG = "BENCH_RESULT "
 _TICK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
@@ -186,9 +200,11 @@ def make_torch_dit(depth: int, width: int = 384, heads: int = 6, num_classes: in
 
 def dit_class_config(size: str, batch: int, patch: int = 2, dtype: str = "float32", **model):
   """configs/dit.py's `<size>_class` (1000 classes) with the benches' patch, batch, dtype and
-  model overrides (remat, remat_policy, scan_blocks, attention_impl); size may be "tiny"."""
-  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+  model overrides (depth, remat, remat_policy, scan_blocks, attention_impl); size may be "tiny"."""
   config = dit_config.get_config("S_class")
+  unknown = sorted(set(model) - set(config.model))
+  if unknown:
+    raise KeyError(f"not config.model fields: {unknown}")
   config.model.size, config.model.patch_size = size, patch
   config.model.update(model)
   config.batch_size, config.dtype = batch, dtype
@@ -207,11 +223,6 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
   `functools.partial(loop.create_train_state, task=task, tx=tx)`; consts: task.constants().
   mesh: DiTTask's (default: all devices on "data").
   """
-  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
-  from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top
-  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
-  from psvae_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
-  from psvae_jax.train.tasks import dit as dit_task  # pylint: disable=g-import-not-at-top
   if (config.model.cond_type == "text") != (text_encoder is not None):
     raise ValueError("Pass text_encoder=(module, params) for a text-conditioned config (only).")
   config.autoencoder = config.autoencoder or "(latent-only stand-in)"
@@ -236,7 +247,6 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
 
 def random_params(param_shapes: Any, seed: int = 0, scale: float = 0.05) -> Any:
   """Deterministic random float32 params for a pytree of shapes (no zero-initialised layer hides anything)."""
-  import jax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   leaves, tree = jax.tree.flatten(param_shapes)
   return jax.tree.unflatten(tree, [(scale * rng.standard_normal(l.shape)).astype(np.float32) for l in leaves])
@@ -271,7 +281,6 @@ def params_to_torch(params: dict, model, width: int, patch: int, channels: int =
   sd["proj_out_1.weight"], sd["proj_out_1.bias"] = lin(p["final_adaLN"])
   sd["proj_out_2.weight"], sd["proj_out_2.bias"] = lin(p["final_linear"])
   model.load_state_dict(sd, strict=True)
-  from psvae_jax.models import layers  # pylint: disable=g-import-not-at-top
   g = model.pos_embed.height  # Tokens per side; our sin-cos table (diffusers orders its x/y halves otherwise).
   with torch.no_grad():
     model.pos_embed.pos_embed.copy_(t(layers.sincos_2d(g, g, width))[None])

@@ -28,11 +28,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before _common imports jax (it reads it then)
 import _common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def worker(args) -> None:
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top

@@ -11,13 +11,15 @@ FLOPs = 2 x MACs (the DiT paper's "Gflops" are MACs: S/2 6.06, B/2 23.01 at 256 
 XLA also counts element-wise work (softmax, GELU, LayerNorm, residuals), ~1% here. The check passes when the
 compiled count is within 5% of both the analytic count and the paper's figure.
 
-MFU = achieved FLOP/s / peak, with the compiled FLOPs of the timed function (forward, or the train step with
---train) and the bf16 dense peak of the device (table below); on CPU only achieved GFLOP/s is printed.
+MFU = achieved FLOP/s / peak, with the compiled FLOPs of the timed function (forward, or with --train the
+production train step: loop.train_step with DiTTask.loss, bench/_common.production_dit_step) and the bf16
+dense peak of the device (table below); on CPU only achieved GFLOP/s is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -27,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench import _common  # pylint: disable=g-import-not-at-top
+from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
 
 # bf16 dense peak TFLOP/s per chip (vendor figures, no sparsity).
 PEAK_TFLOPS = {"H100 SXM": 989.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0,
@@ -74,34 +77,31 @@ def compiled_forward_flops(size: str, latent: int = 32, batch: int = 1, dtype=No
 
 
 def measure(size: str, batch: int, latent: int, dtype_name: str, train: bool, steps: int, warmup: int):
-  """Times the forward (or train step) and returns (compiled FLOPs per call, timing dict)."""
+  """Times the forward (or the production train step) and returns (compiled FLOPs per call, timing dict)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  model = _model(size, jnp.dtype(dtype_name))
   rng = np.random.default_rng(0)
   x = rng.standard_normal((batch, latent, latent, 4)).astype(np.float32)
-  t = rng.integers(0, 1000, (batch,)).astype(np.float32)
   y = rng.integers(0, 1000, (batch,)).astype(np.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, labels=y))["params"]
-  params = jax.device_put(_common.random_params(shapes, seed=1, scale=0.02))
-  data = jax.device_put((x, t, y))
-  if train:
-    tx = optax.adamw(1e-4)
-    opt = jax.jit(tx.init)(params)
-
-    def step(p, o, x, t, y):
-      loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.square(model.apply({"params": p}, x, t, labels=y)
-                                                                  - x)))(p)
-      u, o = tx.update(g, o, p)
-      return optax.apply_updates(p, u), o, loss
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt, *data).compile()
-    state = [params, opt]
+  if train:  # loop.train_step with DiTTask.loss (noise, t, condition dropout, AdamW, EMA)
+    config = _common.dit_class_config(size, batch, dtype=dtype_name)
+    task, tx, step = _common.production_dit_step(config, (latent, latent, 4))
+    batch_ = jax.device_put({"latent": x, "label": y})
+    consts = jax.device_put(task.constants())
+    state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
+        jax.random.key(0))
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch_, consts).compile()
+    holder = [state]
 
     def run():
-      state[0], state[1], loss = compiled(state[0], state[1], *data)
-      loss.block_until_ready()
+      holder[0], metrics = compiled(holder[0], batch_, consts)
+      metrics["loss"].block_until_ready()
   else:
+    model = _model(size, jnp.dtype(dtype_name))
+    t = rng.integers(0, 1000, (batch,)).astype(np.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, labels=y))["params"]
+    params = jax.device_put(_common.random_params(shapes, seed=1, scale=0.02))
+    data = jax.device_put((x, t, y))
     compiled = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, labels=y)).lower(
         params, *data).compile()
     run = lambda: compiled(params, *data).block_until_ready()
@@ -145,7 +145,7 @@ def main():
   if not args.no_timing:
     dev = jax.devices()[0]
     peak = peak_tflops(dev.device_kind) if dev.platform != "cpu" else None
-    what = "train step (fwd+bwd+AdamW)" if args.train else "forward"
+    what = "production train step (fwd+bwd+AdamW+EMA)" if args.train else "forward"
     print(f"\n{what}, batch {args.batch}, {args.dtype}, device {dev.device_kind} ({dev.platform}); "
           f"machine load now {_common.machine_load():.0%}")
     print("| model | ms / call | img/s | achieved TFLOP/s | peak | MFU | others' CPU share |")

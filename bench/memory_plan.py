@@ -32,27 +32,45 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from bench import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import dit as dit_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax import builders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.models import text_encoders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train.tasks import autoencoder  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 CONFIGS = ("psvae_dinov2_b", "psvae_dinov2_l", "dit_xl2_t5xxl")
 POLICIES = ("none", "full", "dots")
 
 
 def _remat(fn, policy: str):
-  import jax  # pylint: disable=g-import-not-at-top
   if policy == "none":
     return fn
   pol = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[policy]
   return jax.checkpoint(fn, policy=pol)
 
 
+def _groups(state, state_sh, consts, consts_sh) -> dict:
+  return {"params": (state.params, state_sh.params),
+          "optimizer": (state.opt_state, state_sh.opt_state),
+          "ema+frozen": ((state.ema_params, state.frozen), (state_sh.ema_params, state_sh.frozen)),
+          "constants": (consts, consts_sh)}
+
+
 def _psvae_step(name: str, mesh, batch: int, remat: str, dtype: str):
   """(step_fn, abstract args, arg shardings, groups) for stage 2 via the real loop/task."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top
-  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
-  from psvae_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
-  from psvae_jax.train.tasks import autoencoder  # pylint: disable=g-import-not-at-top
   config = psvae_config.get_config(name.split("_", 1)[1])
   config.batch_size = batch
   config.mesh.data, config.mesh.fsdp = mesh.shape["data"], mesh.shape["fsdp"]
@@ -66,87 +84,50 @@ def _psvae_step(name: str, mesh, batch: int, remat: str, dtype: str):
   state = jax.eval_shape(init_fn, jax.random.key(0))
   consts = jax.eval_shape(task.constants)
   s = config.data.image_size
-  images = jax.ShapeDtypeStruct((batch, s, s, 3), jax.numpy.float32)
+  images = jax.ShapeDtypeStruct((batch, s, s, 3), jnp.float32)
   sh = lambda t: parallel.param_shardings(t, mesh, min_size=config.shard_min_size)
   state_sh, consts_sh = sh(state), sh(consts)
   step = functools.partial(loop.train_step, task=task, tx=tx, config=config)
   args = (state, {"image": images}, consts)
   shardings = (state_sh, {"image": parallel.batch_sharding(mesh, 4)}, consts_sh)
-  groups = {"params": (state.params, state_sh.params),
-            "optimizer": (state.opt_state, state_sh.opt_state),
-            "ema+frozen": ((state.ema_params, state.frozen),
-                           (state_sh.ema_params, state_sh.frozen)),
-            "constants": (consts, consts_sh)}
-  return step, args, shardings, (state_sh, parallel.replicated(mesh)), groups
+  return (step, args, shardings, (state_sh, parallel.replicated(mesh)),
+          _groups(state, state_sh, consts, consts_sh))
 
 
 def _dit_step(mesh, batch: int, remat: str, dtype: str):
-  """DiT-XL/2 (text, patch 2 in DiT's naming: 2x2 pixels of the 256 px image per latent
-  token, i.e. patch 1 on the 16x16 latent) with a frozen T5-XXL-sized encoder (4.7B)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
-  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
-  from psvae_jax.diffusion import objectives, schedules  # pylint: disable=g-import-not-at-top
-  from psvae_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
-  from psvae_jax.models import text_encoders  # pylint: disable=g-import-not-at-top
+  """Stage 3 via the real loop/task (bench/_common.production_dit_step: loop.train_step with
+  DiTTask.loss on latent-cache batches): DiT-XL/2 (text, patch 2 in DiT's naming: 2x2 pixels of
+  the 256 px image per latent token, i.e. patch 1 on the 16x16x96 latent) with a frozen
+  T5-XXL-sized encoder (4.7B, stored in config.text_encoder_dtype); remat per DiT block."""
   config = dit_config.get_config("XL_text")
-  compute = jnp.dtype(dtype or config.dtype)
-  length, width = 120, 4096
-  t5 = text_encoders.T5Encoder(vocab_size=32128, d_model=width, d_kv=64, d_ff=10240,
+  config.batch_size, config.data.max_length = batch, 120
+  config.mesh.data, config.mesh.fsdp = mesh.shape["data"], mesh.shape["fsdp"]
+  config.dtype = dtype or config.dtype
+  config.model.remat = remat != "none"
+  config.model.remat_policy = "dots_saveable" if remat == "dots" else "full"
+  t5 = text_encoders.T5Encoder(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240,
                                num_layers=24, num_heads=64, is_gated_act=True,
-                               dense_act_fn="gelu_new", dtype=compute)
-  dit = dit_lib.DiT(**dit_lib.dit_config("XL"), patch_size=1, cond_type="text",
-                    dtype=compute, remat=remat != "none",
-                    remat_policy="dots_saveable" if remat == "dots" else "full")  # per block
-  f32 = jnp.float32
-  ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-  z = jax.ShapeDtypeStruct((batch, 16, 16, 96), f32)
+                               dense_act_fn="gelu_new", dtype=jnp.dtype(config.dtype))
+  ids = jax.ShapeDtypeStruct((batch, config.data.max_length), jnp.int32)
   t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
-  text_dtype = jnp.dtype(config.get("text_encoder_dtype", "float32"))  # frozen: stored so
+  text_dtype = builders.text_param_dtype(config)  # frozen: stored so (builders.load_text_encoder)
   t5_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, text_dtype), t5_params)
-  dit_params = jax.eval_shape(
-      dit.init, jax.random.key(0), z, jax.ShapeDtypeStruct((batch,), f32),
-      context=jax.ShapeDtypeStruct((batch, length, width), f32),
-      context_mask=jax.ShapeDtypeStruct((batch, length), bool),
-      pooled=jax.ShapeDtypeStruct((batch, width), f32))["params"]
-  tx = optax.adamw(config.optim.lr)
-  opt = jax.eval_shape(tx.init, dit_params)
-  ema = dit_params
-  obj = objectives.EpsilonObjective(schedules.linear_schedule())
-
-  def step(params, opt_state, ema_params, text_params, b):
-    hidden, pooled = t5.apply({"params": text_params}, b["ids"], b["mask"])
-    hidden, pooled = jax.lax.stop_gradient((hidden, pooled))
-
-    def loss_fn(p):
-      t = obj.sample_t(jax.random.key(0), (batch,))
-      noise = jax.random.normal(jax.random.key(1), b["z"].shape)
-      pred = dit.apply({"params": p}, obj.sample_x_t(b["z"], t, noise), t, context=hidden,
-                       context_mask=b["mask"].astype(bool), pooled=pooled)
-      return jnp.mean(jnp.square(pred - noise))
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    ema_params = jax.tree.map(lambda e, q: e + 1e-4 * (q - e), ema_params, params)
-    return params, opt_state, ema_params, loss
-
+  task, tx, step = _common.production_dit_step(config, (16, 16, 96), text_encoder=(t5, t5_params),
+                                               mesh=mesh)
+  state = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),
+                         jax.random.key(0))
+  consts = jax.eval_shape(task.constants)
+  b = {"latent": jax.ShapeDtypeStruct((batch, 16, 16, 96), jnp.float32),
+       "input_ids": ids, "attention_mask": ids}
   sh = lambda t: parallel.param_shardings(t, mesh, min_size=config.shard_min_size)
-  p_sh, o_sh, e_sh, t_sh = sh(dit_params), sh(opt), sh(ema), sh(t5_params)
-  b = {"ids": ids, "mask": ids, "z": z}
+  state_sh, consts_sh = sh(state), sh(consts)
   b_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in b.items()}
-  args = (dit_params, opt, ema, t5_params, b)
-  shardings = (p_sh, o_sh, e_sh, t_sh, b_sh)
-  groups = {"params": (dit_params, p_sh), "optimizer": (opt, o_sh), "ema+frozen": (ema, e_sh),
-            "constants": (t5_params, t_sh)}
-  return step, args, shardings, (p_sh, o_sh, e_sh, parallel.replicated(mesh)), groups
+  return (step, (state, b, consts), (state_sh, b_sh, consts_sh),
+          (state_sh, parallel.replicated(mesh)), _groups(state, state_sh, consts, consts_sh))
 
 
 def _bytes(tree, shardings):
   """(total bytes, bytes on one device, largest whole array on a device, its size)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   total = per_device = 0
   largest_whole = 0
   for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
@@ -162,9 +143,6 @@ def _bytes(tree, shardings):
 def plan(name: str, batch: int, remat: str, compile_: bool, fsdp: int = -1,
          dtype: str = "") -> dict:
   """Lowers one config on all local devices (fsdp -1: all on fsdp); returns its row."""
-  import time  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(1 if fsdp == -1 else -1, fsdp)
   if name == "dit_xl2_t5xxl":
     step, args, shardings, out_sh, groups = _dit_step(mesh, batch, remat, dtype)
@@ -231,7 +209,6 @@ def main():
   p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args()
   if a._child:  # pylint: disable=protected-access
-    import jax  # pylint: disable=g-import-not-at-top
     assert jax.device_count() == a.devices[0], (jax.device_count(), a.devices)
     rows = [plan(c, a.batch, a.remat, a.compile, f, a.dtype) for f in a.fsdp for c in a.configs]
     print("ROWS " + json.dumps(rows))
