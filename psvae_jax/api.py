@@ -24,6 +24,7 @@ from psvae_jax import checkpoint
 from psvae_jax import editing
 from psvae_jax import generation
 from psvae_jax import parallel
+from psvae_jax import pixels
 
 
 class Pipeline:
@@ -77,9 +78,7 @@ class Pipeline:
 
   def _put(self, x: np.ndarray) -> jax.Array:
     n = x.shape[0]
-    pad = (-n) % self.mesh.size
-    if pad:
-      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    x = parallel.pad_to_multiple(x, self.mesh.size)
     return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)), n
 
   @functools.partial(jax.jit, static_argnums=0)
@@ -90,7 +89,7 @@ class Pipeline:
     """uint8 (or [-1, 1] float) images at the model's resolution -> normalised latents."""
     x = np.asarray(images)
     if x.dtype == np.uint8:
-      x = x.astype(np.float32) / 127.5 - 1.0
+      x = pixels.to_float(x)
     if x.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f"Images must be {self.image_size}x{self.image_size}, got {x.shape[1:3]}.")
     xs, n = self._put(x.astype(np.float32))
@@ -173,11 +172,8 @@ class Pipeline:
       raise editing.EditInputError(f"Got {n} images but {len(prompts)} prompts.")
     z0 = self.encode(square)  # (N, h, w, C)
     lat_mask = editing.latent_mask(pix_masks, z0.shape[1:3], dilation)  # (N, h, w, 1)
-    pad = (-n) % self.mesh.size
-    if pad:
-      z0 = np.concatenate([z0, np.repeat(z0[-1:], pad, axis=0)])
-      lat_mask = np.concatenate([lat_mask, np.repeat(lat_mask[-1:], pad, axis=0)])
-      prompts = list(prompts) + [prompts[-1]] * pad
+    z0, lat_mask, prompts = (parallel.pad_to_multiple(v, self.mesh.size)
+                             for v in (z0, lat_mask, prompts))
     batch = self.gen.host_condition(prompts=list(prompts))
     z = self.gen.edit_latents(self.params, self.consts, batch, z0, lat_mask, strength=strength,
                               steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax import parallel
+from psvae_jax import pixels
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import schedules
@@ -171,13 +172,13 @@ class Generator:
     n = len(prompts) if prompts is not None else len(labels)
     if n == 0:
       raise ValueError("Nothing to generate: no prompts or labels.")
-    pad = (-n) % self.mesh.size  # the batch is split over all devices
+    # The batch is split over all devices.
     if prompts is not None:
-      prompts = list(prompts) + [prompts[-1]] * pad
+      prompts = parallel.pad_to_multiple(prompts, self.mesh.size)
     if labels is not None:
-      labels = np.concatenate([np.asarray(labels), np.repeat(np.asarray(labels)[-1:], pad)])
+      labels = parallel.pad_to_multiple(np.asarray(labels), self.mesh.size)
     batch = self.host_condition(prompts=prompts, labels=labels)
-    z_t = initial_noise(seed, np.arange(n + pad), self.latent_shape)
+    z_t = initial_noise(seed, np.arange(n + (-n) % self.mesh.size), self.latent_shape)
     z0 = self.run(params, consts, batch, z_t, steps=steps, cfg=cfg, eta=eta, seed=seed,
                   cfg_rescale=cfg_rescale, guidance_interval=guidance_interval, shift=shift)
     return self.to_images(consts, z0)[:n]
@@ -260,8 +261,7 @@ class Generator:
                     guidance_interval=guidance_interval, resample=resample, shift=shift)
 
   def to_images(self, consts, z0) -> np.ndarray:
-    from psvae_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-    return metrics_lib.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes
+    return pixels.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes
 
   def __hash__(self):
     return id(self)

@@ -12,6 +12,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from psvae_jax import parallel
+from psvae_jax import pixels
 from psvae_jax.data import shapes
 from psvae_jax.evals import evaluators
 from psvae_jax.evals import image_metrics
@@ -23,7 +24,7 @@ N = 72  # not a multiple of 32 or 64: the last batch is padded
 
 def _data(n):
   imgs, caps = zip(*(shapes.generate(i, 32, seed=7) for i in range(n)))
-  return {"image": np.stack(imgs).astype(np.float32) / 127.5 - 1.0, "caption": list(caps)}
+  return {"image": pixels.to_float(np.stack(imgs)), "caption": list(caps)}
 
 
 @jax.jit

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax import parallel
+from psvae_jax import pixels
 from psvae_jax.evals import fid as fid_lib
 from psvae_jax.evals import image_metrics
 
@@ -50,8 +51,7 @@ class EvalContext:
     """Pads a host chunk to the batch size, shards it; returns (array, valid mask)."""
     n = len(x)
     mask = np.arange(self.batch_size) < n
-    if n < self.batch_size:
-      x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - n, axis=0)])
+    x = parallel.pad_rows(x, self.batch_size)
     return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)), mask
 
   def per_image(self, fn: Callable, *arrays: np.ndarray) -> np.ndarray:
@@ -77,10 +77,6 @@ class EvalContext:
       data = self.eval_data(n)
       self.cache[("recon", n)] = (data, np.clip(self.reconstruct(data["image"]), -1, 1))
     return self.cache[("recon", n)]
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  return np.asarray(np.clip((np.asarray(x, np.float32) + 1.0) * 127.5 + 0.5, 0, 255), np.uint8)
 
 
 _psnr = jax.jit(image_metrics.psnr)
@@ -126,8 +122,8 @@ class RFID(PSNR):
 
   def run(self, ctx):
     data, rec = ctx.recon(self.n)
-    mu1, s1 = ctx.stats(self.feature, to_uint8(rec)).finalize()
-    mu2, s2 = ctx.stats(self.feature, to_uint8(data["image"])).finalize()
+    mu1, s1 = ctx.stats(self.feature, pixels.to_uint8(rec)).finalize()
+    mu2, s2 = ctx.stats(self.feature, pixels.to_uint8(data["image"])).finalize()
     return {"rfid": fid_lib.frechet_distance(mu1, s1, mu2, s2), "num_samples": self.n,
             "feature": self.feature, "reference": f"originals of the first {self.n} eval images"}
 
@@ -155,7 +151,7 @@ class FID:
     key = ("ref", self.feature, self.num_ref)
     if key not in ctx.cache:
       data = ctx.eval_data(self.num_ref)
-      ctx.cache[key] = ctx.stats(self.feature, to_uint8(data["image"])).finalize()
+      ctx.cache[key] = ctx.stats(self.feature, pixels.to_uint8(data["image"])).finalize()
     return (*ctx.cache[key], f"first {self.num_ref} eval images")
 
   def conditions(self, ctx) -> tuple[list[str] | None, np.ndarray | None, str]:
