@@ -9,6 +9,8 @@ normalize / denormalize take `sample`: True (default, as diffusion.latent_sample
 statistics of the sampled latent z = mu + sigma * eps, False those of mu; a DiT must be
 sampled with the statistics it was trained with (psvae_jax/latent_stats.py);
 `latent_normalization` picks them for a stage-3 config (training and `psvae_jax.api`).
+The module-level `normalize` / `denormalize` (and `Autoencoder.encode_normalized_with`) are the
+one formula, also used with the stage-3 constants by `psvae_jax.generation.Generator`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax.models.autoencoder import PSVAE
+
+
+def normalize(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """Per-channel (z - mean) / std: the latent stage 3 trains and samples in."""
+  return (z - mean) / std
+
+
+def denormalize(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """Inverse of `normalize`: z * std + mean."""
+  return z * std + mean
 
 
 @dataclasses.dataclass
@@ -63,6 +75,11 @@ class Autoencoder:
     """Pure variant for use inside other jitted functions."""
     return self.model.apply({"params": params}, images, method=PSVAE.encode)
 
+  def encode_normalized_with(self, params, images, mean, std):
+    """Images in [-1, 1] -> `normalize`d posterior means (B, h, w, C); pure (for jit)."""
+    mu, _ = self.encode_with(params, images)
+    return normalize(mu, mean, std)
+
   def decode_with(self, params, z):
     return self.model.apply({"params": params}, z, method=PSVAE.decode)
 
@@ -79,11 +96,11 @@ class Autoencoder:
 
   def normalize(self, z: jax.Array, sample: bool = True) -> jax.Array:
     mean, std = self.normalization(sample)
-    return (z - jnp.asarray(mean)) / jnp.asarray(std)
+    return normalize(z, jnp.asarray(mean), jnp.asarray(std))
 
   def denormalize(self, z: jax.Array, sample: bool = True) -> jax.Array:
     mean, std = self.normalization(sample)
-    return z * jnp.asarray(std) + jnp.asarray(mean)
+    return denormalize(z, jnp.asarray(mean), jnp.asarray(std))
 
   def __hash__(self):
     return id(self)

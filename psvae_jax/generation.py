@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psvae_jax import autoencoders
 from psvae_jax import parallel
 from psvae_jax import pixels
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import schedules
-from psvae_jax.models.autoencoder import PSVAE
 
 MAX_STEPS = 1000  # scan length; any steps <= MAX_STEPS reuse the compile
 
@@ -123,19 +123,18 @@ class Generator:
 
   # ---- latents ------------------------------------------------------------------------------
   def normalize(self, consts, z):
-    return (z - consts["latent_mean"]) / consts["latent_std"]
+    return autoencoders.normalize(z, consts["latent_mean"], consts["latent_std"])
 
   def denormalize(self, consts, z):
-    return z * consts["latent_std"] + consts["latent_mean"]
+    return autoencoders.denormalize(z, consts["latent_mean"], consts["latent_std"])
 
   def decode(self, consts, z_norm):
-    x = self.ae.model.apply({"params": consts["ae"]}, self.denormalize(consts, z_norm),
-                            method=PSVAE.decode)
+    x = self.ae.decode_with(consts["ae"], self.denormalize(consts, z_norm))
     return jnp.clip(x, -1.0, 1.0)
 
   def encode(self, consts, images):
-    mu, _ = self.ae.model.apply({"params": consts["ae"]}, images, method=PSVAE.encode)
-    return self.normalize(consts, mu)
+    return self.ae.encode_normalized_with(consts["ae"], images, consts["latent_mean"],
+                                          consts["latent_std"])
 
   # ---- sampling -----------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))

@@ -26,7 +26,6 @@ from psvae_jax import parallel
 from psvae_jax.data import pipeline
 from psvae_jax.evals import evaluators
 from psvae_jax.evals import proxy
-from psvae_jax.models.autoencoder import PSVAE
 from psvae_jax.weights import inception
 from psvae_jax.weights import lpips
 
@@ -87,9 +86,8 @@ def build_context(workdir: str, config):
       sets[n] = pipeline.build_eval_set(data_cfg, n)
     return sets[n]
 
-  recon_jit = jax.jit(lambda p, x: jax.numpy.clip(ae.model.apply(
-      {"params": p}, ae.model.apply({"params": p}, x, method=PSVAE.encode)[0],
-      method=PSVAE.decode), -1, 1))
+  recon_jit = jax.jit(
+      lambda p, x: jax.numpy.clip(ae.decode_with(p, ae.encode_with(p, x)[0]), -1, 1))
   ctx = evaluators.EvalContext(mesh=mesh, batch_size=config.batch_size, eval_data=eval_data,
                                generate=generate)
 

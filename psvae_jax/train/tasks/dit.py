@@ -20,7 +20,7 @@ from psvae_jax import builders
 from psvae_jax import generation
 from psvae_jax.data import pipeline
 from psvae_jax.evals import runner as eval_runner
-from psvae_jax.models.autoencoder import PSVAE, reparameterize
+from psvae_jax.models.autoencoder import reparameterize
 
 
 def _shapes_captions(captions) -> bool:
@@ -72,7 +72,7 @@ class DiTTask:
   def _latents(self, consts, batch, rng):
     if "latent" in batch:
       return self.gen.normalize(consts, batch["latent"].astype(jnp.float32))
-    mu, logvar = self.ae.model.apply({"params": consts["ae"]}, batch["image"], method=PSVAE.encode)
+    mu, logvar = self.ae.encode_with(consts["ae"], batch["image"])
     z = reparameterize(rng, mu, logvar) if self.config.diffusion.latent_sample else mu
     return jax.lax.stop_gradient(self.gen.normalize(consts, z))
 
