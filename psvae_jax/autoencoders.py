@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from configs import common
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
@@ -113,7 +114,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{workdir} is not a psvae-jax workdir (no config.json).")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  # A config.json written before the sample keys' rename (cfg -> guidance_scale) loads renamed.
+  return ml_collections.ConfigDict(common.rename_legacy_sample_keys(json.loads(path.read_text())))
 
 
 def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,

@@ -113,7 +113,7 @@ def test_fid_conditions_prompt_file_and_class_balanced(tmp_path):
   """fid generates for the eval captions, a prompt file's lines or balanced labels, cycled to N."""
   seen = []
 
-  def generate(captions, steps, cfg, seed, labels=None):
+  def generate(captions, steps, guidance_scale, seed, labels=None):
     seen.append((captions, None if labels is None else list(labels)))
     n = len(captions if labels is None else labels)
     return np.random.default_rng(n).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)

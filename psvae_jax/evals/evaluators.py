@@ -5,13 +5,15 @@
   results = run_all(evals, ctx)     # {"fid_proxy/fid": ..., "fid_proxy/steps": ..., ...}
 
 An evaluator sees the model only through an `EvalContext`: `reconstruct(images)` (the
-autoencoder, [-1, 1] in and out), `generate(captions, steps, cfg, seed)` (uint8 out),
+autoencoder, [-1, 1] in and out), `generate(captions, steps, guidance_scale, seed)` (uint8
+out),
 `eval_data(n)` (held-out images and captions) and `features(kind)` (a jitted feature net:
 "inception" with FID weights, or "proxy"). Images go through fixed-size padded batches
 sharded over the context's mesh; padded rows are masked out, per-image values are reduced
 in float64 in image order and FID statistics are exact float64 sums, so results do not
 depend on the eval batch size or the device count. Every FID comes with its sampler steps,
-cfg, number of samples and reference set.
+guidance scale, number of samples and reference set. Unset steps / guidance_scale take the
+sampling defaults (configs/common.py SAMPLE).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import common
 from psvae_jax import parallel
 from psvae_jax import pixels
 from psvae_jax.evals import fid as fid_lib
@@ -140,7 +143,11 @@ class FID:
     self.class_balanced = int(cfg.get("class_balanced", 0))
     self.n = cfg.get("num_samples", 1000)
     self.num_ref = cfg.get("num_reference", 1000)
-    self.steps, self.cfg, self.seed = cfg.get("steps", 50), cfg.get("cfg", 7.5), cfg.get("seed", 0)
+    if "cfg" in cfg:
+      raise ValueError("The evaluator setting 'cfg' is now 'guidance_scale'.")
+    self.steps = cfg.get("steps", common.SAMPLE.steps)
+    self.guidance_scale = cfg.get("guidance_scale", common.SAMPLE.guidance_scale)
+    self.seed = cfg.get("seed", 0)
     self.feature = cfg.get("feature", "inception")
     self.ref_path = cfg.get("reference", "")  # .npz (ours or ADM); "" = own pass over eval data
 
@@ -175,13 +182,14 @@ class FID:
 
   def run(self, ctx):
     captions, labels, source = self.conditions(ctx)
-    key = ("gen", self.n, self.steps, self.cfg, self.seed, source)
+    key = ("gen", self.n, self.steps, self.guidance_scale, self.seed, source)
     if key not in ctx.cache:
-      ctx.cache[key] = ctx.generate(captions, self.steps, self.cfg, self.seed, labels=labels)
+      ctx.cache[key] = ctx.generate(captions, self.steps, self.guidance_scale, self.seed,
+                                    labels=labels)
     mu, sigma = ctx.stats(self.feature, ctx.cache[key]).finalize()
     ref_mu, ref_sigma, ref_name = self.reference(ctx)
     return {"fid": fid_lib.frechet_distance(mu, sigma, ref_mu, ref_sigma), "steps": self.steps,
-            "cfg": self.cfg, "num_samples": self.n, "feature": self.feature,
+            "guidance_scale": self.guidance_scale, "num_samples": self.n, "feature": self.feature,
             "reference": ref_name, "conditions": source}
 
 
@@ -191,13 +199,13 @@ class Adherence(FID):
   def run(self, ctx):
     from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
     captions = list(ctx.eval_data(self.n)["caption"])
-    key = ("gen", self.n, self.steps, self.cfg, self.seed,
+    key = ("gen", self.n, self.steps, self.guidance_scale, self.seed,
            f"captions of the first {len(captions)} eval images")
     if key not in ctx.cache:
-      ctx.cache[key] = ctx.generate(captions, self.steps, self.cfg, self.seed)
+      ctx.cache[key] = ctx.generate(captions, self.steps, self.guidance_scale, self.seed)
     images = ctx.cache[key]
     return {"adherence": float(np.mean(shapes.score_batch(images, captions))),
-            "steps": self.steps, "cfg": self.cfg, "num_samples": self.n}
+            "steps": self.steps, "guidance_scale": self.guidance_scale, "num_samples": self.n}
 
 
 EVALUATORS = {"fid": FID, "rfid": RFID, "psnr": PSNR, "ssim": SSIM, "lpips": LPIPS,

@@ -67,8 +67,9 @@ def _load(workdir: str, mesh):
   if run_cfg.stage != "dit":
     return run_cfg, autoencoders.load_autoencoder(workdir, mesh), None
   pipe = api.load(workdir, mesh)
-  generate = lambda caps, steps, cfg, seed, labels=None: pipe.generate(
-      caps if labels is None else None, steps=steps, cfg=cfg, seed=seed, labels=labels)
+  generate = lambda caps, steps, guidance_scale, seed, labels=None: pipe.generate(
+      caps if labels is None else None, steps=steps, guidance_scale=guidance_scale, seed=seed,
+      labels=labels)
   return run_cfg, pipe.gen.ae, generate
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from configs import common
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import generation
@@ -96,10 +97,10 @@ class DiTTask:
       self._eval = pipeline.build_eval_set(self.config.data, self.config.eval.num_images)
     return self._eval
 
-  def generate(self, params, consts, captions, labels, cfg):
+  def generate(self, params, consts, captions, labels, guidance_scale):
     s = self.config.sample
     return self.gen.generate(params, consts, prompts=None if labels is not None else captions,
-                             labels=labels, steps=s.steps, cfg=cfg, eta=s.eta,
+                             labels=labels, steps=s.steps, guidance_scale=guidance_scale, eta=s.eta,
                              seed=self.config.seed + 12345)
 
   def evaluate(self, state, consts, mesh, step):
@@ -109,22 +110,24 @@ class DiTTask:
     captions = list(data["caption"])
     labels = data.get("label") if self.config.model.cond_type == "class" else None
     scalars, images = {}, {}
-    scales = tuple(self.config.eval.get("guidance_scales", ())) or (self.config.sample.cfg, 1.0)
-    for cfg in sorted(set(scales)):
-      out = self.generate(state.ema_params, consts, captions, labels, cfg)
-      suffix = "" if cfg == self.config.sample.cfg else f"_cfg{cfg:g}"
+    s = self.config.sample
+    scales = tuple(self.config.eval.get("guidance_scales", ())) or (s.guidance_scale, 1.0)
+    for scale in sorted(set(scales)):
+      out = self.generate(state.ema_params, consts, captions, labels, scale)
+      # Metric names keep their "_cfg<scale>" suffix (e.g. adherence_cfg1): report keys.
+      suffix = "" if scale == s.guidance_scale else f"_cfg{scale:g}"
       if _shapes_captions(captions):  # shapes data, directly or through a latent cache
         from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
         scalars["adherence" + suffix] = float(np.mean(shapes.score_batch(out, captions)))
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = metrics_lib.grid(out[:k])
-    logging.info("sample settings: steps=%d cfg=%g eta=%g guidance_interval=%s n=%d",
-                 self.config.sample.steps, self.config.sample.cfg, self.config.sample.eta,
-                 tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
+    logging.info("sample settings: steps=%d guidance_scale=%g eta=%g guidance_interval=%s n=%d",
+                 s.steps, s.guidance_scale, s.eta,
+                 tuple(s.get("guidance_interval", common.SAMPLE.guidance_interval)), len(captions))
     if self.config.get("evals"):  # configured evaluators (fid with a reference .npz, ...)
-      gen = lambda caps, steps, cfg, seed, labels=None: self.gen.generate(
+      gen = lambda caps, steps, guidance_scale, seed, labels=None: self.gen.generate(
           state.ema_params, consts, prompts=caps if labels is None else None, labels=labels,
-          steps=steps, cfg=cfg, seed=seed)
+          steps=steps, guidance_scale=guidance_scale, seed=seed)
       scalars.update(eval_runner.in_training(
           self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
           generate=gen))
