@@ -8,12 +8,12 @@ configuration of PERF-NOTES), the same weights on both sides; CFG 7.5 runs cond 
 every implementation; eta = 0. Implementations:
 
   scan      psvae_jax.diffusion.samplers.ddim_sample: the whole sampler (all steps) in one jit, lax.scan over
-            a timesteps array padded to 100 (so steps, cfg, eta and seed are traced: one compile for all)
+            a timesteps array padded to 100 (so steps, guidance_scale, eta and seed are traced: one compile for all)
   loop      a Python loop over one jitted DDIM+CFG step
   diffusers diffusers' DDIMScheduler (linear betas, "leading" spacing) + DiTTransformer2DModel, torch eager
 
 First a check that scan and diffusers produce the same latents (relative error printed), then the compile
-count of the scan sampler over several steps/cfg/eta/seed values: the sampler must be traced once (the model
+count of the scan sampler over several steps/guidance_scale/eta/seed values: the sampler must be traced once (the model
 function counts its traces) and no backend compile (jax.monitoring events) may happen after the first call
 (the first call's count also includes tiny helper computations such as building the PRNG key). Per image latency = median over repetitions of one full sample / batch. Prints
 `ratio diffusers/scan batch=1: 2.10` and `ratio loop/scan batch=1: ...` per batch size.
@@ -60,8 +60,8 @@ def _scan_sampler(model_fn):
   import jax  # pylint: disable=g-import-not-at-top
   from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
 
-  def sample(params, sched, z, cond, uncond, timesteps, cfg, eta, rng):
-    return samplers.ddim_sample(functools.partial(model_fn, params), sched, z, cond, uncond, timesteps, cfg,
+  def sample(params, sched, z, cond, uncond, timesteps, guidance_scale, eta, rng):
+    return samplers.ddim_sample(functools.partial(model_fn, params), sched, z, cond, uncond, timesteps, guidance_scale,
                                 eta, rng)
   return jax.jit(sample)
 
@@ -73,22 +73,22 @@ def _loop_sampler(model_fn):
   from psvae_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
 
   @jax.jit
-  def step(params, sched, z, both, t, t_prev, cfg):
+  def step(params, sched, z, both, t, t_prev, guidance_scale):
     z2 = jnp.concatenate([z, z])
     eps = model_fn(params, z2, jnp.full((z2.shape[0],), t, jnp.float32), both)
     e_c, e_u = jnp.split(eps, 2)
-    eps = e_u + cfg * (e_c - e_u)
+    eps = e_u + guidance_scale * (e_c - e_u)
     a_t, a_prev = schedules.alpha_cumprod_at(sched, t), schedules.alpha_cumprod_at(sched, t_prev)
     z0 = (z - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
     return jnp.sqrt(a_prev) * z0 + jnp.sqrt(1.0 - a_prev) * eps
 
-  def sample(params, sched, z, cond, uncond, num_steps, cfg):
+  def sample(params, sched, z, cond, uncond, num_steps, guidance_scale):
     from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
     both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
     ts = samplers.ddim_timesteps(num_steps)
     ratio = 1000 // num_steps
     for t in ts:
-      z = step(params, sched, z, both, np.int32(t), np.int32(t - ratio), np.float32(cfg))
+      z = step(params, sched, z, both, np.int32(t), np.int32(t - ratio), np.float32(guidance_scale))
     return z
   return sample
 
@@ -102,7 +102,7 @@ def _ddim_scheduler(num_steps: int):
   return sched
 
 
-def _diffusers_sample(tmodel, z_nhwc, y, num_steps, cfg):
+def _diffusers_sample(tmodel, z_nhwc, y, num_steps, guidance_scale):
   import torch  # pylint: disable=g-import-not-at-top
   sched = _ddim_scheduler(num_steps)
   z = torch.from_numpy(np.ascontiguousarray(z_nhwc.transpose(0, 3, 1, 2)))
@@ -112,7 +112,7 @@ def _diffusers_sample(tmodel, z_nhwc, y, num_steps, cfg):
       z2 = torch.cat([z, z])
       eps = tmodel(z2, timestep=t.expand(z2.shape[0]).float(), class_labels=labels).sample
       e_c, e_u = eps.chunk(2)
-      z = sched.step(e_u + cfg * (e_c - e_u), t, z, eta=0.0).prev_sample
+      z = sched.step(e_u + guidance_scale * (e_c - e_u), t, z, eta=0.0).prev_sample
   return z.numpy().transpose(0, 2, 3, 1)
 
 
@@ -142,8 +142,8 @@ def worker(args) -> dict:
                            CFG, 0.0, rng))
     first = counter.count
     out["first_call_s"] = time.perf_counter() - t0
-    for steps, cfg, eta, seed in ((max(n // 2, 1), 3.0, 0.0, 1), (n, 1.0, 0.5, 2), (MAX_STEPS, 7.5, 1.0, 3)):
-      scan(params, sched, z, cond, uncond, samplers.ddim_timesteps(steps, max_steps=MAX_STEPS), cfg, eta,
+    for steps, guidance_scale, eta, seed in ((max(n // 2, 1), 3.0, 0.0, 1), (n, 1.0, 0.5, 2), (MAX_STEPS, 7.5, 1.0, 3)):
+      scan(params, sched, z, cond, uncond, samplers.ddim_timesteps(steps, max_steps=MAX_STEPS), guidance_scale, eta,
            jax.random.key(seed, impl="unsafe_rbg")).block_until_ready()
     out["compiles_first"], out["compiles_after"], out["traces"] = first, counter.count - first, len(traces)
     ref = _diffusers_sample(_torch_model(params), z, y, n, CFG)
@@ -212,7 +212,7 @@ def main():
     chk = _common.run_worker(script, base + ["--impl", "check"])
     print(f"batch {batch}: scan vs diffusers rel err {chk['rel_err']:.1e}, loop vs diffusers "
           f"{chk['loop_rel_err']:.1e}; scan compiles: {chk['compiles_first']} on the first call, "
-          f"{chk['compiles_after']} more over 3 other (steps, cfg, eta, seed); the sampler was traced "
+          f"{chk['compiles_after']} more over 3 other (steps, guidance_scale, eta, seed); the sampler was traced "
           f"{chk['traces']}x -> "
           f"{'OK (exactly one compile)' if chk['traces'] == 1 and chk['compiles_after'] == 0 else 'FAIL'}",
           flush=True)

@@ -95,6 +95,41 @@ def data_config() -> ml_collections.ConfigDict:
       probe_records=64))  # records checked at start-up: none usable -> fail fast
 
 
+# The sampling defaults: the only place they are written. Stage-3 configs start their `sample`
+# from `sample_config()`; `psvae_jax.api.Pipeline`, `Generator.generate`, the sample CLI, the
+# evaluators (configs/eval.py) and the demo read these numbers.
+#   steps: sampler steps (DDIM or Euler, <= generation.MAX_STEPS; no recompile).
+#   guidance_scale: classifier-free guidance scale s (1 = no guidance).
+#   eta: DDIM eta (0 = deterministic).
+#   guidance_rescale: guidance rescale phi (0 = plain classifier-free guidance).
+#   guidance_interval: the noise levels (t/T or flow t, 1 = pure noise) where guidance_scale
+#     applies, scale 1 elsewhere ((0, 1): every step).
+#   shift: the SAMPLING timestep shift of the Euler grid (flow models; traced, so changing it does
+#     not recompile), independent of diffusion.flow_shift. A workdir whose config.json predates it
+#     samples with its diffusion.flow_shift (psvae_jax/generation.sampling_shift).
+SAMPLE = ml_collections.FrozenConfigDict(dict(
+    steps=50, guidance_scale=7.5, eta=0.0, guidance_rescale=0.0, guidance_interval=(0.0, 1.0),
+    shift=1.0))
+
+# Stored configs (a workdir's config.json) written before the rename: old sample key -> new.
+LEGACY_SAMPLE_KEYS = {"cfg": "guidance_scale", "cfg_rescale": "guidance_rescale"}
+
+
+def sample_config() -> ml_collections.ConfigDict:
+  """A stage-3 config's `sample` fields at their defaults (a mutable copy of `SAMPLE`)."""
+  return ml_collections.ConfigDict(SAMPLE)
+
+
+def rename_legacy_sample_keys(raw: dict) -> dict:
+  """A stored config dict with its `sample` keys renamed per LEGACY_SAMPLE_KEYS (a new key wins)."""
+  sample = raw.get("sample")
+  if not isinstance(sample, dict) or not any(k in sample for k in LEGACY_SAMPLE_KEYS):
+    return raw
+  renamed = {LEGACY_SAMPLE_KEYS.get(k, k): v for k, v in sample.items() if k in LEGACY_SAMPLE_KEYS}
+  renamed.update({k: v for k, v in sample.items() if k not in LEGACY_SAMPLE_KEYS})
+  return {**raw, "sample": renamed}
+
+
 def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> str:
   """The `:arg` of `--config=configs/x.py:arg` must name a known variant."""
   arg = arg or default

@@ -13,12 +13,12 @@ logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
 
 The two presets of the method (DESIGN.md section 1):
 - `XL_text` (the seed, the default): eps-prediction, linear betas, T = 1000; DDIM 50 steps
-  (eta 0), CFG 7.5.
+  (eta 0), guidance scale 7.5 (configs/common.py SAMPLE).
 - `paper` (the PS-VAE paper's recipe): XL text; flow matching (v = eps - z0), logit-normal(0, 1)
   t with the dimension-dependent training shift sqrt(h*w*C / 4096) (diffusion.flow_shift_base_dim
   = 4096: resolved from the autoencoder's latent at stage-3 start, sqrt(6) ~ 2.449 on the 16x16x96
   PS-VAE latent, and written into the workdir's config.json as diffusion.flow_shift); Euler
-  50 steps with sampling shift sample.shift = 3, CFG 6.5.
+  50 steps with sampling shift sample.shift = 3, guidance scale 6.5.
 The training shift (diffusion.flow_shift) and the sampling shift (sample.shift, `--shift` on
 `python -m psvae_jax.sample`) are separate settings: changing one leaves the other alone.
 """
@@ -65,13 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict(dict(
       objective="eps", schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
       flow_shift=1.0, flow_shift_base_dim=0, p_uncond=0.1, latent_sample=True))
-  # cfg_rescale: guidance rescale phi (0 = plain CFG); guidance_interval: the noise levels (t/T or
-  # flow t, 1 = pure noise) where the cfg scale applies, scale 1 elsewhere ((0, 1): every step).
-  # shift: the SAMPLING timestep shift of the Euler grid (flow models; traced, so changing it does
-  # not recompile), independent of diffusion.flow_shift. A workdir whose config.json predates it
-  # samples with its diffusion.flow_shift. See psvae_jax/diffusion/samplers.py.
-  c.sample = ml_collections.ConfigDict(dict(steps=50, cfg=7.5, eta=0.0, cfg_rescale=0.0,
-                                            guidance_interval=(0.0, 1.0), shift=1.0))
+  # steps, guidance_scale, eta, guidance_rescale, guidance_interval, shift: configs/common.py
+  # (SAMPLE) says what each is; see psvae_jax/diffusion/samplers.py.
+  c.sample = common.sample_config()
   c.data.max_length = 77
   c.optim.lr = 1e-4
   c.optim.warmup_steps = 5_000
@@ -80,25 +76,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = 400_000
   c.batch_size = 256
   # Eval size (every eval_every steps and the final one): eval.num_images prompts x sample.steps
-  # steps, once per guidance scale in eval.guidance_scales (empty: (sample.cfg, 1.0)); each step
-  # runs the conditional and unconditional halves as one batch. At these defaults: 64 prompts x
-  # 50 steps x 2 scales = 6,400 denoising steps = 12,800 DiT-XL forward passes (one per latent),
-  # plus 2 x 64 decodes.
+  # steps, once per guidance scale in eval.guidance_scales (empty: (sample.guidance_scale, 1.0));
+  # each step runs the conditional and unconditional halves as one batch. At these defaults:
+  # 64 prompts x 50 steps x 2 scales = 6,400 denoising steps = 12,800 DiT-XL forward passes (one
+  # per latent), plus 2 x 64 decodes.
   c.eval.num_images = 64
   c.eval.guidance_scales = ()
 
   if variant == "paper":
     c.diffusion.objective = "flow"
     c.diffusion.flow_shift_base_dim = 4096  # training shift sqrt(h*w*C / 4096)
-    c.sample.update(steps=50, shift=3.0, cfg=6.5)
+    c.sample.update(shift=3.0, guidance_scale=6.5)
 
   if variant == "tiny":
     c.dtype = c.text_encoder_dtype = "float32"  # XLA:CPU: bf16 is no faster
     # Measured on the 2-core CPU (shapes, 8x8x16 latent): flow matching reached adherence
     # 0.16 after 800 steps where eps-prediction reached 0.0, and 0.41 after 1600; patch 2
     # (16 tokens) makes a step ~3x cheaper than patch 1. The demo trains from a latent cache.
-    # 3000 steps: at 2000 a clean-clone demo scored 0.496 (cfg 7.5, interval below) vs 0.430 at
-    # cfg 1; a 3000-step run (jointly trained text encoder) 0.621 vs 0.586.
+    # 3000 steps: at 2000 a clean-clone demo scored 0.496 (guidance scale 7.5, interval below) vs
+    # 0.430 at guidance scale 1; a 3000-step run (jointly trained text encoder) 0.621 vs 0.586.
     c.model.patch_size = 2
     c.diffusion.objective = "flow"
     c.batch_size = 64
@@ -116,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16,
                                             guidance_scales=()))
     # Plain CFG at 7.5 over-guides this small flow model at low noise (shapes grow, textures
-    # appear). Measured on the demo's DiT, 256 held-out prompts, 50 Euler steps: cfg 1 0.418,
-    # cfg 7.5 on every step 0.449, cfg 7.5 on t >= 0.5 only 0.551 (t >= 0.4: 0.539, 0.6: 0.539).
+    # appear). Measured on the demo's DiT, 256 held-out prompts, 50 Euler steps: guidance scale 1
+    # 0.418, 7.5 on every step 0.449, 7.5 on t >= 0.5 only 0.551 (t >= 0.4: 0.539, 0.6: 0.539).
     c.sample.guidance_interval = (0.5, 1.0)
   return c

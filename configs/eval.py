@@ -8,6 +8,11 @@ and an optional `--config.reference=VIRTUAL_imagenet256_labeled.npz`).
 
 import ml_collections
 
+from configs import common
+
+# The generating evaluators sample with the library's defaults (configs/common.py SAMPLE).
+_SAMPLING = dict(steps=common.SAMPLE.steps, guidance_scale=common.SAMPLE.guidance_scale, seed=0)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or "demo"
@@ -21,15 +26,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "demo":
     c.evals = ml_collections.ConfigDict(dict(
         fid_proxy=dict(type="fid", feature="proxy", num_samples=256, num_reference=1024,
-                       steps=50, cfg=7.5, seed=0, reference=""),
+                       **_SAMPLING, reference=""),
         rfid_proxy=dict(type="rfid", feature="proxy", num_images=256),
         psnr=dict(type="psnr", num_images=256), ssim=dict(type="ssim", num_images=256),
         lpips=dict(type="lpips", num_images=256),
-        adherence=dict(type="adherence", num_samples=256, steps=50, cfg=7.5, seed=0)))
+        adherence=dict(type="adherence", num_samples=256, **_SAMPLING)))
   elif arg == "inception":
     c.evals = ml_collections.ConfigDict(dict(
         fid=dict(type="fid", feature="inception", num_samples=50_000, num_reference=50_000,
-                 steps=50, cfg=7.5, seed=0, reference=""),
+                 **_SAMPLING, reference=""),
         rfid=dict(type="rfid", feature="inception", num_images=50_000),
         psnr=dict(type="psnr", num_images=50_000), ssim=dict(type="ssim", num_images=50_000)))
   else:

@@ -18,6 +18,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from configs import common
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import checkpoint
@@ -25,6 +26,9 @@ from psvae_jax import editing
 from psvae_jax import generation
 from psvae_jax import latent_stats
 from psvae_jax import parallel
+from psvae_jax import pixels
+
+_SAMPLE = common.SAMPLE  # the sampling defaults
 
 
 class Pipeline:
@@ -59,30 +63,32 @@ class Pipeline:
   def image_size(self) -> int:
     return self.ae.image_size
 
-  def generate(self, prompts: Sequence[str] | None = None, steps: int = 50, cfg: float = 7.5,
-               eta: float = 0.0, seed: int = 0, labels: Sequence[int] | None = None,
-               cfg_rescale: float | None = None,
+  def generate(self, prompts: Sequence[str] | None = None, steps: int = _SAMPLE.steps,
+               guidance_scale: float = _SAMPLE.guidance_scale, eta: float = _SAMPLE.eta,
+               seed: int = 0, labels: Sequence[int] | None = None,
+               guidance_rescale: float | None = None,
                guidance_interval: tuple[float, float] | None = None,
                shift: float | None = None) -> np.ndarray:
     """Prompts (or class labels) -> uint8 images (N, H, W, 3). Same seed, same images.
 
-    cfg_rescale: guidance rescale phi (None: the model config's sample.cfg_rescale).
-    guidance_interval: (lo, hi) noise levels (1 = pure noise) where cfg applies, scale 1 elsewhere
-      (None: the model config's sample.guidance_interval; (0, 1) = every step).
+    steps, guidance_scale, eta default to the sampling defaults (configs/common.py SAMPLE).
+    guidance_scale: the classifier-free guidance scale (1 = no guidance).
+    guidance_rescale: guidance rescale phi (None: the model config's sample.guidance_rescale).
+    guidance_interval: (lo, hi) noise levels (1 = pure noise) where guidance_scale applies, scale
+      1 elsewhere (None: the model config's sample.guidance_interval; (0, 1) = every step).
     shift: the Euler sampler's timestep shift, > 0 (flow models; None: the model config's
       sample.shift, or its training diffusion.flow_shift if it has none). No recompile.
     """
     if prompts is not None and isinstance(prompts, str):
       prompts = [prompts]
     return self.gen.generate(self.params, self.consts, prompts=prompts, labels=labels,
-                             steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,
+                             steps=steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
+                             guidance_rescale=guidance_rescale,
                              guidance_interval=guidance_interval, shift=shift)
 
   def _put(self, x: np.ndarray) -> jax.Array:
     n = x.shape[0]
-    pad = (-n) % self.mesh.size
-    if pad:
-      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    x = parallel.pad_to_multiple(x, self.mesh.size)
     return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)), n
 
   @functools.partial(jax.jit, static_argnums=0)
@@ -93,7 +99,7 @@ class Pipeline:
     """uint8 (or [-1, 1] float) images at the model's resolution -> normalised latents."""
     x = np.asarray(images)
     if x.dtype == np.uint8:
-      x = x.astype(np.float32) / 127.5 - 1.0
+      x = pixels.to_float(x)
     if x.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f"Images must be {self.image_size}x{self.image_size}, got {x.shape[1:3]}.")
     xs, n = self._put(x.astype(np.float32))
@@ -105,8 +111,9 @@ class Pipeline:
     return self.gen.to_images(self.consts, zs)[:n]
 
   # ---- editing (psvae_jax/editing.py holds the host-side parts) -------------------------------
-  def edit(self, images, prompts, strength: float = 0.7, steps: int = 50, cfg: float = 7.5,
-           eta: float = 0.0, seed: int = 0, *, fit: str = "crop", cfg_rescale: float | None = None,
+  def edit(self, images, prompts, strength: float = 0.7, steps: int = _SAMPLE.steps,
+           guidance_scale: float = _SAMPLE.guidance_scale, eta: float = _SAMPLE.eta,
+           seed: int = 0, *, fit: str = "crop", guidance_rescale: float | None = None,
            guidance_interval: tuple[float, float] | None = None, shift: float | None = None):
     """SDEdit: images (any size) re-generated towards `prompts` from noise level strength·T.
 
@@ -119,14 +126,16 @@ class Pipeline:
     strength = editing.check_strength(strength)
     square, places = editing.prepare_images(images, self.image_size, fit)
     masks = np.ones(square.shape[:3], np.float32)
-    out = self._edit(square, masks, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
-                     seed=seed, dilation=0, cfg_rescale=cfg_rescale,
+    out = self._edit(square, masks, prompts, strength=strength, steps=steps,
+                     guidance_scale=guidance_scale, eta=eta, seed=seed, dilation=0,
+                     guidance_rescale=guidance_rescale,
                      guidance_interval=guidance_interval, resample=0, shift=shift)
     return self._restore(images, out, places)
 
-  def inpaint(self, images, masks, prompts, steps: int = 50, cfg: float = 7.5, eta: float = 0.0,
+  def inpaint(self, images, masks, prompts, steps: int = _SAMPLE.steps,
+              guidance_scale: float = _SAMPLE.guidance_scale, eta: float = _SAMPLE.eta,
               seed: int = 0, *, strength: float = 1.0, dilation: int = 1, feather: float = 1.0,
-              fit: str = "crop", composite: bool = True, cfg_rescale: float | None = None,
+              fit: str = "crop", composite: bool = True, guidance_rescale: float | None = None,
               guidance_interval: tuple[float, float] | None = None, resample: int = 0,
               shift: float | None = None):
     """Regenerates the masked region (mask >= 0.5, i.e. white) of each image for its prompt.
@@ -154,8 +163,9 @@ class Pipeline:
                  (list(images) if not isinstance(images, np.ndarray) or images.ndim == 4
                   else [images])]
     pix = np.stack([editing.prepare_mask(m, p, self.image_size) for m, p in zip(masks, places)])
-    out = self._edit(square, pix, prompts, strength=strength, steps=steps, cfg=cfg, eta=eta,
-                     seed=seed, dilation=dilation, cfg_rescale=cfg_rescale,
+    out = self._edit(square, pix, prompts, strength=strength, steps=steps,
+                     guidance_scale=guidance_scale, eta=eta, seed=seed, dilation=dilation,
+                     guidance_rescale=guidance_rescale,
                      guidance_interval=guidance_interval, resample=int(resample), shift=shift)
     restored = self._restore(images, out, places)
     if not composite:
@@ -164,8 +174,8 @@ class Pipeline:
                for r, o, m in zip(restored, originals, masks)]
     return np.stack(blended) if isinstance(restored, np.ndarray) else blended
 
-  def _edit(self, square, pix_masks, prompts, *, strength, steps, cfg, eta, seed, dilation,
-            cfg_rescale, guidance_interval, resample, shift) -> np.ndarray:
+  def _edit(self, square, pix_masks, prompts, *, strength, steps, guidance_scale, eta, seed,
+            dilation, guidance_rescale, guidance_interval, resample, shift) -> np.ndarray:
     """uint8 (N, S, S, 3) images and {0, 1} (N, S, S) masks -> uint8 (N, S, S, 3) results."""
     n = square.shape[0]
     if isinstance(prompts, str):
@@ -176,14 +186,12 @@ class Pipeline:
       raise editing.EditInputError(f"Got {n} images but {len(prompts)} prompts.")
     z0 = self.encode(square)  # (N, h, w, C)
     lat_mask = editing.latent_mask(pix_masks, z0.shape[1:3], dilation)  # (N, h, w, 1)
-    pad = (-n) % self.mesh.size
-    if pad:
-      z0 = np.concatenate([z0, np.repeat(z0[-1:], pad, axis=0)])
-      lat_mask = np.concatenate([lat_mask, np.repeat(lat_mask[-1:], pad, axis=0)])
-      prompts = list(prompts) + [prompts[-1]] * pad
+    z0, lat_mask, prompts = (parallel.pad_to_multiple(v, self.mesh.size)
+                             for v in (z0, lat_mask, prompts))
     batch = self.gen.host_condition(prompts=list(prompts))
     z = self.gen.edit_latents(self.params, self.consts, batch, z0, lat_mask, strength=strength,
-                              steps=steps, cfg=cfg, eta=eta, seed=seed, cfg_rescale=cfg_rescale,
+                              steps=steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
+                              guidance_rescale=guidance_rescale,
                               guidance_interval=guidance_interval, resample=resample,
                               shift=shift)
     return self.gen.to_images(self.consts, z)[:n]

@@ -10,6 +10,8 @@ statistics of the sampled latent z = mu + sigma * eps, False those of mu; a DiT 
 sampled with the statistics it was trained with (psvae_jax/latent_stats.py);
 `latent_normalization` picks them for a stage-3 config (training and `psvae_jax.api`), which
 reads them from the DiT workdir's own copy (`load_autoencoder(..., stats_dir=...)`).
+The module-level `normalize` / `denormalize` (and `Autoencoder.encode_normalized_with`) are the
+one formula, also used with the stage-3 constants by `psvae_jax.generation.Generator`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,22 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from configs import common
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax.models.autoencoder import PSVAE
+
+
+def normalize(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """Per-channel (z - mean) / std: the latent stage 3 trains and samples in."""
+  return (z - mean) / std
+
+
+def denormalize(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """Inverse of `normalize`: z * std + mean."""
+  return z * std + mean
 
 
 @dataclasses.dataclass
@@ -65,6 +78,11 @@ class Autoencoder:
     """Pure variant for use inside other jitted functions."""
     return self.model.apply({"params": params}, images, method=PSVAE.encode)
 
+  def encode_normalized_with(self, params, images, mean, std):
+    """Images in [-1, 1] -> `normalize`d posterior means (B, h, w, C); pure (for jit)."""
+    mu, _ = self.encode_with(params, images)
+    return normalize(mu, mean, std)
+
   def decode_with(self, params, z):
     return self.model.apply({"params": params}, z, method=PSVAE.decode)
 
@@ -81,11 +99,11 @@ class Autoencoder:
 
   def normalize(self, z: jax.Array, sample: bool = True) -> jax.Array:
     mean, std = self.normalization(sample)
-    return (z - jnp.asarray(mean)) / jnp.asarray(std)
+    return normalize(z, jnp.asarray(mean), jnp.asarray(std))
 
   def denormalize(self, z: jax.Array, sample: bool = True) -> jax.Array:
     mean, std = self.normalization(sample)
-    return z * jnp.asarray(std) + jnp.asarray(mean)
+    return denormalize(z, jnp.asarray(mean), jnp.asarray(std))
 
   def __hash__(self):
     return id(self)
@@ -98,7 +116,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{workdir} is not a psvae-jax workdir (no config.json).")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  # A config.json written before the sample keys' rename (cfg -> guidance_scale) loads renamed.
+  return ml_collections.ConfigDict(common.rename_legacy_sample_keys(json.loads(path.read_text())))
 
 
 def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,

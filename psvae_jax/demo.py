@@ -106,7 +106,8 @@ def main(argv):
   report["stage3"] = m3
   report["adherence"] = m3.get("adherence")
   report["adherence_cfg1"] = m3.get("adherence_cfg1")
-  report["sample_settings"] = dict(steps=c3.sample.steps, cfg=c3.sample.cfg, eta=c3.sample.eta,
+  report["sample_settings"] = dict(steps=c3.sample.steps, guidance_scale=c3.sample.guidance_scale,
+                                   eta=c3.sample.eta,
                                    guidance_interval=list(c3.sample.guidance_interval),
                                    num_prompts=c3.eval.num_images)
   report["seconds_stage3"] = time.time() - t3

@@ -26,6 +26,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from configs import common
+from psvae_jax import pixels
+
 FITS = ("crop", "pad")
 
 
@@ -90,7 +93,7 @@ def as_uint8_image(image) -> np.ndarray:
     raise EditInputError(f"An image must be (H, W, 3), got shape {x.shape}.")
   x = x[..., :3]
   if x.dtype != np.uint8:
-    x = np.clip((x.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    x = pixels.to_uint8(x)
   return x
 
 

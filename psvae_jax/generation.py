@@ -23,12 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import common
+from psvae_jax import autoencoders
 from psvae_jax import parallel
 from psvae_jax import writers
+from psvae_jax import pixels
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import schedules
-from psvae_jax.models.autoencoder import PSVAE
 
 MAX_STEPS = 1000  # scan length; any steps <= MAX_STEPS reuse the compile
 
@@ -123,24 +125,24 @@ class Generator:
 
   # ---- latents ------------------------------------------------------------------------------
   def normalize(self, consts, z):
-    return (z - consts["latent_mean"]) / consts["latent_std"]
+    return autoencoders.normalize(z, consts["latent_mean"], consts["latent_std"])
 
   def denormalize(self, consts, z):
-    return z * consts["latent_std"] + consts["latent_mean"]
+    return autoencoders.denormalize(z, consts["latent_mean"], consts["latent_std"])
 
   def decode(self, consts, z_norm):
-    x = self.ae.model.apply({"params": consts["ae"]}, self.denormalize(consts, z_norm),
-                            method=PSVAE.decode)
+    x = self.ae.decode_with(consts["ae"], self.denormalize(consts, z_norm))
     return jnp.clip(x, -1.0, 1.0)
 
   def encode(self, consts, images):
-    mu, _ = self.ae.model.apply({"params": consts["ae"]}, images, method=PSVAE.encode)
-    return self.normalize(consts, mu)
+    return self.ae.encode_normalized_with(consts["ae"], images, consts["latent_mean"],
+                                          consts["latent_std"])
 
   # ---- sampling -----------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
-  def sample_latents(self, params, consts, batch, z_start, timesteps, cfg, eta, rng, start_index,
-                     inpaint=None, cfg_rescale=0.0, guidance_interval=(0.0, 1.0), resample=0,
+  def sample_latents(self, params, consts, batch, z_start, timesteps, guidance_scale, eta, rng,
+                     start_index, inpaint=None, guidance_rescale=0.0, guidance_interval=(0.0, 1.0),
+                     resample=0,
                      shift=1.0, *, use_inpaint=False):
     """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
     cond = self.condition(params, consts, batch)
@@ -152,35 +154,39 @@ class Generator:
     inp = inpaint if use_inpaint else None
     if isinstance(self.objective, objectives.EpsilonObjective):
       return samplers.ddim_sample(model_fn, self.objective.schedule, z_start, c_on, c_off, timesteps,
-                                  cfg, eta, rng, start_index=start_index, carry_sharding=sharding,
-                                  inpaint=inp, cfg_rescale=cfg_rescale,
+                                  guidance_scale, eta, rng, start_index=start_index,
+                                  carry_sharding=sharding,
+                                  inpaint=inp, guidance_rescale=guidance_rescale,
                                   guidance_interval=guidance_interval, resample=resample)
     num_steps = jnp.sum(timesteps >= 0)
-    return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps, shift, cfg,
+    return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps, shift, guidance_scale,
                                  max_steps=MAX_STEPS,
                                  start_index=start_index, carry_sharding=sharding, inpaint=inp,
-                                 cfg_rescale=cfg_rescale, guidance_interval=guidance_interval,
+                                 guidance_rescale=guidance_rescale,
+                                 guidance_interval=guidance_interval,
                                  resample=resample, rng=rng)
 
   @functools.partial(jax.jit, static_argnums=(0,))
   def _decode_jit(self, consts, z):
     return self.decode(consts, z)
 
-  def generate(self, params, consts, *, prompts=None, labels=None, steps=50, cfg=7.5, eta=0.0,
-               seed=0, cfg_rescale=None, guidance_interval=None, shift=None) -> np.ndarray:
+  def generate(self, params, consts, *, prompts=None, labels=None, steps=common.SAMPLE.steps,
+               guidance_scale=common.SAMPLE.guidance_scale, eta=common.SAMPLE.eta, seed=0,
+               guidance_rescale=None, guidance_interval=None, shift=None) -> np.ndarray:
     """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
     n = len(prompts) if prompts is not None else len(labels)
     if n == 0:
       raise ValueError("Nothing to generate: no prompts or labels.")
-    pad = (-n) % self.mesh.size  # the batch is split over all devices
+    # The batch is split over all devices.
     if prompts is not None:
-      prompts = list(prompts) + [prompts[-1]] * pad
+      prompts = parallel.pad_to_multiple(prompts, self.mesh.size)
     if labels is not None:
-      labels = np.concatenate([np.asarray(labels), np.repeat(np.asarray(labels)[-1:], pad)])
+      labels = parallel.pad_to_multiple(np.asarray(labels), self.mesh.size)
     batch = self.host_condition(prompts=prompts, labels=labels)
-    z_t = initial_noise(seed, np.arange(n + pad), self.latent_shape)
-    z0 = self.run(params, consts, batch, z_t, steps=steps, cfg=cfg, eta=eta, seed=seed,
-                  cfg_rescale=cfg_rescale, guidance_interval=guidance_interval, shift=shift)
+    z_t = initial_noise(seed, np.arange(n + (-n) % self.mesh.size), self.latent_shape)
+    z0 = self.run(params, consts, batch, z_t, steps=steps, guidance_scale=guidance_scale, eta=eta,
+                  seed=seed, guidance_rescale=guidance_rescale,
+                  guidance_interval=guidance_interval, shift=shift)
     return self.to_images(consts, z0)[:n]
 
   def host_condition(self, prompts=None, labels=None) -> dict[str, np.ndarray]:
@@ -202,15 +208,17 @@ class Generator:
     ts[:steps] = np.arange(steps)
     return ts
 
-  def run(self, params, consts, batch, z_start, *, steps, cfg, eta, seed, start_index=0,
-          inpaint=None, cfg_rescale=None, guidance_interval=None, resample=0, shift=None):
-    """Samples from z_start; cfg_rescale / guidance_interval / shift None take the config's
+  def run(self, params, consts, batch, z_start, *, steps, guidance_scale, eta, seed,
+          start_index=0, inpaint=None, guidance_rescale=None, guidance_interval=None, resample=0,
+          shift=None):
+    """Samples from z_start; guidance_rescale / guidance_interval / shift None take the config's
     sample.* values (shift: `sampling_shift`; only the Euler sampler uses it)."""
     shift = check_shift(sampling_shift(self.config) if shift is None else shift)
-    if cfg_rescale is None:
-      cfg_rescale = self.config.sample.get("cfg_rescale", 0.0)
+    if guidance_rescale is None:
+      guidance_rescale = self.config.sample.get("guidance_rescale", common.SAMPLE.guidance_rescale)
     if guidance_interval is None:
-      guidance_interval = self.config.sample.get("guidance_interval", (0.0, 1.0))
+      guidance_interval = self.config.sample.get("guidance_interval",
+                                                 common.SAMPLE.guidance_interval)
     lo, hi = (float(v) for v in guidance_interval)
     if not 0.0 <= lo <= hi <= 1.0:
       raise ValueError("guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got "
@@ -221,9 +229,9 @@ class Generator:
     inp = None if inpaint is None else tuple(
         jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)) for x in inpaint)
     return self.sample_latents(params, consts, batch, z_start, jnp.asarray(self.timesteps(steps)),
-                               jnp.float32(cfg), jnp.float32(eta),
+                               jnp.float32(guidance_scale), jnp.float32(eta),
                                jax.random.fold_in(jax.random.key(seed), 1 << 20),
-                               jnp.int32(start_index), inp, jnp.float32(cfg_rescale),
+                               jnp.int32(start_index), inp, jnp.float32(guidance_rescale),
                                jnp.asarray([lo, hi], jnp.float32), jnp.int32(resample),
                                jnp.float32(shift), use_inpaint=inpaint is not None)
 
@@ -238,15 +246,15 @@ class Generator:
                                          jnp.asarray(self.timesteps(steps)), start_index, noise)
     return samplers.euler_start_latents(z0, noise, steps, start_index, shift)
 
-  def edit_latents(self, params, consts, batch, z0, mask, *, strength, steps, cfg, eta, seed,
-                   cfg_rescale=None, guidance_interval=None, resample=0, shift=None):
+  def edit_latents(self, params, consts, batch, z0, mask, *, strength, steps, guidance_scale, eta,
+                   seed, guidance_rescale=None, guidance_interval=None, resample=0, shift=None):
     """SDEdit / inpainting in the latent: normalised z0 (B, h, w, C), mask (B, h, w, 1) with
     1 = regenerate -> clean latents.
 
     Noise to strength·T, then the scan sampler from there with the known region (mask 0) reset
     to the noised z0 after each step. Edits (mask all 1) and inpaints share one compile per
-    batch size: strength, masks, steps, cfg, eta, seed, shift and ``resample`` (RePaint jumps
-    per step, samplers._resampled) are traced.
+    batch size: strength, masks, steps, guidance_scale, eta, seed, shift and ``resample``
+    (RePaint jumps per step, samplers._resampled) are traced.
     """
     if not 0 <= int(resample) <= 100:
       raise ValueError(f"resample must be an integer in [0, 100], got {resample}.")
@@ -256,12 +264,13 @@ class Generator:
     mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), z0.shape)
     shift = check_shift(sampling_shift(self.config) if shift is None else shift)
     z_start = self.start_latents(z0, noise, steps, start, shift)
-    return self.run(params, consts, batch, z_start, steps=steps, cfg=cfg, eta=eta, seed=seed,
-                    start_index=start, inpaint=(z0, mask, noise), cfg_rescale=cfg_rescale,
+    return self.run(params, consts, batch, z_start, steps=steps, guidance_scale=guidance_scale,
+                    eta=eta, seed=seed, start_index=start, inpaint=(z0, mask, noise),
+                    guidance_rescale=guidance_rescale,
                     guidance_interval=guidance_interval, resample=resample, shift=shift)
 
   def to_images(self, consts, z0) -> np.ndarray:
-    return writers.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes
+    return pixels.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes
 
   def __hash__(self):
     return id(self)

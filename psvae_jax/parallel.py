@@ -149,6 +149,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def pad_rows(x: np.ndarray | Sequence[Any], size: int) -> np.ndarray | list[Any]:
+  """Pads a batch (N, ...) to `size` >= N rows by repeating its last row.
+
+  A list or tuple (prompts) comes back as a list; an array comes back unchanged when N == size,
+  else as a new numpy array. Callers drop the padded rows from the results.
+  """
+  n = len(x)
+  if isinstance(x, (list, tuple)):
+    return list(x) + [x[-1]] * (size - n)
+  return x if n == size else np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)])
+
+
+def pad_to_multiple(x: np.ndarray | Sequence[Any], multiple: int) -> np.ndarray | list[Any]:
+  """`pad_rows` to the next multiple of `multiple` (e.g. the mesh's device count)."""
+  n = len(x)
+  return pad_rows(x, n + (-n) % multiple)
+
+
 def local_batch_size(global_batch_size: int) -> int:
   """Per-process batch; the global batch must split evenly over processes."""
   count = jax.process_count()

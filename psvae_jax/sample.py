@@ -2,7 +2,7 @@
 
   python -m psvae_jax.sample --workdir=runs/demo/dit \
       --prompt="a red circle on the left and a blue square on the right" \
-      --num_images=4 --steps=50 --cfg=7.5 --seed=0 --out=grid.png
+      --num_images=4 --steps=50 --guidance_scale=7.5 --seed=0 --out=grid.png
   ... --out_dir=DIR   writes one PNG per image instead of a grid.
   ... --shift=3       the Euler sampler's timestep shift (flow models; default: the model
                       config's sample.shift), separate from the training shift
@@ -12,8 +12,9 @@
 An edited image is written at the input image's size. Bad inputs (missing files, strength
 outside [0, 1], a mask without an image, a shift <= 0) exit with a one-line message.
 
-Same seed, same images. The sampler compiles once per batch size; steps, cfg, eta, shift,
-seed and prompt do not recompile.
+Same seed, same images. The sampler compiles once per batch size; steps, guidance_scale, eta,
+shift, seed and prompt do not recompile. `--cfg` is an alias of `--guidance_scale` (its old name).
+Defaults: configs/common.py SAMPLE.
 """
 
 import math
@@ -24,16 +25,21 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from configs import common
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Stage-3 (dit) workdir.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Text prompt (text-conditioned models).")
 _LABEL = flags.DEFINE_integer("label", None, "Class label (class-conditioned models).")
 _NUM = flags.DEFINE_integer("num_images", 4, "Images to generate.")
-_STEPS = flags.DEFINE_integer("steps", 50, "Sampler steps.")
-_CFG = flags.DEFINE_float("cfg", 7.5, "Classifier-free guidance scale.")
-_ETA = flags.DEFINE_float("eta", 0.0, "DDIM eta (0 = deterministic).")
+_STEPS = flags.DEFINE_integer("steps", common.SAMPLE.steps, "Sampler steps.")
+_GUIDANCE_SCALE = flags.DEFINE_float("guidance_scale", common.SAMPLE.guidance_scale,
+                                     "Classifier-free guidance scale (1 = no guidance).")
+flags.DEFINE_alias("cfg", "guidance_scale")  # the flag's old name
+_ETA = flags.DEFINE_float("eta", common.SAMPLE.eta, "DDIM eta (0 = deterministic).")
 _INTERVAL = flags.DEFINE_list(
-    "guidance_interval", None, "lo,hi: apply cfg only at noise levels in [lo, hi] (1 = pure noise), "
-    "scale 1 elsewhere; 0,1 = every step. Default: the model config's sample.guidance_interval.")
+    "guidance_interval", None, "lo,hi: apply the guidance scale only at noise levels in [lo, hi] "
+    "(1 = pure noise), scale 1 elsewhere; 0,1 = every step. Default: the model config's "
+    "sample.guidance_interval.")
 _SHIFT = flags.DEFINE_float("shift", None, "Sampling timestep shift s > 0 of the Euler grid "
                             "(flow models): t' = s*t / (1 + (s-1)*t). Default: the model config's "
                             "sample.shift (its training diffusion.flow_shift if it has none).")
@@ -97,8 +103,8 @@ def main(argv):
   pipe = api.load(_WORKDIR.value)
   n = _NUM.value
   if init is not None:
-    kw = dict(steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value, fit=_FIT.value,
-              guidance_interval=interval, shift=_SHIFT.value)
+    kw = dict(steps=_STEPS.value, guidance_scale=_GUIDANCE_SCALE.value, eta=_ETA.value,
+              seed=_SEED.value, fit=_FIT.value, guidance_interval=interval, shift=_SHIFT.value)
     try:
       if mask is None:
         images = pipe.edit([init] * n, [_PROMPT.value] * n, strength=strength, **kw)
@@ -112,8 +118,9 @@ def main(argv):
   else:
     images = pipe.generate(prompts=None if _PROMPT.value is None else [_PROMPT.value] * n,
                            labels=None if _LABEL.value is None else [_LABEL.value] * n,
-                           steps=_STEPS.value, cfg=_CFG.value, eta=_ETA.value, seed=_SEED.value,
-                           guidance_interval=interval, shift=_SHIFT.value)
+                           steps=_STEPS.value, guidance_scale=_GUIDANCE_SCALE.value,
+                           eta=_ETA.value, seed=_SEED.value, guidance_interval=interval,
+                           shift=_SHIFT.value)
   if _OUT_DIR.value:
     for i, im in enumerate(images):
       writers.save_png(os.path.join(_OUT_DIR.value, f"{i:04d}.png"), im)

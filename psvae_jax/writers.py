@@ -19,12 +19,6 @@ def create_writer(workdir: str):
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] float images to uint8."""
-  return np.asarray(np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255),
-                    np.uint8)
-
-
 def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
   """Tiles (N, H, W, 3) uint8 images into one (rows*H, cols*W, 3) image."""
   n, h, w, c = images.shape

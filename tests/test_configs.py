@@ -1,6 +1,7 @@
 """Configs: every variant builds; overrides of unknown keys fail at parse time, naming the key."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 from absl import flags
 
 from configs import common
+from psvae_jax import autoencoders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,3 +50,13 @@ def test_config_file_override():
   assert fv.config.optim.lr == 5e-4
   with pytest.raises(AttributeError, match="lrr"):
     fv.config.optim.lrr = 1  # locked: unknown keys cannot be added
+
+
+def test_stored_config_with_old_sample_keys_loads_renamed(tmp_path):
+  """A config.json from before the rename (sample.cfg, sample.cfg_rescale) reads as the new keys."""
+  old = {"stage": "dit", "sample": {"steps": 20, "cfg": 6.5, "cfg_rescale": 0.3, "eta": 0.0}}
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  sample = autoencoders.read_config(str(tmp_path)).sample
+  assert (sample.guidance_scale, sample.guidance_rescale, sample.steps) == (6.5, 0.3, 20)
+  assert "cfg" not in sample and "cfg_rescale" not in sample
+  assert dict(common.sample_config()) == dict(common.SAMPLE)  # a fresh config has the defaults

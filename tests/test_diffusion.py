@@ -55,7 +55,7 @@ def _step_noise(rng, i, shape):
   return jax.random.normal(jax.random.fold_in(rng, i), shape, jnp.float32)
 
 
-def _reference_ddim(z_T, c, c_null, num_steps, cfg_scale, eta, rng):
+def _reference_ddim(z_T, c, c_null, num_steps, guidance_scale, eta, rng):
   """diffusers' DDIMScheduler loop, fed our per-step η-noise as ``variance_noise``."""
   sched = _diffusers_ddim()
   sched.set_timesteps(num_steps)
@@ -64,7 +64,7 @@ def _reference_ddim(z_T, c, c_null, num_steps, cfg_scale, eta, rng):
     eps = _fake_eps_torch(z, t, c)
     if c_null is not None:
       eps_u = _fake_eps_torch(z, t, c_null)
-      eps = eps_u + cfg_scale * (eps - eps_u)
+      eps = eps_u + guidance_scale * (eps - eps_u)
     noise = _step_noise(rng, i, z_T.shape)  # The sampler's η-noise for step i.
     z = sched.step(eps, t, z, eta=eta, variance_noise=torch.from_numpy(np.array(noise))).prev_sample
   return z.numpy()
@@ -88,19 +88,19 @@ def test_ddim_timesteps_match_diffusers():
   assert padded.shape == (25,) and (padded[20:] == -1).all() and padded[19] == 0
 
 
-@pytest.mark.parametrize("cfg_scale,eta", [(None, 0.0), (7.5, 0.0), (7.5, 0.7)])
-def test_ddim_parity_with_diffusers(cfg_scale, eta):
+@pytest.mark.parametrize("guidance_scale,eta", [(None, 0.0), (7.5, 0.0), (7.5, 0.7)])
+def test_ddim_parity_with_diffusers(guidance_scale, eta):
   z_T = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
   c, c_null = np.array([0.5, -0.2], np.float32), np.array([-0.3, -0.3], np.float32)
-  c_null = None if cfg_scale is None else c_null
+  c_null = None if guidance_scale is None else c_null
   rng = _key(3)
   # 50 steps inside a 64-long padded timesteps array: padding must be a no-op.
   ours = _SAMPLE(schedules.linear_schedule(), z_T, {"c": c}, None if c_null is None else {"c": c_null},
-                 samplers.ddim_timesteps(50, max_steps=MAX_STEPS), cfg_scale or 1.0, eta, rng, start_index=0)
-  ref = _reference_ddim(z_T, c, c_null, 50, cfg_scale, eta, rng)
+                 samplers.ddim_timesteps(50, max_steps=MAX_STEPS), guidance_scale or 1.0, eta, rng, start_index=0)
+  ref = _reference_ddim(z_T, c, c_null, 50, guidance_scale, eta, rng)
   # This fake model is no denoiser: final latents reach |z| ~ 200, so the bound is relative to max|ref|.
   err = np.abs(np.asarray(ours) - ref).max() / max(1.0, np.abs(ref).max())
-  assert err <= 1e-5, f"DDIM parity error {err:.2e} (cfg={cfg_scale}, eta={eta})"
+  assert err <= 1e-5, f"DDIM parity error {err:.2e} (guidance_scale={guidance_scale}, eta={eta})"
 
 
 def test_ddim_does_not_recompile():
@@ -108,8 +108,8 @@ def test_ddim_does_not_recompile():
   z = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
   cond, uncond = {"c": np.full((2,), 0.5, np.float32)}, {"c": np.full((2,), -0.3, np.float32)}
 
-  def run(n, cfg_scale, eta, seed, start_index):  # Python floats/ints, as a caller passes them.
-    return _SAMPLE(sched, z, cond, uncond, samplers.ddim_timesteps(n, max_steps=MAX_STEPS), cfg_scale, eta,
+  def run(n, guidance_scale, eta, seed, start_index):  # Python floats/ints, as a caller passes them.
+    return _SAMPLE(sched, z, cond, uncond, samplers.ddim_timesteps(n, max_steps=MAX_STEPS), guidance_scale, eta,
                    _key(seed), start_index=start_index)
 
   first = run(50, 7.5, 0.0, 0, 0)  # Compiles, unless an earlier test already did.
@@ -341,7 +341,7 @@ def test_flow_shift_formula(draws):
   np.testing.assert_allclose(t_shifted, objectives.shift_time(t_flow, 3.0), atol=1e-6)
 
 
-def test_cfg_rescale_matches_conditional_std():
+def test_guidance_rescale_matches_conditional_std():
   """phi = 1 rescales the guided prediction to the conditional prediction's per-sample std."""
   from psvae_jax.diffusion.samplers import _guided  # pylint: disable=g-import-not-at-top
   z = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))

@@ -33,7 +33,7 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   rec = pipe.decode(pipe.encode(images))
   first = counter.count
   s0 = pipe.edit(images, caps, strength=0.0, steps=10, seed=0)
-  s1 = pipe.edit(images, caps[::-1], strength=1.0, steps=20, cfg=3.0, seed=2)
+  s1 = pipe.edit(images, caps[::-1], strength=1.0, steps=20, guidance_scale=3.0, seed=2)
   s4 = pipe.edit(images, caps, strength=0.4, steps=10, eta=0.5, seed=1, shift=2.0)
   rng = np.random.default_rng(0)
   masks = rng.uniform(size=(8, 32, 32)) > 0.7
@@ -41,12 +41,12 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   inp = pipe.inpaint(images, masks, caps, steps=10, dilation=2, feather=0.0)
   blk = pipe.inpaint(images, black, caps, steps=10)
   blk_raw = pipe.inpaint(images, black, caps, steps=10, composite=False)
-  wht = pipe.inpaint(images, white, caps[::-1], steps=20, cfg=3.0, seed=2, dilation=0)
+  wht = pipe.inpaint(images, white, caps[::-1], steps=20, guidance_scale=3.0, seed=2, dilation=0)
   rsm = pipe.inpaint(images, masks, caps, steps=10, dilation=2, feather=0.0, resample=2)
-  assert counter.count == first, "another strength, mask, steps, cfg, seed, shift or resample " \
+  assert counter.count == first, "another strength, mask, steps, guidance scale, seed, shift or resample " \
       "recompiled"
   assert editing.psnr(s0, rec) >= 40.0  # strength 0: the reconstruction
-  gen = pipe.generate(caps[::-1], steps=20, cfg=3.0, seed=2)
+  gen = pipe.generate(caps[::-1], steps=20, guidance_scale=3.0, seed=2)
   assert np.abs(s1.astype(int) - gen).max() <= 1  # strength 1: plain generation, same seed
   assert np.abs(wht.astype(int) - gen).max() <= 1  # all-white mask: plain generation
   assert not np.array_equal(s4, s0) and not np.array_equal(s4, s1)
@@ -164,6 +164,7 @@ def test_ddim_edit_endpoints_and_known_region(pipe):
   mask = np.zeros(z0.shape[:3] + (1,), np.float32)
   mask[:, :, 4:] = 1  # regenerate the right half of the latent grid
   z = np.asarray(ddim.gen.edit_latents(ddim.params, ddim.consts, ddim.gen.host_condition(caps),
-                                       z0, mask, strength=1.0, steps=10, cfg=7.5, eta=0.0, seed=0))
+                                       z0, mask, strength=1.0, steps=10, guidance_scale=7.5,
+                                       eta=0.0, seed=0))
   np.testing.assert_allclose(z[:, :, :4], z0[:, :, :4], atol=1e-5)  # known latents kept
   assert np.abs(z[:, :, 4:] - z0[:, :, 4:]).mean() > 0.1

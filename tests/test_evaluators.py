@@ -13,6 +13,8 @@ from skimage.metrics import structural_similarity
 
 from psvae_jax import parallel
 from psvae_jax.evals import checkers
+from psvae_jax import pixels
+
 from psvae_jax.evals import evaluators
 from psvae_jax.evals import features
 from psvae_jax.evals import image_metrics
@@ -25,7 +27,7 @@ N = 72  # not a multiple of 32 or 64: the last batch is padded
 
 def _data(n):
   imgs, caps = zip(*(world.generate(i, 32, seed=7) for i in range(n)))
-  return {"image": np.stack(imgs).astype(np.float32) / 127.5 - 1.0, "caption": list(caps)}
+  return {"image": pixels.to_float(np.stack(imgs)), "caption": list(caps)}
 
 
 @jax.jit
@@ -124,7 +126,7 @@ def test_fid_conditions_prompt_file_and_class_balanced(tmp_path):
   """fid generates for the eval captions, a prompt file's lines or balanced labels, cycled to N."""
   seen = []
 
-  def generate(captions, steps, cfg, seed, labels=None):
+  def generate(captions, steps, guidance_scale, seed, labels=None):
     seen.append((captions, None if labels is None else list(labels)))
     n = len(captions if labels is None else labels)
     return np.random.default_rng(n).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)

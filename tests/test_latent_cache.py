@@ -16,6 +16,7 @@ from configs import svae
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import checkpoint
+from psvae_jax import pixels
 from psvae_jax.data import cache
 from psvae_jax.data import iterators
 from psvae_jax.data import latents
@@ -90,7 +91,7 @@ def test_cache_matches_direct_encoding(ae, ae_dir, cache_dir):
   source = latents.LatentCacheSource(cache_dir)
   assert len(source) == 40
   images, captions = zip(*(world.generate(i, 32, 3) for i in range(40)))
-  x = np.stack(images).astype(np.float32) / 127.5 - 1  # (40, 32, 32, 3)
+  x = pixels.to_float(np.stack(images))  # (40, 32, 32, 3)
   mu, logvar = map(np.asarray, ae.encode(jnp.asarray(x)))
   for i in (0, 17, 39):
     record = source[i]

@@ -26,13 +26,13 @@ def test_generate_compiles_once_and_is_deterministic(trained_dit):
   pipe = api.load(str(trained_dit / "dit"))
   counter = runtime.CompileCounter()
   prompts = [PROMPTS[i % 2] for i in range(8)]
-  a = pipe.generate(prompts, steps=50, cfg=7.5, seed=0)
+  a = pipe.generate(prompts, steps=50, guidance_scale=7.5, seed=0)
   first = counter.count
   assert a.shape == (8, 32, 32, 3) and a.dtype == np.uint8
-  b = pipe.generate(prompts[::-1], steps=20, cfg=3.0, eta=0.5, seed=1)
-  c = pipe.generate(prompts, steps=50, cfg=7.5, seed=0)
-  d = pipe.generate(prompts, steps=50, cfg=7.5, seed=0, shift=3.0)  # the sampling shift
-  assert counter.count == first, "another cfg/steps/eta/seed/prompt/shift must not recompile"
+  b = pipe.generate(prompts[::-1], steps=20, guidance_scale=3.0, eta=0.5, seed=1)
+  c = pipe.generate(prompts, steps=50, guidance_scale=7.5, seed=0)
+  d = pipe.generate(prompts, steps=50, guidance_scale=7.5, seed=0, shift=3.0)  # the sampling shift
+  assert counter.count == first, "another guidance scale/steps/eta/seed/prompt/shift must not recompile"
   np.testing.assert_array_equal(a, c)
   assert not np.array_equal(a, b)
   # (a 4-step DiT's velocity is ~constant, so any grid gives ~the same images: tests/test_shift.py
@@ -41,7 +41,7 @@ def test_generate_compiles_once_and_is_deterministic(trained_dit):
   with pytest.raises(ValueError, match="shift"):
     pipe.generate(prompts, steps=5, shift=0.0)
   # An image depends on its seed and index, not on the batch it is generated in.
-  one = pipe.generate(prompts[:1], steps=50, cfg=7.5, seed=0)
+  one = pipe.generate(prompts[:1], steps=50, guidance_scale=7.5, seed=0)
   np.testing.assert_array_equal(one[0], a[0])
 
 

@@ -45,11 +45,11 @@ def _config(flow_shift=1.0, shift=3.0):
   return ml_collections.ConfigDict(dict(
       model=dict(cond_type="class"),
       diffusion=dict(objective="flow", flow_shift=flow_shift, flow_shift_base_dim=0),
-      sample=dict(steps=6, cfg=2.0, eta=0.0, cfg_rescale=0.0, guidance_interval=(0.0, 1.0),
-                  shift=shift)))
+      sample=dict(steps=6, guidance_scale=2.0, eta=0.0, guidance_rescale=0.0,
+                  guidance_interval=(0.0, 1.0), shift=shift)))
 
 
-def _reference(z, labels, n, shift, cfg, start=0):
+def _reference(z, labels, n, shift, guidance_scale, start=0):
   """Euler with CFG on t_i = shift(1 − i/n), written from the equations (numpy, float64)."""
   z = np.asarray(z, np.float64)
   m_c, m_u = (0.3 * labels.astype(np.float64))[:, None, None, None], -0.2
@@ -57,7 +57,7 @@ def _reference(z, labels, n, shift, cfg, start=0):
   v = lambda z, t, m: (t - (1 - t) * S**2) * (z - (1 - t) * m) / ((1 - t) ** 2 * S**2 + t**2) - m
   for i in range(start, n):
     t, t_next = sh(1 - i / n), sh(1 - (i + 1) / n)
-    z = z + (t_next - t) * (v(z, t, m_u) + cfg * (v(z, t, m_c) - v(z, t, m_u)))
+    z = z + (t_next - t) * (v(z, t, m_u) + guidance_scale * (v(z, t, m_c) - v(z, t, m_u)))
   return z
 
 
@@ -70,8 +70,8 @@ def gen():
 def test_sampling_shift_is_separate_from_training_shift(gen):
   labels = np.arange(B, dtype=np.int32) % 3
   z1 = np.asarray(generation.initial_noise(0, np.arange(B), LATENT))
-  run = lambda **kw: np.asarray(gen.run({"dit": {}}, {}, {"label": labels}, z1, steps=6, cfg=2.0,
-                                        eta=0.0, seed=0, **kw))
+  run = lambda **kw: np.asarray(gen.run({"dit": {}}, {}, {"label": labels}, z1, steps=6,
+                                        guidance_scale=2.0, eta=0.0, seed=0, **kw))
   counter = runtime.CompileCounter()
   out3 = run()  # the config's sample.shift = 3
   np.testing.assert_allclose(out3, _reference(z1, labels, 6, 3.0, 2.0), atol=1e-5)
@@ -96,7 +96,7 @@ def test_sdedit_start_uses_the_sampling_shift(gen):
   z0 = np.random.default_rng(0).standard_normal((B,) + LATENT).astype(np.float32)
   mask = np.ones((B,) + LATENT[:2] + (1,), np.float32)  # regenerate everything: a plain edit
   out = gen.edit_latents({"dit": {}}, {}, {"label": labels}, z0, mask, strength=0.5, steps=6,
-                         cfg=2.0, eta=0.0, seed=1, shift=2.0)
+                         guidance_scale=2.0, eta=0.0, seed=1, shift=2.0)
   noise = np.asarray(generation.initial_noise(1, np.arange(B), LATENT), np.float64)
   start = samplers.sdedit_start_index(6, 0.5)  # 3
   t0 = 2.0 * (1 - start / 6) / (1 + (1 - start / 6))  # shift 2 at u = 1 − 3/6
@@ -138,13 +138,13 @@ def test_presets():
   paper, seed = dit_config.get_config("paper"), dit_config.get_config("XL_text")
   assert (paper.model.size, paper.model.cond_type) == ("XL", "text")
   assert paper.diffusion.objective == "flow" and paper.diffusion.flow_shift_base_dim == 4096
-  assert (paper.sample.steps, paper.sample.shift, paper.sample.cfg) == (50, 3.0, 6.5)
+  assert (paper.sample.steps, paper.sample.shift, paper.sample.guidance_scale) == (50, 3.0, 6.5)
   assert isinstance(generation.make_objective(paper.diffusion), objectives.FlowObjective)
   assert (seed.model.size, seed.model.cond_type) == ("XL", "text")
   assert seed.diffusion.objective == "eps" and seed.diffusion.schedule == "linear"
-  assert (seed.sample.steps, seed.sample.cfg, seed.sample.eta) == (50, 7.5, 0.0)
+  assert (seed.sample.steps, seed.sample.guidance_scale, seed.sample.eta) == (50, 7.5, 0.0)
   assert isinstance(generation.make_objective(seed.diffusion), objectives.EpsilonObjective)
-  for c in (paper, seed):  # the final eval's size: 64 prompts x 50 steps x (cfg, 1.0)
+  for c in (paper, seed):  # the final eval's size: 64 prompts x 50 steps x (guidance_scale, 1.0)
     assert c.eval.num_images == 64 and tuple(c.eval.guidance_scales) == ()
 
 

@@ -38,6 +38,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from psvae_jax import pixels
 from psvae_jax.data import config
 from psvae_jax.data import decode
 from psvae_jax.data import iterators
@@ -111,18 +112,10 @@ class Preprocess(grain.transforms.RandomMap):
     return out
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-  """uint8 (b, H, W, 3) -> float32 in [-1, 1]."""
-  out = images.astype(np.float32)
-  out *= np.float32(1 / 127.5)
-  out -= np.float32(1)
-  return out
-
-
 def images_to_float(batch: Batch) -> Batch:
   """Converts a batch's uint8 image fields to float32 in [-1, 1] (in the main process:
   worker processes ship uint8, 4x less data)."""
-  return {k: to_float(v) if k in _IMAGE_KEYS and v.dtype == np.uint8 else v
+  return {k: pixels.to_float_inplace(v) if k in _IMAGE_KEYS and v.dtype == np.uint8 else v
           for k, v in batch.items()}
 
 

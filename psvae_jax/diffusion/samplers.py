@@ -6,7 +6,7 @@ whose leaves have the batch as their first axis. Classifier-free guidance runs t
 unconditional halves as ONE batch of 2B: ``pred = pred(∅) + s · (pred(c) − pred(∅))``; pass ``uncond=None``
 to sample without guidance.
 
-Compile once, vary freely: the number of steps, the start index (SDEdit strength), ``cfg_scale``, ``eta``,
+Compile once, vary freely: the number of steps, the start index (SDEdit strength), ``guidance_scale``, ``eta``,
 the Euler sampler's ``shift`` and the rng are traced values. DDIM takes a timesteps array of a fixed length padded with −1
 (``ddim_timesteps(n, max_steps=M)``); the Euler sampler takes a static scan length ``max_steps`` and a traced
 ``num_steps ≤ max_steps``. Steps that are padding or before ``start_index`` are skipped with ``lax.cond`` (no
@@ -72,8 +72,8 @@ def ddim_start_latents(sched: schedules.Schedule, z0: jax.Array, timesteps: jax.
   return schedules.q_sample(sched, z0, t, noise)
 
 
-def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array,
-            cfg_rescale: float | jax.Array = 0.0,
+def _guided(model_fn: ModelFn, cond: Any, uncond: Any, guidance_scale: jax.Array,
+            guidance_rescale: float | jax.Array = 0.0,
             guidance_interval: Any = (0.0, 1.0)) -> Callable[..., jax.Array]:
   """(z, scalar model time, noise level) → float32 prediction; CFG as one 2B batch if ``uncond`` is given.
 
@@ -81,7 +81,7 @@ def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array,
   t/T for DDIM, flow time t; 1 = pure noise) and scale 1 (the conditional prediction) elsewhere: guidance in
   a limited interval (Kynkäänniemi et al. 2024). (0, 1), the default, is plain CFG at every step. Traced.
 
-  ``cfg_rescale`` = φ > 0 applies guidance rescaling (Lin et al. 2023, "Common diffusion noise
+  ``guidance_rescale`` = φ > 0 applies guidance rescaling (Lin et al. 2023, "Common diffusion noise
   schedules and sample steps are flawed", eq. 15-16): the guided prediction is scaled towards
   the per-sample standard deviation of the conditional one, which keeps large guidance scales
   from over-saturating. φ = 0 is plain CFG (diffusers' default).
@@ -102,12 +102,12 @@ def _guided(model_fn: ModelFn, cond: Any, uncond: Any, cfg_scale: jax.Array,
     t_b = jnp.full((z2.shape[0],), t, jnp.float32)  # (2B,)
     out = model_fn(z2, t_b, both).astype(jnp.float32)
     out_c, out_u = jnp.split(out, 2, axis=0)
-    scale = jnp.where((level >= interval[0]) & (level <= interval[1]), cfg_scale, 1.0)
+    scale = jnp.where((level >= interval[0]) & (level <= interval[1]), guidance_scale, 1.0)
     guided = out_u + scale * (out_c - out_u)
     axes = tuple(range(1, guided.ndim))
     ratio = jnp.std(out_c, axis=axes, keepdims=True) / (
         jnp.std(guided, axis=axes, keepdims=True) + 1e-8)
-    phi = jnp.asarray(cfg_rescale, jnp.float32)
+    phi = jnp.asarray(guidance_rescale, jnp.float32)
     return jnp.where(phi > 0, guided * (1.0 - phi + phi * ratio), guided)
   return pred
 
@@ -148,9 +148,9 @@ def _resampled(step_fn, renoise, resample, rng):
 
 
 def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, cond: Any, uncond: Any,
-                timesteps: jax.Array, cfg_scale: float | jax.Array, eta: float | jax.Array,
+                timesteps: jax.Array, guidance_scale: float | jax.Array, eta: float | jax.Array,
                 rng: jax.Array, *, start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0,
+                inpaint: Inpaint | None = None, guidance_rescale: float | jax.Array = 0.0,
                 guidance_interval: Any = (0.0, 1.0), resample: int | jax.Array = 0) -> jax.Array:
   """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step`` (ε-prediction).
 
@@ -167,14 +167,14 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
     cond: conditioning pytree, leaves (B, ...).
     uncond: null conditioning pytree like ``cond``, or None for no guidance.
     timesteps: int (S,) from ``ddim_timesteps``: descending timesteps, then −1 padding.
-    cfg_scale: guidance scale s (traced).
+    guidance_scale: guidance scale s (traced).
     eta: DDIM η (traced): 0 deterministic, 1 DDPM-like.
     rng: key for the η > 0 noise of step i: ``fold_in(rng, i)`` (i indexes ``timesteps``).
     start_index: first step to run (traced); earlier steps are skipped (SDEdit).
     carry_sharding: optional sharding for the latents carried through the scan.
     inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
       q_sample(z_known, t_prev, noise); mask 1 = regenerate.
-    cfg_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
+    guidance_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
     guidance_interval: (lo, hi) noise levels t/T where the guidance scale applies (traced), see ``_guided``.
     resample: with ``inpaint``, RePaint resampling jumps per step (traced; 0 = none), see ``_resampled``:
       z_t = √(ᾱ_t/ᾱ_prev) z_prev + √(1 − ᾱ_t/ᾱ_prev) ε, then the step again.
@@ -186,7 +186,7 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
   num_steps = jnp.maximum(jnp.sum(timesteps >= 0), 1)
   ratio = sched.num_timesteps // num_steps
   eta = jnp.asarray(eta, jnp.float32)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale,
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(guidance_scale, jnp.float32), guidance_rescale,
                  guidance_interval)
 
   def step(z, i, t):
@@ -237,9 +237,9 @@ def euler_start_latents(z0: jax.Array, noise: jax.Array, num_steps: int | jax.Ar
 
 
 def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_steps: int | jax.Array,
-                 shift: float | jax.Array, cfg_scale: float | jax.Array, *, max_steps: int | None = None,
+                 shift: float | jax.Array, guidance_scale: float | jax.Array, *, max_steps: int | None = None,
                  start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                 inpaint: Inpaint | None = None, cfg_rescale: float | jax.Array = 0.0,
+                 inpaint: Inpaint | None = None, guidance_rescale: float | jax.Array = 0.0,
                  guidance_interval: Any = (0.0, 1.0), resample: int | jax.Array = 0,
                  rng: jax.Array | None = None) -> jax.Array:
   """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0 (data).
@@ -252,13 +252,13 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
     num_steps: number of Euler steps (traced when ``max_steps`` is given).
     shift: timestep shift s applied to the uniform grid (traced): the sampling shift (config
       ``sample.shift``), a setting of its own, not necessarily the training ``diffusion.flow_shift``.
-    cfg_scale: guidance scale (traced).
+    guidance_scale: guidance scale (traced).
     max_steps: static scan length (default ``num_steps``, which must then be a Python int).
     start_index: first step to run (traced).
     carry_sharding: optional sharding for the carried latents.
     inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
       (1 − t_next) z_known + t_next noise.
-    cfg_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
+    guidance_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
     guidance_interval: (lo, hi) flow times where the guidance scale applies (traced), see ``_guided``.
     resample: with ``inpaint`` and ``rng``, RePaint resampling jumps per step (traced), see ``_resampled``:
       z_t = ((1 − t)/(1 − t_next)) z_next + √(t² − ((1 − t)/(1 − t_next))² t_next²) ε, then the step again.
@@ -272,7 +272,7 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
       raise ValueError("euler_sample needs a static max_steps when num_steps is traced.")
     max_steps = num_steps
   t_grid, t_next_grid = flow_time_grid(num_steps, shift, max_steps)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(cfg_scale, jnp.float32), cfg_rescale,
+  pred = _guided(model_fn, cond, uncond, jnp.asarray(guidance_scale, jnp.float32), guidance_rescale,
                  guidance_interval)
 
   def step(z, i, t, t_next):

@@ -5,13 +5,15 @@
   results = run_all(evals, ctx)     # {"fid_proxy/fid": ..., "fid_proxy/steps": ..., ...}
 
 An evaluator sees the model only through an `EvalContext`: `reconstruct(images)` (the
-autoencoder, [-1, 1] in and out), `generate(captions, steps, cfg, seed)` (uint8 out),
+autoencoder, [-1, 1] in and out), `generate(captions, steps, guidance_scale, seed)` (uint8
+out),
 `eval_data(n)` (held-out images and captions) and `features(kind)` (a jitted feature net:
 "inception" with FID weights, or "proxy"). Images go through fixed-size padded batches
 sharded over the context's mesh; padded rows are masked out, per-image values are reduced
 in float64 in image order and FID statistics are exact float64 sums, so results do not
 depend on the eval batch size or the device count. Every FID comes with its sampler steps,
-cfg, number of samples and reference set.
+guidance scale, number of samples and reference set. Unset steps / guidance_scale take the
+sampling defaults (configs/common.py SAMPLE).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import common
 from psvae_jax import parallel
 from psvae_jax.evals import checkers
+from psvae_jax import pixels
 from psvae_jax.evals import fid as fid_lib
 from psvae_jax.evals import image_metrics
 
@@ -51,8 +55,7 @@ class EvalContext:
     """Pads a host chunk to the batch size, shards it; returns (array, valid mask)."""
     n = len(x)
     mask = np.arange(self.batch_size) < n
-    if n < self.batch_size:
-      x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - n, axis=0)])
+    x = parallel.pad_rows(x, self.batch_size)
     return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)), mask
 
   def per_image(self, fn: Callable, *arrays: np.ndarray) -> np.ndarray:
@@ -78,10 +81,6 @@ class EvalContext:
       data = self.eval_data(n)
       self.cache[("recon", n)] = (data, np.clip(self.reconstruct(data["image"]), -1, 1))
     return self.cache[("recon", n)]
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  return np.asarray(np.clip((np.asarray(x, np.float32) + 1.0) * 127.5 + 0.5, 0, 255), np.uint8)
 
 
 _psnr = jax.jit(image_metrics.psnr)
@@ -127,8 +126,8 @@ class RFID(PSNR):
 
   def run(self, ctx):
     data, rec = ctx.recon(self.n)
-    mu1, s1 = ctx.stats(self.feature, to_uint8(rec)).finalize()
-    mu2, s2 = ctx.stats(self.feature, to_uint8(data["image"])).finalize()
+    mu1, s1 = ctx.stats(self.feature, pixels.to_uint8(rec)).finalize()
+    mu2, s2 = ctx.stats(self.feature, pixels.to_uint8(data["image"])).finalize()
     return {"rfid": fid_lib.frechet_distance(mu1, s1, mu2, s2), "num_samples": self.n,
             "feature": self.feature, "reference": f"originals of the first {self.n} eval images"}
 
@@ -145,7 +144,11 @@ class FID:
     self.class_balanced = int(cfg.get("class_balanced", 0))
     self.n = cfg.get("num_samples", 1000)
     self.num_ref = cfg.get("num_reference", 1000)
-    self.steps, self.cfg, self.seed = cfg.get("steps", 50), cfg.get("cfg", 7.5), cfg.get("seed", 0)
+    if "cfg" in cfg:
+      raise ValueError("The evaluator setting 'cfg' is now 'guidance_scale'.")
+    self.steps = cfg.get("steps", common.SAMPLE.steps)
+    self.guidance_scale = cfg.get("guidance_scale", common.SAMPLE.guidance_scale)
+    self.seed = cfg.get("seed", 0)
     self.feature = cfg.get("feature", "inception")
     self.ref_path = cfg.get("reference", "")  # .npz (ours or ADM); "" = own pass over eval data
 
@@ -156,7 +159,7 @@ class FID:
     key = ("ref", self.feature, self.num_ref)
     if key not in ctx.cache:
       data = ctx.eval_data(self.num_ref)
-      ctx.cache[key] = ctx.stats(self.feature, to_uint8(data["image"])).finalize()
+      ctx.cache[key] = ctx.stats(self.feature, pixels.to_uint8(data["image"])).finalize()
     return (*ctx.cache[key], f"first {self.num_ref} eval images")
 
   def conditions(self, ctx) -> tuple[list[str] | None, np.ndarray | None, str]:
@@ -180,13 +183,14 @@ class FID:
 
   def run(self, ctx):
     captions, labels, source = self.conditions(ctx)
-    key = ("gen", self.n, self.steps, self.cfg, self.seed, source)
+    key = ("gen", self.n, self.steps, self.guidance_scale, self.seed, source)
     if key not in ctx.cache:
-      ctx.cache[key] = ctx.generate(captions, self.steps, self.cfg, self.seed, labels=labels)
+      ctx.cache[key] = ctx.generate(captions, self.steps, self.guidance_scale, self.seed,
+                                    labels=labels)
     mu, sigma = ctx.stats(self.feature, ctx.cache[key]).finalize()
     ref_mu, ref_sigma, ref_name = self.reference(ctx)
     return {"fid": fid_lib.frechet_distance(mu, sigma, ref_mu, ref_sigma), "steps": self.steps,
-            "cfg": self.cfg, "num_samples": self.n, "feature": self.feature,
+            "guidance_scale": self.guidance_scale, "num_samples": self.n, "feature": self.feature,
             "reference": ref_name, "conditions": source}
 
 
@@ -200,13 +204,13 @@ class Adherence(FID):
     if checker is None:
       raise ValueError(f"adherence: no registered checker accepts the eval captions "
                        f"(registered: {checkers.registered()}; e.g. {str(captions[:1])[:80]}).")
-    key = ("gen", self.n, self.steps, self.cfg, self.seed,
+    key = ("gen", self.n, self.steps, self.guidance_scale, self.seed,
            f"captions of the first {len(captions)} eval images")
     if key not in ctx.cache:
-      ctx.cache[key] = ctx.generate(captions, self.steps, self.cfg, self.seed)
+      ctx.cache[key] = ctx.generate(captions, self.steps, self.guidance_scale, self.seed)
     images = ctx.cache[key]
     return {"adherence": checkers.adherence(images, captions, checker),
-            "steps": self.steps, "cfg": self.cfg, "num_samples": self.n}
+            "steps": self.steps, "guidance_scale": self.guidance_scale, "num_samples": self.n}
 
 
 EVALUATORS = {"fid": FID, "rfid": RFID, "psnr": PSNR, "ssim": SSIM, "lpips": LPIPS,

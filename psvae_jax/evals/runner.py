@@ -26,7 +26,6 @@ from psvae_jax import parallel
 from psvae_jax.data import pipeline
 from psvae_jax.evals import evaluators
 from psvae_jax.evals import features
-from psvae_jax.models.autoencoder import PSVAE
 from psvae_jax.weights import lpips
 
 GENERATION_TYPES = ("fid", "adherence")
@@ -58,8 +57,9 @@ def _load(workdir: str, mesh):
   if run_cfg.stage != "dit":
     return run_cfg, autoencoders.load_autoencoder(workdir, mesh), None
   pipe = api.load(workdir, mesh)
-  generate = lambda caps, steps, cfg, seed, labels=None: pipe.generate(
-      caps if labels is None else None, steps=steps, cfg=cfg, seed=seed, labels=labels)
+  generate = lambda caps, steps, guidance_scale, seed, labels=None: pipe.generate(
+      caps if labels is None else None, steps=steps, guidance_scale=guidance_scale, seed=seed,
+      labels=labels)
   return run_cfg, pipe.gen.ae, generate
 
 
@@ -77,9 +77,8 @@ def build_context(workdir: str, config):
       sets[n] = pipeline.build_eval_set(data_cfg, n)
     return sets[n]
 
-  recon_jit = jax.jit(lambda p, x: jax.numpy.clip(ae.model.apply(
-      {"params": p}, ae.model.apply({"params": p}, x, method=PSVAE.encode)[0],
-      method=PSVAE.decode), -1, 1))
+  recon_jit = jax.jit(
+      lambda p, x: jax.numpy.clip(ae.decode_with(p, ae.encode_with(p, x)[0]), -1, 1))
   ctx = evaluators.EvalContext(mesh=mesh, batch_size=config.batch_size, eval_data=eval_data,
                                generate=generate)
 

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from configs import common
 from psvae_jax import editing
 from psvae_jax import writers
 from psvae_jax.shapes import checker
@@ -28,7 +29,8 @@ def _edit_prompt(objects, rng: np.random.Generator) -> tuple[str, list]:
 
 
 def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps: int = 25,
-                 cfg: float = 7.5, seed: int = 0, first_index: int = 10**6) -> dict[str, float]:
+                 guidance_scale: float = common.SAMPLE.guidance_scale, seed: int = 0,
+                 first_index: int = 10**6) -> dict[str, float]:
   """Edits and inpaints `num` held-out shapes images; writes before/after grids; returns figures.
 
   - edit_adherence: the checker accepts the edit (strength `strength`) for a caption with the
@@ -56,14 +58,16 @@ def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps
   images = np.stack(images)
   masks = np.stack(masks)
   full = np.ones_like(masks)
-  edited = pipe.edit(images, edit_caps, strength=strength, steps=steps, cfg=cfg, seed=seed)
-  inpainted = pipe.inpaint(images, masks, inpaint_caps, steps=steps, cfg=cfg, seed=seed)
+  edited = pipe.edit(images, edit_caps, strength=strength, steps=steps,
+                     guidance_scale=guidance_scale, seed=seed)
+  inpainted = pipe.inpaint(images, masks, inpaint_caps, steps=steps,
+                           guidance_scale=guidance_scale, seed=seed)
   keep = [editing.psnr(inpainted[i], images[i], masks[i] < 0.5) for i in range(num)]
   figures = {
       "edit_adherence": float(np.mean(checker.score_batch(edited, edit_caps))),
       "inpaint_keep_psnr": float(np.mean(np.minimum(keep, 100.0))),
       "inpaint_adherence": float(np.mean(checker.score_batch(inpainted, inpaint_caps))),
-      "edit_settings": dict(num=num, strength=strength, steps=steps, cfg=cfg),
+      "edit_settings": dict(num=num, strength=strength, steps=steps, guidance_scale=guidance_scale),
   }
   grid = lambda *rows: writers.grid(np.stack([im for row in zip(*rows) for im in row]),
                                         cols=len(rows) * 4)

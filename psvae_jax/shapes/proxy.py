@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from psvae_jax import pixels
 from psvae_jax.shapes import world
 from psvae_jax.weights import common
 
@@ -32,7 +33,7 @@ class ProxyNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x = images.astype(jnp.float32) / 127.5 - 1.0
+    x = pixels.to_float(images)
     for i, (ch, stride) in enumerate(((32, 2), (64, 2), (128, 1))):
       x = nn.relu(nn.Conv(ch, (3, 3), strides=stride, name=f"conv{i}")(x))
     feats = nn.relu(nn.Dense(FEATURE_DIM, name="fc")(x.reshape(x.shape[0], -1)))

@@ -22,6 +22,7 @@ from psvae_jax import latent_stats
 from psvae_jax import losses
 from psvae_jax import parallel
 from psvae_jax import writers
+from psvae_jax import pixels
 from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import image_metrics
@@ -176,8 +177,7 @@ class AutoencoderTask:
     for i in range(0, len(images), bs):
       chunk = images[i:i + bs]
       n = len(chunk)
-      if n < bs:  # pad to the compiled batch size; padded rows are dropped below
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, axis=0)])
+      chunk = parallel.pad_rows(chunk, bs)  # the compiled batch size; padded rows dropped below
       x = jax.device_put(chunk, parallel.batch_sharding(mesh, 4))
       out, x_hat = self._eval_batch(state.ema_params, state.frozen, consts, x)
       for k, v in parallel.to_host(out).items():  # all-gathered across processes
@@ -190,12 +190,12 @@ class AutoencoderTask:
     data = self.eval_set()
     per_image, recons = self.reconstruct(state, consts, mesh, data["image"])
     scalars = {k: float(np.mean(v)) for k, v in per_image.items()}
-    recon_u8 = writers.to_uint8(recons)
+    recon_u8 = pixels.to_uint8(recons)
     checker = eval_checkers.get(self.config.data.source)  # registered for this data (shapes)
     if checker is not None:
       scalars["recon_adherence"] = eval_checkers.adherence(recon_u8, data["caption"], checker)
     k = min(self.config.eval.num_grid, len(recons))
-    pairs = np.concatenate([writers.to_uint8(data["image"][:k]), recon_u8[:k]])
+    pairs = np.concatenate([pixels.to_uint8(data["image"][:k]), recon_u8[:k]])
     images = {"reconstructions": writers.grid(pairs, cols=k)}
     if self.config.get("evals"):  # configured evaluators (rfid, lpips, ...): eval/<name>/<key>
       scalars.update(eval_runner.in_training(

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from configs import common
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import generation
@@ -21,7 +22,7 @@ from psvae_jax import writers
 from psvae_jax.data import pipeline
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import runner as eval_runner
-from psvae_jax.models.autoencoder import PSVAE, reparameterize
+from psvae_jax.models.autoencoder import reparameterize
 
 
 class DiTTask:
@@ -66,7 +67,7 @@ class DiTTask:
   def _latents(self, consts, batch, rng):
     if "latent" in batch:
       return self.gen.normalize(consts, batch["latent"].astype(jnp.float32))
-    mu, logvar = self.ae.model.apply({"params": consts["ae"]}, batch["image"], method=PSVAE.encode)
+    mu, logvar = self.ae.encode_with(consts["ae"], batch["image"])
     z = reparameterize(rng, mu, logvar) if self.config.diffusion.latent_sample else mu
     return jax.lax.stop_gradient(self.gen.normalize(consts, z))
 
@@ -90,10 +91,10 @@ class DiTTask:
       self._eval = pipeline.build_eval_set(self.config.data, self.config.eval.num_images)
     return self._eval
 
-  def generate(self, params, consts, captions, labels, cfg):
+  def generate(self, params, consts, captions, labels, guidance_scale):
     s = self.config.sample
     return self.gen.generate(params, consts, prompts=None if labels is not None else captions,
-                             labels=labels, steps=s.steps, cfg=cfg, eta=s.eta,
+                             labels=labels, steps=s.steps, guidance_scale=guidance_scale, eta=s.eta,
                              seed=self.config.seed + 12345)
 
   def evaluate(self, state, consts, mesh, step):
@@ -102,22 +103,24 @@ class DiTTask:
     captions = list(data["caption"])
     labels = data.get("label") if self.config.model.cond_type == "class" else None
     scalars, images = {}, {}
-    scales = tuple(self.config.eval.get("guidance_scales", ())) or (self.config.sample.cfg, 1.0)
+    s = self.config.sample
+    scales = tuple(self.config.eval.get("guidance_scales", ())) or (s.guidance_scale, 1.0)
     checker = eval_checkers.for_captions(captions)  # a registered one that reads these captions
-    for cfg in sorted(set(scales)):
-      out = self.generate(state.ema_params, consts, captions, labels, cfg)
-      suffix = "" if cfg == self.config.sample.cfg else f"_cfg{cfg:g}"
+    for scale in sorted(set(scales)):
+      out = self.generate(state.ema_params, consts, captions, labels, scale)
+      # Metric names keep their "_cfg<scale>" suffix (e.g. adherence_cfg1): report keys.
+      suffix = "" if scale == s.guidance_scale else f"_cfg{scale:g}"
       if checker is not None:  # e.g. shapes data, directly or through a latent cache
         scalars["adherence" + suffix] = eval_checkers.adherence(out, captions, checker)
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = writers.grid(out[:k])
-    logging.info("sample settings: steps=%d cfg=%g eta=%g guidance_interval=%s n=%d",
-                 self.config.sample.steps, self.config.sample.cfg, self.config.sample.eta,
-                 tuple(self.config.sample.get("guidance_interval", (0.0, 1.0))), len(captions))
+    logging.info("sample settings: steps=%d guidance_scale=%g eta=%g guidance_interval=%s n=%d",
+                 s.steps, s.guidance_scale, s.eta,
+                 tuple(s.get("guidance_interval", common.SAMPLE.guidance_interval)), len(captions))
     if self.config.get("evals"):  # configured evaluators (fid with a reference .npz, ...)
-      gen = lambda caps, steps, cfg, seed, labels=None: self.gen.generate(
+      gen = lambda caps, steps, guidance_scale, seed, labels=None: self.gen.generate(
           state.ema_params, consts, prompts=caps if labels is None else None, labels=labels,
-          steps=steps, cfg=cfg, seed=seed)
+          steps=steps, guidance_scale=guidance_scale, seed=seed)
       scalars.update(eval_runner.in_training(
           self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
           generate=gen))
