@@ -104,8 +104,14 @@ def time_steps(fn: Callable[[], Any], n: int, warmup: int) -> dict[str, Any]:
       t = time.perf_counter()
       fn()
       times.append(time.perf_counter() - t)
-  return dict(median_s=statistics.median(times), min_s=min(times), max_s=max(times), n=n,
-              other_load=meter.other_load, times_s=times)
+  return dict(
+      median_s=statistics.median(times),
+      min_s=min(times),
+      max_s=max(times),
+      n=n,
+      other_load=meter.other_load,
+      times_s=times,
+  )
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -116,23 +122,29 @@ def emit(result: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- parent: fresh processes, alternation
 
 
-def run_worker(script: str, args: Sequence[str], env: dict[str, str] | None = None,
-               timeout: float = 1800) -> dict[str, Any]:
+def run_worker(
+    script: str, args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 1800
+) -> dict[str, Any]:
   """Runs ``python script --worker args...`` in a fresh process; returns its BENCH_RESULT dict."""
   full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   full_env.update(env or {})
   cmd = [sys.executable, script, "--worker", *args]
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT)
+  proc = subprocess.run(
+      cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT
+  )
   lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_TAG)]
   if proc.returncode or not lines:
-    raise RuntimeError(f"worker failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n"
-                       f"{proc.stderr[-5000:]}")
-  return json.loads(lines[-1][len(RESULT_TAG):])
+    raise RuntimeError(
+        f"worker failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n"
+        f"{proc.stderr[-5000:]}"
+    )
+  return json.loads(lines[-1][len(RESULT_TAG) :])
 
 
-def alternate(jobs: dict[str, Callable[[], dict[str, Any]]], rounds: int, max_load: float,
-              idle_timeout: float) -> dict[str, list[dict[str, Any]]]:
+def alternate(
+    jobs: dict[str, Callable[[], dict[str, Any]]], rounds: int, max_load: float, idle_timeout: float
+) -> dict[str, list[dict[str, Any]]]:
   """Runs every job once per round in fresh processes, alternating the order (ABAB.. then BABA..).
 
   Before each run it waits for the machine to be idle (up to ``idle_timeout`` s). Each result gets
@@ -149,8 +161,11 @@ def alternate(jobs: dict[str, Callable[[], dict[str, Any]]], rounds: int, max_lo
       res["load_before"] = before
       res["disturbed"] = bool(res.get("other_load", 0.0) > max_load or before > max_load)
       flag = "  DISTURBED" if res["disturbed"] else ""
-      print(f"  round {r + 1}/{rounds} {name:>14}: median {res['median_s'] * 1e3:8.1f} ms "
-            f"(others used {res.get('other_load', 0.0):.0%} of the cores){flag}", flush=True)
+      print(
+          f"  round {r + 1}/{rounds} {name:>14}: median {res['median_s'] * 1e3:8.1f} ms "
+          f"(others used {res.get('other_load', 0.0):.0%} of the cores){flag}",
+          flush=True,
+      )
       out[name].append(res)
   return out
 
@@ -162,24 +177,47 @@ def clean_median(results: list[dict[str, Any]], key: str = "median_s") -> tuple[
 
 
 def add_load_args(parser) -> None:
-  parser.add_argument("--max-load", type=float, default=0.10,
-                      help="runs where other processes used more than this fraction of the cores are "
-                           "flagged DISTURBED and dropped from medians")
-  parser.add_argument("--idle-timeout", type=float, default=60.0,
-                      help="seconds to wait for an idle machine before each run (then run anyway, flagged)")
+  parser.add_argument(
+      "--max-load",
+      type=float,
+      default=0.10,
+      help="runs where other processes used more than this fraction of the cores are "
+      "flagged DISTURBED and dropped from medians",
+  )
+  parser.add_argument(
+      "--idle-timeout",
+      type=float,
+      default=60.0,
+      help="seconds to wait for an idle machine before each run (then run anyway, flagged)",
+  )
 
 
 # ---------------------------------------------------------------- DiT (ours) <-> diffusers DiTTransformer2DModel
 
 
-def dit_kwargs(depth: int, width: int = 384, heads: int = 6, num_classes: int = 1000, patch: int = 2) -> dict:
+def dit_kwargs(
+    depth: int, width: int = 384, heads: int = 6, num_classes: int = 1000, patch: int = 2
+) -> dict:
   """Our class-conditional DiT, diffusers-equivalent: out channels = in channels, no learned sigma."""
-  return dict(width=width, depth=depth, num_heads=heads, patch_size=patch, cond_type="class",
-              num_classes=num_classes)
+  return dict(
+      width=width,
+      depth=depth,
+      num_heads=heads,
+      patch_size=patch,
+      cond_type="class",
+      num_classes=num_classes,
+  )
 
 
-def make_torch_dit(depth: int, width: int = 384, heads: int = 6, num_classes: int = 1000, patch: int = 2,
-                   latent: int = 16, channels: int = 4):
+def make_torch_dit(
+    depth: int,
+    width: int = 384,
+    heads: int = 6,
+    num_classes: int = 1000,
+    patch: int = 2,
+    latent: int = 16,
+    channels: int = 4,
+):
   """diffusers' DiTTransformer2DModel configured to compute the same function as ``DiT(**dit_kwargs)``.
 
   Two settings differ from diffusers' defaults and are set here: ``norm_eps=1e-6`` (DiT's LayerNorm eps) and
@@ -188,10 +226,18 @@ def make_torch_dit(depth: int, width: int = 384, heads: int = 6, num_classes: in
   draws condition dropout itself).
   """
   from diffusers import DiTTransformer2DModel  # pylint: disable=g-import-not-at-top
-  model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=width // heads,
-                                in_channels=channels, out_channels=channels, num_layers=depth,
-                                sample_size=latent, patch_size=patch, num_embeds_ada_norm=num_classes,
-                                norm_eps=1e-6)
+
+  model = DiTTransformer2DModel(
+      num_attention_heads=heads,
+      attention_head_dim=width // heads,
+      in_channels=channels,
+      out_channels=channels,
+      num_layers=depth,
+      sample_size=latent,
+      patch_size=patch,
+      num_embeds_ada_norm=num_classes,
+      norm_eps=1e-6,
+  )
   for block in model.transformer_blocks:
     block.norm1.emb.time_proj.downscale_freq_shift = 0
     block.norm1.emb.class_embedder.dropout_prob = 0.0
@@ -240,8 +286,11 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
   ae = LatentOnlyAutoencoder(model=None, params={}, config=None, stats=stats)
   text = (None, None, None) if text_encoder is None else (*text_encoder, None)
   task = dit_task.DiTTask(config, mesh or parallel.make_mesh(-1, 1), ae, text)
-  tx = optim.make_optimizer(config.optim, config.num_train_steps,
-                            functools.partial(optim.label_params, groups=task.param_groups))
+  tx = optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
   return task, tx, functools.partial(loop.train_step, task=task, tx=tx, config=config)
 
 
@@ -249,31 +298,42 @@ def random_params(param_shapes: Any, seed: int = 0, scale: float = 0.05) -> Any:
   """Deterministic random float32 params for a pytree of shapes (no zero-initialised layer hides anything)."""
   rng = np.random.default_rng(seed)
   leaves, tree = jax.tree.flatten(param_shapes)
-  return jax.tree.unflatten(tree, [(scale * rng.standard_normal(l.shape)).astype(np.float32) for l in leaves])
+  return jax.tree.unflatten(
+      tree, [(scale * rng.standard_normal(l.shape)).astype(np.float32) for l in leaves]
+  )
 
 
 def params_to_torch(params: dict, model, width: int, patch: int, channels: int = 4) -> None:
   """Copies our DiT params into diffusers' model in place (the shared embedders into every block)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   p = {k: v for k, v in params.items()}
   t = lambda a: torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32)))
   lin = lambda d: (t(np.asarray(d["kernel"]).T), t(d["bias"]))  # (in, out) -> weight (out, in)
   sd = {}
-  k = np.asarray(p["patch_embed"]["kernel"]).reshape(patch, patch, channels, width)  # (py, px, c, D)
+  k = np.asarray(p["patch_embed"]["kernel"]).reshape(
+      patch, patch, channels, width
+  )  # (py, px, c, D)
   sd["pos_embed.proj.weight"] = t(k.transpose(3, 2, 0, 1))
   sd["pos_embed.proj.bias"] = t(p["patch_embed"]["bias"])
   i = 0
   while f"blocks_{i}" in p:
     b, pre = p[f"blocks_{i}"], f"transformer_blocks.{i}."
     e = pre + "norm1.emb."
-    sd[e + "timestep_embedder.linear_1.weight"], sd[e + "timestep_embedder.linear_1.bias"] = lin(p["t_embed_fc1"])
-    sd[e + "timestep_embedder.linear_2.weight"], sd[e + "timestep_embedder.linear_2.bias"] = lin(p["t_embed_fc2"])
+    sd[e + "timestep_embedder.linear_1.weight"], sd[e + "timestep_embedder.linear_1.bias"] = lin(
+        p["t_embed_fc1"]
+    )
+    sd[e + "timestep_embedder.linear_2.weight"], sd[e + "timestep_embedder.linear_2.bias"] = lin(
+        p["t_embed_fc2"]
+    )
     sd[e + "class_embedder.embedding_table.weight"] = t(p["label_embed"]["embedding"])
     sd[pre + "norm1.linear.weight"], sd[pre + "norm1.linear.bias"] = lin(b["adaLN_modulation"])
     qkv_w = np.asarray(b["qkv"]["kernel"]).reshape(width, 3, width)
     qkv_b = np.asarray(b["qkv"]["bias"]).reshape(3, width)
     for j, name in enumerate(("to_q", "to_k", "to_v")):
-      sd[pre + f"attn1.{name}.weight"], sd[pre + f"attn1.{name}.bias"] = t(qkv_w[:, j].T), t(qkv_b[j])
+      sd[pre + f"attn1.{name}.weight"], sd[pre + f"attn1.{name}.bias"] = t(qkv_w[:, j].T), t(
+          qkv_b[j]
+      )
     sd[pre + "attn1.to_out.0.weight"], sd[pre + "attn1.to_out.0.bias"] = lin(b["attn_proj"])
     sd[pre + "ff.net.0.proj.weight"], sd[pre + "ff.net.0.proj.bias"] = lin(b["mlp_fc1"])
     sd[pre + "ff.net.2.weight"], sd[pre + "ff.net.2.bias"] = lin(b["mlp_fc2"])
@@ -281,7 +341,9 @@ def params_to_torch(params: dict, model, width: int, patch: int, channels: int =
   sd["proj_out_1.weight"], sd["proj_out_1.bias"] = lin(p["final_adaLN"])
   sd["proj_out_2.weight"], sd["proj_out_2.bias"] = lin(p["final_linear"])
   model.load_state_dict(sd, strict=True)
-  g = model.pos_embed.height  # Tokens per side; our sin-cos table (diffusers orders its x/y halves otherwise).
+  g = (
+      model.pos_embed.height
+  )  # Tokens per side; our sin-cos table (diffusers orders its x/y halves otherwise).
   with torch.no_grad():
     model.pos_embed.pos_embed.copy_(t(layers.sincos_2d(g, g, width))[None])
 
@@ -290,9 +352,14 @@ def torch_block_grads_to_ours(model) -> dict[str, np.ndarray]:
   """A few diffusers gradients in our layout (for the gradient check): qkv of block 0, fc2 of the last."""
   last = len(model.transformer_blocks) - 1
   b0, bl = model.transformer_blocks[0], model.transformer_blocks[last]
-  qkv = np.concatenate([getattr(b0.attn1, n).weight.grad.numpy().T for n in ("to_q", "to_k", "to_v")], axis=1)
-  return {"blocks_0/qkv/kernel": qkv, f"blocks_{last}/mlp_fc2/kernel": bl.ff.net[2].weight.grad.numpy().T,
-          "final_linear/kernel": model.proj_out_2.weight.grad.numpy().T}
+  qkv = np.concatenate(
+      [getattr(b0.attn1, n).weight.grad.numpy().T for n in ("to_q", "to_k", "to_v")], axis=1
+  )
+  return {
+      "blocks_0/qkv/kernel": qkv,
+      f"blocks_{last}/mlp_fc2/kernel": bl.ff.net[2].weight.grad.numpy().T,
+      "final_linear/kernel": model.proj_out_2.weight.grad.numpy().T,
+  }
 
 
 def relative(a, b) -> float:

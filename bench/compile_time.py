@@ -36,19 +36,27 @@ def worker(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_compilation_cache_dir", None)
   jax.config.update("jax_enable_compilation_cache", False)
 
   config = _common.dit_class_config(
-      args.size, args.batch, scan_blocks=args.scan, remat=args.remat != "none",
-      remat_policy="full" if args.remat == "none" else args.remat)
+      args.size,
+      args.batch,
+      scan_blocks=args.scan,
+      remat=args.remat != "none",
+      remat_policy="full" if args.remat == "none" else args.remat,
+  )
   b, lat = args.batch, args.latent
   task, tx, step = _common.production_dit_step(config, (lat, lat, 4))
-  state = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),
-                         jax.random.key(0))
+  state = jax.eval_shape(
+      functools.partial(loop.create_train_state, task=task, tx=tx), jax.random.key(0)
+  )
   consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), task.constants())
-  batch = {"latent": jax.ShapeDtypeStruct((b, lat, lat, 4), jnp.float32),
-           "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  batch = {
+      "latent": jax.ShapeDtypeStruct((b, lat, lat, 4), jnp.float32),
+      "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+  }
   params = state.params
 
   t0 = time.perf_counter()
@@ -58,13 +66,23 @@ def worker(args) -> None:
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   hlo = compiled.as_text() or ""
-  _common.emit(dict(size=args.size, scan=args.scan, remat=args.remat, lower_s=lower_s,
-                    compile_s=compile_s, hlo_lines=hlo.count("\n"),
-                    params=int(sum(v.size for v in jax.tree.leaves(params)))))
+  _common.emit(
+      dict(
+          size=args.size,
+          scan=args.scan,
+          remat=args.remat,
+          lower_s=lower_s,
+          compile_s=compile_s,
+          hlo_lines=hlo.count("\n"),
+          params=int(sum(v.size for v in jax.tree.leaves(params))),
+      )
+  )
 
 
 def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--size", default="XL", help=argparse.SUPPRESS)
   ap.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
@@ -81,30 +99,47 @@ def main() -> None:
   script = os.path.abspath(__file__)
   rows = []
   for size in args.sizes.split(","):
-    common = ["--size", size, "--remat", args.remat, "--batch", str(args.batch),
-              "--latent", str(args.latent)]
-    jobs = {"unrolled": lambda c=common: _common.run_worker(script, c),
-            "scan": lambda c=common: _common.run_worker(script, c + ["--scan"])}
+    common = [
+        "--size",
+        size,
+        "--remat",
+        args.remat,
+        "--batch",
+        str(args.batch),
+        "--latent",
+        str(args.latent),
+    ]
+    jobs = {
+        "unrolled": lambda c=common: _common.run_worker(script, c),
+        "scan": lambda c=common: _common.run_worker(script, c + ["--scan"]),
+    }
     runs = {k: [] for k in jobs}
     for r in range(args.rounds):  # alternating order, each on an idle machine
       for name in (list(jobs) if r % 2 == 0 else list(jobs)[::-1]):
         _common.wait_for_idle(args.max_load, args.idle_timeout)
         res = jobs[name]()
-        print(f"  round {r + 1}/{args.rounds} DiT-{size}/2 {name:>8}: lower {res['lower_s']:.1f} s "
-              f"+ compile {res['compile_s']:.1f} s", flush=True)
+        print(
+            f"  round {r + 1}/{args.rounds} DiT-{size}/2 {name:>8}: lower {res['lower_s']:.1f} s "
+            f"+ compile {res['compile_s']:.1f} s",
+            flush=True,
+        )
         runs[name].append(res)
     med = {k: statistics.median(r["compile_s"] + r["lower_s"] for r in v) for k, v in runs.items()}
     hlo = {k: v[0]["hlo_lines"] for k, v in runs.items()}
-    print(f"compile DiT-{size}/2 remat={args.remat} unrolled: {med['unrolled']:.1f} s  "
-          f"scan: {med['scan']:.1f} s  ratio unrolled/scan: {med['unrolled'] / med['scan']:.2f}  "
-          f"(HLO lines {hlo['unrolled']} vs {hlo['scan']}; lower+compile, median of {args.rounds})",
-          flush=True)
+    print(
+        f"compile DiT-{size}/2 remat={args.remat} unrolled: {med['unrolled']:.1f} s  "
+        f"scan: {med['scan']:.1f} s  ratio unrolled/scan: {med['unrolled'] / med['scan']:.2f}  "
+        f"(HLO lines {hlo['unrolled']} vs {hlo['scan']}; lower+compile, median of {args.rounds})",
+        flush=True,
+    )
     rows.append((size, med, runs))
   print("\n| DiT | remat | unrolled lower+compile s | scan lower+compile s | ratio | params |")
   print("|---|---|---|---|---|---|")
   for size, med, runs in rows:
-    print(f"| {size}/2 | {args.remat} | {med['unrolled']:.1f} | {med['scan']:.1f} | "
-          f"{med['unrolled'] / med['scan']:.2f} | {runs['unrolled'][0]['params'] / 1e6:.0f} M |")
+    print(
+        f"| {size}/2 | {args.remat} | {med['unrolled']:.1f} | {med['scan']:.1f} | "
+        f"{med['unrolled'] / med['scan']:.2f} | {runs['unrolled'][0]['params'] / 1e6:.0f} M |"
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ _CACHE_SIZE = flags.DEFINE_integer("cache_size", 512, "Images in the latent cach
 def write_jpegs(folder: pathlib.Path, num: int) -> None:
   """Smooth random ~256 px JPEGs (various aspect ratios), like photos in file size."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   for i in range(num):
     width = int(rng.integers(256, 341))
@@ -51,8 +52,7 @@ def write_jpegs(folder: pathlib.Path, num: int) -> None:
     Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
 
 
-def rate(next_batch: Callable[[], Any], batch_size: int, seconds: float,
-         warmup: int = 2) -> float:
+def rate(next_batch: Callable[[], Any], batch_size: int, seconds: float, warmup: int = 2) -> float:
   """Images per second of repeatedly calling next_batch (after warm-up calls)."""
   for _ in range(warmup):
     next_batch()
@@ -65,9 +65,19 @@ def rate(next_batch: Callable[[], Any], batch_size: int, seconds: float,
 
 def pipeline_rate(folder: pathlib.Path, image_size: int, workers: int) -> float:
   from psvae_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  cfg = dict(source="folder", path=str(folder), image_size=image_size, num_train=0,
-             num_eval=0, seed=0, crop="random", random_flip=True, num_workers=workers,
-             prefetch=2)
+
+  cfg = dict(
+      source="folder",
+      path=str(folder),
+      image_size=image_size,
+      num_train=0,
+      num_eval=0,
+      seed=0,
+      crop="random",
+      random_flip=True,
+      num_workers=workers,
+      prefetch=2,
+  )
   it = pipeline.build_train_iterator(cfg, global_batch_size=_BATCH.value, seed=0)
   try:
     return rate(lambda: next(it), _BATCH.value, _SECONDS.value, warmup=3 + 2 * workers)
@@ -83,6 +93,7 @@ def stage2_images_per_second() -> float:
   from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
   from psvae_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop, optim, tasks  # pylint: disable=g-import-not-at-top
+
   config = psvae.get_config("tiny")
   config.batch_size = _BATCH.value
   mesh = parallel.make_mesh(-1, 1)
@@ -90,13 +101,16 @@ def stage2_images_per_second() -> float:
     task = tasks.get_task(config, mesh)
   except TypeError:  # Older signature: get_task(config).
     task = tasks.get_task(config)
-  tx = optim.make_optimizer(config.optim, config.num_train_steps,
-                            functools.partial(optim.label_params, groups=task.param_groups))
-  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
-      jax.random.key(0))
+  tx = optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
   consts = task.constants()
-  step = jax.jit(functools.partial(loop.train_step, task=task, tx=tx, config=config),
-                 donate_argnums=0)
+  step = jax.jit(
+      functools.partial(loop.train_step, task=task, tx=tx, config=config), donate_argnums=0
+  )
   it = pipeline.build_train_iterator(config.data, global_batch_size=_BATCH.value, seed=0)
   batch = parallel.to_global(next(it), mesh)
   holder = {"state": state}
@@ -124,6 +138,7 @@ def tiny_autoencoder() -> Any:
   from configs import svae  # pylint: disable=g-import-not-at-top
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
   from psvae_jax import builders  # pylint: disable=g-import-not-at-top
+
   config = svae.get_config("tiny")
   model = builders.build_psvae(config.model, dtype=jnp.float32)
   size = config.data.image_size
@@ -136,15 +151,18 @@ def cache_rates(ae: Any, workdir: pathlib.Path) -> tuple[float, float]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from psvae_jax.data import cache, latents  # pylint: disable=g-import-not-at-top
+
   size = ae.image_size
   data_cfg = cache.parse_data_spec(f"shapes:num={_CACHE_SIZE.value}", size)
   cache.write_cache(ae, data_cfg, str(workdir / "cache"), batch_size=_BATCH.value)
-  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (_BATCH.value, size, size, 3)),
-                  jnp.float32)
+  x = jnp.asarray(
+      np.random.default_rng(0).uniform(-1, 1, (_BATCH.value, size, size, 3)), jnp.float32
+  )
   encode = lambda: jax.block_until_ready(ae.encode(x))
   encode_rate = rate(encode, _BATCH.value, _SECONDS.value)
-  it = latents.build_latent_iterator({"path": str(workdir / "cache"), "num_train": 0},
-                                     global_batch_size=_BATCH.value, seed=0)
+  it = latents.build_latent_iterator(
+      {"path": str(workdir / "cache"), "num_train": 0}, global_batch_size=_BATCH.value, seed=0
+  )
   read_rate = rate(lambda: next(it), _BATCH.value, _SECONDS.value)
   return read_rate, encode_rate
 
@@ -152,11 +170,15 @@ def cache_rates(ae: Any, workdir: pathlib.Path) -> tuple[float, float]:
 def main(argv: list[str]) -> None:
   del argv
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_threefry_partitionable", True)
   from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+
   shapes_plugin.register()  # data.source="shapes" (the tiny configs, the latent cache)
-  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, "
-        f"cpus: {os.cpu_count()}, batch {_BATCH.value}")
+  print(
+      f"devices: {jax.device_count()} x {jax.devices()[0].platform}, "
+      f"cpus: {os.cpu_count()}, batch {_BATCH.value}"
+  )
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     (tmp / "jpegs").mkdir()
@@ -165,8 +187,10 @@ def main(argv: list[str]) -> None:
     for workers in map(int, _WORKERS.value):
       for out in (256, 32):
         pipe[workers, out] = pipeline_rate(tmp / "jpegs", out, workers)
-        print(f"pipeline {_NUM_JPEGS.value} x 256px JPEG -> {out}px, random crop + flip, "
-              f"workers={workers}: {pipe[workers, out]:.1f} images/s")
+        print(
+            f"pipeline {_NUM_JPEGS.value} x 256px JPEG -> {out}px, random crop + flip, "
+            f"workers={workers}: {pipe[workers, out]:.1f} images/s"
+        )
     stage2 = stage2_images_per_second()
     stage3 = stage3_images_per_second()
     print(f"stage2_tiny train step (32px, batch {_BATCH.value}): {stage2:.1f} images/s")
@@ -177,8 +201,9 @@ def main(argv: list[str]) -> None:
           value = "n/a" if consumed is None else f"{pipe[workers, out] / consumed:.1f}"
           print(f"ratio pipeline/{name} workers={workers}{note}: {value}")
     read, encode = cache_rates(tiny_autoencoder(), tmp)
-    print(f"latent cache read: {read:.1f} images/s; tiny encode on the fly: "
-          f"{encode:.1f} images/s")
+    print(
+        f"latent cache read: {read:.1f} images/s; tiny encode on the fly: " f"{encode:.1f} images/s"
+    )
     print(f"ratio cache_read/encode: {read / encode:.1f}")
 
 

@@ -87,7 +87,9 @@ def _overrides(args) -> dict:
 
 def _config(args):
   """configs/dit.py:S_class at --depth, patch 2, batch --batch, fp32, with the --dit overrides."""
-  config = _common.dit_class_config("S", args.batch, patch=PATCH, depth=args.depth, **_overrides(args))
+  config = _common.dit_class_config(
+      "S", args.batch, patch=PATCH, depth=args.depth, **_overrides(args)
+  )
   assert config.model.num_classes == NUM_CLASSES
   return config
 
@@ -102,7 +104,8 @@ def jax_worker(args) -> dict:
   batch = jax.device_put({"latent": x, "label": y})
   consts = jax.device_put(task.constants())
   state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
-      jax.random.key(config.seed))
+      jax.random.key(config.seed)
+  )
   t0 = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=0).lower(state, batch, consts).compile()
   compile_s = time.perf_counter() - t0
@@ -113,11 +116,18 @@ def jax_worker(args) -> dict:
     metrics["loss"].block_until_ready()
 
   res = _common.time_steps(run, args.steps, args.warmup)
-  flops = (compiled.cost_analysis() or {})
+  flops = compiled.cost_analysis() or {}
   flops = flops[0] if isinstance(flops, (list, tuple)) else flops
-  res.update(compile_s=compile_s, impl="jax", depth=args.depth, batch=args.batch,
-             step_gflop=float(flops.get("flops", 0.0)) / 1e9, threads=_common.NCPU,
-             skipped=int(holder[0].skipped), xla_flags=os.environ.get("XLA_FLAGS", ""))
+  res.update(
+      compile_s=compile_s,
+      impl="jax",
+      depth=args.depth,
+      batch=args.batch,
+      step_gflop=float(flops.get("flops", 0.0)) / 1e9,
+      threads=_common.NCPU,
+      skipped=int(holder[0].skipped),
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
+  )
   return res
 
 
@@ -133,18 +143,26 @@ def _torch_model(depth: int):
 
 def _to_nchw(a):
   import torch  # pylint: disable=g-import-not-at-top
+
   return torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
 
 
 def _ddpm(config):
   """diffusers' DDPM schedule equal to the config's (linear betas; checked in check_worker)."""
   import diffusers  # pylint: disable=g-import-not-at-top
+
   d = config.diffusion
   if d.objective != "eps" or d.schedule != "linear":
-    raise ValueError(f"the torch step mirrors eps-prediction with linear betas, not {d.objective}/"
-                     f"{d.schedule}")
-  return diffusers.DDPMScheduler(num_train_timesteps=d.num_timesteps, beta_start=d.beta_start,
-                                 beta_end=d.beta_end, beta_schedule="linear")
+    raise ValueError(
+        f"the torch step mirrors eps-prediction with linear betas, not {d.objective}/"
+        f"{d.schedule}"
+    )
+  return diffusers.DDPMScheduler(
+      num_train_timesteps=d.num_timesteps,
+      beta_start=d.beta_start,
+      beta_end=d.beta_end,
+      beta_schedule="linear",
+  )
 
 
 def _lr_factor(o, total_steps: int, count: int) -> float:
@@ -160,14 +178,17 @@ def _lr_factor(o, total_steps: int, count: int) -> float:
 def _torch_step(config, model, latent, labels, compile_model: bool = False):
   """The production step's work in torch (see the module docstring); returns (step, counters)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   o, d = config.optim, config.diffusion
   if o.lr_groups:
     raise ValueError("per-group learning rates are not mirrored in the torch step")
   params = list(model.parameters())
-  opt = torch.optim.AdamW(params, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
-                          weight_decay=o.weight_decay, foreach=True)
+  opt = torch.optim.AdamW(
+      params, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay, foreach=True
+  )
   sched = torch.optim.lr_scheduler.LambdaLR(
-      opt, functools.partial(_lr_factor, o, config.num_train_steps))
+      opt, functools.partial(_lr_factor, o, config.num_train_steps)
+  )
   ema = [p.detach().clone() for p in params]
   ddpm = _ddpm(config)
   mean = torch.zeros(1, CHANNELS, 1, 1)  # identity latent statistics, as production_dit_step's
@@ -190,7 +211,9 @@ def _torch_step(config, model, latent, labels, compile_model: bool = False):
     if o.grad_clip > 0:
       grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip, foreach=True)
     else:
-      grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+      grad_norm = torch.linalg.vector_norm(
+          torch.stack(torch._foreach_norm([p.grad for p in params]))
+      )
     if torch.isfinite(loss) and torch.isfinite(grad_norm):  # else skip (production: keep state)
       opt.step()
       sched.step()
@@ -208,17 +231,27 @@ def _torch_step(config, model, latent, labels, compile_model: bool = False):
 
 def torch_worker(args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
+
   x, _, y, _ = _batch(args.batch)
-  step, counters = _torch_step(_config(args), _torch_model(args.depth), _to_nchw(x),
-                               torch.from_numpy(y.astype(np.int64)),
-                               compile_model=args.impl == "torch_compile")
+  step, counters = _torch_step(
+      _config(args),
+      _torch_model(args.depth),
+      _to_nchw(x),
+      torch.from_numpy(y.astype(np.int64)),
+      compile_model=args.impl == "torch_compile",
+  )
   t0 = time.perf_counter()
   step()
   first_s = time.perf_counter() - t0
   res = _common.time_steps(step, args.steps, max(args.warmup - 1, 0))
-  res.update(compile_s=max(first_s - res["median_s"], 0.0) if args.impl == "torch_compile" else 0.0,
-             impl=args.impl, depth=args.depth, batch=args.batch, threads=torch.get_num_threads(),
-             skipped=counters["skipped"])
+  res.update(
+      compile_s=max(first_s - res["median_s"], 0.0) if args.impl == "torch_compile" else 0.0,
+      impl=args.impl,
+      depth=args.depth,
+      batch=args.batch,
+      threads=torch.get_num_threads(),
+      skipped=counters["skipped"],
+  )
   return res
 
 
@@ -229,6 +262,7 @@ def check_worker(args) -> dict:
   """Same weights -> same loss (and gradients) in both, on a plain MSE at fixed x_t, t, labels; and
   the same q_sample (our schedule vs diffusers' DDPMScheduler.add_noise). Relative errors."""
   import torch  # pylint: disable=g-import-not-at-top
+
   config = _config(args)
   task, _, _ = _common.production_dit_step(config, (LATENT, LATENT, CHANNELS))
   model = task.model  # the DiT the production step trains
@@ -247,36 +281,59 @@ def check_worker(args) -> dict:
   # diffusers holds the timestep/label embedders once per block; count them once.
   per_block_emb = sum(p.numel() for p in tmodel.transformer_blocks[0].norm1.emb.parameters())
   n_torch = sum(p.numel() for p in tmodel.parameters()) - (args.depth - 1) * per_block_emb
-  pred = tmodel(_to_nchw(x), timestep=torch.from_numpy(t), class_labels=torch.from_numpy(y.astype(np.int64)))
+  pred = tmodel(
+      _to_nchw(x), timestep=torch.from_numpy(t), class_labels=torch.from_numpy(y.astype(np.int64))
+  )
   tloss = torch.mean(torch.square(pred.sample - _to_nchw(noise)))
   tloss.backward()
   tloss = tloss.item()
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
-          for path, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
-  grad_err = max(_common.relative(flat[k], v) for k, v in _common.torch_block_grads_to_ours(tmodel).items())
+  flat = {
+      "/".join(str(getattr(k, "key", k)) for k in path): v
+      for path, v in jax.tree_util.tree_flatten_with_path(grads)[0]
+  }
+  grad_err = max(
+      _common.relative(flat[k], v) for k, v in _common.torch_block_grads_to_ours(tmodel).items()
+  )
   z_t = task.objective.sample_x_t(jnp.asarray(x), jnp.asarray(t), jnp.asarray(noise))
   tz_t = _ddpm(config).add_noise(_to_nchw(x), _to_nchw(noise), torch.from_numpy(t.astype(np.int64)))
-  return dict(loss_jax=float(loss), loss_torch=tloss, loss_rel=abs(float(loss) - tloss) / abs(tloss),
-              grad_rel=grad_err, params_jax=n_jax, params_torch=n_torch, median_s=0.0,
-              q_sample_rel=_common.relative(tz_t.numpy().transpose(0, 2, 3, 1), z_t))
+  return dict(
+      loss_jax=float(loss),
+      loss_torch=tloss,
+      loss_rel=abs(float(loss) - tloss) / abs(tloss),
+      grad_rel=grad_err,
+      params_jax=n_jax,
+      params_torch=n_torch,
+      median_s=0.0,
+      q_sample_rel=_common.relative(tz_t.numpy().transpose(0, 2, 3, 1), z_t),
+  )
 
 
 # ---------------------------------------------------------------- parent
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument("--depths", type=int, nargs="+", default=[4, 12])
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--steps", type=int, default=20, help="timed steps per run (median)")
   ap.add_argument("--warmup", type=int, default=3)
-  ap.add_argument("--rounds", type=int, default=3, help="alternating fresh-process runs per implementation")
-  ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
+  ap.add_argument(
+      "--rounds", type=int, default=3, help="alternating fresh-process runs per implementation"
+  )
+  ap.add_argument(
+      "--torch-compile", action="store_true", help="also time torch.compile (slow to compile)"
+  )
   ap.add_argument("--no-torch", action="store_true", help="jax only (for A/B of jax variants)")
   ap.add_argument("--no-check", action="store_true")
   ap.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the jax runs")
-  ap.add_argument("--dit", action="append", help="config.model override for jax, e.g. --dit remat=true")
-  ap.add_argument("--quick", action="store_true", help="smoke run: depth 4, 3 steps, 1 round, no idle wait")
+  ap.add_argument(
+      "--dit", action="append", help="config.model override for jax, e.g. --dit remat=true"
+  )
+  ap.add_argument(
+      "--quick", action="store_true", help="smoke run: depth 4, 3 steps, 1 round, no idle wait"
+  )
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--impl", default="jax", help=argparse.SUPPRESS)
   ap.add_argument("--depth", type=int, default=4, help=argparse.SUPPRESS)
@@ -296,31 +353,43 @@ def main():
   for o in args.dit or []:
     common += ["--dit", o]
   jax_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else None
-  print(f"DiT-S width {WIDTH} ({HEADS} heads), patch {PATCH}, {LATENT}x{LATENT}x{CHANNELS} latent, batch "
-        f"{args.batch}, fp32, the production step (configs/dit.py:S_class) vs its torch mirror; "
-        f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} "
-        f"round(s); {_common.NCPU} CPU cores; machine load now {_common.machine_load():.0%}", flush=True)
+  print(
+      f"DiT-S width {WIDTH} ({HEADS} heads), patch {PATCH}, {LATENT}x{LATENT}x{CHANNELS} latent, batch "
+      f"{args.batch}, fp32, the production step (configs/dit.py:S_class) vs its torch mirror; "
+      f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} "
+      f"round(s); {_common.NCPU} CPU cores; machine load now {_common.machine_load():.0%}",
+      flush=True,
+  )
   summary = []
   for depth in args.depths:
     dargs = common + ["--depth", str(depth)]
     if not args.no_check and not args.no_torch:
       chk = _common.run_worker(script, dargs + ["--check"], env=jax_env)
       ok = max(chk["loss_rel"], chk["grad_rel"], chk["q_sample_rel"]) <= 1e-5
-      print(f"depth {depth} equality: params {chk['params_jax']:,} (jax) vs {chk['params_torch']:,} (torch), "
-            f"loss {chk['loss_jax']:.6f} vs {chk['loss_torch']:.6f}, rel {chk['loss_rel']:.1e}; gradients "
-            f"rel {chk['grad_rel']:.1e}; q_sample rel {chk['q_sample_rel']:.1e} -> "
-            f"{'OK' if ok else 'MISMATCH'}", flush=True)
+      print(
+          f"depth {depth} equality: params {chk['params_jax']:,} (jax) vs {chk['params_torch']:,} (torch), "
+          f"loss {chk['loss_jax']:.6f} vs {chk['loss_torch']:.6f}, rel {chk['loss_rel']:.1e}; gradients "
+          f"rel {chk['grad_rel']:.1e}; q_sample rel {chk['q_sample_rel']:.1e} -> "
+          f"{'OK' if ok else 'MISMATCH'}",
+          flush=True,
+      )
       if not ok:
-        raise SystemExit("the two sides do not compute the same function; ratios would be meaningless")
+        raise SystemExit(
+            "the two sides do not compute the same function; ratios would be meaningless"
+        )
     jobs = {"jax": lambda d=dargs: _common.run_worker(script, d + ["--impl", "jax"], env=jax_env)}
     if not args.no_torch:
       jobs["torch"] = lambda d=dargs: _common.run_worker(script, d + ["--impl", "torch"])
       if args.torch_compile:
-        jobs["torch_compile"] = lambda d=dargs: _common.run_worker(script, d + ["--impl", "torch_compile"])
+        jobs["torch_compile"] = lambda d=dargs: _common.run_worker(
+            script, d + ["--impl", "torch_compile"]
+        )
     results = _common.alternate(jobs, args.rounds, args.max_load, args.idle_timeout)
     summary.append((depth, results))
 
-  print("\n| depth | impl | median step ms (clean runs) | compile s | others' CPU share | GFLOP/s |")
+  print(
+      "\n| depth | impl | median step ms (clean runs) | compile s | others' CPU share | GFLOP/s |"
+  )
   print("|---|---|---|---|---|---|")
   for depth, results in summary:
     for impl, runs in results.items():
@@ -329,7 +398,9 @@ def main():
       comp = sorted(r.get("compile_s", 0.0) for r in runs)[len(runs) // 2]
       load = max(r["other_load"] for r in runs)
       gflop = runs[0].get("step_gflop") or 0.0
-      shown = f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
+      shown = (
+          f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
+      )
       rate = f"{gflop / (med or all_med):.0f}" if gflop else ""
       print(f"| {depth} | {impl} | {shown} | {comp:.1f} | max {load:.0%} | {rate} |")
   print()
@@ -344,8 +415,10 @@ def main():
       else:
         a = sorted(r["median_s"] for r in results[impl])[len(results[impl]) // 2]
         b = sorted(r["median_s"] for r in results["jax"])[len(results["jax"]) // 2]
-        print(f"ratio {label}/jax depth={depth} batch={args.batch}: {a / b:.2f} (DISTURBED: machine was busy, "
-              f"not a valid measurement)")
+        print(
+            f"ratio {label}/jax depth={depth} batch={args.batch}: {a / b:.2f} (DISTURBED: machine was busy, "
+            f"not a valid measurement)"
+        )
 
 
 if __name__ == "__main__":

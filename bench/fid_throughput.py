@@ -24,6 +24,7 @@ def main():
   p.add_argument("--mfu", type=float, default=0.35)
   args = p.parse_args()
   from psvae_jax.weights import inception  # pylint: disable=g-import-not-at-top
+
   module, params = inception.random_inception(0)
   x = np.random.default_rng(0).integers(0, 256, (args.batch, 299, 299, 3), np.uint8)
   fn = jax.jit(lambda p, x: module.apply({"params": p}, x))
@@ -40,13 +41,19 @@ def main():
     n += args.batch
   ips = n / (time.time() - t0)
   gpu_ips = args.gpu_tflops * 1e12 * args.mfu / (gflop * 1e9)
-  print(f"backend {jax.default_backend()} devices {jax.device_count()} batch {args.batch} "
-        f"compile {compile_s:.1f} s")
-  print(f"inception 299px: {ips:.2f} images/s here ({gflop:.2f} GFLOP/image, "
-        f"{ips * gflop:.1f} GFLOP/s achieved)")
+  print(
+      f"backend {jax.default_backend()} devices {jax.device_count()} batch {args.batch} "
+      f"compile {compile_s:.1f} s"
+  )
+  print(
+      f"inception 299px: {ips:.2f} images/s here ({gflop:.2f} GFLOP/image, "
+      f"{ips * gflop:.1f} GFLOP/s achieved)"
+  )
   print(f"FID-50K features here: {50_000 / ips / 3600:.2f} h")
-  print(f"projected FID-50K features on a {args.gpu_tflops:g} TFLOP/s GPU at {args.mfu:.0%} MFU: "
-        f"{gpu_ips:.0f} images/s, {50_000 / gpu_ips:.1f} s")
+  print(
+      f"projected FID-50K features on a {args.gpu_tflops:g} TFLOP/s GPU at {args.mfu:.0%} MFU: "
+      f"{gpu_ips:.0f} images/s, {50_000 / gpu_ips:.1f} s"
+  )
 
 
 if __name__ == "__main__":

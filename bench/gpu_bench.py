@@ -29,8 +29,16 @@ from bench import _common  # pylint: disable=g-import-not-at-top
 from bench import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
 
-def _report(name: str, compiled, run, batch: int, steps: int, warmup: int, compile_s: float,
-            analytic_flops: float | None = None) -> None:
+def _report(
+    name: str,
+    compiled,
+    run,
+    batch: int,
+    steps: int,
+    warmup: int,
+    compile_s: float,
+    analytic_flops: float | None = None,
+) -> None:
   res = _common.time_steps(run, steps, warmup)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -39,9 +47,12 @@ def _report(name: str, compiled, run, batch: int, steps: int, warmup: int, compi
   peak = flops_lib.peak_tflops(dev.device_kind) if dev.platform != "cpu" else None
   rate = fl / res["median_s"]
   mfu = f"{rate / (peak * 1e12):.1%}" if peak else "-"
-  print(f"RESULT {name}: {res['median_s'] * 1e3:.2f} ms/call, {batch / res['median_s']:.1f} img/s, "
-        f"{rate / 1e12:.2f} TFLOP/s, MFU {mfu} (peak {peak or '-'} TFLOP/s, {dev.device_kind}), "
-        f"compile {compile_s:.1f} s", flush=True)
+  print(
+      f"RESULT {name}: {res['median_s'] * 1e3:.2f} ms/call, {batch / res['median_s']:.1f} img/s, "
+      f"{rate / 1e12:.2f} TFLOP/s, MFU {mfu} (peak {peak or '-'} TFLOP/s, {dev.device_kind}), "
+      f"compile {compile_s:.1f} s",
+      flush=True,
+  )
 
 
 def _random_params(model, *args, **kw):
@@ -51,11 +62,18 @@ def _random_params(model, *args, **kw):
 
 def _dit(args, dtype):
   from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
+
   cfg = dit.dit_config(args.size)
   if args.dry_run:
     cfg = dict(width=64, depth=2, num_heads=2)
-  kw = dict(cfg, patch_size=2, cond_type="class", num_classes=1000, dtype=dtype,
-            attention_impl=None if args.attention == "default" else args.attention)
+  kw = dict(
+      cfg,
+      patch_size=2,
+      cond_type="class",
+      num_classes=1000,
+      dtype=dtype,
+      attention_impl=None if args.attention == "default" else args.attention,
+  )
   if args.remat != "none":
     kw.update(remat=True)
     if "remat_policy" in dit.DiT.__dataclass_fields__:
@@ -69,16 +87,23 @@ def train(args):
   import functools  # pylint: disable=g-import-not-at-top
   from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   b, lat = args.batch, args.latent
   config = _common.dit_class_config(
-      "tiny" if args.dry_run else args.size, b, dtype=args.dtype,
+      "tiny" if args.dry_run else args.size,
+      b,
+      dtype=args.dtype,
       attention_impl="" if args.attention == "default" else args.attention,
-      remat=args.remat != "none", remat_policy="full" if args.remat == "none" else args.remat)
+      remat=args.remat != "none",
+      remat_policy="full" if args.remat == "none" else args.remat,
+  )
   cfg = dit.dit_config(config.model.size)
   task, tx, step = _common.production_dit_step(config, (lat, lat, 4))
   rng = np.random.default_rng(0)
-  batch = {"latent": jnp.asarray(rng.standard_normal((b, lat, lat, 4)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32)}
+  batch = {
+      "latent": jnp.asarray(rng.standard_normal((b, lat, lat, 4)), jnp.float32),
+      "label": jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32),
+  }
   consts = task.constants()
   state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
 
@@ -93,13 +118,22 @@ def train(args):
 
   # MFU on model FLOPs: 3 x analytic forward (no remat recompute counted), as is customary.
   fwd = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * b
-  _report(f"train DiT-{args.size}/2 {args.dtype} batch {b} attention={args.attention} remat={args.remat}",
-          compiled, run, b, args.steps, args.warmup, compile_s, 3 * fwd)
+  _report(
+      f"train DiT-{args.size}/2 {args.dtype} batch {b} attention={args.attention} remat={args.remat}",
+      compiled,
+      run,
+      b,
+      args.steps,
+      args.warmup,
+      compile_s,
+      3 * fwd,
+  )
 
 
 def sample(args):
   from psvae_jax.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
   import functools  # pylint: disable=g-import-not-at-top
+
   dtype = jnp.dtype(args.dtype)
   model, cfg = _dit(args, dtype)
   b, lat = args.batch, args.latent
@@ -110,8 +144,17 @@ def sample(args):
 
   @jax.jit
   def sample_fn(p, z, cond, uncond, ts, cfg_scale, rng):
-    return samplers.ddim_sample(functools.partial(model_fn, p), schedules.linear_schedule(), z, cond, uncond,
-                                ts, cfg_scale, 0.0, rng)
+    return samplers.ddim_sample(
+        functools.partial(model_fn, p),
+        schedules.linear_schedule(),
+        z,
+        cond,
+        uncond,
+        ts,
+        cfg_scale,
+        0.0,
+        rng,
+    )
 
   steps = 2 if args.dry_run else 50
   ts = jnp.asarray(samplers.ddim_timesteps(steps, max_steps=max(steps, 50)))
@@ -122,18 +165,33 @@ def sample(args):
   compile_s = time.perf_counter() - t0
   run = lambda: compiled(params, z, cond, uncond, ts, 7.5, rng).block_until_ready()
   fl = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * 2 * b * steps
-  _report(f"sample DDIM-{steps} CFG DiT-{args.size}/2 {args.dtype} batch {b} (latency = ms/call)",
-          compiled, run, b, args.steps, args.warmup, compile_s, fl)
+  _report(
+      f"sample DDIM-{steps} CFG DiT-{args.size}/2 {args.dtype} batch {b} (latency = ms/call)",
+      compiled,
+      run,
+      b,
+      args.steps,
+      args.warmup,
+      compile_s,
+      fl,
+  )
 
 
 def encode(args):
   from psvae_jax.models import vit  # pylint: disable=g-import-not-at-top
+
   kw = vit.dinov2_config("tiny" if args.dry_run else "L")
   model = vit.DinoV2(**{**kw, "dtype": jnp.dtype(args.dtype)})
   px = 28 if args.dry_run else 224
-  images = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch, px, px, 3)), jnp.float32)
-  _forward(f"encode DINOv2-{'tiny' if args.dry_run else 'L'}/14 {px}px {args.dtype} batch {args.batch}",
-           model, images, args)
+  images = jnp.asarray(
+      np.random.default_rng(0).standard_normal((args.batch, px, px, 3)), jnp.float32
+  )
+  _forward(
+      f"encode DINOv2-{'tiny' if args.dry_run else 'L'}/14 {px}px {args.dtype} batch {args.batch}",
+      model,
+      images,
+      args,
+  )
 
 
 def _forward(label, model, x, args):
@@ -149,19 +207,25 @@ def _forward(label, model, x, args):
 
 def decode(args):
   from psvae_jax.models import pixel_decoder  # pylint: disable=g-import-not-at-top
+
   if args.dry_run:
-    model = pixel_decoder.ConvDecoder(ch=8, ch_mult=(1, 2), num_res_blocks=1, groups=4,
-                                      dtype=jnp.dtype(args.dtype))
+    model = pixel_decoder.ConvDecoder(
+        ch=8, ch_mult=(1, 2), num_res_blocks=1, groups=4, dtype=jnp.dtype(args.dtype)
+    )
     z_shape = (args.batch, 4, 4, 8)
   else:
     model = pixel_decoder.ConvDecoder(dtype=jnp.dtype(args.dtype))  # LDM decoder: 16x up
     z_shape = (args.batch, 16, 16, 96)
   z = jnp.asarray(np.random.default_rng(0).standard_normal(z_shape), jnp.float32)
-  _forward(f"decode conv pixel decoder {z_shape[1:]} {args.dtype} batch {args.batch}", model, z, args)
+  _forward(
+      f"decode conv pixel decoder {z_shape[1:]} {args.dtype} batch {args.batch}", model, z, args
+  )
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument("what", choices=["train", "sample", "encode", "decode"])
   ap.add_argument("--size", default="B")
   ap.add_argument("--batch", type=int, default=128)
@@ -176,6 +240,7 @@ def main():
   if args.dry_run:
     args.batch, args.latent, args.steps, args.warmup = min(args.batch, 2), 8, 2, 1
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
   runtime.initialize("off")
   {"train": train, "sample": sample, "encode": encode, "decode": decode}[args.what](args)
 

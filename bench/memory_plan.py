@@ -63,10 +63,12 @@ def _remat(fn, policy: str):
 
 
 def _groups(state, state_sh, consts, consts_sh) -> dict:
-  return {"params": (state.params, state_sh.params),
-          "optimizer": (state.opt_state, state_sh.opt_state),
-          "ema+frozen": ((state.ema_params, state.frozen), (state_sh.ema_params, state_sh.frozen)),
-          "constants": (consts, consts_sh)}
+  return {
+      "params": (state.params, state_sh.params),
+      "optimizer": (state.opt_state, state_sh.opt_state),
+      "ema+frozen": ((state.ema_params, state.frozen), (state_sh.ema_params, state_sh.frozen)),
+      "constants": (consts, consts_sh),
+  }
 
 
 def _psvae_step(name: str, mesh, batch: int, remat: str, dtype: str):
@@ -78,8 +80,11 @@ def _psvae_step(name: str, mesh, batch: int, remat: str, dtype: str):
   config.lpips.vgg = "random"  # the LPIPS network is built (its cost counts); no weight files
   task = autoencoder.AutoencoderTask(config)
   task.loss = _remat(task.loss, remat)
-  tx = optim.make_optimizer(config.optim, config.num_train_steps, functools.partial(
-      optim.label_params, groups=task.param_groups))
+  tx = optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
   init_fn = functools.partial(loop.create_train_state, task=task, tx=tx)
   state = jax.eval_shape(init_fn, jax.random.key(0))
   consts = jax.eval_shape(task.constants)
@@ -90,8 +95,13 @@ def _psvae_step(name: str, mesh, batch: int, remat: str, dtype: str):
   step = functools.partial(loop.train_step, task=task, tx=tx, config=config)
   args = (state, {"image": images}, consts)
   shardings = (state_sh, {"image": parallel.batch_sharding(mesh, 4)}, consts_sh)
-  return (step, args, shardings, (state_sh, parallel.replicated(mesh)),
-          _groups(state, state_sh, consts, consts_sh))
+  return (
+      step,
+      args,
+      shardings,
+      (state_sh, parallel.replicated(mesh)),
+      _groups(state, state_sh, consts, consts_sh),
+  )
 
 
 def _dit_step(mesh, batch: int, remat: str, dtype: str):
@@ -105,25 +115,43 @@ def _dit_step(mesh, batch: int, remat: str, dtype: str):
   config.dtype = dtype or config.dtype
   config.model.remat = remat != "none"
   config.model.remat_policy = "dots_saveable" if remat == "dots" else "full"
-  t5 = text_encoders.T5Encoder(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240,
-                               num_layers=24, num_heads=64, is_gated_act=True,
-                               dense_act_fn="gelu_new", dtype=jnp.dtype(config.dtype))
+  t5 = text_encoders.T5Encoder(
+      vocab_size=32128,
+      d_model=4096,
+      d_kv=64,
+      d_ff=10240,
+      num_layers=24,
+      num_heads=64,
+      is_gated_act=True,
+      dense_act_fn="gelu_new",
+      dtype=jnp.dtype(config.dtype),
+  )
   ids = jax.ShapeDtypeStruct((batch, config.data.max_length), jnp.int32)
   t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
   text_dtype = builders.text_param_dtype(config)  # frozen: stored so (builders.load_text_encoder)
   t5_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, text_dtype), t5_params)
-  task, tx, step = _common.production_dit_step(config, (16, 16, 96), text_encoder=(t5, t5_params),
-                                               mesh=mesh)
-  state = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),
-                         jax.random.key(0))
+  task, tx, step = _common.production_dit_step(
+      config, (16, 16, 96), text_encoder=(t5, t5_params), mesh=mesh
+  )
+  state = jax.eval_shape(
+      functools.partial(loop.create_train_state, task=task, tx=tx), jax.random.key(0)
+  )
   consts = jax.eval_shape(task.constants)
-  b = {"latent": jax.ShapeDtypeStruct((batch, 16, 16, 96), jnp.float32),
-       "input_ids": ids, "attention_mask": ids}
+  b = {
+      "latent": jax.ShapeDtypeStruct((batch, 16, 16, 96), jnp.float32),
+      "input_ids": ids,
+      "attention_mask": ids,
+  }
   sh = lambda t: parallel.param_shardings(t, mesh, min_size=config.shard_min_size)
   state_sh, consts_sh = sh(state), sh(consts)
   b_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in b.items()}
-  return (step, (state, b, consts), (state_sh, b_sh, consts_sh),
-          (state_sh, parallel.replicated(mesh)), _groups(state, state_sh, consts, consts_sh))
+  return (
+      step,
+      (state, b, consts),
+      (state_sh, b_sh, consts_sh),
+      (state_sh, parallel.replicated(mesh)),
+      _groups(state, state_sh, consts, consts_sh),
+  )
 
 
 def _bytes(tree, shardings):
@@ -140,8 +168,9 @@ def _bytes(tree, shardings):
   return total, per_device, largest_whole
 
 
-def plan(name: str, batch: int, remat: str, compile_: bool, fsdp: int = -1,
-         dtype: str = "") -> dict:
+def plan(
+    name: str, batch: int, remat: str, compile_: bool, fsdp: int = -1, dtype: str = ""
+) -> dict:
   """Lowers one config on all local devices (fsdp -1: all on fsdp); returns its row."""
   mesh = parallel.make_mesh(1 if fsdp == -1 else -1, fsdp)
   if name == "dit_xl2_t5xxl":
@@ -150,9 +179,16 @@ def plan(name: str, batch: int, remat: str, compile_: bool, fsdp: int = -1,
     step, args, shardings, out_sh, groups = _psvae_step(name, mesh, batch, remat, dtype)
   t0 = time.time()
   lowered = jax.jit(step, out_shardings=out_sh).lower(
-      *[parallel.with_shardings(a, s) for a, s in zip(args, shardings)])
-  row = {"config": name, "devices": mesh.size, "fsdp": mesh.shape["fsdp"], "batch": batch,
-         "remat": remat, "lower_s": round(time.time() - t0, 1)}
+      *[parallel.with_shardings(a, s) for a, s in zip(args, shardings)]
+  )
+  row = {
+      "config": name,
+      "devices": mesh.size,
+      "fsdp": mesh.shape["fsdp"],
+      "batch": batch,
+      "remat": remat,
+      "lower_s": round(time.time() - t0, 1),
+  }
   gib = 2.0**30
   for group, (tree, shard) in groups.items():
     total, per_device, whole = _bytes(tree, shard)
@@ -169,25 +205,32 @@ def plan(name: str, batch: int, remat: str, compile_: bool, fsdp: int = -1,
     row["compile_s"] = round(time.time() - t0, 1)
     mem = compiled.memory_analysis()
     if mem is not None:
-      for key in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                  "generated_code_size_in_bytes"):
+      for key in (
+          "argument_size_in_bytes",
+          "output_size_in_bytes",
+          "temp_size_in_bytes",
+          "generated_code_size_in_bytes",
+      ):
         row[key.replace("_size_in_bytes", "_gib")] = getattr(mem, key, 0) / gib
   return row
 
 
 def _format(rows: list[dict]) -> str:
-  head = (f"{'config':<16}{'dev':>4}{'fsdp':>5}{'params':>9}{'B':>6}{'total GiB':>11}{'per-dev GiB':>13}"
-          f"{'(params/opt/ema+frozen/consts)':>40}{'div':>7}{'max whole MiB':>15}"
-          f"{'temp GiB':>10}{'arg GiB':>9}")
+  head = (
+      f"{'config':<16}{'dev':>4}{'fsdp':>5}{'params':>9}{'B':>6}{'total GiB':>11}{'per-dev GiB':>13}"
+      f"{'(params/opt/ema+frozen/consts)':>40}{'div':>7}{'max whole MiB':>15}"
+      f"{'temp GiB':>10}{'arg GiB':>9}"
+  )
   lines = [head, "-" * len(head)]
   for r in rows:
-    parts = "/".join(f"{r[g][1]:.2f}" for g in ("params", "optimizer", "ema+frozen",
-                                                 "constants"))
+    parts = "/".join(f"{r[g][1]:.2f}" for g in ("params", "optimizer", "ema+frozen", "constants"))
     temp = f"{r['temp_gib']:.2f}" if "temp_gib" in r else "-"
     arg = f"{r['argument_gib']:.2f}" if "argument_gib" in r else "-"
-    lines.append(f"{r['config']:<16}{r['devices']:>4}{r.get('fsdp', r['devices']):>5}{r['n_params'] / 1e9:>8.2f}B{r['batch']:>6}"
-                 f"{r['total_gib']:>11.2f}{r['per_device_gib']:>13.3f}{parts:>40}"
-                 f"{r['division']:>7.2f}{r['largest_whole_mib']:>15.2f}{temp:>10}{arg:>9}")
+    lines.append(
+        f"{r['config']:<16}{r['devices']:>4}{r.get('fsdp', r['devices']):>5}{r['n_params'] / 1e9:>8.2f}B{r['batch']:>6}"
+        f"{r['total_gib']:>11.2f}{r['per_device_gib']:>13.3f}{parts:>40}"
+        f"{r['division']:>7.2f}{r['largest_whole_mib']:>15.2f}{temp:>10}{arg:>9}"
+    )
   return "\n".join(lines)
 
 
@@ -195,16 +238,32 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--devices", type=int, nargs="*", default=[8, 64])
   p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=CONFIGS)
-  p.add_argument("--fsdp", type=int, nargs="*", default=[-1],
-                 help="fsdp axis sizes to plan (-1: all devices; 1: the configs' default mesh)")
-  p.add_argument("--dtype", default="", choices=("", "float32", "bfloat16"),
-                 help="compute dtype override (default: the config's)")
+  p.add_argument(
+      "--fsdp",
+      type=int,
+      nargs="*",
+      default=[-1],
+      help="fsdp axis sizes to plan (-1: all devices; 1: the configs' default mesh)",
+  )
+  p.add_argument(
+      "--dtype",
+      default="",
+      choices=("", "float32", "bfloat16"),
+      help="compute dtype override (default: the config's)",
+  )
   p.add_argument("--batch", type=int, default=256)
-  p.add_argument("--remat", default="none", choices=POLICIES,
-                 help="measured (8 devices, PS-VAE B, XLA:CPU): none 64.9 GiB temp/device, "
-                      "full (whole-loss checkpoint) 94.1: per-block remat is what helps")
-  p.add_argument("--compile", action="store_true",
-                 help="also compile and print XLA's memory_analysis (slow for 64 devices)")
+  p.add_argument(
+      "--remat",
+      default="none",
+      choices=POLICIES,
+      help="measured (8 devices, PS-VAE B, XLA:CPU): none 64.9 GiB temp/device, "
+      "full (whole-loss checkpoint) 94.1: per-block remat is what helps",
+  )
+  p.add_argument(
+      "--compile",
+      action="store_true",
+      help="also compile and print XLA's memory_analysis (slow for 64 devices)",
+  )
   p.add_argument("--json", help="write the rows to this file")
   p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args()
@@ -215,12 +274,28 @@ def main():
     return
   rows = []
   for n in a.devices:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--devices", str(n),
-           "--batch", str(a.batch), "--remat", a.remat, "--configs", *a.configs,
-           "--fsdp", *map(str, a.fsdp)] + (["--dtype", a.dtype] if a.dtype else [])
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        CUDA_VISIBLE_DEVICES="",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_child",
+        "--devices",
+        str(n),
+        "--batch",
+        str(a.batch),
+        "--remat",
+        a.remat,
+        "--configs",
+        *a.configs,
+        "--fsdp",
+        *map(str, a.fsdp),
+    ] + (["--dtype", a.dtype] if a.dtype else [])
     cmd += ["--compile"] if a.compile else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     line = [l for l in out.stdout.splitlines() if l.startswith("ROWS ")]
@@ -228,8 +303,9 @@ def main():
       sys.exit(f"{n} devices failed:\n{out.stderr[-4000:]}")
     rows += json.loads(line[0][5:])
   for r in rows:  # FSDP over all devices must divide the state, and nothing large stay whole
-    if r["fsdp"] == r["devices"] and (r["division"] < 0.9 * r["devices"]
-                                      or r["largest_whole_mib"] > 64):
+    if r["fsdp"] == r["devices"] and (
+        r["division"] < 0.9 * r["devices"] or r["largest_whole_mib"] > 64
+    ):
       sys.exit(f"FSDP does not divide {r['config']} on {r['devices']} devices: {r}")
   print(_format(rows))
   if a.json:

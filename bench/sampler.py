@@ -48,9 +48,12 @@ def _inputs(batch: int, seed: int = 0):
 def _jax_model():
   import jax  # pylint: disable=g-import-not-at-top
   from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
+
   model = dit.DiT(**_common.dit_kwargs(DEPTH, WIDTH, HEADS, NUM_CLASSES, PATCH))
   z, y = _inputs(1)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), z, np.zeros(1, np.float32), labels=y))
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), z, np.zeros(1, np.float32), labels=y)
+  )
   params = _common.random_params(shapes["params"], seed=1)
   model_fn = lambda p, z, t, c: model.apply({"params": p}, z, t, labels=c["labels"])
   return params, model_fn
@@ -61,8 +64,18 @@ def _scan_sampler(model_fn):
   from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
 
   def sample(params, sched, z, cond, uncond, timesteps, guidance_scale, eta, rng):
-    return samplers.ddim_sample(functools.partial(model_fn, params), sched, z, cond, uncond, timesteps, guidance_scale,
-                                eta, rng)
+    return samplers.ddim_sample(
+        functools.partial(model_fn, params),
+        sched,
+        z,
+        cond,
+        uncond,
+        timesteps,
+        guidance_scale,
+        eta,
+        rng,
+    )
+
   return jax.jit(sample)
 
 
@@ -84,26 +97,38 @@ def _loop_sampler(model_fn):
 
   def sample(params, sched, z, cond, uncond, num_steps, guidance_scale):
     from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+
     both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
     ts = samplers.ddim_timesteps(num_steps)
     ratio = 1000 // num_steps
     for t in ts:
       z = step(params, sched, z, both, np.int32(t), np.int32(t - ratio), np.float32(guidance_scale))
     return z
+
   return sample
 
 
 def _ddim_scheduler(num_steps: int):
   from diffusers import DDIMScheduler  # pylint: disable=g-import-not-at-top
-  sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                        clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
-                        prediction_type="epsilon")
+
+  sched = DDIMScheduler(
+      num_train_timesteps=1000,
+      beta_schedule="linear",
+      beta_start=1e-4,
+      beta_end=0.02,
+      clip_sample=False,
+      set_alpha_to_one=True,
+      steps_offset=0,
+      timestep_spacing="leading",
+      prediction_type="epsilon",
+  )
   sched.set_timesteps(num_steps)
   return sched
 
 
 def _diffusers_sample(tmodel, z_nhwc, y, num_steps, guidance_scale):
   import torch  # pylint: disable=g-import-not-at-top
+
   sched = _ddim_scheduler(num_steps)
   z = torch.from_numpy(np.ascontiguousarray(z_nhwc.transpose(0, 3, 1, 2)))
   labels = torch.from_numpy(np.concatenate([y, np.full_like(y, NUM_CLASSES)]).astype(np.int64))
@@ -125,6 +150,7 @@ def _torch_model(params):
 def worker(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from psvae_jax.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
+
   params, model_fn = _jax_model()
   z, y = _inputs(args.batch)
   cond, uncond = {"labels": y}, {"labels": np.full_like(y, NUM_CLASSES)}
@@ -133,19 +159,49 @@ def worker(args) -> dict:
   out: dict = dict(impl=args.impl, batch=args.batch)
   if args.impl == "check":
     traces = []
-    counting_fn = lambda *a: (traces.append(1), model_fn(*a))[1]  # Runs once per trace of the sampler.
+    counting_fn = lambda *a: (traces.append(1), model_fn(*a))[
+        1
+    ]  # Runs once per trace of the sampler.
     counter = runtime.CompileCounter()
     scan = _scan_sampler(counting_fn)
     rng = jax.random.key(0, impl="unsafe_rbg")
     t0 = time.perf_counter()
-    ours = np.asarray(scan(params, sched, z, cond, uncond, samplers.ddim_timesteps(n, max_steps=MAX_STEPS),
-                           CFG, 0.0, rng))
+    ours = np.asarray(
+        scan(
+            params,
+            sched,
+            z,
+            cond,
+            uncond,
+            samplers.ddim_timesteps(n, max_steps=MAX_STEPS),
+            CFG,
+            0.0,
+            rng,
+        )
+    )
     first = counter.count
     out["first_call_s"] = time.perf_counter() - t0
-    for steps, guidance_scale, eta, seed in ((max(n // 2, 1), 3.0, 0.0, 1), (n, 1.0, 0.5, 2), (MAX_STEPS, 7.5, 1.0, 3)):
-      scan(params, sched, z, cond, uncond, samplers.ddim_timesteps(steps, max_steps=MAX_STEPS), guidance_scale, eta,
-           jax.random.key(seed, impl="unsafe_rbg")).block_until_ready()
-    out["compiles_first"], out["compiles_after"], out["traces"] = first, counter.count - first, len(traces)
+    for steps, guidance_scale, eta, seed in (
+        (max(n // 2, 1), 3.0, 0.0, 1),
+        (n, 1.0, 0.5, 2),
+        (MAX_STEPS, 7.5, 1.0, 3),
+    ):
+      scan(
+          params,
+          sched,
+          z,
+          cond,
+          uncond,
+          samplers.ddim_timesteps(steps, max_steps=MAX_STEPS),
+          guidance_scale,
+          eta,
+          jax.random.key(seed, impl="unsafe_rbg"),
+      ).block_until_ready()
+    out["compiles_first"], out["compiles_after"], out["traces"] = (
+        first,
+        counter.count - first,
+        len(traces),
+    )
     ref = _diffusers_sample(_torch_model(params), z, y, n, CFG)
     out["rel_err"] = _common.relative(ours, ref)
     loop = np.asarray(_loop_sampler(model_fn)(params, sched, z, cond, uncond, n, CFG))
@@ -173,6 +229,7 @@ def worker(args) -> dict:
     run = lambda: loop(params_d, sched, z, cond, uncond, n, CFG).block_until_ready()
   else:
     import torch  # pylint: disable=g-import-not-at-top
+
     tmodel = _torch_model(params)
     run = lambda: _diffusers_sample(tmodel, z, y, n, CFG)
     out["threads"] = torch.get_num_threads()
@@ -184,13 +241,17 @@ def worker(args) -> dict:
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
   ap.add_argument("--num-steps", type=int, default=50)
   ap.add_argument("--reps", type=int, default=10, help="timed full samples per run (median)")
   ap.add_argument("--warmup", type=int, default=1)
   ap.add_argument("--rounds", type=int, default=3)
-  ap.add_argument("--quick", action="store_true", help="smoke run: batch 1, 5 steps, 2 reps, one round")
+  ap.add_argument(
+      "--quick", action="store_true", help="smoke run: batch 1, 5 steps, 2 reps, one round"
+  )
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--impl", default="scan", help=argparse.SUPPRESS)
   ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -200,24 +261,46 @@ def main():
     _common.emit(worker(args))
     return
   if args.quick:
-    args.batches, args.num_steps, args.reps, args.warmup, args.rounds, args.idle_timeout = [1], 5, 2, 1, 1, 0.0
+    args.batches, args.num_steps, args.reps, args.warmup, args.rounds, args.idle_timeout = (
+        [1],
+        5,
+        2,
+        1,
+        1,
+        0.0,
+    )
   script = os.path.abspath(__file__)
-  print(f"DDIM-{args.num_steps} CFG {CFG}, DiT-S width depth {DEPTH}, patch {PATCH}, {LATENT}x{LATENT}x"
-        f"{CHANNELS}; {args.reps} timed samples per run, {args.rounds} round(s); machine load now "
-        f"{_common.machine_load():.0%}", flush=True)
+  print(
+      f"DDIM-{args.num_steps} CFG {CFG}, DiT-S width depth {DEPTH}, patch {PATCH}, {LATENT}x{LATENT}x"
+      f"{CHANNELS}; {args.reps} timed samples per run, {args.rounds} round(s); machine load now "
+      f"{_common.machine_load():.0%}",
+      flush=True,
+  )
   summary = []
   for batch in args.batches:
-    base = ["--batch", str(batch), "--num-steps", str(args.num_steps), "--reps", str(args.reps),
-            "--warmup", str(args.warmup)]
+    base = [
+        "--batch",
+        str(batch),
+        "--num-steps",
+        str(args.num_steps),
+        "--reps",
+        str(args.reps),
+        "--warmup",
+        str(args.warmup),
+    ]
     chk = _common.run_worker(script, base + ["--impl", "check"])
-    print(f"batch {batch}: scan vs diffusers rel err {chk['rel_err']:.1e}, loop vs diffusers "
-          f"{chk['loop_rel_err']:.1e}; scan compiles: {chk['compiles_first']} on the first call, "
-          f"{chk['compiles_after']} more over 3 other (steps, guidance_scale, eta, seed); the sampler was traced "
-          f"{chk['traces']}x -> "
-          f"{'OK (exactly one compile)' if chk['traces'] == 1 and chk['compiles_after'] == 0 else 'FAIL'}",
-          flush=True)
-    jobs = {name: (lambda b=base, name=name: _common.run_worker(script, b + ["--impl", name]))
-            for name in ("scan", "loop", "diffusers")}
+    print(
+        f"batch {batch}: scan vs diffusers rel err {chk['rel_err']:.1e}, loop vs diffusers "
+        f"{chk['loop_rel_err']:.1e}; scan compiles: {chk['compiles_first']} on the first call, "
+        f"{chk['compiles_after']} more over 3 other (steps, guidance_scale, eta, seed); the sampler was traced "
+        f"{chk['traces']}x -> "
+        f"{'OK (exactly one compile)' if chk['traces'] == 1 and chk['compiles_after'] == 0 else 'FAIL'}",
+        flush=True,
+    )
+    jobs = {
+        name: (lambda b=base, name=name: _common.run_worker(script, b + ["--impl", name]))
+        for name in ("scan", "loop", "diffusers")
+    }
     summary.append((batch, _common.alternate(jobs, args.rounds, args.max_load, args.idle_timeout)))
 
   print("\n| batch | impl | per-image ms (clean runs) | compile s | others' CPU share |")
@@ -229,8 +312,12 @@ def main():
       all_med = sorted(r["per_image_s"] for r in runs)[len(runs) // 2]
       meds[(batch, impl)] = (med, all_med)
       comp = sorted(r.get("compile_s", 0.0) for r in runs)[len(runs) // 2]
-      shown = f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
-      print(f"| {batch} | {impl} | {shown} | {comp:.2f} | max {max(r['other_load'] for r in runs):.0%} |")
+      shown = (
+          f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
+      )
+      print(
+          f"| {batch} | {impl} | {shown} | {comp:.2f} | max {max(r['other_load'] for r in runs):.0%} |"
+      )
   print()
   for batch, _ in summary:
     for other in ("diffusers", "loop"):
@@ -238,8 +325,10 @@ def main():
       if a and s:
         print(f"ratio {other}/scan batch={batch}: {a / s:.2f}")
       else:
-        print(f"ratio {other}/scan batch={batch}: {a_all / s_all:.2f} (DISTURBED: machine was busy, not a "
-              f"valid measurement)")
+        print(
+            f"ratio {other}/scan batch={batch}: {a_all / s_all:.2f} (DISTURBED: machine was busy, not a "
+            f"valid measurement)"
+        )
 
 
 if __name__ == "__main__":

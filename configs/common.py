@@ -39,9 +39,19 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: the remaining devices
   c.shard_min_size = 2**16  # arrays with fewer elements are replicated, larger ones fsdp-split
 
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-4, lr_groups=ml_collections.ConfigDict(), warmup_steps=1_000, min_lr_ratio=0.1,
-      weight_decay=0.0, b1=0.9, b2=0.99, eps=1e-8, grad_clip=1.0))
+  c.optim = ml_collections.ConfigDict(
+      dict(
+          lr=1e-4,
+          lr_groups=ml_collections.ConfigDict(),
+          warmup_steps=1_000,
+          min_lr_ratio=0.1,
+          weight_decay=0.0,
+          b1=0.9,
+          b2=0.99,
+          eps=1e-8,
+          grad_clip=1.0,
+      )
+  )
   c.ema_decay = 0.9999
 
   c.data = data_config()
@@ -60,39 +70,42 @@ def data_config() -> ml_collections.ConfigDict:
   `psvae_jax.data.config.resolve` fills a partial data config (a test's dict, an old
   workdir's config.json, a latent cache's meta.json) from these.
   """
-  return ml_collections.ConfigDict(dict(
-      source="shapes",  # "shapes" (psvae_jax/shapes/) | "folder" | "tfds" | "latents" (data/sources.py)
-      path="",  # folder root; tfds data_dir (or a prepared dataset dir); latent cache dir
-      image_size=256,  # pixel target side
-      num_train=1_000_000,  # shapes: number of distinct training scenes; others: a cap
-      num_eval=10_000,
-      seed=0,
-      num_workers=0,  # grain worker processes (0: in-process)
-      prefetch=2,  # batches buffered per worker
-      num_threads=8,  # reader threads per process
-      crop="center",  # "center" | "random"
-      random_flip=False,  # never for shapes: captions name left and right
-      encoder_image_size=0,  # > 0: also an "image_enc" field at this side (same crop)
-      # tfds (psvae_jax/data/tfds_source.py says how to prepare ImageNet, COCO, folders)
-      tfds_name="",  # e.g. "imagenet2012", "coco_captions"
-      train_split="train",
-      eval_split="validation",
-      image_key="",  # "" = auto-detect; nested features as "a/b"
-      caption_key="",
-      label_key="",
-      label_captions=False,  # class names as captions (tfds ClassLabel, folder subfolders)
-      label_names="",  # file mapping class ids to words (e.g. ImageNet synsets)
-      label_template="{}",  # caption template for label captions, e.g. "a photo of a {}"
-      # captions and tokenization
-      tokenizer="",  # local transformers tokenizer dir -> "input_ids", "attention_mask"
-      max_length=77,  # tokens (padded / truncated)
-      max_caption_chars=1000,  # longer captions are cut at a word boundary (counted)
-      empty_captions="keep",  # missing / empty captions: "keep" as "" or "skip" the record
-      # bad input (psvae_jax/data/decode.py)
-      max_pixels=50_000_000,  # larger: JPEG decoded downscaled (draft), others skipped
-      min_image_size=8,  # shorter side below this (e.g. 1x1): skipped
-      alpha_background="white",  # transparent pixels composited on "white" | "black"
-      probe_records=64))  # records checked at start-up: none usable -> fail fast
+  return ml_collections.ConfigDict(
+      dict(
+          source="shapes",  # "shapes" (psvae_jax/shapes/) | "folder" | "tfds" | "latents" (data/sources.py)
+          path="",  # folder root; tfds data_dir (or a prepared dataset dir); latent cache dir
+          image_size=256,  # pixel target side
+          num_train=1_000_000,  # shapes: number of distinct training scenes; others: a cap
+          num_eval=10_000,
+          seed=0,
+          num_workers=0,  # grain worker processes (0: in-process)
+          prefetch=2,  # batches buffered per worker
+          num_threads=8,  # reader threads per process
+          crop="center",  # "center" | "random"
+          random_flip=False,  # never for shapes: captions name left and right
+          encoder_image_size=0,  # > 0: also an "image_enc" field at this side (same crop)
+          # tfds (psvae_jax/data/tfds_source.py says how to prepare ImageNet, COCO, folders)
+          tfds_name="",  # e.g. "imagenet2012", "coco_captions"
+          train_split="train",
+          eval_split="validation",
+          image_key="",  # "" = auto-detect; nested features as "a/b"
+          caption_key="",
+          label_key="",
+          label_captions=False,  # class names as captions (tfds ClassLabel, folder subfolders)
+          label_names="",  # file mapping class ids to words (e.g. ImageNet synsets)
+          label_template="{}",  # caption template for label captions, e.g. "a photo of a {}"
+          # captions and tokenization
+          tokenizer="",  # local transformers tokenizer dir -> "input_ids", "attention_mask"
+          max_length=77,  # tokens (padded / truncated)
+          max_caption_chars=1000,  # longer captions are cut at a word boundary (counted)
+          empty_captions="keep",  # missing / empty captions: "keep" as "" or "skip" the record
+          # bad input (psvae_jax/data/decode.py)
+          max_pixels=50_000_000,  # larger: JPEG decoded downscaled (draft), others skipped
+          min_image_size=8,  # shorter side below this (e.g. 1x1): skipped
+          alpha_background="white",  # transparent pixels composited on "white" | "black"
+          probe_records=64,
+      )
+  )  # records checked at start-up: none usable -> fail fast
 
 
 # The sampling defaults: the only place they are written. Stage-3 configs start their `sample`
@@ -107,9 +120,16 @@ def data_config() -> ml_collections.ConfigDict:
 #   shift: the SAMPLING timestep shift of the Euler grid (flow models; traced, so changing it does
 #     not recompile), independent of diffusion.flow_shift. A workdir whose config.json predates it
 #     samples with its diffusion.flow_shift (psvae_jax/generation.sampling_shift).
-SAMPLE = ml_collections.FrozenConfigDict(dict(
-    steps=50, guidance_scale=7.5, eta=0.0, guidance_rescale=0.0, guidance_interval=(0.0, 1.0),
-    shift=1.0))
+SAMPLE = ml_collections.FrozenConfigDict(
+    dict(
+        steps=50,
+        guidance_scale=7.5,
+        eta=0.0,
+        guidance_rescale=0.0,
+        guidance_interval=(0.0, 1.0),
+        shift=1.0,
+    )
+)
 
 # Stored configs (a workdir's config.json) written before the rename: old sample key -> new.
 LEGACY_SAMPLE_KEYS = {"cfg": "guidance_scale", "cfg_rescale": "guidance_rescale"}

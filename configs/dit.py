@@ -46,25 +46,44 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 16-32 GB chips (TPU v5e, v4) need --config.mesh.fsdp=8: 2.7 GiB per device.
   c.text_encoder_dtype = "bfloat16"
   size, cond = {"tiny": ("tiny", "text"), "paper": ("XL", "text")}.get(
-      variant, tuple(variant.split("_")))
-  c.model = ml_collections.ConfigDict(dict(
-      size=size, patch_size=1, cond_type=cond, num_classes=1000,
-      # Activation memory: remat the blocks ("full": keep block inputs only; "dots_saveable":
-      # keep matmul outputs). scan_blocks: the blocks as one nn.scan (one traced block; params
-      # stacked under blocks/block: models/dit.stack_blocks converts an unrolled checkpoint).
-      # Measured on the 2-core CPU: DiT-XL/2 train-step lower+compile 11.1 -> 3.7 s
-      # (bench/compile_time.py), but the DiT-S depth-12 step 1229 -> 1497 ms (+22%,
-      # bench/dit_train_vs_torch.py --no-torch --dit scan_blocks=true): off by default.
-      depth=0,  # 0 = the size's depth (DiT paper); > 0 overrides it at the size's width
-      remat=False, remat_policy="full", scan_blocks=False,
-      attention_impl=""))  # "" = jax's default; "cudnn" | "xla"
+      variant, tuple(variant.split("_"))
+  )
+  c.model = ml_collections.ConfigDict(
+      dict(
+          size=size,
+          patch_size=1,
+          cond_type=cond,
+          num_classes=1000,
+          # Activation memory: remat the blocks ("full": keep block inputs only; "dots_saveable":
+          # keep matmul outputs). scan_blocks: the blocks as one nn.scan (one traced block; params
+          # stacked under blocks/block: models/dit.stack_blocks converts an unrolled checkpoint).
+          # Measured on the 2-core CPU: DiT-XL/2 train-step lower+compile 11.1 -> 3.7 s
+          # (bench/compile_time.py), but the DiT-S depth-12 step 1229 -> 1497 ms (+22%,
+          # bench/dit_train_vs_torch.py --no-torch --dit scan_blocks=true): off by default.
+          depth=0,  # 0 = the size's depth (DiT paper); > 0 overrides it at the size's width
+          remat=False,
+          remat_policy="full",
+          scan_blocks=False,
+          attention_impl="",
+      )
+  )  # "" = jax's default; "cudnn" | "xla"
   # flow_shift: the TRAINING timestep shift s of flow matching (t' = s*t / (1 + (s-1)*t) on the
   # logit-normal t); flow_shift_base_dim > 0 replaces it at stage-3 start by the dimension-
   # dependent shift sqrt(h*w*C / flow_shift_base_dim) (SD3 section 5.3.2, RAE: base 4096;
   # psvae_jax/diffusion/objectives.dimension_shift). 0: flow_shift as given.
-  c.diffusion = ml_collections.ConfigDict(dict(
-      objective="eps", schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
-      flow_shift=1.0, flow_shift_base_dim=0, p_uncond=0.1, latent_sample=True))
+  c.diffusion = ml_collections.ConfigDict(
+      dict(
+          objective="eps",
+          schedule="linear",
+          num_timesteps=1000,
+          beta_start=1e-4,
+          beta_end=0.02,
+          flow_shift=1.0,
+          flow_shift_base_dim=0,
+          p_uncond=0.1,
+          latent_sample=True,
+      )
+  )
   # steps, guidance_scale, eta, guidance_rescale, guidance_interval, shift: configs/common.py
   # (SAMPLE) says what each is; see psvae_jax/diffusion/samplers.py.
   c.sample = common.sample_config()
@@ -109,8 +128,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.data.num_eval = 256
     c.data.max_length = 16
-    c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16,
-                                            guidance_scales=()))
+    c.eval = ml_collections.ConfigDict(
+        dict(num_images=256, batch_size=64, num_grid=16, guidance_scales=())
+    )
     # Plain CFG at 7.5 over-guides this small flow model at low noise (shapes grow, textures
     # appear). Measured on the demo's DiT, 256 held-out prompts, 50 Euler steps: guidance scale 1
     # 0.418, 7.5 on every step 0.449, 7.5 on t >= 0.5 only 0.551 (t >= 0.4: 0.539, 0.6: 0.539).

@@ -24,19 +24,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lpips_heads = ""
   c.step = -1  # step the figures are written at (-1: the workdir's latest checkpoint)
   if arg == "demo":
-    c.evals = ml_collections.ConfigDict(dict(
-        fid_proxy=dict(type="fid", feature="proxy", num_samples=256, num_reference=1024,
-                       **_SAMPLING, reference=""),
-        rfid_proxy=dict(type="rfid", feature="proxy", num_images=256),
-        psnr=dict(type="psnr", num_images=256), ssim=dict(type="ssim", num_images=256),
-        lpips=dict(type="lpips", num_images=256),
-        adherence=dict(type="adherence", num_samples=256, **_SAMPLING)))
+    c.evals = ml_collections.ConfigDict(
+        dict(
+            fid_proxy=dict(
+                type="fid",
+                feature="proxy",
+                num_samples=256,
+                num_reference=1024,
+                **_SAMPLING,
+                reference="",
+            ),
+            rfid_proxy=dict(type="rfid", feature="proxy", num_images=256),
+            psnr=dict(type="psnr", num_images=256),
+            ssim=dict(type="ssim", num_images=256),
+            lpips=dict(type="lpips", num_images=256),
+            adherence=dict(type="adherence", num_samples=256, **_SAMPLING),
+        )
+    )
   elif arg == "inception":
-    c.evals = ml_collections.ConfigDict(dict(
-        fid=dict(type="fid", feature="inception", num_samples=50_000, num_reference=50_000,
-                 **_SAMPLING, reference=""),
-        rfid=dict(type="rfid", feature="inception", num_images=50_000),
-        psnr=dict(type="psnr", num_images=50_000), ssim=dict(type="ssim", num_images=50_000)))
+    c.evals = ml_collections.ConfigDict(
+        dict(
+            fid=dict(
+                type="fid",
+                feature="inception",
+                num_samples=50_000,
+                num_reference=50_000,
+                **_SAMPLING,
+                reference="",
+            ),
+            rfid=dict(type="rfid", feature="inception", num_images=50_000),
+            psnr=dict(type="psnr", num_images=50_000),
+            ssim=dict(type="ssim", num_images=50_000),
+        )
+    )
   else:
     raise ValueError(f"Unknown eval variant {arg!r} (demo | inception).")
   return c

@@ -29,23 +29,42 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   c.variant = variant  # everything but "tiny" is paper-size: needs weight files to start
   c.init_from = ""  # stage 2: the stage-1 workdir
   c.latent_stats_images = 50_000  # stage 2: images for the per-channel latent statistics
-  c.model = ml_collections.ConfigDict(dict(
-      encoder=ml_collections.ConfigDict(dict(
-          size="B",  # S | B | L | g | tiny
-          registers=False,
-          # a Hugging Face DINOv2 checkpoint directory, or "random" (random init; tests,
-          # benchmarks). "" (unset) is random init for `tiny` and refused for paper sizes.
-          weights="",
-          image_size=224,  # encoder input side (images are resized to it)
-          hidden_size=0, num_layers=0, num_heads=0, patch_size=0)),  # 0 = the size's value
-      latent_channels=96,
-      num_sem_blocks=3,
-      sem_init_from_encoder=True,  # E_s blocks start from the encoder's last blocks (paper)
-      pixel_decoder=ml_collections.ConfigDict(dict(
-          type="conv", ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, mid_attention=True,
-          groups=32, hidden_size=768, num_layers=12, num_heads=12, patch_size=16,
-          refine_channels=0)),
-  ))
+  c.model = ml_collections.ConfigDict(
+      dict(
+          encoder=ml_collections.ConfigDict(
+              dict(
+                  size="B",  # S | B | L | g | tiny
+                  registers=False,
+                  # a Hugging Face DINOv2 checkpoint directory, or "random" (random init; tests,
+                  # benchmarks). "" (unset) is random init for `tiny` and refused for paper sizes.
+                  weights="",
+                  image_size=224,  # encoder input side (images are resized to it)
+                  hidden_size=0,
+                  num_layers=0,
+                  num_heads=0,
+                  patch_size=0,
+              )
+          ),  # 0 = the size's value
+          latent_channels=96,
+          num_sem_blocks=3,
+          sem_init_from_encoder=True,  # E_s blocks start from the encoder's last blocks (paper)
+          pixel_decoder=ml_collections.ConfigDict(
+              dict(
+                  type="conv",
+                  ch=128,
+                  ch_mult=(1, 1, 2, 2, 4),
+                  num_res_blocks=2,
+                  mid_attention=True,
+                  groups=32,
+                  hidden_size=768,
+                  num_layers=12,
+                  num_heads=12,
+                  patch_size=16,
+                  refine_channels=0,
+              )
+          ),
+      )
+  )
   c.loss = ml_collections.ConfigDict(dict(sem=1.0, cos=0.0, pix=1.0, lpips=0.1, kl=1e-4))
   # LPIPS weights: torchvision vgg16 .pth/.safetensors and the lpips package's vgg.pth
   # heads. "random" (tests only) uses random VGG weights, which are not perceptual.
@@ -76,7 +95,13 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(num_images=256, batch_size=64, num_grid=16))
     e = c.model.encoder
     e.size, e.image_size, e.hidden_size, e.num_layers, e.num_heads, e.patch_size = (
-        "tiny", 32, 64, 3, 2, 4)
+        "tiny",
+        32,
+        64,
+        3,
+        2,
+        4,
+    )
     c.model.latent_channels = 16
     c.model.num_sem_blocks = 1
     c.model.sem_init_from_encoder = False

@@ -1,13 +1,13 @@
 """Python API: load a trained stage-3 workdir and generate, encode and decode.
 
-  from psvae_jax import api
-  pipe = api.load("runs/demo/dit")
-  images = pipe.generate(["a red circle on the left and a blue square on the right"], seed=0)
-  z = pipe.encode(images)            # normalised latents (B, h, w, C)
-  again = pipe.decode(z)             # uint8 (B, H, W, 3)
-  edited = pipe.edit(images, ["a blue circle on the left and a blue square on the right"],
-                     strength=0.7)  # SDEdit; any input size, returned at that size
-  filled = pipe.inpaint(images, masks, prompts)  # masks: white (>= 0.5) = regenerate
+from psvae_jax import api
+pipe = api.load("runs/demo/dit")
+images = pipe.generate(["a red circle on the left and a blue square on the right"], seed=0)
+z = pipe.encode(images)            # normalised latents (B, h, w, C)
+again = pipe.decode(z)             # uint8 (B, H, W, 3)
+edited = pipe.edit(images, ["a blue circle on the left and a blue square on the right"],
+                   strength=0.7)  # SDEdit; any input size, returned at that size
+filled = pipe.inpaint(images, masks, prompts)  # masks: white (>= 0.5) = regenerate
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ class Pipeline:
   def __init__(self, workdir: str, mesh: jax.sharding.Mesh | None = None):
     config = autoencoders.read_config(workdir)
     if config.stage != "dit":
-      raise ValueError(f"{workdir} holds a {config.stage!r} run; api.load wants a stage-3 (dit) "
-                       "workdir.")
+      raise ValueError(
+          f"{workdir} holds a {config.stage!r} run; api.load wants a stage-3 (dit) " "workdir."
+      )
     self.mesh = mesh or parallel.make_mesh(-1, 1)
     self.config = config
     if not config.autoencoder:
       raise ValueError(f"{workdir}'s config names no autoencoder (config.autoencoder).")
     self.ae = autoencoders.load_autoencoder(  # latent statistics: the DiT's own copy
-        config.autoencoder, self.mesh,
-        stats_dir=latent_stats.stats_dir(workdir, config.autoencoder))
+        config.autoencoder, self.mesh, stats_dir=latent_stats.stats_dir(workdir, config.autoencoder)
+    )
     latent_mean, latent_std = autoencoders.latent_normalization(config, self.ae)
     text, text_params, tokenizer = builders.load_text_encoder(config)
     generation.resolve_flow_shift(config, self.ae.latent_shape)
@@ -54,21 +55,29 @@ class Pipeline:
     abstract = builders.dit_param_template(config, dit, self.ae.latent_shape, text, text_params)
     shardings = parallel.param_shardings(abstract, self.mesh, min_size=config.shard_min_size)
     self.params = checkpoint.restore_params(
-        workdir, parallel.with_shardings(abstract, shardings), key="ema_params")
+        workdir, parallel.with_shardings(abstract, shardings), key="ema_params"
+    )
     consts = builders.dit_constants(config, self.ae.params, latent_mean, latent_std, text_params)
-    self.consts = jax.device_put(consts, parallel.param_shardings(
-        consts, self.mesh, min_size=config.shard_min_size))
+    self.consts = jax.device_put(
+        consts, parallel.param_shardings(consts, self.mesh, min_size=config.shard_min_size)
+    )
 
   @property
   def image_size(self) -> int:
     return self.ae.image_size
 
-  def generate(self, prompts: Sequence[str] | None = None, steps: int = _SAMPLE.steps,
-               guidance_scale: float = _SAMPLE.guidance_scale, eta: float = _SAMPLE.eta,
-               seed: int = 0, labels: Sequence[int] | None = None,
-               guidance_rescale: float | None = None,
-               guidance_interval: tuple[float, float] | None = None,
-               shift: float | None = None) -> np.ndarray:
+  def generate(
+      self,
+      prompts: Sequence[str] | None = None,
+      steps: int = _SAMPLE.steps,
+      guidance_scale: float = _SAMPLE.guidance_scale,
+      eta: float = _SAMPLE.eta,
+      seed: int = 0,
+      labels: Sequence[int] | None = None,
+      guidance_rescale: float | None = None,
+      guidance_interval: tuple[float, float] | None = None,
+      shift: float | None = None,
+  ) -> np.ndarray:
     """Prompts (or class labels) -> uint8 images (N, H, W, 3). Same seed, same images.
 
     steps, guidance_scale, eta default to the sampling defaults (configs/common.py SAMPLE).
@@ -81,10 +90,19 @@ class Pipeline:
     """
     if prompts is not None and isinstance(prompts, str):
       prompts = [prompts]
-    return self.gen.generate(self.params, self.consts, prompts=prompts, labels=labels,
-                             steps=steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
-                             guidance_rescale=guidance_rescale,
-                             guidance_interval=guidance_interval, shift=shift)
+    return self.gen.generate(
+        self.params,
+        self.consts,
+        prompts=prompts,
+        labels=labels,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        shift=shift,
+    )
 
   def _put(self, x: np.ndarray) -> jax.Array:
     n = x.shape[0]
@@ -111,10 +129,21 @@ class Pipeline:
     return self.gen.to_images(self.consts, zs)[:n]
 
   # ---- editing (psvae_jax/editing.py holds the host-side parts) -------------------------------
-  def edit(self, images, prompts, strength: float = 0.7, steps: int = _SAMPLE.steps,
-           guidance_scale: float = _SAMPLE.guidance_scale, eta: float = _SAMPLE.eta,
-           seed: int = 0, *, fit: str = "crop", guidance_rescale: float | None = None,
-           guidance_interval: tuple[float, float] | None = None, shift: float | None = None):
+  def edit(
+      self,
+      images,
+      prompts,
+      strength: float = 0.7,
+      steps: int = _SAMPLE.steps,
+      guidance_scale: float = _SAMPLE.guidance_scale,
+      eta: float = _SAMPLE.eta,
+      seed: int = 0,
+      *,
+      fit: str = "crop",
+      guidance_rescale: float | None = None,
+      guidance_interval: tuple[float, float] | None = None,
+      shift: float | None = None,
+  ):
     """SDEdit: images (any size) re-generated towards `prompts` from noise level strength·T.
 
     strength 0 returns the PS-VAE reconstruction, 1 ignores the input (plain generation with the
@@ -126,18 +155,43 @@ class Pipeline:
     strength = editing.check_strength(strength)
     square, places = editing.prepare_images(images, self.image_size, fit)
     masks = np.ones(square.shape[:3], np.float32)
-    out = self._edit(square, masks, prompts, strength=strength, steps=steps,
-                     guidance_scale=guidance_scale, eta=eta, seed=seed, dilation=0,
-                     guidance_rescale=guidance_rescale,
-                     guidance_interval=guidance_interval, resample=0, shift=shift)
+    out = self._edit(
+        square,
+        masks,
+        prompts,
+        strength=strength,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        dilation=0,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        resample=0,
+        shift=shift,
+    )
     return self._restore(images, out, places)
 
-  def inpaint(self, images, masks, prompts, steps: int = _SAMPLE.steps,
-              guidance_scale: float = _SAMPLE.guidance_scale, eta: float = _SAMPLE.eta,
-              seed: int = 0, *, strength: float = 1.0, dilation: int = 1, feather: float = 1.0,
-              fit: str = "crop", composite: bool = True, guidance_rescale: float | None = None,
-              guidance_interval: tuple[float, float] | None = None, resample: int = 0,
-              shift: float | None = None):
+  def inpaint(
+      self,
+      images,
+      masks,
+      prompts,
+      steps: int = _SAMPLE.steps,
+      guidance_scale: float = _SAMPLE.guidance_scale,
+      eta: float = _SAMPLE.eta,
+      seed: int = 0,
+      *,
+      strength: float = 1.0,
+      dilation: int = 1,
+      feather: float = 1.0,
+      fit: str = "crop",
+      composite: bool = True,
+      guidance_rescale: float | None = None,
+      guidance_interval: tuple[float, float] | None = None,
+      resample: int = 0,
+      shift: float | None = None,
+  ):
     """Regenerates the masked region (mask >= 0.5, i.e. white) of each image for its prompt.
 
     Masks of another size than their image are resized; non-binary masks are thresholded at
@@ -151,31 +205,65 @@ class Pipeline:
     the sampling shift, as in `generate`.
     """
     strength = editing.check_strength(strength)
-    if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or not (
-        0 <= resample <= 100):
+    if (
+        isinstance(resample, bool)
+        or not isinstance(resample, (int, np.integer))
+        or not (0 <= resample <= 100)
+    ):
       raise editing.EditInputError(f"resample must be an integer in [0, 100], got {resample!r}.")
     if isinstance(masks, np.ndarray) and masks.ndim == 2:
       masks = [masks]
     square, places = editing.prepare_images(images, self.image_size, fit)
     if len(masks) != len(places):
       raise editing.EditInputError(f"Got {len(places)} images but {len(masks)} masks.")
-    originals = [editing.as_uint8_image(im) for im in
-                 (list(images) if not isinstance(images, np.ndarray) or images.ndim == 4
-                  else [images])]
+    originals = [
+        editing.as_uint8_image(im)
+        for im in (
+            list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
+        )
+    ]
     pix = np.stack([editing.prepare_mask(m, p, self.image_size) for m, p in zip(masks, places)])
-    out = self._edit(square, pix, prompts, strength=strength, steps=steps,
-                     guidance_scale=guidance_scale, eta=eta, seed=seed, dilation=dilation,
-                     guidance_rescale=guidance_rescale,
-                     guidance_interval=guidance_interval, resample=int(resample), shift=shift)
+    out = self._edit(
+        square,
+        pix,
+        prompts,
+        strength=strength,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        dilation=dilation,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        resample=int(resample),
+        shift=shift,
+    )
     restored = self._restore(images, out, places)
     if not composite:
       return restored
-    blended = [editing.composite(r, o, editing.binarize_mask(m, *o.shape[:2]), feather)
-               for r, o, m in zip(restored, originals, masks)]
+    blended = [
+        editing.composite(r, o, editing.binarize_mask(m, *o.shape[:2]), feather)
+        for r, o, m in zip(restored, originals, masks)
+    ]
     return np.stack(blended) if isinstance(restored, np.ndarray) else blended
 
-  def _edit(self, square, pix_masks, prompts, *, strength, steps, guidance_scale, eta, seed,
-            dilation, guidance_rescale, guidance_interval, resample, shift) -> np.ndarray:
+  def _edit(
+      self,
+      square,
+      pix_masks,
+      prompts,
+      *,
+      strength,
+      steps,
+      guidance_scale,
+      eta,
+      seed,
+      dilation,
+      guidance_rescale,
+      guidance_interval,
+      resample,
+      shift,
+  ) -> np.ndarray:
     """uint8 (N, S, S, 3) images and {0, 1} (N, S, S) masks -> uint8 (N, S, S, 3) results."""
     n = square.shape[0]
     if isinstance(prompts, str):
@@ -186,14 +274,26 @@ class Pipeline:
       raise editing.EditInputError(f"Got {n} images but {len(prompts)} prompts.")
     z0 = self.encode(square)  # (N, h, w, C)
     lat_mask = editing.latent_mask(pix_masks, z0.shape[1:3], dilation)  # (N, h, w, 1)
-    z0, lat_mask, prompts = (parallel.pad_to_multiple(v, self.mesh.size)
-                             for v in (z0, lat_mask, prompts))
+    z0, lat_mask, prompts = (
+        parallel.pad_to_multiple(v, self.mesh.size) for v in (z0, lat_mask, prompts)
+    )
     batch = self.gen.host_condition(prompts=list(prompts))
-    z = self.gen.edit_latents(self.params, self.consts, batch, z0, lat_mask, strength=strength,
-                              steps=steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
-                              guidance_rescale=guidance_rescale,
-                              guidance_interval=guidance_interval, resample=resample,
-                              shift=shift)
+    z = self.gen.edit_latents(
+        self.params,
+        self.consts,
+        batch,
+        z0,
+        lat_mask,
+        strength=strength,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        resample=resample,
+        shift=shift,
+    )
     return self.gen.to_images(self.consts, z)[:n]
 
   @staticmethod

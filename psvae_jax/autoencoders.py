@@ -49,6 +49,7 @@ def denormalize(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
 @dataclasses.dataclass
 class Autoencoder:
   """A frozen PS-VAE: module, EMA params (sharded on `mesh`), config and latent statistics."""
+
   model: PSVAE
   params: Any
   config: ml_collections.ConfigDict
@@ -66,8 +67,9 @@ class Autoencoder:
   @property
   def latent_shape(self) -> tuple[int, int, int]:
     s = self.image_size
-    mu, _ = jax.eval_shape(self.encode_with, self.params, jax.ShapeDtypeStruct((1, s, s, 3),
-                                                                               jnp.float32))
+    mu, _ = jax.eval_shape(
+        self.encode_with, self.params, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
+    )
     return tuple(mu.shape[1:])
 
   @functools.partial(jax.jit, static_argnums=0)
@@ -93,8 +95,10 @@ class Autoencoder:
   def normalization(self, sample: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std), float32 (C,): of sampled z if `sample`, else of mu."""
     if self.stats is None:
-      raise ValueError("This autoencoder workdir has no latent_stats.npz (stage 2 writes it at "
-                       "the end of training).")
+      raise ValueError(
+          "This autoencoder workdir has no latent_stats.npz (stage 2 writes it at "
+          "the end of training)."
+      )
     return self.stats.select(sample)
 
   def normalize(self, z: jax.Array, sample: bool = True) -> jax.Array:
@@ -120,8 +124,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(common.rename_legacy_sample_keys(json.loads(path.read_text())))
 
 
-def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
-                     min_shard_size: int = 2**16, stats_dir: str | None = None) -> Autoencoder:
+def load_autoencoder(
+    workdir: str,
+    mesh: jax.sharding.Mesh | None = None,
+    min_shard_size: int = 2**16,
+    stats_dir: str | None = None,
+) -> Autoencoder:
   """Restores a stage-1/2 workdir's EMA params, sharded over `mesh` (default: all devices).
 
   The latent statistics are read from `stats_dir` (a DiT workdir's own copy, see
@@ -135,8 +143,9 @@ def load_autoencoder(workdir: str, mesh: jax.sharding.Mesh | None = None,
   s = config.data.image_size
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"]
   shardings = parallel.param_shardings(abstract, mesh, min_size=min_shard_size)
-  params = checkpoint.restore_params(workdir, parallel.with_shardings(abstract, shardings),
-                                     key="ema_params")
+  params = checkpoint.restore_params(
+      workdir, parallel.with_shardings(abstract, shardings), key="ema_params"
+  )
   stats_dir = stats_dir or workdir
   return Autoencoder(model, params, config, latent_stats.load(stats_dir), str(stats_dir))
 
@@ -151,9 +160,11 @@ def latent_normalization(config, ae: Autoencoder) -> tuple[np.ndarray, np.ndarra
   sample = bool(config.diffusion.latent_sample)
   on_cache = config.data.source == "latents"
   if on_cache and not sample:
-    raise ValueError("--config.diffusion.latent_sample=False trains on mu, but a latent cache "
-                     "(data.source=latents) yields sampled z = mu + sigma * eps: keep "
-                     "latent_sample=True or encode images on the fly.")
+    raise ValueError(
+        "--config.diffusion.latent_sample=False trains on mu, but a latent cache "
+        "(data.source=latents) yields sampled z = mu + sigma * eps: keep "
+        "latent_sample=True or encode images on the fly."
+    )
   source = ae.stats_dir or config.autoencoder
   if ae.stats is None:
     raise ValueError(f"{source} has no {latent_stats.FILE}: finish its stage 2 first.")
@@ -163,10 +174,18 @@ def latent_normalization(config, ae: Autoencoder) -> tuple[np.ndarray, np.ndarra
   if cached is not None and not cached.legacy:
     data, where = cached, f"{config.data.path}/{latent_stats.FILE}"
   if not (data.legacy and sample):  # (select has warned: z's statistics are unknown)
-    latent_stats.check_normalized(*data.select(sample), mean, std,
-                                  f"{'sampled z' if sample else 'mu'} as {where} describes it")
+    latent_stats.check_normalized(
+        *data.select(sample),
+        mean,
+        std,
+        f"{'sampled z' if sample else 'mu'} as {where} describes it",
+    )
   used = "mu" if not sample or ae.stats.legacy else "z"
-  logging.info("Stage 3 trains on %s, normalised with the '%s' statistics of %s:\n%s",
-               "sampled z" if sample else "mu", used, source,
-               latent_stats.describe(ae.stats))
+  logging.info(
+      "Stage 3 trains on %s, normalised with the '%s' statistics of %s:\n%s",
+      "sampled z" if sample else "mu",
+      used,
+      source,
+      latent_stats.describe(ae.stats),
+  )
   return mean, std

@@ -24,7 +24,6 @@ from psvae_jax.weights import dinov2 as dinov2_weights
 from psvae_jax.weights import lpips as lpips_weights
 from psvae_jax.weights import t5
 
-
 RANDOM = "random"  # `model.encoder.weights` value that asks for a random-init encoder
 
 
@@ -36,9 +35,14 @@ def encoder_weights_dir(enc_cfg) -> str:
 def encoder_kwargs(enc_cfg) -> dict[str, Any]:
   """DinoV2 kwargs: from the HF checkpoint's config if weights are given, else the size table."""
   if encoder_weights_dir(enc_cfg):
-    module = dinov2_weights.dinov2_module_from_hf_config(dinov2_weights.read_config(enc_cfg.weights))
-    return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
-            if f.name not in ("parent", "name", "dtype")}
+    module = dinov2_weights.dinov2_module_from_hf_config(
+        dinov2_weights.read_config(enc_cfg.weights)
+    )
+    return {
+        f.name: getattr(module, f.name)
+        for f in dataclasses.fields(module)
+        if f.name not in ("parent", "name", "dtype")
+    }
   kw = vit.dinov2_config(enc_cfg.size, registers=enc_cfg.registers)
   for field in ("hidden_size", "num_layers", "num_heads", "patch_size"):
     if enc_cfg[field]:
@@ -54,14 +58,22 @@ def build_psvae(model_cfg, dtype=jnp.float32) -> PSVAE:
   return PSVAE(
       encoder=vit.DinoV2(**kw, dtype=dtype),
       sem_enc=SemanticEncoder(
-          hidden_size=d, num_heads=heads, num_blocks=model_cfg.num_sem_blocks,
-          latent_channels=model_cfg.latent_channels, mlp_ratio=kw["mlp_ratio"],
-          layerscale_init=kw["layerscale_init"], use_swiglu=kw["use_swiglu"],
-          layer_norm_eps=kw["layer_norm_eps"], dtype=dtype),
-      sem_dec=SemanticDecoder(hidden_size=d, num_heads=heads,
-                              num_blocks=model_cfg.num_sem_blocks, dtype=dtype),
+          hidden_size=d,
+          num_heads=heads,
+          num_blocks=model_cfg.num_sem_blocks,
+          latent_channels=model_cfg.latent_channels,
+          mlp_ratio=kw["mlp_ratio"],
+          layerscale_init=kw["layerscale_init"],
+          use_swiglu=kw["use_swiglu"],
+          layer_norm_eps=kw["layer_norm_eps"],
+          dtype=dtype,
+      ),
+      sem_dec=SemanticDecoder(
+          hidden_size=d, num_heads=heads, num_blocks=model_cfg.num_sem_blocks, dtype=dtype
+      ),
       pix_dec=pixel_decoder.make_pixel_decoder(model_cfg.pixel_decoder, dtype=dtype),
-      encoder_image_size=model_cfg.encoder.image_size)
+      encoder_image_size=model_cfg.encoder.image_size,
+  )
 
 
 def sem_blocks_from_encoder(params: dict) -> dict:
@@ -91,11 +103,13 @@ def load_encoder_params(hf_dir: str, target: Any) -> Any:
 
 def place_like(host_tree: Any, target: Any) -> Any:
   """Host numpy arrays -> global arrays with `target`'s shardings (multi-host safe)."""
+
   def one(x, t):
     x = np.asarray(x, t.dtype)
     if x.shape != t.shape:
       raise ValueError(f"Shape {x.shape} does not match {t.shape}.")
     return jax.make_array_from_callback(x.shape, t.sharding, lambda idx: x[idx])
+
   return jax.tree.map(one, host_tree, target)
 
 
@@ -108,7 +122,8 @@ def build_lpips(lpips_cfg, image_size: int):
     raise ValueError(
         "loss.lpips > 0 needs VGG16 and LPIPS head weights: set --config.lpips.vgg=vgg16.pth "
         "(torchvision's vgg16-397923af.pth or its safetensors) and --config.lpips.heads=vgg.pth "
-        "(the lpips package's weights/v0.1/vgg.pth), or --config.loss.lpips=0.")
+        "(the lpips package's weights/v0.1/vgg.pth), or --config.loss.lpips=0."
+    )
   return lpips_weights.load_lpips(lpips_cfg.vgg, lpips_cfg.heads)
 
 
@@ -119,10 +134,17 @@ def build_dit(config) -> dit_lib.DiT:
   kw = dit_lib.dit_config(m.size)
   if m.get("depth", 0):  # a shallower (or deeper) stack at the size's width (tests, ablations)
     kw["depth"] = m.depth
-  return dit_lib.DiT(**kw, patch_size=m.patch_size, cond_type=m.cond_type,
-                     num_classes=m.num_classes, dtype=jnp.dtype(config.dtype), remat=m.remat,
-                     remat_policy=m.get("remat_policy", "full"),
-                     scan_blocks=m.get("scan_blocks", False), attention_impl=m.attention_impl or None)
+  return dit_lib.DiT(
+      **kw,
+      patch_size=m.patch_size,
+      cond_type=m.cond_type,
+      num_classes=m.num_classes,
+      dtype=jnp.dtype(config.dtype),
+      remat=m.remat,
+      remat_policy=m.get("remat_policy", "full"),
+      scan_blocks=m.get("scan_blocks", False),
+      attention_impl=m.attention_impl or None,
+  )
 
 
 def text_param_dtype(config) -> jnp.dtype:
@@ -143,20 +165,25 @@ def load_text_encoder(config):
   if config.model.cond_type != "text":
     return None, None, None
   if not config.text_encoder:
-    raise ValueError("A text-conditioned DiT needs --config.text_encoder=DIR (a Hugging Face CLIP "
-                     "text or T5 encoder directory with its tokenizer).")
+    raise ValueError(
+        "A text-conditioned DiT needs --config.text_encoder=DIR (a Hugging Face CLIP "
+        "text or T5 encoder directory with its tokenizer)."
+    )
   cfg = clip.read_json(config.text_encoder)
   if cfg.get("model_type", "").startswith("t5"):
-    module, params = t5.load_t5_encoder(config.text_encoder, dtype=jnp.dtype(config.dtype),
-                                        param_dtype=text_param_dtype(config))
+    module, params = t5.load_t5_encoder(
+        config.text_encoder, dtype=jnp.dtype(config.dtype), param_dtype=text_param_dtype(config)
+    )
   else:
-    module, params = clip.load_clip_text(config.text_encoder, dtype=jnp.dtype(config.dtype),
-                                         param_dtype=text_param_dtype(config))
+    module, params = clip.load_clip_text(
+        config.text_encoder, dtype=jnp.dtype(config.dtype), param_dtype=text_param_dtype(config)
+    )
   return module, params, clip.load_tokenizer(config.text_encoder)
 
 
-def init_dit_params(config, model: dit_lib.DiT, rng, latent_shape, text_module=None,
-                    text_params=None) -> dict[str, Any]:
+def init_dit_params(
+    config, model: dit_lib.DiT, rng, latent_shape, text_module=None, text_params=None
+) -> dict[str, Any]:
   """Stage 3's params: {"dit": ...} (+ "text" when the text encoder trains jointly).
 
   latent_shape: the autoencoder's (h, w, C); text_module/text_params: the text encoder (params
@@ -170,27 +197,38 @@ def init_dit_params(config, model: dit_lib.DiT, rng, latent_shape, text_module=N
     return {"dit": model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32))["params"]}
   ids = jnp.zeros((1, config.data.max_length), jnp.int32)
   hid, pooled = jax.eval_shape(text_module.apply, {"params": text_params}, ids, ids)
-  params = {"dit": model.init(rng, x, t, context=jnp.zeros(hid.shape, jnp.float32),
-                              context_mask=jnp.ones(hid.shape[:2], bool),
-                              pooled=jnp.zeros(pooled.shape, jnp.float32))["params"]}
+  params = {
+      "dit": model.init(
+          rng,
+          x,
+          t,
+          context=jnp.zeros(hid.shape, jnp.float32),
+          context_mask=jnp.ones(hid.shape[:2], bool),
+          pooled=jnp.zeros(pooled.shape, jnp.float32),
+      )["params"]
+  }
   if trains_text_encoder(config):
     params["text"] = jax.tree.map(jnp.zeros_like, text_params)
   return params
 
 
-def dit_param_template(config, model: dit_lib.DiT, latent_shape, text_module=None,
-                       text_params=None) -> dict[str, Any]:
+def dit_param_template(
+    config, model: dit_lib.DiT, latent_shape, text_module=None, text_params=None
+) -> dict[str, Any]:
   """The abstract (ShapeDtypeStruct) params of init_dit_params, e.g. to restore a checkpoint."""
-  return jax.eval_shape(lambda rng: init_dit_params(config, model, rng, latent_shape,
-                                                    text_module, text_params),
-                        jax.random.key(0))
+  return jax.eval_shape(
+      lambda rng: init_dit_params(config, model, rng, latent_shape, text_module, text_params),
+      jax.random.key(0),
+  )
 
 
 def dit_constants(config, ae_params, latent_mean, latent_std, text_params=None) -> dict[str, Any]:
   """Stage 3's fixed arrays (frozen autoencoder, latent statistics, frozen text encoder)."""
-  consts = {"ae": ae_params,
-            "latent_mean": jnp.asarray(latent_mean, jnp.float32),
-            "latent_std": jnp.asarray(latent_std, jnp.float32)}
+  consts = {
+      "ae": ae_params,
+      "latent_mean": jnp.asarray(latent_mean, jnp.float32),
+      "latent_std": jnp.asarray(latent_std, jnp.float32),
+  }
   if text_params is not None and not trains_text_encoder(config):
     consts["text"] = text_params
   return consts

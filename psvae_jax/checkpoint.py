@@ -42,8 +42,10 @@ class DataStateHandler(ocp.CheckpointHandler):
     del args
     path = self._file(epath.Path(directory))
     if not path.exists():
-      raise ValueError(f"No data-iterator state for this process in {directory} (was the "
-                       "checkpoint written with another process count?)")
+      raise ValueError(
+          f"No data-iterator state for this process in {directory} (was the "
+          "checkpoint written with another process count?)"
+      )
     state = json.loads(path.read_text())
     if isinstance(state, dict) and "__bytes__" in state:
       return state["__bytes__"].encode()
@@ -73,38 +75,50 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.floating)]
+  leaves = [
+      jnp.all(jnp.isfinite(x))
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-      tree)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+  )
 
 
 def check_compatible(saved_meta: Any, target: Any, what: str) -> None:
   """Raises ValueError naming entries whose saved shape differs from the target's."""
+
   def flat(tree):
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       out["/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)] = leaf
     return out
+
   saved, want = flat(saved_meta), flat(target)
   missing = sorted(set(want) - set(saved))
   unexpected = sorted(set(saved) - set(want))
   mismatched = sorted(
       f"{k}: saved {tuple(saved[k].shape)}, expected {tuple(want[k].shape)}"
       for k in set(saved) & set(want)
-      if hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(want[k].shape))
+      if hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(want[k].shape)
+  )
   if missing or unexpected or mismatched:
     parts = [f"Checkpoint {what} does not match this config (another stage or model size?):"]
-    for title, items in (("missing in checkpoint", missing), ("not in this model", unexpected),
-                         ("shape mismatch", mismatched)):
+    for title, items in (
+        ("missing in checkpoint", missing),
+        ("not in this model", unexpected),
+        ("shape mismatch", mismatched),
+    ):
       if items:
-        parts.append(f"  {title} ({len(items)}): " + "; ".join(items[:20])
-                     + (" ..." if len(items) > 20 else ""))
+        parts.append(
+            f"  {title} ({len(items)}): "
+            + "; ".join(items[:20])
+            + (" ..." if len(items) > 20 else "")
+        )
     raise ValueError("\n".join(parts))
 
 
@@ -115,14 +129,18 @@ class Checkpointer:
     self.directory = epath.Path(directory)
     self._remove_partial_steps()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_names=("state", "data", "config"),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": DataStateHandler(),
-                       "config": ocp.JsonCheckpointHandler()},
-        options=options)
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": DataStateHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        },
+        options=options,
+    )
 
   def latest_step(self) -> int | None:
     """The newest finalized step (a step killed mid-save is never returned)."""
@@ -148,15 +166,24 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoint_cleanup:{self.directory}")
 
-  def save(self, step: int, state: Any, *, data_state: Any = None,
-           config: dict | None = None, force: bool = True) -> bool:
+  def save(
+      self,
+      step: int,
+      state: Any,
+      *,
+      data_state: Any = None,
+      config: dict | None = None,
+      force: bool = True,
+  ) -> bool:
     """Saves asynchronously; refuses (returns False) when params are not finite."""
     if not bool(_all_finite((state.params, state.ema_params))):
       logging.error("Not saving step %d: parameters contain NaN/Inf.", step)
       return False
-    args = {"state": ocp.args.StandardSave(state),
-            "data": DataStateSave(data_state if data_state is not None else {}),
-            "config": ocp.args.JsonSave(config or {})}
+    args = {
+        "state": ocp.args.StandardSave(state),
+        "data": DataStateSave(data_state if data_state is not None else {}),
+        "config": ocp.args.JsonSave(config or {}),
+    }
     return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
@@ -166,8 +193,12 @@ class Checkpointer:
       saved = meta["state"]
       saved = getattr(saved, "tree", saved)
       check_compatible(saved, _as_dict(abstract_state), f"{self.directory}/{step}")
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore()))
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore()
+        ),
+    )
     return restored["state"], restored["data"]
 
   def wait(self):
@@ -184,8 +215,9 @@ def _as_dict(state: Any) -> Any:
   return state
 
 
-def restore_params(workdir: str, target: Any, *, key: str = "ema_params",
-                   step: int | None = None) -> Any:
+def restore_params(
+    workdir: str, target: Any, *, key: str = "ema_params", step: int | None = None
+) -> Any:
   """Restores one entry (e.g. the EMA params) of another run's latest checkpoint.
 
   Args:
@@ -195,8 +227,9 @@ def restore_params(workdir: str, target: Any, *, key: str = "ema_params",
     step: the step to read (default: latest).
   """
   directory = epath.Path(workdir) / "checkpoints"
-  mngr = ocp.CheckpointManager(directory, item_names=("state",), item_handlers={
-      "state": ocp.PyTreeCheckpointHandler()})
+  mngr = ocp.CheckpointManager(
+      directory, item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()}
+  )
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"No checkpoint found under {directory}.")
@@ -207,7 +240,13 @@ def restore_params(workdir: str, target: Any, *, key: str = "ema_params",
     raise ValueError(f"Checkpoint {directory}/{step} has no '{key}' (has {sorted(meta)}).")
   check_compatible(meta[key], target, f"{directory}/{step}/{key}")
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={key: target}, restore_args={key: restore_args}, partial_restore=True)))
+  out = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item={key: target}, restore_args={key: restore_args}, partial_restore=True
+          )
+      ),
+  )
   mngr.close()
   return out["state"][key]

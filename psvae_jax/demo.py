@@ -36,6 +36,7 @@ def _proxy_figures(outdir: str, num_samples: int = 64, num_images: int = 128) ->
   from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
   from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
   from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(outdir, "fid_proxy.safetensors")
   t0 = time.time()
   info = proxy.train_proxy(path, steps=60, num_images=768)
@@ -47,21 +48,30 @@ def _proxy_figures(outdir: str, num_samples: int = 64, num_images: int = 128) ->
   cfg.evals.fid_proxy.num_reference = 4 * num_samples
   cfg.evals.rfid_proxy.num_images = num_images
   r = runner.evaluate(os.path.join(outdir, "dit"), cfg)
-  return {"fid_proxy": r["fid_proxy/fid"], "rfid_proxy": r["rfid_proxy/rfid"],
-          "fid_proxy_settings": {k.split("/", 1)[1]: v for k, v in r.items()
-                                 if k.startswith("fid_proxy/") and k != "fid_proxy/fid"},
-          "proxy_accuracy": info["proxy_accuracy"], "seconds_fid_proxy": time.time() - t0}
+  return {
+      "fid_proxy": r["fid_proxy/fid"],
+      "rfid_proxy": r["rfid_proxy/rfid"],
+      "fid_proxy_settings": {
+          k.split("/", 1)[1]: v
+          for k, v in r.items()
+          if k.startswith("fid_proxy/") and k != "fid_proxy/fid"
+      },
+      "proxy_accuracy": info["proxy_accuracy"],
+      "seconds_fid_proxy": time.time() - t0,
+  }
 
 
 def main(argv):
   del argv
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
   runtime.initialize("off")
   from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top
   from configs import svae as svae_config  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
   # The shapes world: data.source="shapes", its adherence checker, the "proxy" features.
   from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+
   shapes_plugin.register()
   t0 = time.time()
   out = _OUTDIR.value
@@ -87,18 +97,25 @@ def main(argv):
   t3 = time.time()
   from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
   from psvae_jax.shapes import text as shapes_text  # pylint: disable=g-import-not-at-top
-  text_dir = shapes_text.build_demo_text_encoder(f"{out}/text_encoder",
-                                                 shapes_text.shapes_vocabulary())
+
+  text_dir = shapes_text.build_demo_text_encoder(
+      f"{out}/text_encoder", shapes_text.shapes_vocabulary()
+  )
   # Encode the training images once (latent cache): each DiT step then skips image
   # generation and the encoder (measured 0.23 -> 0.165 s/step).
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
   from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
+
   ae = autoencoders.load_autoencoder(f"{out}/psvae")
   cache_dir = f"{out}/latents"
   if not os.path.exists(os.path.join(cache_dir, "meta.json")):
-    cache.write_cache(ae, cache.parse_data_spec(f"shapes:num={_CACHE_IMAGES.value}",
-                                                ae.image_size),
-                      cache_dir, batch_size=256, autoencoder_dir=f"{out}/psvae")
+    cache.write_cache(
+        ae,
+        cache.parse_data_spec(f"shapes:num={_CACHE_IMAGES.value}", ae.image_size),
+        cache_dir,
+        batch_size=256,
+        autoencoder_dir=f"{out}/psvae",
+    )
   c3 = _scaled(dit_config.get_config("tiny"), _STEPS_SCALE.value)
   c3.autoencoder, c3.text_encoder = f"{out}/psvae", text_dir
   c3.data.source, c3.data.path = "latents", cache_dir
@@ -106,10 +123,13 @@ def main(argv):
   report["stage3"] = m3
   report["adherence"] = m3.get("adherence")
   report["adherence_cfg1"] = m3.get("adherence_cfg1")
-  report["sample_settings"] = dict(steps=c3.sample.steps, guidance_scale=c3.sample.guidance_scale,
-                                   eta=c3.sample.eta,
-                                   guidance_interval=list(c3.sample.guidance_interval),
-                                   num_prompts=c3.eval.num_images)
+  report["sample_settings"] = dict(
+      steps=c3.sample.steps,
+      guidance_scale=c3.sample.guidance_scale,
+      eta=c3.sample.eta,
+      guidance_interval=list(c3.sample.guidance_interval),
+      num_prompts=c3.eval.num_images,
+  )
   report["seconds_stage3"] = time.time() - t3
   # FID with a shapes-trained proxy feature net (NOT comparable with Inception FID).
   report.update(_proxy_figures(out))
@@ -117,6 +137,7 @@ def main(argv):
   t_edit = time.time()
   from psvae_jax import api  # pylint: disable=g-import-not-at-top
   from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
+
   report.update(figures.demo_figures(api.load(f"{out}/dit"), f"{out}/edits"))
   report["seconds_edits"] = time.time() - t_edit
   report["seconds"] = time.time() - t0

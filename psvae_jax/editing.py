@@ -69,6 +69,7 @@ def load_mask(path: str) -> np.ndarray:
 class Placement:
   """Where the model's square image sits in the input: box (left, top, right, bottom) in the
   input's (crop) or the padded canvas' (pad) pixels, the square's side, and the input size."""
+
   fit: str
   box: tuple[int, int, int, int]
   side: int
@@ -79,8 +80,9 @@ class Placement:
 def check_strength(strength: float) -> float:
   s = float(strength)
   if not np.isfinite(s) or not 0.0 <= s <= 1.0:
-    raise EditInputError(f"strength must be in [0, 1] (0 = keep the image, 1 = ignore it), "
-                         f"got {strength}.")
+    raise EditInputError(
+        f"strength must be in [0, 1] (0 = keep the image, 1 = ignore it), " f"got {strength}."
+    )
   return s
 
 
@@ -113,11 +115,11 @@ def prepare_image(image, size: int, fit: str = "crop") -> tuple[np.ndarray, Plac
   side = min(h, w) if fit == "crop" else max(h, w)
   left, top = (w - side) // 2, (h - side) // 2  # negative offsets = padding
   if fit == "crop":
-    square = x[top:top + side, left:left + side]
+    square = x[top : top + side, left : left + side]
     box = (left, top, left + side, top + side)
   else:
     square = np.zeros((side, side, 3), np.uint8)
-    square[-top:-top + h, -left:-left + w] = x
+    square[-top : -top + h, -left : -left + w] = x
     box = (-left, -top, -left + w, -top + h)
   return _resize(square, (size, size)), Placement(fit, box, side, h, w)
 
@@ -169,8 +171,7 @@ def binarize_mask(mask, height: int, width: int) -> np.ndarray:
   if not np.all(np.isfinite(m)):
     raise EditInputError("The mask holds NaN or inf values.")
   if m.shape != (height, width):
-    m = np.asarray(Image.fromarray(m, mode="F").resize((width, height),
-                                                       Image.Resampling.BILINEAR))
+    m = np.asarray(Image.fromarray(m, mode="F").resize((width, height), Image.Resampling.BILINEAR))
   return (m >= 0.5).astype(np.float32)
 
 
@@ -200,13 +201,24 @@ def latent_mask(masks: np.ndarray, latent_hw: tuple[int, int], dilation: int = 1
   n, s, _ = masks.shape
   h, w = latent_hw
   if s % h or s % w:
-    cells = np.stack([np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.Resampling.BOX))
-                      for m in masks.astype(np.float32)]) > 0
+    cells = (
+        np.stack(
+            [
+                np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.Resampling.BOX))
+                for m in masks.astype(np.float32)
+            ]
+        )
+        > 0
+    )
   else:
     cells = masks.reshape(n, h, s // h, w, s // w).max(axis=(2, 4)) > 0
   if dilation:
-    cells = np.stack([ndimage.binary_dilation(c, np.ones((3, 3), bool), iterations=dilation)
-                      if c.any() else c for c in cells])
+    cells = np.stack(
+        [
+            ndimage.binary_dilation(c, np.ones((3, 3), bool), iterations=dilation) if c.any() else c
+            for c in cells
+        ]
+    )
   return cells.astype(np.float32)[..., None]
 
 
@@ -220,8 +232,9 @@ def feather_weights(mask: np.ndarray, feather: float) -> np.ndarray:
   return np.clip(ndimage.gaussian_filter(mask.astype(np.float32), feather), 0.0, 1.0)
 
 
-def composite(generated: np.ndarray, original: np.ndarray, mask: np.ndarray,
-              feather: float) -> np.ndarray:
+def composite(
+    generated: np.ndarray, original: np.ndarray, mask: np.ndarray, feather: float
+) -> np.ndarray:
   """uint8 (H, W, 3) generated/original, {0, 1} (H, W) mask -> the blended uint8 image."""
   wgt = feather_weights(mask, feather)[..., None]
   out = wgt * generated.astype(np.float32) + (1.0 - wgt) * original.astype(np.float32)
@@ -237,6 +250,19 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
   return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-__all__ = ["EditInputError", "Placement", "load_image", "load_mask", "check_strength",
-           "prepare_image", "prepare_images", "restore_size", "binarize_mask", "prepare_mask",
-           "latent_mask", "feather_weights", "composite", "psnr"]
+__all__ = [
+    "EditInputError",
+    "Placement",
+    "load_image",
+    "load_mask",
+    "check_strength",
+    "prepare_image",
+    "prepare_images",
+    "restore_size",
+    "binarize_mask",
+    "prepare_mask",
+    "latent_mask",
+    "feather_weights",
+    "composite",
+    "psnr",
+]

@@ -16,18 +16,21 @@ from absl import flags
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir (dit, psvae or svae).")
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/eval.py:demo", "Eval config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/eval.py:demo", "Eval config.", lock_config=True
+)
 
 
 def main(argv):
   del argv
   # Imported after flag parsing, as in psvae_jax/main.py: a flag error costs no JAX start-up.
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
   runtime.initialize("auto")
   from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
   # The demo's shapes world: its data source, the adherence checker, the "proxy" features.
   from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+
   shapes_plugin.register()
   results = runner.evaluate(_WORKDIR.value, _CONFIG.value)
   print(json.dumps(results, indent=2, sort_keys=True))

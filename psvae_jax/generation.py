@@ -37,8 +37,11 @@ MAX_STEPS = 1000  # scan length; any steps <= MAX_STEPS reuse the compile
 
 def make_objective(diff_cfg):
   if diff_cfg.objective == "eps":
-    sched = (schedules.linear_schedule(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
-             if diff_cfg.schedule == "linear" else schedules.cosine_schedule(diff_cfg.num_timesteps))
+    sched = (
+        schedules.linear_schedule(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
+        if diff_cfg.schedule == "linear"
+        else schedules.cosine_schedule(diff_cfg.num_timesteps)
+    )
     return objectives.EpsilonObjective(sched)
   if diff_cfg.objective == "flow":
     return objectives.FlowObjective(shift=diff_cfg.flow_shift)
@@ -57,8 +60,12 @@ def resolve_flow_shift(config, latent_shape: tuple[int, ...]) -> float:
   base = int(d.get("flow_shift_base_dim", 0))
   if base > 0 and d.objective == "flow":
     d.flow_shift = objectives.dimension_shift(latent_shape, base)
-    logging.info("diffusion.flow_shift = sqrt(%s / %d) = %.4f (dimension-dependent training shift)",
-                 "x".join(str(v) for v in latent_shape), base, d.flow_shift)
+    logging.info(
+        "diffusion.flow_shift = sqrt(%s / %d) = %.4f (dimension-dependent training shift)",
+        "x".join(str(v) for v in latent_shape),
+        base,
+        d.flow_shift,
+    )
   return float(d.flow_shift)
 
 
@@ -83,7 +90,8 @@ def initial_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> jax
   """Per-image noise from fold_in(key(seed), index): an image does not depend on batch size."""
   key = jax.random.key(seed)
   return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(
-      jnp.asarray(indices, jnp.int32))
+      jnp.asarray(indices, jnp.int32)
+  )
 
 
 class Generator:
@@ -95,7 +103,13 @@ class Generator:
   """
 
   def __init__(self, config, dit, text_module, tokenizer, ae, mesh):
-    self.config, self.dit, self.text, self.tokenizer, self.ae = config, dit, text_module, tokenizer, ae
+    self.config, self.dit, self.text, self.tokenizer, self.ae = (
+        config,
+        dit,
+        text_module,
+        tokenizer,
+        ae,
+    )
     self.mesh = mesh
     self.objective = make_objective(config.diffusion)
     self.latent_shape = ae.latent_shape  # (h, w, C)
@@ -103,6 +117,7 @@ class Generator:
   # ---- conditioning -----------------------------------------------------------------------
   def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
     from psvae_jax.weights import clip  # pylint: disable=g-import-not-at-top
+
     ids, mask = clip.tokenize(self.tokenizer, list(prompts), self.config.data.max_length)
     return {"input_ids": ids, "attention_mask": mask}
 
@@ -116,12 +131,16 @@ class Generator:
       return {"labels": batch["label"].astype(jnp.int32)}
     trained = "text" in params
     text_params = params["text"] if trained else consts["text"]
-    hidden, pooled = self.text.apply({"params": text_params}, batch["input_ids"],
-                                     batch["attention_mask"])
+    hidden, pooled = self.text.apply(
+        {"params": text_params}, batch["input_ids"], batch["attention_mask"]
+    )
     if not trained:
       hidden, pooled = jax.lax.stop_gradient((hidden, pooled))
-    return {"context": hidden, "context_mask": batch["attention_mask"].astype(bool),
-            "pooled": pooled}
+    return {
+        "context": hidden,
+        "context_mask": batch["attention_mask"].astype(bool),
+        "pooled": pooled,
+    }
 
   # ---- latents ------------------------------------------------------------------------------
   def normalize(self, consts, z):
@@ -135,15 +154,31 @@ class Generator:
     return jnp.clip(x, -1.0, 1.0)
 
   def encode(self, consts, images):
-    return self.ae.encode_normalized_with(consts["ae"], images, consts["latent_mean"],
-                                          consts["latent_std"])
+    return self.ae.encode_normalized_with(
+        consts["ae"], images, consts["latent_mean"], consts["latent_std"]
+    )
 
   # ---- sampling -----------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
-  def sample_latents(self, params, consts, batch, z_start, timesteps, guidance_scale, eta, rng,
-                     start_index, inpaint=None, guidance_rescale=0.0, guidance_interval=(0.0, 1.0),
-                     resample=0,
-                     shift=1.0, *, use_inpaint=False):
+  def sample_latents(
+      self,
+      params,
+      consts,
+      batch,
+      z_start,
+      timesteps,
+      guidance_scale,
+      eta,
+      rng,
+      start_index,
+      inpaint=None,
+      guidance_rescale=0.0,
+      guidance_interval=(0.0, 1.0),
+      resample=0,
+      shift=1.0,
+      *,
+      use_inpaint=False,
+  ):
     """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
@@ -153,26 +188,61 @@ class Generator:
     sharding = parallel.batch_sharding(self.mesh, z_start.ndim)
     inp = inpaint if use_inpaint else None
     if isinstance(self.objective, objectives.EpsilonObjective):
-      return samplers.ddim_sample(model_fn, self.objective.schedule, z_start, c_on, c_off, timesteps,
-                                  guidance_scale, eta, rng, start_index=start_index,
-                                  carry_sharding=sharding,
-                                  inpaint=inp, guidance_rescale=guidance_rescale,
-                                  guidance_interval=guidance_interval, resample=resample)
+      return samplers.ddim_sample(
+          model_fn,
+          self.objective.schedule,
+          z_start,
+          c_on,
+          c_off,
+          timesteps,
+          guidance_scale,
+          eta,
+          rng,
+          start_index=start_index,
+          carry_sharding=sharding,
+          inpaint=inp,
+          guidance_rescale=guidance_rescale,
+          guidance_interval=guidance_interval,
+          resample=resample,
+      )
     num_steps = jnp.sum(timesteps >= 0)
-    return samplers.euler_sample(model_fn, z_start, c_on, c_off, num_steps, shift, guidance_scale,
-                                 max_steps=MAX_STEPS,
-                                 start_index=start_index, carry_sharding=sharding, inpaint=inp,
-                                 guidance_rescale=guidance_rescale,
-                                 guidance_interval=guidance_interval,
-                                 resample=resample, rng=rng)
+    return samplers.euler_sample(
+        model_fn,
+        z_start,
+        c_on,
+        c_off,
+        num_steps,
+        shift,
+        guidance_scale,
+        max_steps=MAX_STEPS,
+        start_index=start_index,
+        carry_sharding=sharding,
+        inpaint=inp,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        resample=resample,
+        rng=rng,
+    )
 
   @functools.partial(jax.jit, static_argnums=(0,))
   def _decode_jit(self, consts, z):
     return self.decode(consts, z)
 
-  def generate(self, params, consts, *, prompts=None, labels=None, steps=common.SAMPLE.steps,
-               guidance_scale=common.SAMPLE.guidance_scale, eta=common.SAMPLE.eta, seed=0,
-               guidance_rescale=None, guidance_interval=None, shift=None) -> np.ndarray:
+  def generate(
+      self,
+      params,
+      consts,
+      *,
+      prompts=None,
+      labels=None,
+      steps=common.SAMPLE.steps,
+      guidance_scale=common.SAMPLE.guidance_scale,
+      eta=common.SAMPLE.eta,
+      seed=0,
+      guidance_rescale=None,
+      guidance_interval=None,
+      shift=None,
+  ) -> np.ndarray:
     """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
     n = len(prompts) if prompts is not None else len(labels)
     if n == 0:
@@ -184,9 +254,19 @@ class Generator:
       labels = parallel.pad_to_multiple(np.asarray(labels), self.mesh.size)
     batch = self.host_condition(prompts=prompts, labels=labels)
     z_t = initial_noise(seed, np.arange(n + (-n) % self.mesh.size), self.latent_shape)
-    z0 = self.run(params, consts, batch, z_t, steps=steps, guidance_scale=guidance_scale, eta=eta,
-                  seed=seed, guidance_rescale=guidance_rescale,
-                  guidance_interval=guidance_interval, shift=shift)
+    z0 = self.run(
+        params,
+        consts,
+        batch,
+        z_t,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        shift=shift,
+    )
     return self.to_images(consts, z0)[:n]
 
   def host_condition(self, prompts=None, labels=None) -> dict[str, np.ndarray]:
@@ -200,40 +280,72 @@ class Generator:
 
   def timesteps(self, steps: int) -> np.ndarray:
     if isinstance(self.objective, objectives.EpsilonObjective):
-      return samplers.ddim_timesteps(steps, self.objective.schedule.num_timesteps,
-                                     max_steps=MAX_STEPS)
+      return samplers.ddim_timesteps(
+          steps, self.objective.schedule.num_timesteps, max_steps=MAX_STEPS
+      )
     if not 1 <= steps <= MAX_STEPS:
       raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}.")
     ts = np.full((MAX_STEPS,), -1, np.int32)
     ts[:steps] = np.arange(steps)
     return ts
 
-  def run(self, params, consts, batch, z_start, *, steps, guidance_scale, eta, seed,
-          start_index=0, inpaint=None, guidance_rescale=None, guidance_interval=None, resample=0,
-          shift=None):
+  def run(
+      self,
+      params,
+      consts,
+      batch,
+      z_start,
+      *,
+      steps,
+      guidance_scale,
+      eta,
+      seed,
+      start_index=0,
+      inpaint=None,
+      guidance_rescale=None,
+      guidance_interval=None,
+      resample=0,
+      shift=None,
+  ):
     """Samples from z_start; guidance_rescale / guidance_interval / shift None take the config's
     sample.* values (shift: `sampling_shift`; only the Euler sampler uses it)."""
     shift = check_shift(sampling_shift(self.config) if shift is None else shift)
     if guidance_rescale is None:
       guidance_rescale = self.config.sample.get("guidance_rescale", common.SAMPLE.guidance_rescale)
     if guidance_interval is None:
-      guidance_interval = self.config.sample.get("guidance_interval",
-                                                 common.SAMPLE.guidance_interval)
+      guidance_interval = self.config.sample.get(
+          "guidance_interval", common.SAMPLE.guidance_interval
+      )
     lo, hi = (float(v) for v in guidance_interval)
     if not 0.0 <= lo <= hi <= 1.0:
-      raise ValueError("guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got "
-                       f"{guidance_interval}.")
+      raise ValueError(
+          "guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got " f"{guidance_interval}."
+      )
     put = lambda x: jax.device_put(np.asarray(x), parallel.batch_sharding(self.mesh, np.ndim(x)))
     batch = {k: put(v) for k, v in batch.items()}
     z_start = jax.device_put(z_start, parallel.batch_sharding(self.mesh, z_start.ndim))
-    inp = None if inpaint is None else tuple(
-        jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)) for x in inpaint)
-    return self.sample_latents(params, consts, batch, z_start, jnp.asarray(self.timesteps(steps)),
-                               jnp.float32(guidance_scale), jnp.float32(eta),
-                               jax.random.fold_in(jax.random.key(seed), 1 << 20),
-                               jnp.int32(start_index), inp, jnp.float32(guidance_rescale),
-                               jnp.asarray([lo, hi], jnp.float32), jnp.int32(resample),
-                               jnp.float32(shift), use_inpaint=inpaint is not None)
+    inp = (
+        None
+        if inpaint is None
+        else tuple(jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)) for x in inpaint)
+    )
+    return self.sample_latents(
+        params,
+        consts,
+        batch,
+        z_start,
+        jnp.asarray(self.timesteps(steps)),
+        jnp.float32(guidance_scale),
+        jnp.float32(eta),
+        jax.random.fold_in(jax.random.key(seed), 1 << 20),
+        jnp.int32(start_index),
+        inp,
+        jnp.float32(guidance_rescale),
+        jnp.asarray([lo, hi], jnp.float32),
+        jnp.int32(resample),
+        jnp.float32(shift),
+        use_inpaint=inpaint is not None,
+    )
 
   def start_latents(self, z0, noise, steps: int, start_index: int, shift: float = 1.0) -> jax.Array:
     """SDEdit start: z0 noised to the start step's level; start 0 (strength 1) is the noise itself
@@ -242,12 +354,29 @@ class Generator:
     if start_index <= 0:
       return noise
     if isinstance(self.objective, objectives.EpsilonObjective):
-      return samplers.ddim_start_latents(self.objective.schedule, z0,
-                                         jnp.asarray(self.timesteps(steps)), start_index, noise)
+      return samplers.ddim_start_latents(
+          self.objective.schedule, z0, jnp.asarray(self.timesteps(steps)), start_index, noise
+      )
     return samplers.euler_start_latents(z0, noise, steps, start_index, shift)
 
-  def edit_latents(self, params, consts, batch, z0, mask, *, strength, steps, guidance_scale, eta,
-                   seed, guidance_rescale=None, guidance_interval=None, resample=0, shift=None):
+  def edit_latents(
+      self,
+      params,
+      consts,
+      batch,
+      z0,
+      mask,
+      *,
+      strength,
+      steps,
+      guidance_scale,
+      eta,
+      seed,
+      guidance_rescale=None,
+      guidance_interval=None,
+      resample=0,
+      shift=None,
+  ):
     """SDEdit / inpainting in the latent: normalised z0 (B, h, w, C), mask (B, h, w, 1) with
     1 = regenerate -> clean latents.
 
@@ -264,10 +393,22 @@ class Generator:
     mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), z0.shape)
     shift = check_shift(sampling_shift(self.config) if shift is None else shift)
     z_start = self.start_latents(z0, noise, steps, start, shift)
-    return self.run(params, consts, batch, z_start, steps=steps, guidance_scale=guidance_scale,
-                    eta=eta, seed=seed, start_index=start, inpaint=(z0, mask, noise),
-                    guidance_rescale=guidance_rescale,
-                    guidance_interval=guidance_interval, resample=resample, shift=shift)
+    return self.run(
+        params,
+        consts,
+        batch,
+        z_start,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        start_index=start,
+        inpaint=(z0, mask, noise),
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        resample=resample,
+        shift=shift,
+    )
 
   def to_images(self, consts, z0) -> np.ndarray:
     return pixels.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes

@@ -38,8 +38,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     fsdp = n // data
   if data * fsdp != n:
     raise ValueError(f"Mesh data={data} x fsdp={fsdp} does not cover the {n} devices.")
-  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
-                       devices=devices)
+  return jax.make_mesh(
+      (data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices
+  )
 
 
 def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> P:
@@ -62,8 +63,9 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def param_shardings(tree: Any, mesh: Mesh, *, min_size: int = 2**16,
-                    rules: Sequence[tuple[str, P]] = ()) -> Any:
+def param_shardings(
+    tree: Any, mesh: Mesh, *, min_size: int = 2**16, rules: Sequence[tuple[str, P]] = ()
+) -> Any:
   """NamedShardings for a (possibly abstract) pytree.
 
   Args:
@@ -86,8 +88,9 @@ def param_shardings(tree: Any, mesh: Mesh, *, min_size: int = 2**16,
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def replication_report(tree: Any, shardings: Any = None, *, min_size: int = 2**16
-                       ) -> list[dict[str, Any]]:
+def replication_report(
+    tree: Any, shardings: Any = None, *, min_size: int = 2**16
+) -> list[dict[str, Any]]:
   """The leaves of `tree` with at least `min_size` elements that stay whole on every device.
 
   `fsdp_spec` replicates a large array when none of its dimensions divides the fsdp axis
@@ -103,8 +106,9 @@ def replication_report(tree: Any, shardings: Any = None, *, min_size: int = 2**1
     Rows {"path", "shape", "dtype", "bytes"} (bytes each device holds), largest first.
   """
   leaves = jax.tree_util.tree_leaves_with_path(tree)
-  shards = (jax.tree.leaves(shardings) if shardings is not None
-            else [leaf.sharding for _, leaf in leaves])
+  shards = (
+      jax.tree.leaves(shardings) if shardings is not None else [leaf.sharding for _, leaf in leaves]
+  )
   if len(shards) != len(leaves):
     raise ValueError(f"{len(leaves)} leaves but {len(shards)} shardings.")
   rows = []
@@ -113,21 +117,37 @@ def replication_report(tree: Any, shardings: Any = None, *, min_size: int = 2**1
     size = int(np.prod(shape, dtype=np.int64))
     if size < min_size or tuple(sharding.shard_shape(shape)) != shape:
       continue
-    rows.append({"path": _path_str(path), "shape": shape, "dtype": str(np.dtype(leaf.dtype)),
-                 "bytes": size * np.dtype(leaf.dtype).itemsize})
+    rows.append(
+        {
+            "path": _path_str(path),
+            "shape": shape,
+            "dtype": str(np.dtype(leaf.dtype)),
+            "bytes": size * np.dtype(leaf.dtype).itemsize,
+        }
+    )
   return sorted(rows, key=lambda r: -r["bytes"])
 
 
-def log_replication_report(tree: Any, shardings: Any = None, *, min_size: int = 2**16,
-                           what: str = "state", max_rows: int = 20) -> list[dict[str, Any]]:
+def log_replication_report(
+    tree: Any,
+    shardings: Any = None,
+    *,
+    min_size: int = 2**16,
+    what: str = "state",
+    max_rows: int = 20,
+) -> list[dict[str, Any]]:
   """Logs (on process 0) the `replication_report` of `tree` as a table; returns its rows."""
   rows = replication_report(tree, shardings, min_size=min_size)
   if rows and jax.process_index() == 0:
     total = sum(r["bytes"] for r in rows)
-    lines = [f"{len(rows)} {what} arrays of >= {min_size} elements are replicated "
-             f"(whole on every device): {total / 2**20:.1f} MiB per device"]
-    lines += [f"  {r['bytes'] / 2**20:10.2f} MiB  {r['dtype']:<9} {str(r['shape']):<22} {r['path']}"
-              for r in rows[:max_rows]]
+    lines = [
+        f"{len(rows)} {what} arrays of >= {min_size} elements are replicated "
+        f"(whole on every device): {total / 2**20:.1f} MiB per device"
+    ]
+    lines += [
+        f"  {r['bytes'] / 2**20:10.2f} MiB  {r['dtype']:<9} {str(r['shape']):<22} {r['path']}"
+        for r in rows[:max_rows]
+    ]
     if len(rows) > max_rows:
       lines.append(f"  ... {len(rows) - max_rows} more")
     logging.info("\n".join(lines))
@@ -136,8 +156,9 @@ def log_replication_report(tree: Any, shardings: Any = None, *, min_size: int = 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying `shardings`: a target to restore into or to lower with."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -171,8 +192,9 @@ def local_batch_size(global_batch_size: int) -> int:
   """Per-process batch; the global batch must split evenly over processes."""
   count = jax.process_count()
   if global_batch_size % count:
-    raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
-                     f"{count} processes.")
+    raise ValueError(
+        f"batch_size={global_batch_size} is not divisible by the " f"{count} processes."
+    )
   return global_batch_size // count
 
 
@@ -197,16 +219,21 @@ def to_host(tree: Any) -> Any:
   `jax.device_get` cannot read arrays spanning other processes' devices; those are
   all-gathered first (a collective: every process must call this).
   """
+
   def one(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
+
   return jax.tree.map(one, tree)
 
 
 def check_batch_divides_mesh(global_batch_size: int, mesh: Mesh) -> None:
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch_size % n:
-    raise ValueError(f"batch_size={global_batch_size} must be divisible by the {n} "
-                     f"devices of the mesh {dict(mesh.shape)}.")
+    raise ValueError(
+        f"batch_size={global_batch_size} must be divisible by the {n} "
+        f"devices of the mesh {dict(mesh.shape)}."
+    )

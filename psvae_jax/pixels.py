@@ -30,5 +30,4 @@ def to_float_inplace(images: np.ndarray) -> np.ndarray:
 
 def to_uint8(images) -> np.ndarray:
   """[-1, 1] float images -> uint8: (x + 1) * 127.5 rounded half up, clipped to [0, 255]."""
-  return np.asarray(np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255),
-                    np.uint8)
+  return np.asarray(np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255), np.uint8)

@@ -20,9 +20,13 @@ from absl import logging
 
 def _cluster_detected() -> bool:
   env = os.environ
-  return bool(env.get("JAX_COORDINATOR_ADDRESS") or env.get("SLURM_JOB_ID") and
-              int(env.get("SLURM_NTASKS", "1")) > 1 or env.get("TPU_WORKER_HOSTNAMES")
-              and "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  return bool(
+      env.get("JAX_COORDINATOR_ADDRESS")
+      or env.get("SLURM_JOB_ID")
+      and int(env.get("SLURM_NTASKS", "1")) > 1
+      or env.get("TPU_WORKER_HOSTNAMES")
+      and "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  )
 
 
 def _env_int(name: str) -> int | None:
@@ -30,10 +34,15 @@ def _env_int(name: str) -> int | None:
   return int(value) if value.strip() else None
 
 
-def initialize(distributed: str = "auto", *, coordinator_address: str | None = None,
-               num_processes: int | None = None, process_id: int | None = None,
-               heartbeat_timeout_s: int | None = None,
-               initialization_timeout_s: int | None = None) -> None:
+def initialize(
+    distributed: str = "auto",
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    heartbeat_timeout_s: int | None = None,
+    initialization_timeout_s: int | None = None,
+) -> None:
   """Sets JAX options and, for multi-process runs, calls jax.distributed.initialize().
 
   Args:
@@ -48,27 +57,34 @@ def initialize(distributed: str = "auto", *, coordinator_address: str | None = N
       $PSVAE_INIT_TIMEOUT_S, else JAX's 300).
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-  if distributed == "on" or (distributed == "auto" and (coordinator_address or
-                                                         _cluster_detected())):
+  if distributed == "on" or (
+      distributed == "auto" and (coordinator_address or _cluster_detected())
+  ):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
-    for key, value, env in (("heartbeat_timeout_seconds", heartbeat_timeout_s,
-                             "PSVAE_HEARTBEAT_TIMEOUT_S"),
-                            ("initialization_timeout", initialization_timeout_s,
-                             "PSVAE_INIT_TIMEOUT_S")):
+    for key, value, env in (
+        ("heartbeat_timeout_seconds", heartbeat_timeout_s, "PSVAE_HEARTBEAT_TIMEOUT_S"),
+        ("initialization_timeout", initialization_timeout_s, "PSVAE_INIT_TIMEOUT_S"),
+    ):
       value = value if value is not None else _env_int(env)
       if value is not None:
         kwargs[key] = int(value)
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
-        num_processes=num_processes if num_processes is not None else _env_int(
-            "JAX_NUM_PROCESSES"),
+        num_processes=num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES"),
         process_id=process_id if process_id is not None else _env_int("JAX_PROCESS_ID"),
-        **kwargs)
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices (%s).",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count(), kwargs or "default timeouts")
+        **kwargs,
+    )
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices (%s).",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        kwargs or "default timeouts",
+    )
   jax.config.update("jax_threefry_partitionable", True)
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
   if cache:
@@ -79,6 +95,7 @@ def initialize(distributed: str = "auto", *, coordinator_address: str | None = N
 def preemption_service_active() -> bool:
   """True when jax.distributed runs a preemption sync manager (it handles SIGTERM)."""
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
 
 
@@ -86,6 +103,7 @@ def hide_gpus_from_tf() -> None:
   """TensorFlow is imported by CLU's writers; it must not reserve accelerator memory."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     tf.config.set_visible_devices([], "GPU")
   except Exception:  # pylint: disable=broad-except
     pass
@@ -100,6 +118,7 @@ class CompileCounter:
 
   def __init__(self):
     import jax  # pylint: disable=g-import-not-at-top
+
     self.count = 0
     jax.monitoring.register_event_duration_secs_listener(self._on_event)
 

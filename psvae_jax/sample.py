@@ -32,31 +32,53 @@ _PROMPT = flags.DEFINE_string("prompt", None, "Text prompt (text-conditioned mod
 _LABEL = flags.DEFINE_integer("label", None, "Class label (class-conditioned models).")
 _NUM = flags.DEFINE_integer("num_images", 4, "Images to generate.")
 _STEPS = flags.DEFINE_integer("steps", common.SAMPLE.steps, "Sampler steps.")
-_GUIDANCE_SCALE = flags.DEFINE_float("guidance_scale", common.SAMPLE.guidance_scale,
-                                     "Classifier-free guidance scale (1 = no guidance).")
+_GUIDANCE_SCALE = flags.DEFINE_float(
+    "guidance_scale",
+    common.SAMPLE.guidance_scale,
+    "Classifier-free guidance scale (1 = no guidance).",
+)
 flags.DEFINE_alias("cfg", "guidance_scale")  # the flag's old name
 _ETA = flags.DEFINE_float("eta", common.SAMPLE.eta, "DDIM eta (0 = deterministic).")
 _INTERVAL = flags.DEFINE_list(
-    "guidance_interval", None, "lo,hi: apply the guidance scale only at noise levels in [lo, hi] "
+    "guidance_interval",
+    None,
+    "lo,hi: apply the guidance scale only at noise levels in [lo, hi] "
     "(1 = pure noise), scale 1 elsewhere; 0,1 = every step. Default: the model config's "
-    "sample.guidance_interval.")
-_SHIFT = flags.DEFINE_float("shift", None, "Sampling timestep shift s > 0 of the Euler grid "
-                            "(flow models): t' = s*t / (1 + (s-1)*t). Default: the model config's "
-                            "sample.shift (its training diffusion.flow_shift if it has none).")
+    "sample.guidance_interval.",
+)
+_SHIFT = flags.DEFINE_float(
+    "shift",
+    None,
+    "Sampling timestep shift s > 0 of the Euler grid "
+    "(flow models): t' = s*t / (1 + (s-1)*t). Default: the model config's "
+    "sample.shift (its training diffusion.flow_shift if it has none).",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUT = flags.DEFINE_string("out", None, "Output grid PNG.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write one PNG per image here instead.")
 _INIT = flags.DEFINE_string("init_image", None, "Edit this image (SDEdit / inpainting).")
-_STRENGTH = flags.DEFINE_float("strength", None, "SDEdit strength in [0, 1] (default 0.6 for "
-                               "edits, 1.0 with --mask).")
-_MASK = flags.DEFINE_string("mask", None, "Inpainting mask PNG: white (>= 0.5) = regenerate; "
-                            "resized to the image if needed.")
+_STRENGTH = flags.DEFINE_float(
+    "strength", None, "SDEdit strength in [0, 1] (default 0.6 for " "edits, 1.0 with --mask)."
+)
+_MASK = flags.DEFINE_string(
+    "mask",
+    None,
+    "Inpainting mask PNG: white (>= 0.5) = regenerate; " "resized to the image if needed.",
+)
 _DILATION = flags.DEFINE_integer("dilation", 1, "Latent-grid dilation of the mask (cells).")
-_RESAMPLE = flags.DEFINE_integer("resample", 0, "Inpainting: RePaint resampling jumps per step "
-                                 "(0 = none; N costs N + 1 model calls per step).")
+_RESAMPLE = flags.DEFINE_integer(
+    "resample",
+    0,
+    "Inpainting: RePaint resampling jumps per step "
+    "(0 = none; N costs N + 1 model calls per step).",
+)
 _FEATHER = flags.DEFINE_float("feather", 1.0, "Composite edge softness (Gaussian sigma, px).")
-_FIT = flags.DEFINE_enum("fit", "crop", ["crop", "pad"], "How a non-square / other-size input "
-                         "is fitted to the model: center crop or pad.")
+_FIT = flags.DEFINE_enum(
+    "fit",
+    "crop",
+    ["crop", "pad"],
+    "How a non-square / other-size input " "is fitted to the model: center crop or pad.",
+)
 
 
 def main(argv):
@@ -72,6 +94,7 @@ def main(argv):
   if _SHIFT.value is not None and not (math.isfinite(_SHIFT.value) and _SHIFT.value > 0):
     raise app.UsageError(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
   from psvae_jax import editing  # pylint: disable=g-import-not-at-top
+
   init = mask = None
   try:
     if _MASK.value and not _INIT.value:
@@ -94,33 +117,56 @@ def main(argv):
     except ValueError:
       interval = ()
     if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
-      raise app.UsageError(f"--guidance_interval wants lo,hi with 0 <= lo <= hi <= 1, got "
-                           f"{','.join(_INTERVAL.value)}.")
+      raise app.UsageError(
+          f"--guidance_interval wants lo,hi with 0 <= lo <= hi <= 1, got "
+          f"{','.join(_INTERVAL.value)}."
+      )
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
   runtime.initialize("auto")
   from psvae_jax import api  # pylint: disable=g-import-not-at-top
   from psvae_jax import writers  # pylint: disable=g-import-not-at-top
+
   pipe = api.load(_WORKDIR.value)
   n = _NUM.value
   if init is not None:
-    kw = dict(steps=_STEPS.value, guidance_scale=_GUIDANCE_SCALE.value, eta=_ETA.value,
-              seed=_SEED.value, fit=_FIT.value, guidance_interval=interval, shift=_SHIFT.value)
+    kw = dict(
+        steps=_STEPS.value,
+        guidance_scale=_GUIDANCE_SCALE.value,
+        eta=_ETA.value,
+        seed=_SEED.value,
+        fit=_FIT.value,
+        guidance_interval=interval,
+        shift=_SHIFT.value,
+    )
     try:
       if mask is None:
         images = pipe.edit([init] * n, [_PROMPT.value] * n, strength=strength, **kw)
       else:
-        images = pipe.inpaint([init] * n, [mask] * n, [_PROMPT.value] * n, strength=strength,
-                              dilation=_DILATION.value, feather=_FEATHER.value,
-                              resample=_RESAMPLE.value, **kw)
+        images = pipe.inpaint(
+            [init] * n,
+            [mask] * n,
+            [_PROMPT.value] * n,
+            strength=strength,
+            dilation=_DILATION.value,
+            feather=_FEATHER.value,
+            resample=_RESAMPLE.value,
+            **kw,
+        )
     except editing.EditInputError as e:
       raise app.UsageError(str(e)) from None
     images = np.stack(images)
   else:
-    images = pipe.generate(prompts=None if _PROMPT.value is None else [_PROMPT.value] * n,
-                           labels=None if _LABEL.value is None else [_LABEL.value] * n,
-                           steps=_STEPS.value, guidance_scale=_GUIDANCE_SCALE.value,
-                           eta=_ETA.value, seed=_SEED.value, guidance_interval=interval,
-                           shift=_SHIFT.value)
+    images = pipe.generate(
+        prompts=None if _PROMPT.value is None else [_PROMPT.value] * n,
+        labels=None if _LABEL.value is None else [_LABEL.value] * n,
+        steps=_STEPS.value,
+        guidance_scale=_GUIDANCE_SCALE.value,
+        eta=_ETA.value,
+        seed=_SEED.value,
+        guidance_interval=interval,
+        shift=_SHIFT.value,
+    )
   if _OUT_DIR.value:
     for i, im in enumerate(images):
       writers.save_png(os.path.join(_OUT_DIR.value, f"{i:04d}.png"), im)

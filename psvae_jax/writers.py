@@ -13,10 +13,13 @@ from etils import epath
 def create_writer(workdir: str):
   """A CLU writer for TensorBoard under `workdir`; other processes only log."""
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
   runtime.hide_gpus_from_tf()  # before CLU imports TF: it must not take the GPUs from JAX
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
+
   return metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True
+  )
 
 
 def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
@@ -27,18 +30,22 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarra
   out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
   for i, im in enumerate(images):
     r, k = divmod(i, cols)
-    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = im
+    out[
+        pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w
+    ] = im
   return out
 
 
 def save_png(path: str, image: np.ndarray) -> None:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(image).save(path)
 
 
-def write_metrics_json(workdir: str, metrics: Mapping[str, float | str],
-                       eval_step: int | None = None) -> None:
+def write_metrics_json(
+    workdir: str, metrics: Mapping[str, float | str], eval_step: int | None = None
+) -> None:
   """Merges flat {name: value} into DIR/metrics.json (process 0 only), the one writer of it.
 
   Numbers are written as floats, strings (an evaluator's reference set, ...) as they are;

@@ -15,9 +15,17 @@ from psvae_jax import autoencoders
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module,variant", [
-    ("svae", "tiny"), ("svae", "dinov2_b"), ("svae", "dinov2_l"),
-    ("psvae", "tiny"), ("psvae", "dinov2_b"), ("psvae", "dinov2_l")])
+@pytest.mark.parametrize(
+    "module,variant",
+    [
+        ("svae", "tiny"),
+        ("svae", "dinov2_b"),
+        ("svae", "dinov2_l"),
+        ("psvae", "tiny"),
+        ("psvae", "dinov2_b"),
+        ("psvae", "dinov2_l"),
+    ],
+)
 def test_variants_build(module, variant):
   c = importlib.import_module(f"configs.{module}").get_config(variant)
   for key in ("num_train_steps", "batch_size", "seed", "log_every", "ckpt_every", "eval_every"):
@@ -31,8 +39,13 @@ def test_unknown_variant():
 
 
 def _main(*args):
-  return subprocess.run([sys.executable, "-m", "psvae_jax.main", *args], capture_output=True,
-                        text=True, timeout=60, cwd=ROOT)
+  return subprocess.run(
+      [sys.executable, "-m", "psvae_jax.main", *args],
+      capture_output=True,
+      text=True,
+      timeout=60,
+      cwd=ROOT,
+  )
 
 
 def test_config_typo_fails_before_compute(tmp_path):
@@ -44,6 +57,7 @@ def test_config_typo_fails_before_compute(tmp_path):
 
 def test_config_file_override():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
   fv(["prog", "--config=configs/psvae.py:tiny"])

@@ -41,14 +41,26 @@ def _fixture_files():
       "good1.jpg": (good, "another good one", None, []),
       "missing_caption.png": (_png(_noise(20, 20, 2)), None, None, ["kept_caption_missing"]),
       "empty_caption.png": (_png(_noise(20, 20, 3)), "   ", None, ["kept_caption_empty"]),
-      "long_caption.png": (_png(_noise(20, 20, 4)), LONG_CAPTION, None,
-                           ["repaired_caption_truncated"]),
-      "latin1_caption.png": (_png(_noise(20, 20, 5)), None, "caf\xe9 au lait".encode("cp1252"),
-                             ["repaired_caption_encoding"]),
-      "huge.jpg": (_jpeg(Image.fromarray(_noise(200, 160, 6))), "huge jpeg", None,
-                   ["repaired_downscaled"]),
+      "long_caption.png": (
+          _png(_noise(20, 20, 4)),
+          LONG_CAPTION,
+          None,
+          ["repaired_caption_truncated"],
+      ),
+      "latin1_caption.png": (
+          _png(_noise(20, 20, 5)),
+          None,
+          "caf\xe9 au lait".encode("cp1252"),
+          ["repaired_caption_encoding"],
+      ),
+      "huge.jpg": (
+          _jpeg(Image.fromarray(_noise(200, 160, 6))),
+          "huge jpeg",
+          None,
+          ["repaired_downscaled"],
+      ),
       "huge.png": (_png(_noise(200, 160, 7)), "huge png", None, ["skipped_too_large"]),
-      "truncated.jpg": (good[:len(good) // 2], "cut", None, ["skipped_corrupt"]),
+      "truncated.jpg": (good[: len(good) // 2], "cut", None, ["skipped_corrupt"]),
       "zero.png": (b"", "nothing", None, ["skipped_empty_file"]),
       "text.jpg": (b"this is not a JPEG at all\n" * 20, "text", None, ["skipped_not_image"]),
       "one_pixel.png": (_png(_noise(1, 1, 8)), "dot", None, ["skipped_too_small"]),
@@ -71,8 +83,17 @@ def bad_folder(tmp_path_factory):
 
 
 def _cfg(root, **overrides):
-  cfg = dict(source="folder", path=str(root), image_size=16, num_train=0, num_eval=0,
-             seed=0, max_pixels=MAX_PIXELS, min_image_size=8, max_caption_chars=1000)
+  cfg = dict(
+      source="folder",
+      path=str(root),
+      image_size=16,
+      num_train=0,
+      num_eval=0,
+      seed=0,
+      max_pixels=MAX_PIXELS,
+      min_image_size=8,
+      max_caption_chars=1000,
+  )
   cfg.update(overrides)
   return cfg
 
@@ -86,13 +107,13 @@ def test_each_kind_is_skipped_or_repaired(bad_folder):
   for name, record in records.items():
     out = preprocess.random_map(record, np.random.default_rng(0))
     kinds = list(out.get(iterators.KINDS_KEY, [])) + (
-        [out[iterators.SKIP]] if iterators.SKIP in out else [])
+        [out[iterators.SKIP]] if iterators.SKIP in out else []
+    )
     assert sorted(kinds) == sorted(expected[name][3]), name
     if iterators.SKIP not in out:
       assert out["image"].shape == (16, 16, 3) and out["image"].dtype == np.uint8
       assert isinstance(out["caption"], str) and len(out["caption"]) <= 1000
-  assert preprocess.random_map(records["latin1_caption.png"], None)["caption"] == (
-      "café au lait")
+  assert preprocess.random_map(records["latin1_caption.png"], None)["caption"] == ("café au lait")
   assert records["missing_caption.png"]["caption"] is None
 
 
@@ -124,8 +145,7 @@ def test_empty_captions_skip_policy(bad_folder):
   cfg = _cfg(bad_folder, empty_captions="skip")
   preprocess = pipeline.preprocess_from_cfg(cfg)
   source = sources.ImageFolderSource(bad_folder)
-  skips = {preprocess.random_map(source[i], None).get(iterators.SKIP)
-           for i in range(len(source))}
+  skips = {preprocess.random_map(source[i], None).get(iterators.SKIP) for i in range(len(source))}
   assert {"skipped_caption_missing", "skipped_caption_empty"} <= skips
 
 
@@ -138,8 +158,9 @@ def test_no_usable_record_fails_fast(tmp_path):
 
 
 def _decode(data: bytes, background=(255, 255, 255)) -> np.ndarray:
-  image, _ = decode.decode_bytes(data, min_decode_size=64, max_pixels=10**8, min_size=1,
-                                 background=background)
+  image, _ = decode.decode_bytes(
+      data, min_decode_size=64, max_pixels=10**8, min_size=1, background=background
+  )
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
   return image
 

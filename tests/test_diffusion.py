@@ -29,9 +29,18 @@ def _key(seed: int) -> jax.Array:
 
 
 def _diffusers_ddim(**kw) -> DDIMScheduler:
-  return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                       clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
-                       prediction_type="epsilon", **kw)
+  return DDIMScheduler(
+      num_train_timesteps=1000,
+      beta_schedule="linear",
+      beta_start=1e-4,
+      beta_end=0.02,
+      clip_sample=False,
+      set_alpha_to_one=True,
+      steps_offset=0,
+      timestep_spacing="leading",
+      prediction_type="epsilon",
+      **kw,
+  )
 
 
 def _fake_eps_jax(z, t, cond):
@@ -71,11 +80,18 @@ def _reference_ddim(z_T, c, c_null, num_steps, guidance_scale, eta, rng):
 
 
 def test_schedules_match_diffusers():
-  cases = [(schedules.linear_schedule(), "linear"), (schedules.cosine_schedule(), "squaredcos_cap_v2")]
+  cases = [
+      (schedules.linear_schedule(), "linear"),
+      (schedules.cosine_schedule(), "squaredcos_cap_v2"),
+  ]
   for ours, kind in cases:
-    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule=kind, beta_start=1e-4, beta_end=0.02)
+    ref = DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule=kind, beta_start=1e-4, beta_end=0.02
+    )
     np.testing.assert_allclose(np.asarray(ours.betas), ref.betas.numpy(), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(ours.alphas_cumprod), ref.alphas_cumprod.numpy(), rtol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(ours.alphas_cumprod), ref.alphas_cumprod.numpy(), rtol=2e-5
+    )
     assert float(ours.final_alpha_cumprod) == 1.0
 
 
@@ -95,8 +111,17 @@ def test_ddim_parity_with_diffusers(guidance_scale, eta):
   c_null = None if guidance_scale is None else c_null
   rng = _key(3)
   # 50 steps inside a 64-long padded timesteps array: padding must be a no-op.
-  ours = _SAMPLE(schedules.linear_schedule(), z_T, {"c": c}, None if c_null is None else {"c": c_null},
-                 samplers.ddim_timesteps(50, max_steps=MAX_STEPS), guidance_scale or 1.0, eta, rng, start_index=0)
+  ours = _SAMPLE(
+      schedules.linear_schedule(),
+      z_T,
+      {"c": c},
+      None if c_null is None else {"c": c_null},
+      samplers.ddim_timesteps(50, max_steps=MAX_STEPS),
+      guidance_scale or 1.0,
+      eta,
+      rng,
+      start_index=0,
+  )
   ref = _reference_ddim(z_T, c, c_null, 50, guidance_scale, eta, rng)
   # This fake model is no denoiser: final latents reach |z| ~ 200, so the bound is relative to max|ref|.
   err = np.abs(np.asarray(ours) - ref).max() / max(1.0, np.abs(ref).max())
@@ -108,20 +133,42 @@ def test_ddim_does_not_recompile():
   z = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
   cond, uncond = {"c": np.full((2,), 0.5, np.float32)}, {"c": np.full((2,), -0.3, np.float32)}
 
-  def run(n, guidance_scale, eta, seed, start_index):  # Python floats/ints, as a caller passes them.
-    return _SAMPLE(sched, z, cond, uncond, samplers.ddim_timesteps(n, max_steps=MAX_STEPS), guidance_scale, eta,
-                   _key(seed), start_index=start_index)
+  def run(
+      n, guidance_scale, eta, seed, start_index
+  ):  # Python floats/ints, as a caller passes them.
+    return _SAMPLE(
+        sched,
+        z,
+        cond,
+        uncond,
+        samplers.ddim_timesteps(n, max_steps=MAX_STEPS),
+        guidance_scale,
+        eta,
+        _key(seed),
+        start_index=start_index,
+    )
 
   first = run(50, 7.5, 0.0, 0, 0)  # Compiles, unless an earlier test already did.
   traces = len(_TRACES)
-  cache_size = getattr(_SAMPLE, "_cache_size", lambda: None)  # Private jax API: a second witness, if present.
+  cache_size = getattr(
+      _SAMPLE, "_cache_size", lambda: None
+  )  # Private jax API: a second witness, if present.
   cache = cache_size()
-  outs = [run(10, 7.5, 0.0, 0, 0), run(25, 3.0, 0.5, 1, 0), run(50, 1.0, 1.0, 2, 30),
-          run(64, 7.5, 0.3, 0, 0), run(10, 5.0, 0.0, 0, 10)]
-  assert len(_TRACES) == traces, "a sampler argument change retraced (and so recompiled) ddim_sample"
+  outs = [
+      run(10, 7.5, 0.0, 0, 0),
+      run(25, 3.0, 0.5, 1, 0),
+      run(50, 1.0, 1.0, 2, 30),
+      run(64, 7.5, 0.3, 0, 0),
+      run(10, 5.0, 0.0, 0, 10),
+  ]
+  assert (
+      len(_TRACES) == traces
+  ), "a sampler argument change retraced (and so recompiled) ddim_sample"
   assert cache_size() == cache
   assert not np.allclose(first, outs[0]) and not np.allclose(outs[1], outs[2])
-  np.testing.assert_array_equal(outs[-1], z)  # start_index == num_steps (SDEdit strength 0): input unchanged.
+  np.testing.assert_array_equal(
+      outs[-1], z
+  )  # start_index == num_steps (SDEdit strength 0): input unchanged.
 
 
 # ---- Samplers against hand-written reference loops ------------------------------------------
@@ -132,13 +179,17 @@ def test_ddim_does_not_recompile():
 # iteration per step; only the RePaint noise is drawn with the sampler's documented keys.
 S = 0.5  # data std
 _ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))  # ᾱ_t = Π_{s≤t} (1 − β_s)
-_M_C, _M_U = np.array([0.8, -0.4], np.float32), np.array([0.1, 0.3], np.float32)  # cond / uncond means
+_M_C, _M_U = np.array([0.8, -0.4], np.float32), np.array(
+    [0.1, 0.3], np.float32
+)  # cond / uncond means
 _SCALE = 3.0  # guidance scale
 
 
 def _gauss_eps(z, t, cond):
   """E[ε | z_t] for z0 ~ N(m, S²): √(1−ᾱ)(z − √ᾱ m) / (ᾱ S² + 1 − ᾱ)."""
-  a = schedules.alpha_cumprod_at(schedules.linear_schedule(), t.astype(jnp.int32))[:, None, None, None]
+  a = schedules.alpha_cumprod_at(schedules.linear_schedule(), t.astype(jnp.int32))[
+      :, None, None, None
+  ]
   m = cond["m"][:, None, None, None]
   return jnp.sqrt(1.0 - a) * (z - jnp.sqrt(a) * m) / (a * S**2 + 1.0 - a)
 
@@ -171,8 +222,9 @@ def _bc(m):
 
 def _repaint_noise(key, i, j):
   """The sampler's j-th re-noising draw at step i (samplers._resampled)."""
-  return np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), SHAPE),
-                    np.float64)
+  return np.asarray(
+      jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), SHAPE), np.float64
+  )
 
 
 def _reference_ddim_inpaint(z, n, *, known, mask, noise, resample, start, key):
@@ -199,7 +251,9 @@ def _reference_ddim_inpaint(z, n, *, known, mask, noise, resample, start, key):
   return z
 
 
-def _reference_euler(z, n, shift, *, known=None, mask=None, noise=None, resample=0, start=0, key=None):
+def _reference_euler(
+    z, n, shift, *, known=None, mask=None, noise=None, resample=0, start=0, key=None
+):
   """Euler on t_i = shift(1 − i/n), CFG, known-region reset to (1 − t′) known + t′ noise, RePaint."""
   z = np.asarray(z, np.float64)
   sh = lambda u: shift * u / (1 + (shift - 1) * u)
@@ -246,10 +300,29 @@ def test_ddim_inpaint_matches_reference(resample, start):
   if start:  # SDEdit: q_sample(z0, t_start) at the start step's timestep
     a = _ABAR[ts[start]]
     np.testing.assert_allclose(z_start, np.sqrt(a) * known + np.sqrt(1 - a) * noise, atol=1e-6)
-  out = _DDIM_INPAINT(sched, z_start, {"m": _M_C}, {"m": _M_U}, ts, _SCALE, 0.0, key, start_index=start,
-                      inpaint=(known, mask, noise), resample=resample)
-  ref = _reference_ddim_inpaint(z_start, n, known=known, mask=mask, noise=noise, resample=resample,
-                                start=start, key=jax.random.fold_in(key, 1 << 30))
+  out = _DDIM_INPAINT(
+      sched,
+      z_start,
+      {"m": _M_C},
+      {"m": _M_U},
+      ts,
+      _SCALE,
+      0.0,
+      key,
+      start_index=start,
+      inpaint=(known, mask, noise),
+      resample=resample,
+  )
+  ref = _reference_ddim_inpaint(
+      z_start,
+      n,
+      known=known,
+      mask=mask,
+      noise=noise,
+      resample=resample,
+      start=start,
+      key=jax.random.fold_in(key, 1 << 30),
+  )
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
   np.testing.assert_allclose(np.asarray(out)[:, :, :2], known[:, :, :2], atol=1e-6)  # ᾱ_{-1} = 1
 
@@ -281,10 +354,29 @@ def test_euler_inpaint_matches_reference(resample, start):
   z_start = np.asarray(samplers.euler_start_latents(known, noise, n, start, shift))
   t0 = shift * (1 - start / n) / (1 + (shift - 1) * (1 - start / n))
   np.testing.assert_allclose(z_start, (1 - t0) * known + t0 * noise, atol=1e-6)
-  out = _EULER_INPAINT(z_start, {"m": _M_C}, {"m": _M_U}, n, shift, _SCALE, start_index=start,
-                       inpaint=(known, mask, noise), resample=resample, rng=key)
-  ref = _reference_euler(z_start, n, shift, known=known, mask=mask, noise=noise, resample=resample,
-                         start=start, key=key)
+  out = _EULER_INPAINT(
+      z_start,
+      {"m": _M_C},
+      {"m": _M_U},
+      n,
+      shift,
+      _SCALE,
+      start_index=start,
+      inpaint=(known, mask, noise),
+      resample=resample,
+      rng=key,
+  )
+  ref = _reference_euler(
+      z_start,
+      n,
+      shift,
+      known=known,
+      mask=mask,
+      noise=noise,
+      resample=resample,
+      start=start,
+      key=key,
+  )
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
   np.testing.assert_allclose(np.asarray(out)[:, :, :2], known[:, :, :2], atol=1e-6)
 
@@ -337,23 +429,28 @@ def test_flow_shift_formula(draws):
   np.testing.assert_allclose(objectives.shift_time(t, 3.0), 3 * t / (1 + 2 * t))
   _, _, _, t_flow, t_shifted = draws
   assert 0 < t_flow.min() and t_flow.max() < 1
-  np.testing.assert_allclose(np.median(t_flow), 0.5, atol=0.02)  # Logit-normal(0, 1) has median 0.5.
+  np.testing.assert_allclose(
+      np.median(t_flow), 0.5, atol=0.02
+  )  # Logit-normal(0, 1) has median 0.5.
   np.testing.assert_allclose(t_shifted, objectives.shift_time(t_flow, 3.0), atol=1e-6)
 
 
 def test_guidance_rescale_matches_conditional_std():
   """phi = 1 rescales the guided prediction to the conditional prediction's per-sample std."""
   from psvae_jax.diffusion.samplers import _guided  # pylint: disable=g-import-not-at-top
+
   z = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
   model = lambda x, t, c: x * c["s"][:, None, None, None] + 0.1
   cond, uncond = {"s": jnp.array([2.0, 3.0])}, {"s": jnp.array([0.5, 0.5])}
   plain = _guided(model, cond, uncond, jnp.float32(7.5))(z, 10.0, 0.01)
   full = _guided(model, cond, uncond, jnp.float32(7.5), 1.0)(z, 10.0, 0.01)
   cond_out = model(z, None, cond)
-  np.testing.assert_allclose(jnp.std(full, axis=(1, 2, 3)), jnp.std(cond_out, axis=(1, 2, 3)),
-                             rtol=1e-5)
-  np.testing.assert_allclose(_guided(model, cond, uncond, jnp.float32(7.5), 0.0)(z, 10.0, 0.01),
-                             plain)
+  np.testing.assert_allclose(
+      jnp.std(full, axis=(1, 2, 3)), jnp.std(cond_out, axis=(1, 2, 3)), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+      _guided(model, cond, uncond, jnp.float32(7.5), 0.0)(z, 10.0, 0.01), plain
+  )
 
 
 def test_guidance_interval_applies_cfg_only_inside():
@@ -361,8 +458,9 @@ def test_guidance_interval_applies_cfg_only_inside():
   z1 = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
   model = lambda x, t, c: 0.3 * x * c["s"][:, None, None, None] + 1e-3 * t[:, None, None, None]
   cond, uncond = {"s": jnp.array([2.0, 3.0])}, {"s": jnp.array([0.5, 0.5])}
-  run = lambda interval: samplers.euler_sample(model, z1, cond, uncond, 10, 1.0, 4.0,
-                                               guidance_interval=interval)
+  run = lambda interval: samplers.euler_sample(
+      model, z1, cond, uncond, 10, 1.0, 4.0, guidance_interval=interval
+  )
   z = z1
   for i in range(10):
     t, t_next = 1.0 - i / 10, 1.0 - (i + 1) / 10

@@ -16,9 +16,15 @@ from psvae_jax.models import vit
 from psvae_jax.weights import dinov2 as dinov2_weights
 
 _TOL = 1e-5
-_BASE_CFG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 mlp_ratio=4, image_size=40, patch_size=4,
-                 initializer_range=0.1)  # stored grid: 10 x 10
+_BASE_CFG = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    mlp_ratio=4,
+    image_size=40,
+    patch_size=4,
+    initializer_range=0.1,
+)  # stored grid: 10 x 10
 
 
 def _make_hf(tmp_path, registers=False, seed=0, **overrides):
@@ -27,7 +33,8 @@ def _make_hf(tmp_path, registers=False, seed=0, **overrides):
   cfg = dict(_BASE_CFG, **overrides)
   if registers:
     model = transformers.Dinov2WithRegistersModel(
-        transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **cfg))
+        transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **cfg)
+    )
   else:
     model = transformers.Dinov2Model(transformers.Dinov2Config(**cfg))
   model.eval()
@@ -51,26 +58,30 @@ def _compare(model, module, params, hw, num_registers, seed=1):
   images = rng.standard_normal((2, hw[0], hw[1], 3)).astype(np.float32)
   with torch.no_grad():
     ref = model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
-  ref = ref.last_hidden_state[:, 1 + num_registers:].numpy()
+  ref = ref.last_hidden_state[:, 1 + num_registers :].numpy()
   out = np.asarray(jax.jit(module.apply)({"params": params}, images))
   p = module.patch_size
   assert out.shape == (2, hw[0] // p, hw[1] // p, module.hidden_size)
   return float(np.max(np.abs(out.reshape(ref.shape) - ref)))
 
 
-@pytest.mark.parametrize("in_size,out_size", [(10, 8), (10, 13), (37, 16),
-                                              (7, 7), (5, 3)])
+@pytest.mark.parametrize("in_size,out_size", [(10, 8), (10, 13), (37, 16), (7, 7), (5, 3)])
 @pytest.mark.parametrize("antialias", [False, True])
 def test_interpolation_matches_torch(in_size, out_size, antialias):
   rng = np.random.default_rng(0)
   grid = rng.standard_normal((in_size, in_size + 1, 3)).astype(np.float32)
   out_hw = (out_size, out_size + 2)
   ref = torch.nn.functional.interpolate(
-      torch.from_numpy(grid.transpose(2, 0, 1))[None], size=out_hw,
-      mode="bicubic", align_corners=False, antialias=antialias)
+      torch.from_numpy(grid.transpose(2, 0, 1))[None],
+      size=out_hw,
+      mode="bicubic",
+      align_corners=False,
+      antialias=antialias,
+  )
   ref = ref[0].numpy().transpose(1, 2, 0)
-  out = np.asarray(vit.interpolate_pos_embed_bicubic(
-      jnp.asarray(grid), out_hw, antialias=antialias))
+  out = np.asarray(
+      vit.interpolate_pos_embed_bicubic(jnp.asarray(grid), out_hw, antialias=antialias)
+  )
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
 
 
@@ -117,8 +128,7 @@ def test_bad_checkpoint_names_missing_and_misshaped(tmp_path):
   path = str(tmp_path / "model.safetensors")
   sd = dict(load_file(path))
   del sd["encoder.layer.1.norm1.bias"]
-  sd["encoder.layer.0.attention.attention.query.weight"] = np.zeros(
-      (32, 31), np.float32)
+  sd["encoder.layer.0.attention.attention.query.weight"] = np.zeros((32, 31), np.float32)
   sd["encoder.layer.0.mystery.weight"] = np.zeros((3,), np.float32)
   save_file(sd, path)
   with pytest.raises(ValueError) as info:
@@ -140,8 +150,9 @@ def test_tiny_config_and_block_shapes():
   assert jax.eval_shape(module.apply, variables, x).shape == (1, 6, 10, 64)
   assert vit.dinov2_config("g")["use_swiglu"]
   json.dumps(vit.dinov2_config("L"))  # plain, serialisable kwargs
-  block = vit.Block(hidden_size=32, num_heads=4, layerscale_init=None,
-                    use_swiglu=True, dtype=jnp.bfloat16)
+  block = vit.Block(
+      hidden_size=32, num_heads=4, layerscale_init=None, use_swiglu=True, dtype=jnp.bfloat16
+  )
   y = jax.ShapeDtypeStruct((2, 5, 32), jnp.float32)
   bvars = jax.eval_shape(block.init, jax.random.PRNGKey(1), y)
   assert "layer_scale1" not in bvars["params"]

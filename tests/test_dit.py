@@ -32,8 +32,9 @@ def _text_inputs(h=4, w=4, c=8):
 def _perturbed(params, seed=1):
   """Params with every leaf moved off its init (so zero-initialised layers stop hiding everything)."""
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: np.asarray(p) + np.float32(0.05) * rng.standard_normal(p.shape, np.float32),
-                      params)
+  return jax.tree.map(
+      lambda p: np.asarray(p) + np.float32(0.05) * rng.standard_normal(p.shape, np.float32), params
+  )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def text_model():
   x, t, context, mask, pooled = _text_inputs()
   params = jax.jit(model.init)(_INIT_KEY, x, t, context, mask, pooled)["params"]
   apply = jax.jit(
-      lambda p, x, t, ctx, m, pool, drop: model.apply({"params": p}, x, t, ctx, m, pool, drop=drop))
+      lambda p, x, t, ctx, m, pool, drop: model.apply({"params": p}, x, t, ctx, m, pool, drop=drop)
+  )
   return params, apply
 
 
@@ -61,8 +63,10 @@ def class_model():
 def test_shapes():
   x, t, context, mask, pooled = _text_inputs(8, 8, 6)
   for p in (1, 2):
-    for kw, args in [(dict(cond_type="text"), dict(context=context, context_mask=mask, pooled=pooled)),
-                     (dict(cond_type="class", num_classes=10, remat=True), dict(labels=np.array([1, 2])))]:
+    for kw, args in [
+        (dict(cond_type="text"), dict(context=context, context_mask=mask, pooled=pooled)),
+        (dict(cond_type="class", num_classes=10, remat=True), dict(labels=np.array([1, 2]))),
+    ]:
       model = _tiny(patch_size=p, **kw)
       variables = jax.eval_shape(functools.partial(model.init, **args), jax.random.key(0), x, t)
       out = jax.eval_shape(functools.partial(model.apply, **args), variables, x, t)
@@ -110,8 +114,11 @@ def test_text_mask_hides_padding_tokens(text_model):
   other = context.copy()
   other[0, 3:] = 100.0  # Row 0's masked-out tokens.
   drop = np.array([False, False])
-  np.testing.assert_allclose(apply(params, x, t, other, mask, pooled, drop),
-                             apply(params, x, t, context, mask, pooled, drop), atol=1e-6)
+  np.testing.assert_allclose(
+      apply(params, x, t, other, mask, pooled, drop),
+      apply(params, x, t, context, mask, pooled, drop),
+      atol=1e-6,
+  )
 
 
 def test_class_drop_uses_null_label(class_model):
@@ -130,11 +137,14 @@ def test_patches_map_back_to_their_pixels(class_model):
   params = {k: dict(v) for k, v in params.items()}
   for i in range(2):
     params[f"blocks_{i}"]["adaLN_modulation"] = jax.tree.map(
-        np.zeros_like, params[f"blocks_{i}"]["adaLN_modulation"])
+        np.zeros_like, params[f"blocks_{i}"]["adaLN_modulation"]
+    )
   x2 = x.copy()
   x2[:, 2:4, 4:6] += 1.0  # One 2×2 patch: row 1, column 2 of the 4×4 token grid.
   drop = np.array([False, False])
-  changed = np.abs(apply(params, x2, t, labels, drop) - apply(params, x, t, labels, drop)).max(axis=(0, 3))
+  changed = np.abs(apply(params, x2, t, labels, drop) - apply(params, x, t, labels, drop)).max(
+      axis=(0, 3)
+  )
   assert (changed[2:4, 4:6] > 1e-4).all()
   changed[2:4, 4:6] = 0.0
   np.testing.assert_array_equal(changed, 0.0)
@@ -146,8 +156,11 @@ def test_dit_s2_flops():
   x = jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
   y = jax.ShapeDtypeStruct((1,), jnp.int32)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(1),
-                                             labels=jnp.zeros(1, jnp.int32)))["params"]
+  params = jax.eval_shape(
+      lambda: model.init(
+          jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(1), labels=jnp.zeros(1, jnp.int32)
+      )
+  )["params"]
   fwd = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, labels=y))
   cost = fwd.lower(params, x, t, y).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -161,14 +174,21 @@ def test_scanned_and_rematerialised_blocks_compute_the_same_function(class_model
   with the unrolled params stacked (dit.stack_blocks), outputs and gradients agree."""
   params, apply, (x, t, labels) = class_model
   drop = np.zeros((B,), bool)
-  model = _tiny(cond_type="class", patch_size=2, num_classes=10, scan_blocks=True, remat=True,
-                remat_policy="dots_saveable")
+  model = _tiny(
+      cond_type="class",
+      patch_size=2,
+      num_classes=10,
+      scan_blocks=True,
+      remat=True,
+      remat_policy="dots_saveable",
+  )
   stacked = dit.stack_blocks(params)
   assert jax.tree.leaves(stacked["blocks"])[0].shape[0] == 2
   jax.tree.map(np.testing.assert_array_equal, dit.unstack_blocks(stacked), params)
 
   def loss(apply_fn, p):
     return jnp.mean(jnp.square(apply_fn(p)))
+
   ref_fn = lambda p: apply(p, x, t, labels, drop)
   scan_fn = lambda p: model.apply({"params": p}, x, t, labels=labels, drop=drop)
   np.testing.assert_allclose(jax.jit(scan_fn)(stacked), ref_fn(params), atol=1e-5, rtol=1e-5)
@@ -184,6 +204,7 @@ def test_flat_dense_is_nn_dense(dtype):
   """layers.Dense (one 2-D GEMM, the DiT's dense layer) has nn.Dense's params, init and outputs."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from psvae_jax.models import layers  # pylint: disable=g-import-not-at-top
+
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 8)), jnp.float32)
   init = nn.initializers.xavier_uniform()
   ours = layers.Dense(12, dtype=dtype, kernel_init=init, bias_init=nn.initializers.normal(1.0))
@@ -192,5 +213,9 @@ def test_flat_dense_is_nn_dense(dtype):
   jax.tree.map(np.testing.assert_array_equal, p_ours, p_ref)
   y, y_ref = ours.apply(p_ours, x), ref.apply(p_ref, x)
   assert y.dtype == y_ref.dtype == dtype and y.shape == (2, 5, 12)
-  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32),
-                             rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6, atol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
+  np.testing.assert_allclose(
+      np.asarray(y, np.float32),
+      np.asarray(y_ref, np.float32),
+      rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6,
+      atol=1e-2 if dtype == jnp.bfloat16 else 1e-6,
+  )

@@ -34,15 +34,24 @@ def _abstract_dit_task(config, mesh, text_width: int):
   ae_config = psvae_config.get_config("dinov2_b")
   ae_model = builders.build_psvae(ae_config.model)
   s = ae_config.data.image_size
-  ae_params = jax.eval_shape(ae_model.init, jax.random.key(0),
-                             jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))["params"]
+  ae_params = jax.eval_shape(
+      ae_model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
+  )["params"]
   c = ae_config.model.latent_channels
   zeros, ones = np.zeros(c, np.float32), np.ones(c, np.float32)
   stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
   ae = autoencoders.Autoencoder(model=ae_model, params=ae_params, config=ae_config, stats=stats)
-  t5 = text_encoders.T5Encoder(vocab_size=32128, d_model=text_width, d_kv=64, d_ff=10240,
-                               num_layers=24, num_heads=64, is_gated_act=True,
-                               dense_act_fn="gelu_new", dtype=jnp.bfloat16)
+  t5 = text_encoders.T5Encoder(
+      vocab_size=32128,
+      d_model=text_width,
+      d_kv=64,
+      d_ff=10240,
+      num_layers=24,
+      num_heads=64,
+      is_gated_act=True,
+      dense_act_fn="gelu_new",
+      dtype=jnp.bfloat16,
+  )
   ids = jax.ShapeDtypeStruct((1, config.data.max_length), jnp.int32)
   t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
   config.autoencoder = config.text_encoder = "(abstract)"
@@ -55,10 +64,14 @@ def test_dit_xl_text_with_t5_xxl_lowers_sharded():
   config.batch_size, config.data.max_length = 16, 120
   config.dtype, config.model.remat = "bfloat16", True
   task = _abstract_dit_task(config, mesh, text_width=4096)
-  tx = optim.make_optimizer(config.optim, config.num_train_steps,
-                            functools.partial(optim.label_params, groups=task.param_groups))
-  state = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),
-                         jax.random.key(0))
+  tx = optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
+  state = jax.eval_shape(
+      functools.partial(loop.create_train_state, task=task, tx=tx), jax.random.key(0)
+  )
   consts = _abstract(task.constants())
   n_t5 = sum(x.size for x in jax.tree.leaves(consts["text"]))
   n_dit = sum(x.size for x in jax.tree.leaves(state.params["dit"]))
@@ -66,18 +79,22 @@ def test_dit_xl_text_with_t5_xxl_lowers_sharded():
   assert task.ae.latent_shape == (16, 16, 96)
 
   b, length = config.batch_size, config.data.max_length
-  batch = {"latent": jax.ShapeDtypeStruct((b, 16, 16, 96), jnp.float32),  # latent-cache batches
-           "input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
-           "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.int32)}
+  batch = {
+      "latent": jax.ShapeDtypeStruct((b, 16, 16, 96), jnp.float32),  # latent-cache batches
+      "input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
+      "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.int32),
+  }
   sh = lambda tree: parallel.param_shardings(tree, mesh, min_size=config.shard_min_size)
   state_sh, consts_sh = sh(state), sh(consts)
   batch_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
   step = functools.partial(loop.train_step, task=task, tx=tx, config=config)
-  lowered = jax.jit(step, out_shardings=(state_sh, parallel.replicated(mesh)),
-                    donate_argnums=0).lower(
-                        parallel.with_shardings(state, state_sh),
-                        parallel.with_shardings(batch, batch_sh),
-                        parallel.with_shardings(consts, consts_sh))
+  lowered = jax.jit(
+      step, out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=0
+  ).lower(
+      parallel.with_shardings(state, state_sh),
+      parallel.with_shardings(batch, batch_sh),
+      parallel.with_shardings(consts, consts_sh),
+  )
   assert "sharding" in lowered.as_text()[:200_000]
 
   total = per_device = 0

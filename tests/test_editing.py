@@ -43,8 +43,9 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   blk_raw = pipe.inpaint(images, black, caps, steps=10, composite=False)
   wht = pipe.inpaint(images, white, caps[::-1], steps=20, guidance_scale=3.0, seed=2, dilation=0)
   rsm = pipe.inpaint(images, masks, caps, steps=10, dilation=2, feather=0.0, resample=2)
-  assert counter.count == first, "another strength, mask, steps, guidance scale, seed, shift or resample " \
-      "recompiled"
+  assert counter.count == first, (
+      "another strength, mask, steps, guidance scale, seed, shift or resample " "recompiled"
+  )
   assert editing.psnr(s0, rec) >= 40.0  # strength 0: the reconstruction
   gen = pipe.generate(caps[::-1], steps=20, guidance_scale=3.0, seed=2)
   assert np.abs(s1.astype(int) - gen).max() <= 1  # strength 1: plain generation, same seed
@@ -54,10 +55,14 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   assert editing.psnr(blk_raw, rec) >= 40.0  # ...and before compositing it is the reconstruction
   cells = editing.latent_mask(masks.astype(np.float32), (8, 8), 2)[..., 0]  # (8, 8, 8)
   keep = cells.repeat(4, 1).repeat(4, 2) < 0.5  # pixels outside the dilated latent mask
-  np.testing.assert_array_equal(inp[np.broadcast_to(keep[..., None], inp.shape)],
-                                images[np.broadcast_to(keep[..., None], images.shape)])
-  np.testing.assert_array_equal(rsm[np.broadcast_to(keep[..., None], rsm.shape)],
-                                images[np.broadcast_to(keep[..., None], images.shape)])
+  np.testing.assert_array_equal(
+      inp[np.broadcast_to(keep[..., None], inp.shape)],
+      images[np.broadcast_to(keep[..., None], images.shape)],
+  )
+  np.testing.assert_array_equal(
+      rsm[np.broadcast_to(keep[..., None], rsm.shape)],
+      images[np.broadcast_to(keep[..., None], images.shape)],
+  )
   assert not np.array_equal(rsm, inp)  # RePaint jumps change the regenerated region
 
 
@@ -120,8 +125,14 @@ def test_bad_inputs(pipe, tmp_path):
 
 def _cli(trained_dit, *args):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [sys.executable, "-m", "psvae_jax.sample", f"--workdir={trained_dit / 'dit'}",
-         f"--prompt={world.generate(0, 32)[1]}", *args]
+  cmd = [
+      sys.executable,
+      "-m",
+      "psvae_jax.sample",
+      f"--workdir={trained_dit / 'dit'}",
+      f"--prompt={world.generate(0, 32)[1]}",
+      *args,
+  ]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -130,15 +141,23 @@ def test_sample_cli_inpaint_and_clear_errors(trained_dit, tmp_path):
   Image.fromarray(world.generate(3, 48)[0]).save(img)
   mask = tmp_path / "mask.png"
   Image.fromarray(np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))).save(mask)
-  for args, msg in [([f"--init_image={tmp_path / 'no.png'}"], "not found"),
-                    ([f"--init_image={img}", "--strength=1.5"], "strength must be in [0, 1]"),
-                    ([f"--mask={mask}"], "--mask needs --init_image")]:
+  for args, msg in [
+      ([f"--init_image={tmp_path / 'no.png'}"], "not found"),
+      ([f"--init_image={img}", "--strength=1.5"], "strength must be in [0, 1]"),
+      ([f"--mask={mask}"], "--mask needs --init_image"),
+  ]:
     r = _cli(trained_dit, *args, f"--out={tmp_path / 'x.png'}")
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "jax/_src" not in r.stderr
   out = tmp_path / "each"
-  r = _cli(trained_dit, f"--init_image={img}", f"--mask={mask}", "--num_images=2", "--steps=4",
-           f"--out_dir={out}")
+  r = _cli(
+      trained_dit,
+      f"--init_image={img}",
+      f"--mask={mask}",
+      "--num_images=2",
+      "--steps=4",
+      f"--out_dir={out}",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   results = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
   assert len(results) == 2 and results[0].shape == (48, 48, 3)
@@ -151,6 +170,7 @@ def test_ddim_edit_endpoints_and_known_region(pipe):
   import copy  # pylint: disable=g-import-not-at-top
   from psvae_jax.diffusion import objectives  # pylint: disable=g-import-not-at-top
   from psvae_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
+
   ddim = copy.copy(pipe)
   ddim.gen = copy.copy(pipe.gen)
   ddim.gen.objective = objectives.EpsilonObjective(schedules.linear_schedule())
@@ -163,8 +183,19 @@ def test_ddim_edit_endpoints_and_known_region(pipe):
   z0 = ddim.encode(images)  # (8, 8, 8, C)
   mask = np.zeros(z0.shape[:3] + (1,), np.float32)
   mask[:, :, 4:] = 1  # regenerate the right half of the latent grid
-  z = np.asarray(ddim.gen.edit_latents(ddim.params, ddim.consts, ddim.gen.host_condition(caps),
-                                       z0, mask, strength=1.0, steps=10, guidance_scale=7.5,
-                                       eta=0.0, seed=0))
+  z = np.asarray(
+      ddim.gen.edit_latents(
+          ddim.params,
+          ddim.consts,
+          ddim.gen.host_condition(caps),
+          z0,
+          mask,
+          strength=1.0,
+          steps=10,
+          guidance_scale=7.5,
+          eta=0.0,
+          seed=0,
+      )
+  )
   np.testing.assert_allclose(z[:, :, :4], z0[:, :, :4], atol=1e-5)  # known latents kept
   assert np.abs(z[:, :, 4:] - z0[:, :, 4:]).mean() > 0.1

@@ -54,13 +54,16 @@ def _compute(batch_size, devices):
     out = []
     for i, j in ctx.batches(len(images)):
       x, _ = ctx.put(images[i:j])
-      out.append(np.asarray(_fake_autoencoder(x))[:j - i])
+      out.append(np.asarray(_fake_autoencoder(x))[: j - i])
     return np.concatenate(out)
 
   ctx.reconstruct = reconstruct
   ctx.feature_nets["proxy"] = (jax.jit(proxy.feature_fn(module, params)), proxy.FEATURE_DIM)
-  evals = {"rfid_proxy": {"type": "rfid", "feature": "proxy", "num_images": N},
-           "psnr": {"type": "psnr", "num_images": N}, "ssim": {"type": "ssim", "num_images": N}}
+  evals = {
+      "rfid_proxy": {"type": "rfid", "feature": "proxy", "num_images": N},
+      "psnr": {"type": "psnr", "num_images": N},
+      "ssim": {"type": "ssim", "num_images": N},
+  }
   return evaluators.run_all(evals, ctx)
 
 
@@ -80,9 +83,20 @@ def test_ssim_evaluator_matches_skimage():
   r = _results(32, 8)
   data = _data(N)
   rec = np.asarray(_fake_autoencoder(data["image"]))
-  ref = np.mean([structural_similarity(
-      (a + 1) / 2, (b + 1) / 2, channel_axis=-1, data_range=1.0, gaussian_weights=True,
-      sigma=1.5, use_sample_covariance=False) for a, b in zip(rec, data["image"])])
+  ref = np.mean(
+      [
+          structural_similarity(
+              (a + 1) / 2,
+              (b + 1) / 2,
+              channel_axis=-1,
+              data_range=1.0,
+              gaussian_weights=True,
+              sigma=1.5,
+              use_sample_covariance=False,
+          )
+          for a, b in zip(rec, data["image"])
+      ]
+  )
   assert abs(r["ssim/ssim"] - ref) <= 1e-4
 
 
@@ -106,16 +120,24 @@ def test_in_training_runs_configured_evaluators_with_saved_proxy(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   from psvae_jax.weights import common  # pylint: disable=g-import-not-at-top
+
   _, params = proxy.random_proxy(0)
   path = str(tmp_path / "fid_proxy.safetensors")
   save_file({k: np.asarray(v) for k, v in common.flatten(params).items()}, path)
-  config = ml_collections.ConfigDict(dict(
-      eval=dict(batch_size=32), data=dict(image_size=32),
-      evals=dict(rfid_proxy=dict(type="rfid", feature="proxy", weights=path, num_images=N),
-                 psnr=dict(type="psnr", num_images=N))))
+  config = ml_collections.ConfigDict(
+      dict(
+          eval=dict(batch_size=32),
+          data=dict(image_size=32),
+          evals=dict(
+              rfid_proxy=dict(type="rfid", feature="proxy", weights=path, num_images=N),
+              psnr=dict(type="psnr", num_images=N),
+          ),
+      )
+  )
   mesh = parallel.make_mesh(-1, 1)
-  out = runner.in_training(config, mesh, _data, reconstruct=lambda x: np.asarray(
-      jax.jit(_fake_autoencoder)(x)))
+  out = runner.in_training(
+      config, mesh, _data, reconstruct=lambda x: np.asarray(jax.jit(_fake_autoencoder)(x))
+  )
   base = _results(32, 8)
   assert set(out) == {"rfid_proxy/rfid", "rfid_proxy/num_samples", "psnr/psnr", "psnr/num_images"}
   assert abs(out["rfid_proxy/rfid"] - base["rfid_proxy/rfid"]) <= 1e-3 * base["rfid_proxy/rfid"]
@@ -132,9 +154,13 @@ def test_fid_conditions_prompt_file_and_class_balanced(tmp_path):
     return np.random.default_rng(n).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
 
   mesh = parallel.make_mesh(-1, 1)
-  ctx = evaluators.EvalContext(mesh=mesh, batch_size=8, eval_data=_data, generate=generate,
-                               feature_nets={"f": (lambda x: x.reshape(x.shape[0], -1)[:, :4]
-                                                   .astype(jnp.float32), 4)})
+  ctx = evaluators.EvalContext(
+      mesh=mesh,
+      batch_size=8,
+      eval_data=_data,
+      generate=generate,
+      feature_nets={"f": (lambda x: x.reshape(x.shape[0], -1)[:, :4].astype(jnp.float32), 4)},
+  )
   ref = tmp_path / "ref.npz"
   np.savez(ref, mu=np.zeros(4), sigma=np.eye(4))
   (tmp_path / "p.txt").write_text("a red circle on the left\n\na blue square at the top\n")

@@ -52,8 +52,14 @@ def test_kill9_during_async_save_keeps_previous(svae_dir, tmp_path):
   ckdir = tmp_path / "checkpoints"
   shutil.copytree(svae_dir / "checkpoints", ckdir)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  r = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, str(ckdir)], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+      [sys.executable, "-c", _KILL_DURING_SAVE, str(ckdir)],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert r.returncode == -signal.SIGKILL, r.stdout[-2000:] + r.stderr[-3000:]
   assert "KILLING" in r.stdout
   partial = [p for p in os.listdir(ckdir) if ocp.step.is_tmp_checkpoint(ckdir / p)]
@@ -68,7 +74,8 @@ def test_kill9_during_async_save_keeps_previous(svae_dir, tmp_path):
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
   restored = ocp.PyTreeCheckpointer().restore(
       str(ckdir / "6" / "state"),
-      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))
+      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
+  )
   assert int(restored["step"]) == 6
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored["params"]))
   ckpt.close()

@@ -41,7 +41,7 @@ def test_running_stats_equal_numpy_and_do_not_depend_on_batching():
   for bs in (8, 32, 64, 300):
     s = fid.FeatureStats(32)
     for i in range(0, 300, bs):
-      s.update(f[i:i + bs], mask[i:i + bs])
+      s.update(f[i : i + bs], mask[i : i + bs])
     mu, sigma = s.finalize()
     assert s.count == 293
     np.testing.assert_allclose(mu, ref_mu, rtol=1e-12, atol=1e-12)
@@ -62,15 +62,19 @@ def test_fid_matches_pytorch_fid_and_self_is_zero():
 def test_near_singular_covariances_stay_finite_and_agree():
   # Fewer samples than dimensions: rank-deficient covariances.
   a, b = _features(3, 40, 64), _features(4, 40, 64, shift=0.1)
-  (mu1, s1), (mu2, s2) = fid.FeatureStats(64).update(a).finalize(), fid.FeatureStats(64).update(b).finalize()
+  (mu1, s1), (mu2, s2) = (
+      fid.FeatureStats(64).update(a).finalize(),
+      fid.FeatureStats(64).update(b).finalize(),
+  )
   ours = fid.frechet_distance(mu1, s1, mu2, s2)
   ref = _pytorch_fid_frechet(mu1, s1, mu2, s2)
   assert np.isfinite(ours) and ours > 0
   assert abs(ours - ref) <= 1e-3 * abs(ref)
   # tr(sqrt(S1 S2)) against scipy's sqrtm on a well-conditioned pair
   w1, w2 = np.cov(_features(5, 500, 16), rowvar=False), np.cov(_features(6, 500, 16), rowvar=False)
-  np.testing.assert_allclose(fid.trace_sqrt_product(w1, w2),
-                             np.trace(linalg.sqrtm(w1 @ w2)).real, rtol=1e-8)
+  np.testing.assert_allclose(
+      fid.trace_sqrt_product(w1, w2), np.trace(linalg.sqrtm(w1 @ w2)).real, rtol=1e-8
+  )
 
 
 def test_non_finite_inputs_raise():
@@ -90,8 +94,14 @@ def test_reference_stats_round_trip_and_adm_format(tmp_path):
   np.testing.assert_array_equal(m2, mu)
   np.testing.assert_array_equal(s2, sigma)
   assert meta == {"dataset": "shapes", "num_images": 10}
-  np.savez(tmp_path / "adm.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=mu, sigma=sigma,
-           mu_s=mu, sigma_s=sigma)
+  np.savez(
+      tmp_path / "adm.npz",
+      arr_0=np.zeros((2, 4, 4, 3), np.uint8),
+      mu=mu,
+      sigma=sigma,
+      mu_s=mu,
+      sigma_s=sigma,
+  )
   m3, _, meta3 = fid.load_stats(str(tmp_path / "adm.npz"))
   np.testing.assert_array_equal(m3, mu)
   assert "adm.npz" in meta3["source"]

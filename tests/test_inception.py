@@ -81,8 +81,7 @@ class FIDInceptionC(nn.Module):
     b1 = self.branch1x1(x)
     b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
     bd = self.branch7x7dbl_1(x)
-    for m in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-              self.branch7x7dbl_5):
+    for m in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
       bd = m(bd)
     bp = self.branch_pool(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
     return torch.cat([b1, b7, bd, bp], 1)
@@ -164,8 +163,19 @@ class TorchFIDInception(nn.Module):
     x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
     x = F.max_pool2d(x, 3, 2)
     x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, 2)
-    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
-                 "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+    for name in (
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7a",
+        "Mixed_7b",
+        "Mixed_7c",
+    ):
       x = getattr(self, name)(x)
     return F.adaptive_avg_pool2d(x, (1, 1))[:, :, 0, 0]  # (B, 2048)
 
@@ -202,8 +212,16 @@ def test_bilinear_resize_matches_torch_interpolate():
   for h, w in ((32, 45), (512, 300)):  # up- and downsampling
     x = rng.uniform(0, 1, (2, h, w, 3)).astype(np.float32)
     ours = np.asarray(inception_lib.resize_bilinear(x, 299))
-    ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=(299, 299),
-                        mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
+    ref = (
+        F.interpolate(
+            torch.from_numpy(x).permute(0, 3, 1, 2),
+            size=(299, 299),
+            mode="bilinear",
+            align_corners=False,
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     np.testing.assert_allclose(ours, ref, atol=1e-5)  # matmul vs lerp rounding
 
 
@@ -225,8 +243,10 @@ def test_pool3_features_match_torch(torch_model, tmp_path):
 
 def test_torchvision_imagenet_weights_are_refused(torch_model):
   sd = _state_dict(torch_model)
-  tv = dict(sd, **{"fc.weight": np.zeros((1000, 2048), np.float32),
-                   "fc.bias": np.zeros((1000,), np.float32)})
+  tv = dict(
+      sd,
+      **{"fc.weight": np.zeros((1000, 2048), np.float32), "fc.bias": np.zeros((1000,), np.float32)},
+  )
   with pytest.raises(ValueError, match="torchvision"):
     inception_weights.params_from_state_dict(tv)
   aux = dict(sd, **{"AuxLogits.conv0.conv.weight": np.zeros((128, 768, 1, 1), np.float32)})

@@ -33,10 +33,23 @@ def _train_tiny_autoencoder(workdir: pathlib.Path) -> None:
   """The real 2-step training run (about 80 s on a 2-core CPU)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   subprocess.run(
-      [sys.executable, "-m", "psvae_jax.main", "--config=configs/svae.py:tiny",
-       f"--workdir={workdir}", "--config.num_train_steps=2", "--config.eval_every=2",
-       "--config.ckpt_every=2", "--config.eval.num_images=64", "--config.batch_size=16"],
-      cwd=ROOT, env=env, check=True, capture_output=True)
+      [
+          sys.executable,
+          "-m",
+          "psvae_jax.main",
+          "--config=configs/svae.py:tiny",
+          f"--workdir={workdir}",
+          "--config.num_train_steps=2",
+          "--config.eval_every=2",
+          "--config.ckpt_every=2",
+          "--config.eval.num_images=64",
+          "--config.batch_size=16",
+      ],
+      cwd=ROOT,
+      env=env,
+      check=True,
+      capture_output=True,
+  )
 
 
 def _write_untrained_autoencoder(workdir: pathlib.Path) -> None:
@@ -45,13 +58,21 @@ def _write_untrained_autoencoder(workdir: pathlib.Path) -> None:
   config = svae.get_config("tiny")
   model = builders.build_psvae(config.model, dtype=jnp.float32)
   size = config.data.image_size
-  params_shape = jax.eval_shape(model.init, jax.random.key(0),
-                                jnp.zeros((1, size, size, 3)))["params"]
+  params_shape = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))[
+      "params"
+  ]
   rng = np.random.default_rng(0)
   params = jax.tree.map(
-      lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype), params_shape)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state={},
-                     ema_params=params, frozen={}, skipped=jnp.zeros((), jnp.int32))
+      lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype), params_shape
+  )
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state={},
+      ema_params=params,
+      frozen={},
+      skipped=jnp.zeros((), jnp.int32),
+  )
   ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), async_save=False)
   ckpt.save(2, state, data_state={}, config=config.to_dict())
   ckpt.close()
@@ -78,8 +99,9 @@ def ae(ae_dir):
 def cache_dir(ae, ae_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp("cache")
   cfg = cache.parse_data_spec("shapes:num=40,seed=3", ae.image_size)
-  cache.write_cache(ae, cfg, str(out), batch_size=16, dtype="bfloat16", store="mean_std",
-                    autoencoder_dir=ae_dir)
+  cache.write_cache(
+      ae, cfg, str(out), batch_size=16, dtype="bfloat16", store="mean_std", autoencoder_dir=ae_dir
+  )
   return out
 
 
@@ -132,16 +154,22 @@ def test_latent_iterator_sampling_and_resume(cache_dir):
     np.testing.assert_array_equal(got["latent"], expected["latent"])
     assert list(got["caption"]) == list(expected["caption"])
   eval_set = pipeline.build_eval_set(dict(cfg, num_eval=8, image_size=32), 4)
-  assert eval_set["caption"] == [world.generate(shapes_source.EVAL_INDEX_OFFSET + i, 32, 3)[1]
-                                 for i in range(4)]  # The shapes' held-out split.
-  parts = [latents.build_latent_iterator(cfg, global_batch_size=4, seed=1, process_index=p,
-                                         process_count=2) for p in range(2)]
+  assert eval_set["caption"] == [
+      world.generate(shapes_source.EVAL_INDEX_OFFSET + i, 32, 3)[1] for i in range(4)
+  ]  # The shapes' held-out split.
+  parts = [
+      latents.build_latent_iterator(
+          cfg, global_batch_size=4, seed=1, process_index=p, process_count=2
+      )
+      for p in range(2)
+  ]
   seen = [{c for _ in range(5) for c in next(p)["caption"]} for p in parts]
   assert not seen[0] & seen[1]
 
 
 def test_cli_folder_with_bad_records_float32_sample(ae_dir, tmp_path, monkeypatch):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   folder = tmp_path / "images"
   folder.mkdir()
   for i in range(5):
@@ -151,11 +179,21 @@ def test_cli_folder_with_bad_records_float32_sample(ae_dir, tmp_path, monkeypatc
   (folder / "bad.jpg").write_bytes(b"")
   out = tmp_path / "cache"
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(runtime, "initialize", lambda *a: None)  # Skip the TF import.
   if "autoencoder" not in flags.FLAGS:
     cache.define_flags()
-  flags.FLAGS(["cache", f"--autoencoder={ae_dir}", f"--data={folder}", f"--out={out}",
-               "--batch_size=8", "--dtype=float32", "--store=sample"])
+  flags.FLAGS(
+      [
+          "cache",
+          f"--autoencoder={ae_dir}",
+          f"--data={folder}",
+          f"--out={out}",
+          "--batch_size=8",
+          "--dtype=float32",
+          "--store=sample",
+      ]
+  )
   try:
     cache.main([])
   finally:
@@ -176,18 +214,31 @@ def test_multi_process_cache_files(tmp_path):
   counts = [3, 2]
   files = [latents.shard_file_name(p, 2) for p in range(2)]
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
   index = 0
   for name, count in zip(files, counts):
     writer = array_record_module.ArrayRecordWriter(str(tmp_path / name), "group_size:1")
     for _ in range(count):
       mu = np.full((2, 2, 4), index, np.float32)
-      writer.write(latents.serialize({"mu": mu, "std": np.zeros_like(mu)}, f"c{index}",
-                                     index, index, "float16"))
+      writer.write(
+          latents.serialize(
+              {"mu": mu, "std": np.zeros_like(mu)}, f"c{index}", index, index, "float16"
+          )
+      )
       index += 1
     writer.close()
-  (tmp_path / latents.META_FILE).write_text(json.dumps(
-      {"format": latents.FORMAT, "shape": [2, 2, 4], "dtype": "float16", "count": 5,
-       "files": files, "counts": counts}))
+  (tmp_path / latents.META_FILE).write_text(
+      json.dumps(
+          {
+              "format": latents.FORMAT,
+              "shape": [2, 2, 4],
+              "dtype": "float16",
+              "count": 5,
+              "files": files,
+              "counts": counts,
+          }
+      )
+  )
   source = latents.LatentCacheSource(tmp_path)
   assert [source[i]["caption"] for i in range(5)] == [f"c{i}" for i in range(5)]
   assert source[4]["mu"].mean() == 4
@@ -209,8 +260,11 @@ def test_parse_data_spec(tmp_path):
   assert cache.parse_data_spec(str(tmp_path), 32).source == "folder"
   (tmp_path / "dataset_info.json").write_text("{}")
   assert cache.parse_data_spec(str(tmp_path), 32).source == "tfds"
-  for bad, match in (("shapes:num=4,colour=red", "unknown field"),
-                     ("shapes:num=4,image_size=64", "differs"), ("shapes:seed=1", "num=N"),
-                     ("/no/such/dir", "KIND:ARGS")):
+  for bad, match in (
+      ("shapes:num=4,colour=red", "unknown field"),
+      ("shapes:num=4,image_size=64", "differs"),
+      ("shapes:seed=1", "num=N"),
+      ("/no/such/dir", "KIND:ARGS"),
+  ):
     with pytest.raises(ValueError, match=match):
       cache.parse_data_spec(bad, 32)

@@ -35,16 +35,21 @@ def _batches(rng, n, batch=8, size=4):
 
 def test_sampled_z_statistics_include_sigma():
   mesh = parallel.make_mesh(-1, 1)
-  params = {"scale": jnp.array([1.0, 0.1, 2.0, 1e-3]), "shift": jnp.array([0.5, -3.0, 0.0, 7.0]),
-            "logvar": jnp.log(jnp.array([1.0, 0.25, 4.0, 1.0]))}
-  stats = latent_stats.compute(_fake_encode, params, _batches(np.random.default_rng(0), 6), mesh,
-                               6, num_images=48, step=3)
+  params = {
+      "scale": jnp.array([1.0, 0.1, 2.0, 1e-3]),
+      "shift": jnp.array([0.5, -3.0, 0.0, 7.0]),
+      "logvar": jnp.log(jnp.array([1.0, 0.25, 4.0, 1.0])),
+  }
+  stats = latent_stats.compute(
+      _fake_encode, params, _batches(np.random.default_rng(0), 6), mesh, 6, num_images=48, step=3
+  )
   images = np.concatenate([b["image"] for b in _batches(np.random.default_rng(0), 6)])
   mu = np.asarray(_fake_encode(params, images)[0]).reshape(-1, C)  # (N, C)
   np.testing.assert_allclose(stats.mu_mean, mu.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stats.mu_std, mu.std(0), rtol=1e-4)
   z = mu + np.sqrt([1.0, 0.25, 4.0, 1.0]) * np.random.default_rng(1).standard_normal(
-      (200, *mu.shape))  # (200, N, C): many draws of z = mu + sigma * eps
+      (200, *mu.shape)
+  )  # (200, N, C): many draws of z = mu + sigma * eps
   np.testing.assert_allclose(stats.sample_mean, mu.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stats.sample_std, z.reshape(-1, C).std(0), rtol=1e-2)
   assert stats.sample_std[3] > 100 * stats.mu_std[3]  # mu nearly constant, sigma = 1
@@ -53,14 +58,16 @@ def test_sampled_z_statistics_include_sigma():
 
 def test_save_load_and_old_format(tmp_path, caplog):
   stats = latent_stats.Moments.of(np.arange(12.0).reshape(3, C), np.ones((3, C))).stats(
-      num_images=3, images_seen=3, step=5)
+      num_images=3, images_seen=3, step=5
+  )
   latent_stats.save(str(tmp_path), stats)
   back = latent_stats.load(str(tmp_path))
   assert not back.legacy and (back.num_images, back.step) == (3, 5)
   np.testing.assert_array_equal(back.select(True)[1], stats.sample_std)
   np.testing.assert_array_equal(back.select(False)[1], stats.mu_std)
-  np.savez(tmp_path / latent_stats.FILE, mean=np.zeros(C, np.float32),
-           std=np.full(C, 2.0, np.float32))  # the old format: mean/std of mu
+  np.savez(
+      tmp_path / latent_stats.FILE, mean=np.zeros(C, np.float32), std=np.full(C, 2.0, np.float32)
+  )  # the old format: mean/std of mu
   old = latent_stats.load(str(tmp_path))
   assert old.legacy and old.mu_std[0] == 2.0
   with caplog.at_level(logging.WARNING):
@@ -98,12 +105,14 @@ def test_stage3_normalises_with_the_trained_latents_statistics(sample):
 
 def test_normalised_std_out_of_range_warns(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
-    assert latent_stats.check_normalized(np.zeros(3), np.ones(3), np.zeros(3), np.ones(3),
-                                         "ok") == pytest.approx(1.0)
+    assert latent_stats.check_normalized(
+        np.zeros(3), np.ones(3), np.zeros(3), np.ones(3), "ok"
+    ) == pytest.approx(1.0)
   assert not caplog.records
   with caplog.at_level(logging.WARNING):
-    value = latent_stats.check_normalized(np.zeros(3), np.full(3, 2.65e4), np.zeros(3),
-                                          np.ones(3), "z normalised with mu's")
+    value = latent_stats.check_normalized(
+        np.zeros(3), np.full(3, 2.65e4), np.zeros(3), np.ones(3), "z normalised with mu's"
+    )
   assert value == pytest.approx(2.65e4) and "outside [0.5, 2]" in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING):  # 0.3: too small as well
@@ -137,8 +146,10 @@ def test_stage2_finish_measures_both_latents_and_a_rerun_keeps_the_file(tmp_path
   mesh = parallel.make_mesh(-1, 1)
   abstract = jax.eval_shape(task.model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   rng = np.random.default_rng(0)  # random weights without compiling init (slow on a CPU)
-  params = jax.device_put(jax.tree.map(lambda a: 0.05 * rng.standard_normal(a.shape, np.float32),
-                                       abstract["params"]), parallel.replicated(mesh))
+  params = jax.device_put(
+      jax.tree.map(lambda a: 0.05 * rng.standard_normal(a.shape, np.float32), abstract["params"]),
+      parallel.replicated(mesh),
+  )
   state = types.SimpleNamespace(step=jnp.asarray(4), ema_params=params)
   task.finish(state, {}, mesh, str(tmp_path), _batches(np.random.default_rng(0), 2, size=32))
   stats = latent_stats.load(str(tmp_path))
@@ -177,7 +188,8 @@ def test_load_autoencoder_reads_the_dit_copy(tmp_path, monkeypatch):
   latent_stats.keep_copy(str(ae_dir), str(dit_dir))
   latent_stats.save(str(ae_dir), _stats(mu_std=0.5, z_std=3.0))
   ae = autoencoders.load_autoencoder(
-      str(ae_dir), stats_dir=latent_stats.stats_dir(str(dit_dir), str(ae_dir)))
+      str(ae_dir), stats_dir=latent_stats.stats_dir(str(dit_dir), str(ae_dir))
+  )
   config = dit_config.get_config("tiny")
   config.autoencoder = str(ae_dir)
   assert autoencoders.latent_normalization(config, ae)[1][0] == 1.0

@@ -29,7 +29,7 @@ _GCLOUD = textwrap.dedent("""\
     esac
     exit 0
 """)
-_CURL = "#!/usr/bin/env bash\necho \"$FAKE_WORKER\"\n"
+_CURL = '#!/usr/bin/env bash\necho "$FAKE_WORKER"\n'
 
 
 def _fake(tmp_path):
@@ -48,9 +48,27 @@ def _fake(tmp_path):
 
 def _run(env, logdir, *cmd):
   return subprocess.run(
-      ["bash", os.path.join(ROOT, "launch", "tpu_pod.sh"), "--name", "t", "--zone", "z1",
-       "--type", "v4-16", "--preemptible", "--no-install", "--logdir", str(logdir), "--", *cmd],
-      env=env, capture_output=True, text=True, timeout=120)
+      [
+          "bash",
+          os.path.join(ROOT, "launch", "tpu_pod.sh"),
+          "--name",
+          "t",
+          "--zone",
+          "z1",
+          "--type",
+          "v4-16",
+          "--preemptible",
+          "--no-install",
+          "--logdir",
+          str(logdir),
+          "--",
+          *cmd,
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
 
 
 def test_tpu_pod_runs_on_every_worker_and_keeps_exit_codes(tmp_path):
@@ -59,8 +77,11 @@ def test_tpu_pod_runs_on_every_worker_and_keeps_exit_codes(tmp_path):
   r = _run(env, logs, "bash", "-c", 'echo "cache=$JAX_COMPILATION_CACHE_DIR arg=$0"', "a b")
   assert r.returncode == 0, r.stderr
   calls = (tmp_path / "calls").read_text().splitlines()
-  assert any(c.startswith("compute tpus tpu-vm create t --zone=z1 --accelerator-type=v4-16")
-             and "--preemptible" in c for c in calls), calls
+  assert any(
+      c.startswith("compute tpus tpu-vm create t --zone=z1 --accelerator-type=v4-16")
+      and "--preemptible" in c
+      for c in calls
+  ), calls
   for w in (0, 1):  # each worker's lines land in its own log, with the quoting intact
     log = (logs / f"worker_{w}.log").read_text()
     assert f"[worker {w}] cache=" in log and "/.cache/jax arg=a b" in log, log

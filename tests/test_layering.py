@@ -26,7 +26,8 @@ def test_library_does_not_import_shapes():
       print("imported", len(library))
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                     text=True, timeout=600)
+  r = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
   assert "imported" in r.stdout

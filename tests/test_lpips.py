@@ -14,11 +14,10 @@ from psvae_jax.weights import convert as convert_lib
 from psvae_jax.weights import lpips as lpips_weights
 
 # torchvision vgg16 cfg "D"; "M" is a max-pool.
-_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-        512, 512, 512, "M"]
+_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 _TAP_ENDS = (4, 9, 16, 23, 30)  # lpips slice boundaries into `features`.
-_SHIFT = torch.tensor([-.030, -.088, -.188]).view(1, 3, 1, 1)
-_SCALE = torch.tensor([.458, .448, .450]).view(1, 3, 1, 1)
+_SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+_SCALE = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
 
 
 def _torch_vgg_features() -> nn.Sequential:
@@ -78,6 +77,7 @@ class _TorchLPIPS(nn.Module):
   def forward(self, x, y):
     return self.distance_from_taps(self.taps(x), self.taps(y))
 
+
 @pytest.fixture(scope="module")
 def torch_model_and_files(tmp_path_factory):
   torch.manual_seed(0)
@@ -107,8 +107,10 @@ def _to_torch(x):
 # Module-level jit: LPIPS modules compare equal, so same-shape calls share a compile.
 @functools.partial(jax.jit, static_argnums=0)
 def _distance_and_taps(module, params, x, y):
-  return (lpips_model.lpips_distance(module, params, x, y),
-          module.apply(params, x, method=lpips_model.LPIPS.features))
+  return (
+      lpips_model.lpips_distance(module, params, x, y),
+      module.apply(params, x, method=lpips_model.LPIPS.features),
+  )
 
 
 @pytest.mark.parametrize("size", [64, 32])
@@ -127,6 +129,7 @@ def test_lpips_matches_torch(torch_model_and_files, size):
   for t, r in zip(taps, ref_taps):
     assert t.shape == r.shape
     np.testing.assert_allclose(np.asarray(t), r, rtol=1e-4, atol=1e-5 * np.abs(r).max())
+
 
 def test_safetensors_roundtrip(torch_model_and_files, tmp_path):
   _, vgg_path, heads_path, _ = torch_model_and_files

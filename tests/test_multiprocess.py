@@ -24,20 +24,38 @@ import jax
 from conftest import ROOT, SMALL_AE  # pylint: disable=g-bad-import-order
 
 LAUNCH = os.path.join(ROOT, "launch", "cpu_multiprocess.sh")
-STEPS = ["--config.num_train_steps=6", "--config.eval_every=1000", "--config.ckpt_every=1000",
-         "--config.log_every=1"]
+STEPS = [
+    "--config.num_train_steps=6",
+    "--config.eval_every=1000",
+    "--config.ckpt_every=1000",
+    "--config.log_every=1",
+]
 
 
 def _launch(workdir, logdir, *extra, heartbeat=10, timeout=420, config="configs/psvae.py:tiny"):
   if config.startswith("configs/psvae.py"):
     extra = (*SMALL_AE, *extra)
-  cmd = [LAUNCH, "2", "-k", "1", "--logdir", str(logdir), "--timeout", str(timeout),
-         sys.executable, "-m", "psvae_jax.main", f"--config={config}",
-         f"--workdir={workdir}", *extra]
+  cmd = [
+      LAUNCH,
+      "2",
+      "-k",
+      "1",
+      "--logdir",
+      str(logdir),
+      "--timeout",
+      str(timeout),
+      sys.executable,
+      "-m",
+      "psvae_jax.main",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      *extra,
+  ]
   env = dict(os.environ, PSVAE_NO_VENV="1", PSVAE_HEARTBEAT_TIMEOUT_S=str(heartbeat))
   env.pop("XLA_FLAGS", None)
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
 
 
 def _log(logdir, i):
@@ -58,7 +76,9 @@ def _finish(proc, logdir, expect_ok=True):
   """Waits for the launcher; its exit code must be 0 (expect_ok) or non-zero (not expect_ok)."""
   out, _ = proc.communicate(timeout=600)
   assert (proc.returncode == 0) == expect_ok, (
-      proc.returncode, out[-2000:] + _log(logdir, 0)[-3000:] + _log(logdir, 1)[-3000:])
+      proc.returncode,
+      out[-2000:] + _log(logdir, 0)[-3000:] + _log(logdir, 1)[-3000:],
+  )
   return out
 
 
@@ -73,8 +93,7 @@ def _restore_numpy(step_dir):
   return ckptr.restore(path, restore_args=args)
 
 
-def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny", last=6,
-                            halts=False):
+def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny", last=6, halts=False):
   """Uninterrupted vs SIGTERMed + resumed 2-process runs: bitwise the same at step `last`
   (the last step, or where both halt when `halts`). Returns (that state as numpy, the
   resumed run's workdir, the resumed run's logs)."""
@@ -94,9 +113,9 @@ def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny", las
   assert saved[0] and saved[0] == saved[1], saved  # both processes, the same step
   stop = int(saved[0][0])
   assert 1 <= stop < 6, stop
-  assert sorted(p for p in os.listdir(run / "checkpoints" / str(stop) / "data")
-                if p.endswith(".json")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
+  assert sorted(
+      p for p in os.listdir(run / "checkpoints" / str(stop) / "data") if p.endswith(".json")
+  ) == ["process_0-of-2.json", "process_1-of-2.json"]
 
   logs2 = tmp_path / "resume_logs"
   proc = _launch(run, logs2, *extra, config=config)
@@ -109,14 +128,18 @@ def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny", las
   b = _restore_numpy(str(run / "checkpoints" / str(last)))
   flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
   assert len(flat_a) == len(flat_b) and len(flat_a) > 50
-  diff = [jax.tree_util.keystr(p) for (p, x), y in zip(flat_a, flat_b)
-          if x.shape != y.shape or x.tobytes() != y.tobytes()]
+  diff = [
+      jax.tree_util.keystr(p)
+      for (p, x), y in zip(flat_a, flat_b)
+      if x.shape != y.shape or x.tobytes() != y.tobytes()
+  ]
   assert not diff, f"{len(diff)} entries differ after resume, e.g. {diff[:5]}"
   assert int(a["step"]) == last
   for i in (0, 1):  # data order: the iterators stand at the same place
     name = f"process_{i}-of-2.json"
-    assert (json.load(open(ref / "checkpoints" / str(last) / "data" / name)) ==
-            json.load(open(run / "checkpoints" / str(last) / "data" / name)))
+    assert json.load(open(ref / "checkpoints" / str(last) / "data" / name)) == json.load(
+        open(run / "checkpoints" / str(last) / "data" / name)
+    )
   assert json.load(open(ref / "metrics.json")) == json.load(open(run / "metrics.json"))
   # process 0 alone writes config, metrics, samples and TensorBoard events.
   events = [p for p in os.listdir(ref) if p.startswith("events.out.tfevents")]
@@ -139,20 +162,32 @@ def test_two_process_dit_resume_nan_skip_and_halt(trained_dit, tmp_path):
   (non-zero exit, a message) after saving step 7. The uninterrupted and the SIGTERMed +
   resumed runs halt at the same step with bitwise the same state, and no non-finite value
   reaches a checkpoint."""
-  extra = ("--config.num_train_steps=8", "--config.eval_every=6", "--config.ckpt_every=1000",
-           "--config.log_every=1", f"--config.autoencoder={trained_dit / 'psvae'}",
-           f"--config.text_encoder={trained_dit / 'text'}", "--config.train_text_encoder=True",
-           "--config.batch_size=8", "--config.eval.num_images=8", "--config.sample.steps=4",
-           "--config.max_skipped_steps=1", "--config.inject_nonfinite_steps=(2,7)")
-  state, run, logs = _preempt_resume_matches(tmp_path, extra, config="configs/dit.py:tiny",
-                                             last=7, halts=True)
+  extra = (
+      "--config.num_train_steps=8",
+      "--config.eval_every=6",
+      "--config.ckpt_every=1000",
+      "--config.log_every=1",
+      f"--config.autoencoder={trained_dit / 'psvae'}",
+      f"--config.text_encoder={trained_dit / 'text'}",
+      "--config.train_text_encoder=True",
+      "--config.batch_size=8",
+      "--config.eval.num_images=8",
+      "--config.sample.steps=4",
+      "--config.max_skipped_steps=1",
+      "--config.inject_nonfinite_steps=(2,7)",
+  )
+  state, run, logs = _preempt_resume_matches(
+      tmp_path, extra, config="configs/dit.py:tiny", last=7, halts=True
+  )
   assert int(state["skipped"]) == 2
   for x in jax.tree.leaves(state):
     if np.issubdtype(x.dtype, np.floating):
       assert np.isfinite(x).all()
   for i in (0, 1):
-    assert re.search(r"2 steps had a non-finite loss or gradient \(max_skipped_steps=1\); "
-                     r"stopped at step 7", _log(logs, i)), _log(logs, i)[-3000:]
+    assert re.search(
+        r"2 steps had a non-finite loss or gradient \(max_skipped_steps=1\); " r"stopped at step 7",
+        _log(logs, i),
+    ), _log(logs, i)[-3000:]
   assert any(p.startswith("samples_") for p in os.listdir(run / "samples"))
   assert "adherence" in json.load(open(run / "metrics.json"))
 
@@ -163,8 +198,14 @@ def test_dead_worker_fails_the_others_fast(svae_dir, tmp_path):
   timeout (plus polling), naming the dead task, rather than hang in a collective."""
   logs = tmp_path / "logs"
   heartbeat = 5
-  proc = _launch(tmp_path / "run", logs, *STEPS, f"--config.init_from={svae_dir}",
-                 heartbeat=heartbeat, timeout=300)
+  proc = _launch(
+      tmp_path / "run",
+      logs,
+      *STEPS,
+      f"--config.init_from={svae_dir}",
+      heartbeat=heartbeat,
+      timeout=300,
+  )
   t0 = time.time()
   while "Mesh {" not in _log(logs, 1):  # both processes joined jax.distributed and the mesh
     assert proc.poll() is None and time.time() - t0 < 300, _log(logs, 1)[-3000:]
@@ -174,8 +215,10 @@ def test_dead_worker_fails_the_others_fast(svae_dir, tmp_path):
   t0 = time.time()
   out = _finish(proc, logs, expect_ok=False)
   elapsed = time.time() - t0
-  print(f"dead worker: the other process exited {elapsed:.1f} s after kill -9 "
-        f"(heartbeat timeout {heartbeat} s)")
+  print(
+      f"dead worker: the other process exited {elapsed:.1f} s after kill -9 "
+      f"(heartbeat timeout {heartbeat} s)"
+  )
   assert elapsed < 60, elapsed
   assert "process 1 exited with 137" in out, out[-2000:]
   assert "Done:" not in _log(logs, 0)

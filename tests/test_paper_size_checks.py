@@ -32,9 +32,17 @@ def warm(tmp_path_factory):
   """A tiny random HF DINOv2 on disk -> stage-1 task -> init, warm_start, reset (as the loop)."""
   hf_dir = tmp_path_factory.mktemp("dinov2")
   torch.manual_seed(0)
-  model = transformers.Dinov2Model(transformers.Dinov2Config(
-      hidden_size=32, num_hidden_layers=_NUM_LAYERS, num_attention_heads=2, mlp_ratio=4,
-      image_size=32, patch_size=4, initializer_range=0.1))
+  model = transformers.Dinov2Model(
+      transformers.Dinov2Config(
+          hidden_size=32,
+          num_hidden_layers=_NUM_LAYERS,
+          num_attention_heads=2,
+          mlp_ratio=4,
+          image_size=32,
+          patch_size=4,
+          initializer_range=0.1,
+      )
+  )
   with torch.no_grad():  # HF sets LayerScale / norms / biases to constants: make them differ
     for p in model.parameters():
       if p.ndim == 1:
@@ -45,10 +53,10 @@ def warm(tmp_path_factory):
   config.model.num_sem_blocks = _NUM_SEM
   config.model.sem_init_from_encoder = True  # the paper's init (tiny turns it off)
   task = autoencoder.AutoencoderTask(config)
-  tx = optim.make_optimizer(config.optim, 10, functools.partial(
-      optim.label_params, groups=task.param_groups))
-  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
-      jax.random.key(0))
+  tx = optim.make_optimizer(
+      config.optim, 10, functools.partial(optim.label_params, groups=task.param_groups)
+  )
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
   params = task.warm_start(state.params)
   state = jax.jit(functools.partial(loop.reset_params, task=task))(state, params)
   return model, hf_dir, task, state
@@ -58,8 +66,9 @@ def test_sem_blocks_are_the_loaded_encoders_last_blocks(warm):
   _, hf_dir, _, state = warm
   _, loaded = dinov2_weights.load_dinov2(str(hf_dir))
   for params in (state.params, state.ema_params):
-    np.testing.assert_array_equal(params["encoder"]["layer_0"]["q_proj"]["kernel"],
-                                  loaded["layer_0"]["q_proj"]["kernel"])
+    np.testing.assert_array_equal(
+        params["encoder"]["layer_0"]["q_proj"]["kernel"], loaded["layer_0"]["q_proj"]["kernel"]
+    )
     for i in range(_NUM_SEM):
       want = loaded[f"layer_{_NUM_LAYERS - _NUM_SEM + i}"]
       got = params["sem_enc"][f"block{i}"]
@@ -72,19 +81,24 @@ def test_every_encode_path_feeds_e_s_the_pre_layernorm_stream(warm):
   images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   params = dict(state.params, sem_enc=dict(state.params["sem_enc"]))
   moments = params["sem_enc"]["to_moments"]  # zero-init: make mu depend on the input
-  params["sem_enc"]["to_moments"] = dict(moments, kernel=jax.random.normal(
-      jax.random.key(1), moments["kernel"].shape))
+  params["sem_enc"]["to_moments"] = dict(
+      moments, kernel=jax.random.normal(jax.random.key(1), moments["kernel"].shape)
+  )
   apply = functools.partial(task.model.apply, {"params": params})
   f, stream = apply(images, method=PSVAE.encoder_outputs)
   # The stream is HF's last hidden state before the final LayerNorm (patch tokens).
   x = ((images + 1) * 0.5 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
   with torch.no_grad():
-    out = model(pixel_values=torch.from_numpy(x.astype(np.float32).transpose(0, 3, 1, 2)),
-                output_hidden_states=True)
-  np.testing.assert_allclose(np.asarray(stream).reshape(2, 64, 32),
-                             out.hidden_states[-1][:, 1:].numpy(), atol=1e-4)
-  np.testing.assert_allclose(np.asarray(f).reshape(2, 64, 32),
-                             out.last_hidden_state[:, 1:].numpy(), atol=1e-4)
+    out = model(
+        pixel_values=torch.from_numpy(x.astype(np.float32).transpose(0, 3, 1, 2)),
+        output_hidden_states=True,
+    )
+  np.testing.assert_allclose(
+      np.asarray(stream).reshape(2, 64, 32), out.hidden_states[-1][:, 1:].numpy(), atol=1e-4
+  )
+  np.testing.assert_allclose(
+      np.asarray(f).reshape(2, 64, 32), out.last_hidden_state[:, 1:].numpy(), atol=1e-4
+  )
   mu, _ = apply(images, method=PSVAE.encode)  # stage 3, the API, latent stats
   mu_stream, _ = apply(stream, method=PSVAE.encode_features)  # training loss, eval
   np.testing.assert_allclose(mu, mu_stream, atol=1e-6)
@@ -107,8 +121,9 @@ def test_preflight_checks():
   preflight.check(ok)  # stage 1 needs no LPIPS files
   c = psvae_config.get_config("dinov2_b")
   c.init_from = "/runs/svae"
-  with pytest.raises(preflight.ConfigError,
-                     match=r"--config\.lpips\.vgg and --config\.lpips\.heads"):
+  with pytest.raises(
+      preflight.ConfigError, match=r"--config\.lpips\.vgg and --config\.lpips\.heads"
+  ):
     preflight.check(c)
   c.lpips.vgg = "random"
   preflight.check(c)
@@ -117,9 +132,13 @@ def test_preflight_checks():
 def _refuses(tmp_path, config):
   workdir = tmp_path / "w"
   t0 = time.time()
-  r = subprocess.run([sys.executable, "-m", "psvae_jax.main", f"--config={config}",
-                      f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
-                     timeout=60)
+  r = subprocess.run(
+      [sys.executable, "-m", "psvae_jax.main", f"--config={config}", f"--workdir={workdir}"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
   seconds = time.time() - t0
   lines = (r.stdout + r.stderr).strip().splitlines()
   assert r.returncode != 0 and len(lines) == 1, (r.returncode, lines)

@@ -30,8 +30,14 @@ ENC_PX, PIX_PX = 56, 64  # 4x4 DINOv2 tokens (patch 14) -> 4x4x96 latent -> 16x 
 
 def _dinov2_b_dir(path) -> str:
   torch.manual_seed(0)
-  cfg = transformers.Dinov2Config(hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
-                                  patch_size=14, image_size=224, layerscale_value=0.5)
+  cfg = transformers.Dinov2Config(
+      hidden_size=768,
+      num_hidden_layers=2,
+      num_attention_heads=12,
+      patch_size=14,
+      image_size=224,
+      layerscale_value=0.5,
+  )
   transformers.Dinov2Model(cfg).save_pretrained(str(path))
   return str(path)
 
@@ -66,8 +72,12 @@ def test_paper_size_chain(tmp_path):
   c1.model.encoder.weights = enc_dir
   c1.log_every = c1.eval_every = c1.ckpt_every = 0
   loop.train_and_evaluate(c1, str(tmp_path / "svae"))
-  assert checkpoint.Checkpointer(str(tmp_path / "svae" / "checkpoints"),
-                                 async_save=False).latest_step() == 2
+  assert (
+      checkpoint.Checkpointer(
+          str(tmp_path / "svae" / "checkpoints"), async_save=False
+      ).latest_step()
+      == 2
+  )
   assert not (tmp_path / "svae" / "metrics.json").exists()  # eval_every=0: never evaluated
 
   # Stage 2 from stage 1 (LPIPS on random VGG weights: the files are the user's).
@@ -80,8 +90,9 @@ def test_paper_size_chain(tmp_path):
   assert (tmp_path / "psvae" / "latent_stats.npz").exists()
 
   # Stage 3: DiT-B with a CLIP-shaped text encoder directory and its tokenizer.
-  text = demo_text.build_demo_text_encoder(str(tmp_path / "text"), demo_text.shapes_vocabulary(),
-                                           hidden_size=64, layers=1)
+  text = demo_text.build_demo_text_encoder(
+      str(tmp_path / "text"), demo_text.shapes_vocabulary(), hidden_size=64, layers=1
+  )
   c3 = _small(dit_config.get_config("B_text"), steps=2)
   c3.autoencoder, c3.text_encoder = str(tmp_path / "psvae"), text
   c3.data.max_length = 16
@@ -103,6 +114,7 @@ def test_paper_size_chain(tmp_path):
 def evaluate_config():
   c = eval_config.get_config("demo")
   c.batch_size = 8
-  c.evals = ml_collections.ConfigDict(dict(psnr=dict(type="psnr", num_images=8),
-                                           ssim=dict(type="ssim", num_images=8)))
+  c.evals = ml_collections.ConfigDict(
+      dict(psnr=dict(type="psnr", num_images=8), ssim=dict(type="ssim", num_images=8))
+  )
   return c

@@ -35,8 +35,9 @@ def test_paper_psvae_inits_sharded_without_materialising():
   config.lpips.vgg = "random"  # no weight files in tests; the LPIPS path is still built
   mesh = parallel.make_mesh(1, 8)
   task = autoencoder.AutoencoderTask(config)
-  tx = optim.make_optimizer(config.optim, 10, functools.partial(
-      optim.label_params, groups=task.param_groups))
+  tx = optim.make_optimizer(
+      config.optim, 10, functools.partial(optim.label_params, groups=task.param_groups)
+  )
   init_fn = functools.partial(loop.create_train_state, task=task, tx=tx)
   abstract = jax.eval_shape(init_fn, jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
@@ -52,8 +53,11 @@ def test_paper_psvae_inits_sharded_without_materialising():
     per_device += int(np.prod(shard)) * a.dtype.itemsize
   # params + EMA + Adam moments + frozen copy: FSDP must divide nearly all of it by 8.
   assert per_device < total / 7, (per_device, total)
-  big = [s for a, s in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(shardings.params))
-         if a.size >= config.shard_min_size]
+  big = [
+      s
+      for a, s in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(shardings.params))
+      if a.size >= config.shard_min_size
+  ]
   assert big and all("fsdp" in tuple(s.spec) for s in big)
 
 
@@ -70,10 +74,12 @@ def test_to_global_batch():
 def test_replication_report_lists_large_leaves_no_dim_divides(caplog):
   mesh = parallel.make_mesh(1, 8)
   sds = jax.ShapeDtypeStruct
-  tree = {"odd": {"kernel": sds((300, 300), np.float32)},  # 300 % 8 != 0: stays whole
-          "even": {"kernel": sds((768, 3072), np.float32)},  # fsdp-split
-          "bias": sds((300,), np.float32),  # small: replicated by design, not listed
-          "emb": sds((1001, 131), jax.numpy.bfloat16)}  # whole, 2 bytes an element
+  tree = {
+      "odd": {"kernel": sds((300, 300), np.float32)},  # 300 % 8 != 0: stays whole
+      "even": {"kernel": sds((768, 3072), np.float32)},  # fsdp-split
+      "bias": sds((300,), np.float32),  # small: replicated by design, not listed
+      "emb": sds((1001, 131), jax.numpy.bfloat16),
+  }  # whole, 2 bytes an element
   shardings = parallel.param_shardings(tree, mesh, min_size=2**16)
   rows = parallel.replication_report(tree, shardings, min_size=2**16)
   assert [r["path"] for r in rows] == ["odd/kernel", "emb"]

@@ -20,9 +20,18 @@ from psvae_jax.shapes import world
 
 
 def _cfg(**overrides):
-  cfg = dict(source="shapes", path="", image_size=32, num_train=64,
-             num_eval=16, seed=0, num_workers=0, prefetch=2, crop="center",
-             random_flip=False)
+  cfg = dict(
+      source="shapes",
+      path="",
+      image_size=32,
+      num_train=64,
+      num_eval=16,
+      seed=0,
+      num_workers=0,
+      prefetch=2,
+      crop="center",
+      random_flip=False,
+  )
   cfg.update(overrides)
   return ml_collections.ConfigDict(cfg)
 
@@ -85,13 +94,13 @@ def test_orbax_checkpoint_round_trip(tmp_path):
   cfg = _cfg()
   it = pipeline.build_train_iterator(cfg, global_batch_size=4, seed=2)
   _take(it, 2)
-  assert isinstance(pipeline.iterator_checkpoint_args(it, save=True),
-                    grain.checkpoint.CheckpointSave)
+  assert isinstance(
+      pipeline.iterator_checkpoint_args(it, save=True), grain.checkpoint.CheckpointSave
+  )
   with ocp.CheckpointManager(
-      tmp_path, item_names=("data",),
-      item_handlers={"data": grain.checkpoint.CheckpointHandler()}) as mngr:
-    mngr.save(2, args=ocp.args.Composite(
-        data=pipeline.iterator_checkpoint_args(it, save=True)))
+      tmp_path, item_names=("data",), item_handlers={"data": grain.checkpoint.CheckpointHandler()}
+  ) as mngr:
+    mngr.save(2, args=ocp.args.Composite(data=pipeline.iterator_checkpoint_args(it, save=True)))
     mngr.wait_until_finished()
     expected = _take(it, 2)
     fresh = pipeline.build_train_iterator(cfg, global_batch_size=4, seed=2)
@@ -129,7 +138,12 @@ def test_image_folder_source_and_bad_records(tmp_path):
   records = [source[i] for i in range(len(source))]
   assert [r["label"] for r in records] == [0, 0, 0, 0, 1, 1, 1, 1]
   assert {r["caption"] for r in records} == {  # Raw; the pipeline cleans them.
-      b"caption 0\n", b"caption 1\n", b"caption 2\n", b"caption 3\n", None}
+      b"caption 0\n",
+      b"caption 1\n",
+      b"caption 2\n",
+      b"caption 3\n",
+      None,
+  }
   cfg = _cfg(source="folder", path=str(tmp_path), num_eval=0)
   it = pipeline.build_train_iterator(cfg, global_batch_size=4, seed=0)
   batches = _take(it, 6)  # 24 records = 3 epochs of 7 good + 1 bad.
@@ -146,8 +160,7 @@ def test_image_folder_source_and_bad_records(tmp_path):
 def test_folder_random_crop_flip_and_eval_split(tmp_path):
   _write_folder(tmp_path)
   (tmp_path / "dogs" / "corrupt.png").unlink()
-  cfg = _cfg(source="folder", path=str(tmp_path), num_eval=2, crop="random",
-             random_flip=True)
+  cfg = _cfg(source="folder", path=str(tmp_path), num_eval=2, crop="random", random_flip=True)
   assert len(sources.get_source(cfg, "train")) == 5
   assert len(sources.get_source(cfg, "eval")) == 2
   a = _take(pipeline.build_train_iterator(cfg, global_batch_size=2, seed=0), 3)
@@ -178,8 +191,7 @@ def test_empty_folder_raises(tmp_path):
 
 def test_config_errors():
   with pytest.raises(ValueError, match="random_flip"):
-    pipeline.build_train_iterator(_cfg(random_flip=True), global_batch_size=8,
-                                  seed=0)
+    pipeline.build_train_iterator(_cfg(random_flip=True), global_batch_size=8, seed=0)
   with pytest.raises(ValueError, match="Unknown data source"):
     sources.get_source(_cfg(source="webdataset"), "train")
   with pytest.raises(ValueError, match="split"):
@@ -191,8 +203,7 @@ def test_per_host_batch(monkeypatch):
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   with pytest.raises(ValueError, match="multiple"):
     pipeline.build_train_iterator(_cfg(), global_batch_size=8, seed=0)
-  it = pipeline.build_train_iterator(_cfg(num_train=30), global_batch_size=6,
-                                     seed=0)
+  it = pipeline.build_train_iterator(_cfg(num_train=30), global_batch_size=6, seed=0)
   batch = next(it)
   assert batch["image"].shape == (2, 32, 32, 3)
   # Process 1 of 3 reads records [10, 20) only.
@@ -253,15 +264,19 @@ class _IndexedSource:
 
   def __getitem__(self, index):
     ramp = np.arange(12, dtype=np.uint8)[None, :, None] * 20 + int(index)
-    return {"image": np.broadcast_to(ramp, (12, 12, 3)).copy(), "caption": f"item {index}",
-            "label": int(index)}
+    return {
+        "image": np.broadcast_to(ramp, (12, 12, 3)).copy(),
+        "caption": f"item {index}",
+        "label": int(index),
+    }
 
 
 @pytest.fixture
 def indexed(monkeypatch):
   """Registers the "indexed" source kind (as shapes / folder / tfds are registered)."""
-  monkeypatch.setitem(sources.SOURCES, "indexed",
-                      lambda cfg, split: _IndexedSource(cfg["num_train"]))
+  monkeypatch.setitem(
+      sources.SOURCES, "indexed", lambda cfg, split: _IndexedSource(cfg["num_train"])
+  )
   return lambda **kw: _cfg(source="indexed", image_size=8, **kw)
 
 
@@ -270,16 +285,18 @@ def test_two_processes_disjoint_and_covering(indexed, num_records):
   cfg = indexed(num_train=num_records)
   seen = []
   for process in range(2):
-    it = pipeline.build_train_iterator(cfg, global_batch_size=4, seed=3,
-                                       process_index=process, process_count=2)
+    it = pipeline.build_train_iterator(
+        cfg, global_batch_size=4, seed=3, process_index=process, process_count=2
+    )
     epoch = [int(x) for b in _take(it, 6) for x in b["label"]]  # 12 records: one epoch.
     assert len(set(epoch)) == 12
     seen.append(set(epoch))
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(range(24))  # The 25th (remainder) is dropped.
   with pytest.raises(ValueError, match="multiple"):
-    pipeline.build_train_iterator(cfg, global_batch_size=5, seed=0, process_index=0,
-                                  process_count=2)
+    pipeline.build_train_iterator(
+        cfg, global_batch_size=5, seed=0, process_index=0, process_count=2
+    )
 
 
 def test_resume_identity_with_augmentation(indexed):
@@ -299,17 +316,25 @@ def test_resume_identity_with_augmentation(indexed):
 def _write_tokenizer(path):
   from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
   from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+
   vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "item", "a", "b"])}
   tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-  PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]",
-                          unk_token="[UNK]").save_pretrained(str(path))
+  PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]"
+  ).save_pretrained(str(path))
 
 
 def test_encoder_input_and_tokens(indexed, tmp_path):
   _write_tokenizer(tmp_path / "tok")
-  cfg = indexed(num_train=8, crop="random", random_flip=True, encoder_image_size=12,
-                tokenizer=str(tmp_path / "tok"), max_length=4)
+  cfg = indexed(
+      num_train=8,
+      crop="random",
+      random_flip=True,
+      encoder_image_size=12,
+      tokenizer=str(tmp_path / "tok"),
+      max_length=4,
+  )
   batches = _take(pipeline.build_train_iterator(cfg, global_batch_size=4, seed=0), 3)
   for batch in batches:
     assert batch["image"].shape == (4, 8, 8, 3) and batch["image_enc"].shape == (4, 12, 12, 3)
@@ -320,8 +345,9 @@ def test_encoder_input_and_tokens(indexed, tmp_path):
     assert batch["input_ids"].dtype == np.int32 and batch["input_ids"].shape == (4, 4)
     np.testing.assert_array_equal(batch["input_ids"][:, :2], [[2, 1]] * 4)  # "item", unk.
     np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 0, 0]] * 4)
-  flips = {int(s) for b in batches for s in np.sign(b["image"][:, 0, -1, 0] -
-                                                    b["image"][:, 0, 0, 0])}
+  flips = {
+      int(s) for b in batches for s in np.sign(b["image"][:, 0, -1, 0] - b["image"][:, 0, 0, 0])
+  }
   assert flips == {-1, 1}
   tokens = text.make_tokenizer(cfg)("item a b a b a b")
   np.testing.assert_array_equal(tokens["input_ids"], [2, 3, 4, 3])  # Truncated.

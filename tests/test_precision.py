@@ -34,9 +34,15 @@ def _perturb(params, scale=0.02):
 def _run(fn, *args):
   """(fn(*args) jitted, (matmuls/convs in its jaxpr, how many of them produce bf16))."""
   traced = jax.jit(fn).trace(*args)
-  lines = [l for l in str(traced.jaxpr).splitlines()
-           if "dot_general[" in l or "conv_general_dilated[" in l]
-  return traced.lower().compile()(*args), (len(lines), sum("bf16[" in l.split("=")[0] for l in lines))
+  lines = [
+      l
+      for l in str(traced.jaxpr).splitlines()
+      if "dot_general[" in l or "conv_general_dilated[" in l
+  ]
+  return traced.lower().compile()(*args), (
+      len(lines),
+      sum("bf16[" in l.split("=")[0] for l in lines),
+  )
 
 
 def _check(losses_by_dtype, dots_by_dtype):
@@ -104,11 +110,13 @@ def test_dit_loss_bf16_matches_fp32_and_stores_frozen_text_in_bf16(trained_dit):
     assert {str(x.dtype) for x in jax.tree.leaves(consts["text"])} == {dtype}  # frozen storage
     if params is None:
       params = _perturb(jax.jit(task.init)(jax.random.key(0))[0])
-      ids, mask = clip.tokenize(tokenizer, ["a red circle on the left"] * 4,
-                                config.data.max_length)
+      ids, mask = clip.tokenize(tokenizer, ["a red circle on the left"] * 4, config.data.max_length)
       s = config.data.image_size
-      batch = {"image": jax.random.uniform(jax.random.key(1), (4, s, s, 3), minval=-1.0),
-               "input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
+      batch = {
+          "image": jax.random.uniform(jax.random.key(1), (4, s, s, 3), minval=-1.0),
+          "input_ids": jnp.asarray(ids),
+          "attention_mask": jnp.asarray(mask),
+      }
     rng = jax.random.key(3)
     losses[dtype], dots[dtype] = _run(task.loss, params, {}, consts, batch, rng)
   _check(losses, dots)

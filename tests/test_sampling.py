@@ -11,8 +11,10 @@ import pytest
 from psvae_jax import api
 from psvae_jax import runtime
 
-PROMPTS = ["a red circle on the left and a blue square on the right",
-           "a green triangle in the center"]
+PROMPTS = [
+    "a red circle on the left and a blue square on the right",
+    "a green triangle in the center",
+]
 
 
 def test_workdirs(trained_dit):
@@ -32,7 +34,9 @@ def test_generate_compiles_once_and_is_deterministic(trained_dit):
   b = pipe.generate(prompts[::-1], steps=20, guidance_scale=3.0, eta=0.5, seed=1)
   c = pipe.generate(prompts, steps=50, guidance_scale=7.5, seed=0)
   d = pipe.generate(prompts, steps=50, guidance_scale=7.5, seed=0, shift=3.0)  # the sampling shift
-  assert counter.count == first, "another guidance scale/steps/eta/seed/prompt/shift must not recompile"
+  assert (
+      counter.count == first
+  ), "another guidance scale/steps/eta/seed/prompt/shift must not recompile"
   np.testing.assert_array_equal(a, c)
   assert not np.array_equal(a, b)
   # (a 4-step DiT's velocity is ~constant, so any grid gives ~the same images: tests/test_shift.py
@@ -57,9 +61,18 @@ def test_sample_cli(trained_dit, tmp_path):
   out = tmp_path / "grid.png"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [sys.executable, "-m", "psvae_jax.sample", f"--workdir={trained_dit / 'dit'}",
-         f"--prompt={PROMPTS[0]}", "--num_images=2", "--steps=5", "--shift=2.5", f"--out={out}",
-         f"--out_dir={tmp_path / 'each'}"]
+  cmd = [
+      sys.executable,
+      "-m",
+      "psvae_jax.sample",
+      f"--workdir={trained_dit / 'dit'}",
+      f"--prompt={PROMPTS[0]}",
+      "--num_images=2",
+      "--steps=5",
+      "--shift=2.5",
+      f"--out={out}",
+      f"--out_dir={tmp_path / 'each'}",
+  ]
   r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(out).size[0] > 32

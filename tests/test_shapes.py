@@ -19,8 +19,9 @@ def _blur_noise(image, sigma, noise_std, rng):
     pad = [(0, 0)] * 3
     pad[axis] = (r, r)
     xp = np.pad(x, pad, mode="edge")
-    x = sum(k[i] * np.take(xp, np.arange(i, i + x.shape[axis]), axis=axis)
-            for i in range(2 * r + 1))
+    x = sum(
+        k[i] * np.take(xp, np.arange(i, i + x.shape[axis]), axis=axis) for i in range(2 * r + 1)
+    )
   x = x + rng.normal(0.0, noise_std, x.shape)
   return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
@@ -32,12 +33,12 @@ def _mutate(text, kind, rng):
   o = objects[i]
   if kind == "shape":
     o = world.ShapeObject(
-        rng.choice([s for s in world.SHAPES if s != o.shape]), o.color,
-        o.position)
+        rng.choice([s for s in world.SHAPES if s != o.shape]), o.color, o.position
+    )
   elif kind == "color":
     o = world.ShapeObject(
-        o.shape, rng.choice([c for c in world.COLORS if c != o.color]),
-        o.position)
+        o.shape, rng.choice([c for c in world.COLORS if c != o.color]), o.position
+    )
   else:
     position = world.OPPOSITE.get(o.position)
     if position is None:  # "center" has no opposite: any side.
@@ -92,16 +93,21 @@ def test_caption_round_trip():
   for _ in range(300):
     objects = world.sample_scene(rng)
     text = world.caption(objects)
-    assert [o.key() for o in world.parse_caption(text)] == [
-        o.key() for o in objects]
-  assert world.caption(world.parse_caption(
-      "A Red circle  on the left and a blue square on the right.")) == (
-          "a red circle on the left and a blue square on the right")
-  assert [o.key() for o in world.parse_caption(
-      "a green triangle in the center")] == [("triangle", "green", "center")]
-  for bad in ("", "a purple circle on the left", "a red circle",
-              "a red circle on the left and", "a red hexagon at the top",
-              "two red circles on the left"):
+    assert [o.key() for o in world.parse_caption(text)] == [o.key() for o in objects]
+  assert world.caption(
+      world.parse_caption("A Red circle  on the left and a blue square on the right.")
+  ) == ("a red circle on the left and a blue square on the right")
+  assert [o.key() for o in world.parse_caption("a green triangle in the center")] == [
+      ("triangle", "green", "center")
+  ]
+  for bad in (
+      "",
+      "a purple circle on the left",
+      "a red circle",
+      "a red circle on the left and",
+      "a red hexagon at the top",
+      "two red circles on the left",
+  ):
     with pytest.raises(ValueError):
       world.parse_caption(bad)
 
@@ -116,8 +122,7 @@ def test_checker_accepts_own_captions(dataset):
 def test_checker_rejects_wrong_captions(dataset, kind):
   _, data = dataset
   rng = np.random.default_rng(2)
-  rate = 1 - np.mean(
-      [checker.score(image, _mutate(text, kind, rng)) for image, text in data])
+  rate = 1 - np.mean([checker.score(image, _mutate(text, kind, rng)) for image, text in data])
   assert rate >= 0.95, (kind, rate)
 
 
@@ -127,13 +132,16 @@ def test_checker_robust_to_blur_noise_and_color_shift():
   blurred = [_blur_noise(image, 0.7, 10.0, rng) for image, _ in data]
   rate = np.mean([checker.score(b, t) for b, (_, t) in zip(blurred, data)])
   assert rate >= 0.90, rate
-  shifted = [np.clip(b.astype(int) + rng.integers(-40, 41, 3), 0, 255)
-             .astype(np.uint8) for b in blurred[:200]]
+  shifted = [
+      np.clip(b.astype(int) + rng.integers(-40, 41, 3), 0, 255).astype(np.uint8)
+      for b in blurred[:200]
+  ]
   rate = np.mean([checker.score(s, t) for s, (_, t) in zip(shifted, data)])
   assert rate >= 0.90, rate
   # Still not fooled by a wrong shape after blur.
-  rate = 1 - np.mean([checker.score(b, _mutate(t, "shape", rng))
-                      for b, (_, t) in zip(blurred[:200], data)])
+  rate = 1 - np.mean(
+      [checker.score(b, _mutate(t, "shape", rng)) for b, (_, t) in zip(blurred[:200], data)]
+  )
   assert rate >= 0.95, rate
 
 
@@ -142,8 +150,7 @@ def test_checker_rejects_blank_and_noise():
   for i in range(20):
     _, text = world.generate(i, 32)
     assert not checker.score(np.full((32, 32, 3), 15, np.uint8), text)
-    assert not checker.score(
-        rng.integers(0, 256, (32, 32, 3)).astype(np.uint8), text)
+    assert not checker.score(rng.integers(0, 256, (32, 32, 3)).astype(np.uint8), text)
 
 
 def test_checker_large_images():
@@ -158,8 +165,7 @@ def test_score_batch_and_input_checks():
   captions[0] = _mutate(captions[0], "color", np.random.default_rng(0))
   out = checker.score_batch(images, captions)
   assert out.dtype == bool and out.shape == (6,)
-  np.testing.assert_array_equal(
-      out, [checker.score(i, t) for i, t in zip(images, captions)])
+  np.testing.assert_array_equal(out, [checker.score(i, t) for i, t in zip(images, captions)])
   assert not out[0] and out[1:].all()
   with pytest.raises(ValueError):
     checker.score_batch(images, captions[:-1])
@@ -168,5 +174,4 @@ def test_score_batch_and_input_checks():
   with pytest.raises(ValueError):
     checker.score(images[0], "not a caption")
   # Two objects named at one position cannot both be there.
-  assert not checker.score(
-      images[1], "a red circle on the left and a red circle on the left")
+  assert not checker.score(images[1], "a red circle on the left and a red circle on the left")

@@ -42,11 +42,20 @@ class _StubAE:
 
 
 def _config(flow_shift=1.0, shift=3.0):
-  return ml_collections.ConfigDict(dict(
-      model=dict(cond_type="class"),
-      diffusion=dict(objective="flow", flow_shift=flow_shift, flow_shift_base_dim=0),
-      sample=dict(steps=6, guidance_scale=2.0, eta=0.0, guidance_rescale=0.0,
-                  guidance_interval=(0.0, 1.0), shift=shift)))
+  return ml_collections.ConfigDict(
+      dict(
+          model=dict(cond_type="class"),
+          diffusion=dict(objective="flow", flow_shift=flow_shift, flow_shift_base_dim=0),
+          sample=dict(
+              steps=6,
+              guidance_scale=2.0,
+              eta=0.0,
+              guidance_rescale=0.0,
+              guidance_interval=(0.0, 1.0),
+              shift=shift,
+          ),
+      )
+  )
 
 
 def _reference(z, labels, n, shift, guidance_scale, start=0):
@@ -63,15 +72,19 @@ def _reference(z, labels, n, shift, guidance_scale, start=0):
 
 @pytest.fixture(scope="module")
 def gen():
-  return generation.Generator(_config(), _GaussianDiT(), None, None, _StubAE(),
-                              parallel.make_mesh(-1, 1))
+  return generation.Generator(
+      _config(), _GaussianDiT(), None, None, _StubAE(), parallel.make_mesh(-1, 1)
+  )
 
 
 def test_sampling_shift_is_separate_from_training_shift(gen):
   labels = np.arange(B, dtype=np.int32) % 3
   z1 = np.asarray(generation.initial_noise(0, np.arange(B), LATENT))
-  run = lambda **kw: np.asarray(gen.run({"dit": {}}, {}, {"label": labels}, z1, steps=6,
-                                        guidance_scale=2.0, eta=0.0, seed=0, **kw))
+  run = lambda **kw: np.asarray(
+      gen.run(
+          {"dit": {}}, {}, {"label": labels}, z1, steps=6, guidance_scale=2.0, eta=0.0, seed=0, **kw
+      )
+  )
   counter = runtime.CompileCounter()
   out3 = run()  # the config's sample.shift = 3
   np.testing.assert_allclose(out3, _reference(z1, labels, 6, 3.0, 2.0), atol=1e-5)
@@ -95,14 +108,26 @@ def test_sdedit_start_uses_the_sampling_shift(gen):
   labels = np.arange(B, dtype=np.int32) % 3
   z0 = np.random.default_rng(0).standard_normal((B,) + LATENT).astype(np.float32)
   mask = np.ones((B,) + LATENT[:2] + (1,), np.float32)  # regenerate everything: a plain edit
-  out = gen.edit_latents({"dit": {}}, {}, {"label": labels}, z0, mask, strength=0.5, steps=6,
-                         guidance_scale=2.0, eta=0.0, seed=1, shift=2.0)
+  out = gen.edit_latents(
+      {"dit": {}},
+      {},
+      {"label": labels},
+      z0,
+      mask,
+      strength=0.5,
+      steps=6,
+      guidance_scale=2.0,
+      eta=0.0,
+      seed=1,
+      shift=2.0,
+  )
   noise = np.asarray(generation.initial_noise(1, np.arange(B), LATENT), np.float64)
   start = samplers.sdedit_start_index(6, 0.5)  # 3
   t0 = 2.0 * (1 - start / 6) / (1 + (1 - start / 6))  # shift 2 at u = 1 − 3/6
   z_start = (1 - t0) * z0 + t0 * noise
-  np.testing.assert_allclose(np.asarray(out), _reference(z_start, labels, 6, 2.0, 2.0, start),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(out), _reference(z_start, labels, 6, 2.0, 2.0, start), atol=1e-5
+  )
 
 
 def test_training_objective_ignores_the_sampling_shift():
@@ -150,8 +175,15 @@ def test_presets():
 
 def test_sample_cli_rejects_bad_shift(tmp_path):
   for bad in ("0", "-1", "nan"):
-    cmd = [sys.executable, "-m", "psvae_jax.sample", f"--workdir={tmp_path}", "--prompt=a",
-           f"--out={tmp_path / 'x.png'}", f"--shift={bad}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "psvae_jax.sample",
+        f"--workdir={tmp_path}",
+        "--prompt=a",
+        f"--out={tmp_path / 'x.png'}",
+        f"--shift={bad}",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--shift must be a number > 0" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr

@@ -56,15 +56,19 @@ def _perturbed(params, scale: float = 0.02, seed: int = 0):
   """params + scale * N(0, 1): zero-initialised layers (E_s's output) would block every gradient."""
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(tree, [x + jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype)
-                                   for x in leaves])
+  return jax.tree.unflatten(
+      tree, [x + jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+  )
 
 
 def _run_steps(config, num_steps: int = 2):
   """(initial state, state after num_steps production train steps) on one fixed batch."""
   task = autoencoder.AutoencoderTask(config)
-  tx = optim.make_optimizer(config.optim, config.num_train_steps,
-                            functools.partial(optim.label_params, groups=task.param_groups))
+  tx = optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
   state0 = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
   # A warm start (as stage 2 from stage 1) to non-zero E_s outputs: at init the zero-initialised
   # E_s output layer passes no gradient back to the encoder.
@@ -85,10 +89,15 @@ def _loss_grads(stage: str, **loss):
   """
   task = autoencoder.AutoencoderTask(_ae_config(stage, **loss))
   params, frozen = task.init(jax.random.key(0))
-  loss_fn = lambda p: task.loss(p, frozen, task.constants(), {"image": _images()},
-                                jax.random.key(1))
-  grads = jax.jit(lambda p: (jax.grad(lambda q: loss_fn(q)[1]["loss_pix"])(p),
-                             jax.grad(lambda q: loss_fn(q)[0])(p)))
+  loss_fn = lambda p: task.loss(
+      p, frozen, task.constants(), {"image": _images()}, jax.random.key(1)
+  )
+  grads = jax.jit(
+      lambda p: (
+          jax.grad(lambda q: loss_fn(q)[1]["loss_pix"])(p),
+          jax.grad(lambda q: loss_fn(q)[0])(p),
+      )
+  )
   return jax.device_get(grads(_perturbed(params)))
 
 
@@ -147,14 +156,18 @@ def test_stage_loss_cos_weight_adds_exactly_the_cosine_term():
   for cos in (0.0, w):
     task = autoencoder.AutoencoderTask(_ae_config("psvae", cos=cos, sem=sem))
     params, frozen = task.init(jax.random.key(0))
-    fn = jax.jit(lambda p, fr, task=task: task.loss(p, fr, task.constants(), {"image": _images()},
-                                                    jax.random.key(1)))
+    fn = jax.jit(
+        lambda p, fr, task=task: task.loss(
+            p, fr, task.constants(), {"image": _images()}, jax.random.key(1)
+        )
+    )
     out[cos] = jax.device_get(fn(params, frozen))
   (l0, m0), (lw, mw) = out[0.0], out[w]
   one_minus_cos = 1.0 - float(m0["sem_recon_cos"])
   assert one_minus_cos > 0.01
-  np.testing.assert_allclose(float(mw["loss_sem"]) - float(m0["loss_sem"]), w * one_minus_cos,
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+      float(mw["loss_sem"]) - float(m0["loss_sem"]), w * one_minus_cos, rtol=1e-4
+  )
   np.testing.assert_allclose(float(lw) - float(l0), sem * w * one_minus_cos, rtol=1e-4)
 
 
@@ -182,13 +195,16 @@ def eps_task(trained_dit):
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(0)
   params = jax.tree.unflatten(
-      tree, [jnp.asarray(0.05 * rng.standard_normal(x.shape), x.dtype) for x in leaves])
+      tree, [jnp.asarray(0.05 * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+  )
   consts = task.constants()
   h, w, c = task.ae.latent_shape
   r = np.random.default_rng(1)
-  batch = {"latent": jnp.asarray(r.standard_normal((BATCH, h, w, c)), jnp.float32),
-           "input_ids": jnp.asarray(r.integers(1, 10, (BATCH, config.data.max_length)), jnp.int32),
-           "attention_mask": jnp.ones((BATCH, config.data.max_length), jnp.int32)}
+  batch = {
+      "latent": jnp.asarray(r.standard_normal((BATCH, h, w, c)), jnp.float32),
+      "input_ids": jnp.asarray(r.integers(1, 10, (BATCH, config.data.max_length)), jnp.int32),
+      "attention_mask": jnp.ones((BATCH, config.data.max_length), jnp.int32),
+  }
   return task, params, consts, batch
 
 
@@ -202,15 +218,21 @@ def _eps_losses(task, params, consts, batches, p_uncond, rng):
 def _hand_eps_loss(task, params, consts, batch, rng, drop):
   _, r_t, r_noise, _ = jax.random.split(rng, 4)  # (encode, t, noise, dropout), as the loss
   z0 = (np.asarray(batch["latent"], np.float64) - np.asarray(consts["latent_mean"])) / np.asarray(
-      consts["latent_std"])
+      consts["latent_std"]
+  )
   b = z0.shape[0]
   t = np.asarray(jax.random.randint(r_t, (b,), 0, 1000))
   eps = np.asarray(jax.random.normal(r_noise, z0.shape, jnp.float32), np.float64)
   abar = _linear_alphas_cumprod()[t].reshape(b, 1, 1, 1)
   z_t = np.sqrt(abar) * z0 + np.sqrt(1.0 - abar) * eps
   cond = task.gen.condition(params, consts, batch)
-  pred = task.model.apply({"params": params["dit"]}, jnp.asarray(z_t, jnp.float32),
-                          jnp.asarray(t, jnp.float32), **cond, drop=jnp.full((b,), drop))
+  pred = task.model.apply(
+      {"params": params["dit"]},
+      jnp.asarray(z_t, jnp.float32),
+      jnp.asarray(t, jnp.float32),
+      **cond,
+      drop=jnp.full((b,), drop),
+  )
   return float(np.mean(np.square(np.asarray(pred, np.float64) - eps)))
 
 
@@ -228,8 +250,9 @@ def test_eps_loss_condition_dropout_gives_null_condition(eps_task):
   other = dict(batch, input_ids=(batch["input_ids"] % 9) + 1)  # different captions
   dropped, dropped_other = _eps_losses(task, params, consts, [batch, other], 1.0, rng)
   kept, kept_other = _eps_losses(task, params, consts, [batch, other], 0.0, rng)
-  np.testing.assert_allclose(dropped, _hand_eps_loss(task, params, consts, batch, rng, drop=True),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+      dropped, _hand_eps_loss(task, params, consts, batch, rng, drop=True), rtol=1e-4
+  )
   # The null condition ignores the captions; the kept condition does not.
   np.testing.assert_allclose(dropped_other, dropped, rtol=1e-6)
   assert abs(kept_other - kept) > 1e-4

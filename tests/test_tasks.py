@@ -8,14 +8,14 @@ from psvae_jax.train.tasks import autoencoder
 from psvae_jax.train.tasks import base
 from psvae_jax.train.tasks import dit
 
-METHODS = sorted(n for n, v in vars(base.Task).items()
-                 if inspect.isfunction(v) and not n.startswith("_"))
+METHODS = sorted(
+    n for n, v in vars(base.Task).items() if inspect.isfunction(v) and not n.startswith("_")
+)
 ATTRIBUTES = sorted(base.Task.__annotations__)
 
 
 def test_protocol_lists_what_the_loop_calls():
-  assert METHODS == ["constants", "evaluate", "finish", "init", "loss", "make_frozen",
-                     "warm_start"]
+  assert METHODS == ["constants", "evaluate", "finish", "init", "loss", "make_frozen", "warm_start"]
   assert ATTRIBUTES == ["param_groups"]
 
 
@@ -27,8 +27,9 @@ def _parameter_names(fn):
 @pytest.mark.parametrize("name", METHODS)
 def test_task_has_method(cls, name):
   assert callable(getattr(cls, name, None)), f"{cls.__name__} has no method {name}"
-  assert (_parameter_names(getattr(cls, name)) ==
-          _parameter_names(getattr(base.Task, name))), f"{cls.__name__}.{name}'s parameters"
+  assert _parameter_names(getattr(cls, name)) == _parameter_names(
+      getattr(base.Task, name)
+  ), f"{cls.__name__}.{name}'s parameters"
 
 
 @pytest.mark.parametrize("cls", [autoencoder.AutoencoderTask, dit.DiTTask])

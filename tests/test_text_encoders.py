@@ -50,28 +50,44 @@ def _max_err(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
-@pytest.mark.parametrize("hidden_act,legacy_eos,full_clip", [
-    ("quick_gelu", False, False),
-    ("gelu", True, True),  # CLIPModel dir (vision keys ignored), argmax pooling.
-])
-def test_clip_text_matches_transformers(tmp_path, hidden_act, legacy_eos,
-                                        full_clip):
+@pytest.mark.parametrize(
+    "hidden_act,legacy_eos,full_clip",
+    [
+        ("quick_gelu", False, False),
+        ("gelu", True, True),  # CLIPModel dir (vision keys ignored), argmax pooling.
+    ],
+)
+def test_clip_text_matches_transformers(tmp_path, hidden_act, legacy_eos, full_clip):
   eos = 2 if legacy_eos else _EOS
-  text_cfg = dict(vocab_size=_VOCAB, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=2,
-                  max_position_embeddings=16, hidden_act=hidden_act,
-                  pad_token_id=0, bos_token_id=_BOS, eos_token_id=eos)
+  text_cfg = dict(
+      vocab_size=_VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=2,
+      max_position_embeddings=16,
+      hidden_act=hidden_act,
+      pad_token_id=0,
+      bos_token_id=_BOS,
+      eos_token_id=eos,
+  )
   torch.manual_seed(0)
   if full_clip:
-    vision_cfg = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, image_size=16, patch_size=8)
-    full = transformers.CLIPModel(transformers.CLIPConfig(
-        text_config=text_cfg, vision_config=vision_cfg, projection_dim=8))
+    vision_cfg = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+    )
+    full = transformers.CLIPModel(
+        transformers.CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=8)
+    )
     model = full.text_model
     saver = full
   else:
-    model = saver = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(**text_cfg))
+    model = saver = transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_cfg))
   saver.eval()
   _perturb(saver, seed=0)
   saver.save_pretrained(str(tmp_path))
@@ -82,8 +98,9 @@ def test_clip_text_matches_transformers(tmp_path, hidden_act, legacy_eos,
     for row, n in enumerate(_VALID):
       ids[row, n - 1] = _VOCAB - 1
   with torch.no_grad():
-    ref = model(input_ids=torch.from_numpy(ids).long(),
-                attention_mask=torch.from_numpy(mask).long())
+    ref = model(
+        input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+    )
   hidden, pooled = jax.jit(module.apply)({"params": params}, ids, mask)
   assert hidden.shape == (len(_VALID), _LEN, 32) and pooled.shape == (3, 32)
   # All positions, padded ones included: with right padding and a causal mask
@@ -92,18 +109,28 @@ def test_clip_text_matches_transformers(tmp_path, hidden_act, legacy_eos,
   assert _max_err(pooled, ref.pooler_output.numpy()) <= _TOL
 
 
-@pytest.mark.parametrize("proj,full_model", [
-    ("relu", False),
-    ("gated-gelu", True),  # T5ForConditionalGeneration dir: decoder ignored.
-])
+@pytest.mark.parametrize(
+    "proj,full_model",
+    [
+        ("relu", False),
+        ("gated-gelu", True),  # T5ForConditionalGeneration dir: decoder ignored.
+    ],
+)
 def test_t5_encoder_matches_transformers(tmp_path, proj, full_model):
   cfg = transformers.T5Config(
-      vocab_size=_VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-      num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8,
-      relative_attention_max_distance=20, feed_forward_proj=proj)
+      vocab_size=_VOCAB,
+      d_model=32,
+      d_kv=8,
+      d_ff=64,
+      num_layers=2,
+      num_decoder_layers=1,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=20,
+      feed_forward_proj=proj,
+  )
   torch.manual_seed(0)
-  cls = (transformers.T5ForConditionalGeneration if full_model
-         else transformers.T5EncoderModel)
+  cls = transformers.T5ForConditionalGeneration if full_model else transformers.T5EncoderModel
   model = cls(cfg).eval()
   _perturb(model, seed=0)
   model.save_pretrained(str(tmp_path))
@@ -113,8 +140,9 @@ def test_t5_encoder_matches_transformers(tmp_path, proj, full_model):
   ids, mask = _inputs()
   encoder = model.get_encoder() if full_model else model
   with torch.no_grad():
-    ref = encoder(input_ids=torch.from_numpy(ids).long(),
-                  attention_mask=torch.from_numpy(mask).long())
+    ref = encoder(
+        input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+    )
   ref = ref.last_hidden_state.numpy()
   hidden, pooled = jax.jit(module.apply)({"params": params}, ids, mask)
   # All positions compared (padded queries still attend to the real keys).
@@ -124,9 +152,15 @@ def test_t5_encoder_matches_transformers(tmp_path, proj, full_model):
 
 
 def test_bad_checkpoint_names_entries(tmp_path):
-  cfg = transformers.T5Config(vocab_size=_VOCAB, d_model=32, d_kv=8, d_ff=64,
-                              num_layers=2, num_heads=4,
-                              relative_attention_num_buckets=8)
+  cfg = transformers.T5Config(
+      vocab_size=_VOCAB,
+      d_model=32,
+      d_kv=8,
+      d_ff=64,
+      num_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+  )
   transformers.T5EncoderModel(cfg).save_pretrained(str(tmp_path))
   path = str(tmp_path / "model.safetensors")
   sd = load_file(path)
@@ -146,12 +180,12 @@ def test_demo_text_encoder(tmp_path):
   vocab = demo_text.shapes_vocabulary()
   assert {"a", "and", "on", "the", "at", "in"} <= set(vocab)
   assert set(world.COLORS) | set(world.SHAPES) | set(world.POSITIONS) <= set(vocab)
-  out = demo_text.build_demo_text_encoder(str(tmp_path / "te"), vocab,
-                                          hidden_size=32, max_length=16)
+  out = demo_text.build_demo_text_encoder(
+      str(tmp_path / "te"), vocab, hidden_size=32, max_length=16
+  )
   tokenizer = clip_weights.load_tokenizer(out)
   module, params = clip_weights.load_clip_text(out)
-  objs = [world.ShapeObject("circle", "red", "left"),
-          world.ShapeObject("square", "blue", "right")]
+  objs = [world.ShapeObject("circle", "red", "left"), world.ShapeObject("square", "blue", "right")]
   texts = [world.caption(objs), world.caption(objs[1:])]
   ids, mask = clip_weights.tokenize(tokenizer, texts, max_length=16)
   assert ids.dtype == np.int32 and ids.shape == mask.shape == (2, 16)
@@ -167,34 +201,43 @@ def test_demo_text_encoder(tmp_path):
 
 
 def _demo_captions() -> list[str]:
-  objs = [world.ShapeObject("circle", "red", "left"),
-          world.ShapeObject("square", "blue", "right"),
-          world.ShapeObject("triangle", "green", "top")]
-  return [world.caption(objs[:2]), world.caption(objs[1:2]),
-          world.caption(objs[2:]), world.caption(objs[::-1])]
+  objs = [
+      world.ShapeObject("circle", "red", "left"),
+      world.ShapeObject("square", "blue", "right"),
+      world.ShapeObject("triangle", "green", "top"),
+  ]
+  return [
+      world.caption(objs[:2]),
+      world.caption(objs[1:2]),
+      world.caption(objs[2:]),
+      world.caption(objs[::-1]),
+  ]
 
 
 def test_demo_text_encoder_loads_in_transformers(tmp_path):
   vocab = demo_text.shapes_vocabulary()
-  out = demo_text.build_demo_text_encoder(str(tmp_path / "te"), vocab,
-                                          hidden_size=32, layers=2, heads=2,
-                                          max_length=16, seed=3)
+  out = demo_text.build_demo_text_encoder(
+      str(tmp_path / "te"), vocab, hidden_size=32, layers=2, heads=2, max_length=16, seed=3
+  )
   ref_model, info = transformers.CLIPTextModel.from_pretrained(
-      out, local_files_only=True, output_loading_info=True)
+      out, local_files_only=True, output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"]
   assert not info["mismatched_keys"] and not info["error_msgs"]
   ref_model.eval()
   module, params = clip_weights.load_clip_text(out)
   # Every stored tensor is consumed by our importer too.
   _, unused = clip_weights.convert_clip_text_state_dict(
-      load_file(os.path.join(out, "model.safetensors")))
+      load_file(os.path.join(out, "model.safetensors"))
+  )
   assert not unused
   tokenizer = clip_weights.load_tokenizer(out)
   ids, mask = clip_weights.tokenize(tokenizer, _demo_captions(), max_length=16)
   assert tokenizer.unk_token_id not in ids[mask == 1]
   with torch.no_grad():
-    ref = ref_model(input_ids=torch.from_numpy(ids).long(),
-                    attention_mask=torch.from_numpy(mask).long())
+    ref = ref_model(
+        input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+    )
   hidden, pooled = jax.jit(module.apply)({"params": params}, ids, mask)
   assert _max_err(hidden, ref.last_hidden_state.numpy()) <= _TOL
   assert _max_err(pooled, ref.pooler_output.numpy()) <= _TOL
@@ -214,22 +257,31 @@ def test_demo_text_encoder_builds_without_torch(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
-      [repo] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-  proc = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+      [repo] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", script],
+      cwd=repo,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "built-without-torch" in proc.stdout
   # The result is a complete, deterministic directory: same seed, same weights.
   again = demo_text.build_demo_text_encoder(
-      str(tmp_path / "again"), demo_text.shapes_vocabulary(), hidden_size=32,
-      seed=5)
+      str(tmp_path / "again"), demo_text.shapes_vocabulary(), hidden_size=32, seed=5
+  )
   a = load_file(os.path.join(out, "model.safetensors"))
   b = load_file(os.path.join(again, "model.safetensors"))
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   module, params = clip_weights.load_clip_text(out)
-  ids, mask = clip_weights.tokenize(clip_weights.load_tokenizer(out),
-                                    _demo_captions(), max_length=16)
+  ids, mask = clip_weights.tokenize(
+      clip_weights.load_tokenizer(out), _demo_captions(), max_length=16
+  )
   hidden, _ = jax.jit(module.apply)({"params": params}, ids, mask)
   assert hidden.shape == (4, 16, 32) and np.all(np.isfinite(hidden))

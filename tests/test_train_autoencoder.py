@@ -30,11 +30,19 @@ def _small(config):
 
 
 def _popen(workdir, stage, *extra):
-  cmd = [sys.executable, "-m", "psvae_jax.main", f"--config=configs/{stage}.py:tiny",
-         f"--workdir={workdir}", *SMALL_AE, *extra]
+  cmd = [
+      sys.executable,
+      "-m",
+      "psvae_jax.main",
+      f"--config=configs/{stage}.py:tiny",
+      f"--workdir={workdir}",
+      *SMALL_AE,
+      *extra,
+  ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
 
 
 def test_stage1_workdir_contract(svae_dir):
@@ -48,8 +56,12 @@ def test_stage1_workdir_contract(svae_dir):
 
 def test_stage2_sigterm_then_resume(svae_dir, tmp_path):
   stage1_dir = svae_dir
-  args = ("--config.num_train_steps=40", "--config.eval_every=40", "--config.ckpt_every=1000",
-          f"--config.init_from={stage1_dir}")
+  args = (
+      "--config.num_train_steps=40",
+      "--config.eval_every=40",
+      "--config.ckpt_every=1000",
+      f"--config.init_from={stage1_dir}",
+  )
   proc = _popen(tmp_path, "psvae", *args)
   lines = []
   deadline = time.time() + 300
@@ -78,10 +90,12 @@ def test_mismatched_checkpoint_is_named(svae_dir):
   config = svae_config.get_config("tiny")
   config.model.latent_channels = 4  # stage 1 was trained with 16
   task = autoencoder.AutoencoderTask(_small(config))
-  tx = optim.make_optimizer(config.optim, 10, functools.partial(
-      optim.label_params, groups=task.param_groups))
-  abstract = jax.eval_shape(functools.partial(loop.create_train_state, task=task, tx=tx),
-                            jax.random.key(0))
+  tx = optim.make_optimizer(
+      config.optim, 10, functools.partial(optim.label_params, groups=task.param_groups)
+  )
+  abstract = jax.eval_shape(
+      functools.partial(loop.create_train_state, task=task, tx=tx), jax.random.key(0)
+  )
   with pytest.raises(ValueError, match="to_moments"):
     checkpoint.Checkpointer(str(stage1_dir / "checkpoints")).restore(6, abstract)
 
@@ -89,20 +103,22 @@ def test_mismatched_checkpoint_is_named(svae_dir):
 def test_frozen_encoder_and_nonfinite_skip():
   config = _small(svae_config.get_config("tiny"))
   task = autoencoder.AutoencoderTask(config)
-  tx = optim.make_optimizer(config.optim, 10, functools.partial(
-      optim.label_params, groups=task.param_groups))
-  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
-      jax.random.key(0))
+  tx = optim.make_optimizer(
+      config.optim, 10, functools.partial(optim.label_params, groups=task.param_groups)
+  )
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
   step = jax.jit(functools.partial(loop.train_step, task=task, tx=tx, config=config))
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)), jnp.float32)
   for _ in range(2):  # lr is 0 at step 0 of the warmup
     new, metrics = step(state, {"image": images}, {})
     state, before = new, state
-  enc_same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
-                          state.params["encoder"], before.params["encoder"])
+  enc_same = jax.tree.map(
+      lambda a, b: bool(jnp.all(a == b)), state.params["encoder"], before.params["encoder"]
+  )
   assert all(jax.tree.leaves(enc_same)), "stage 1 must not change the encoder"
-  dec_same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
-                          state.params["sem_dec"], before.params["sem_dec"])
+  dec_same = jax.tree.map(
+      lambda a, b: bool(jnp.all(a == b)), state.params["sem_dec"], before.params["sem_dec"]
+  )
   assert not all(jax.tree.leaves(dec_same))
   assert float(metrics["nonfinite"]) == 0.0
 
@@ -119,12 +135,13 @@ def test_stage2_starts_from_stage1_sem_encoder(svae_dir):
   config.init_from = str(svae_dir)
   config.model.sem_init_from_encoder = True  # must not override what stage 1 trained
   task = autoencoder.AutoencoderTask(config)
-  tx = optim.make_optimizer(config.optim, 10, functools.partial(
-      optim.label_params, groups=task.param_groups))
-  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
-      jax.random.key(0))
+  tx = optim.make_optimizer(
+      config.optim, 10, functools.partial(optim.label_params, groups=task.param_groups)
+  )
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
   state = jax.jit(functools.partial(loop.reset_params, task=task))(
-      state, task.warm_start(state.params))
+      state, task.warm_start(state.params)
+  )
   stage1 = checkpoint.restore_params(str(svae_dir), state.params, key="ema_params")
   jax.tree.map(np.testing.assert_array_equal, state.params["sem_enc"], stage1["sem_enc"])
   jax.tree.map(np.testing.assert_array_equal, state.frozen["encoder"], stage1["encoder"])

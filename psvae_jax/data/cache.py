@@ -57,11 +57,16 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "Output directory of the cache.")
   flags.DEFINE_integer("batch_size", 256, "Global encoding batch size.")
   flags.DEFINE_enum("dtype", "bfloat16", list(latents.DTYPES), "Stored dtype.")
-  flags.DEFINE_enum("store", "mean_std", ["mean_std", "sample"],
-                    "Store mu and std (sampled at read time) or one sample.")
+  flags.DEFINE_enum(
+      "store",
+      "mean_std",
+      ["mean_std", "sample"],
+      "Store mu and std (sampled at read time) or one sample.",
+  )
   flags.DEFINE_enum("split", "train", ["train", "eval"], "Source split.")
   flags.DEFINE_integer("seed", 0, "Seed of --store=sample.")
   flags.mark_flags_as_required(["autoencoder", "data", "out"])
+
 
 def parse_data_spec(spec: str, image_size: int) -> ml_collections.ConfigDict:
   """`KIND:ARGS` (or a bare directory) -> a locked data config (see module docstring)."""
@@ -72,8 +77,10 @@ def parse_data_spec(spec: str, image_size: int) -> ml_collections.ConfigDict:
   if not sep or kind not in sources.SOURCES:
     path = pathlib.Path(spec).expanduser()
     if not path.is_dir():
-      raise ValueError(f"--data={spec!r}: expected KIND:ARGS with KIND in "
-                       f"{sorted(sources.SOURCES)}, or an existing directory.")
+      raise ValueError(
+          f"--data={spec!r}: expected KIND:ARGS with KIND in "
+          f"{sorted(sources.SOURCES)}, or an existing directory."
+      )
     kind = "tfds" if (path / "dataset_info.json").is_file() else "folder"
     rest = f"path={spec}"
   cfg.source = kind
@@ -92,8 +99,9 @@ def parse_data_spec(spec: str, image_size: int) -> ml_collections.ConfigDict:
     else:
       cfg[key] = type(current)(value)
   if cfg.image_size != image_size:
-    raise ValueError(f"--data image_size={cfg.image_size} differs from the autoencoder's "
-                     f"{image_size}.")
+    raise ValueError(
+        f"--data image_size={cfg.image_size} differs from the autoencoder's " f"{image_size}."
+    )
   if kind == "shapes" and cfg.num_train <= 0:
     raise ValueError("--data=shapes needs num=N (the number of images to cache).")
   return cfg
@@ -146,8 +154,16 @@ def _encode_fn(ae: Any, mesh: jax.sharding.Mesh, store: str, seed: int):
   return jax.jit(encode, out_shardings=(out, out))
 
 
-def _encoded_batches(ae: Any, mesh: jax.sharding.Mesh, records: Any, *, local: int,
-                     num_steps: int, store: str, seed: int):
+def _encoded_batches(
+    ae: Any,
+    mesh: jax.sharding.Mesh,
+    records: Any,
+    *,
+    local: int,
+    num_steps: int,
+    store: str,
+    seed: int,
+):
   """Yields (records, mu, second) per step, the arrays host-local float32 (n, h, w, C).
 
   Every process runs num_steps steps (padding with zero images once its records run
@@ -160,18 +176,29 @@ def _encoded_batches(ae: Any, mesh: jax.sharding.Mesh, records: Any, *, local: i
     chunk = [r for _, r in zip(range(local), records)]
     images = np.zeros((local, size, size, 3), np.float32)  # (b, S, S, 3); padding stays 0.
     if chunk:
-      images[:len(chunk)] = pipeline.collate(chunk)["image"]
+      images[: len(chunk)] = pipeline.collate(chunk)["image"]
     x = parallel.to_global({"image": images}, mesh)["image"]
-    mu, second = (np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, spec))
-                  for a in encode(ae.params, x, step))
+    mu, second = (
+        np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, spec))
+        for a in encode(ae.params, x, step)
+    )
     if step % 50 == 0:
       logging.info("cache: step %d/%d.", step + 1, num_steps)
-    yield chunk, mu[:len(chunk)], second[:len(chunk)]
+    yield chunk, mu[: len(chunk)], second[: len(chunk)]
 
 
-def write_cache(ae: Any, data_cfg: Any, out_dir: str, *, batch_size: int = 256,
-                dtype: str = "bfloat16", store: str = "mean_std", split: str = "train",
-                seed: int = 0, autoencoder_dir: str = "") -> dict[str, Any]:
+def write_cache(
+    ae: Any,
+    data_cfg: Any,
+    out_dir: str,
+    *,
+    batch_size: int = 256,
+    dtype: str = "bfloat16",
+    store: str = "mean_std",
+    split: str = "train",
+    seed: int = 0,
+    autoencoder_dir: str = "",
+) -> dict[str, Any]:
   """Encodes `data_cfg`'s split with `ae` into `out_dir`; returns the meta dict.
 
   Args:
@@ -197,38 +224,66 @@ def write_cache(ae: Any, data_cfg: Any, out_dir: str, *, batch_size: int = 256,
   start, stop = iterators.shard_bounds(len(source), index, count, drop_remainder=False)
   counts: dict[str, int] = {}
   batches = _encoded_batches(
-      ae, mesh, _records(source, data_cfg, start, stop, counts), local=local, store=store,
-      seed=seed, num_steps=math.ceil(math.ceil(len(source) / count) / local))
+      ae,
+      mesh,
+      _records(source, data_cfg, start, stop, counts),
+      local=local,
+      store=store,
+      seed=seed,
+      num_steps=math.ceil(math.ceil(len(source) / count) / local),
+  )
   writer = array_record_module.ArrayRecordWriter(
-      str(out / latents.shard_file_name(index, count)), "group_size:1")
+      str(out / latents.shard_file_name(index, count)), "group_size:1"
+  )
   moments, written, shape = latent_stats.Moments(), 0, None
   for chunk, mu, second in batches:
     shape = mu.shape[1:]  # (h, w, C)
     for row, record in enumerate(chunk):
-      arrays = ({"mu": mu[row], "std": second[row]} if store == "mean_std"
-                else {"z": second[row]})
-      writer.write(latents.serialize(arrays, record["caption"], record["label"],
-                                     record["index"], dtype))
+      arrays = {"mu": mu[row], "std": second[row]} if store == "mean_std" else {"z": second[row]}
+      writer.write(
+          latents.serialize(arrays, record["caption"], record["label"], record["index"], dtype)
+      )
     if chunk:  # sigma^2, or for a stored sample its one-draw estimate (z - mu)^2
       var = np.square(second if store == "mean_std" else second - mu)  # (n, h, w, C)
       moments = moments.merge(latent_stats.Moments.of(mu, var))
     written += len(chunk)
   writer.close()
-  return _finish(out, data_cfg, moments, written, shape, count, counts, dict(
-      dtype=dtype, store=store, split=split, seed=seed,
-      autoencoder=os.path.abspath(autoencoder_dir) if autoencoder_dir else ""))
+  return _finish(
+      out,
+      data_cfg,
+      moments,
+      written,
+      shape,
+      count,
+      counts,
+      dict(
+          dtype=dtype,
+          store=store,
+          split=split,
+          seed=seed,
+          autoencoder=os.path.abspath(autoencoder_dir) if autoencoder_dir else "",
+      ),
+  )
 
 
-def _finish(out: pathlib.Path, data_cfg: Any, moments: latent_stats.Moments, written: int,
-            shape: tuple[int, ...], count: int, counts: dict[str, int],
-            options: dict[str, Any]) -> dict[str, Any]:
+def _finish(
+    out: pathlib.Path,
+    data_cfg: Any,
+    moments: latent_stats.Moments,
+    written: int,
+    shape: tuple[int, ...],
+    count: int,
+    counts: dict[str, int],
+    options: dict[str, Any],
+) -> dict[str, Any]:
   """Gathers totals over processes; process 0 writes latent_stats.npz and meta.json.
 
   The statistics are those of mu and of the sampled z over the cache (latent_stats.py).
   """
   channels = shape[-1]
-  local = np.concatenate([[written], moments.to_vector(channels),
-                          [counts.get(name, 0) for name in iterators.COUNTERS]])
+  local = np.concatenate(
+      [[written], moments.to_vector(channels), [counts.get(name, 0) for name in iterators.COUNTERS]]
+  )
   gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(count, -1)
   per_file = gathered[:, 0].astype(int).tolist()
   total = int(sum(per_file))
@@ -236,21 +291,32 @@ def _finish(out: pathlib.Path, data_cfg: Any, moments: latent_stats.Moments, wri
     raise ValueError(f"No usable record in --data ({data_cfg.source}): nothing cached.")
   width = 1 + 3 * channels  # Moments.to_vector
   merged = latent_stats.Moments()
-  for row in gathered[:, 1:1 + width]:
+  for row in gathered[:, 1 : 1 + width]:
     merged = merged.merge(latent_stats.Moments.from_vector(row))
-  counters = dict(zip(iterators.COUNTERS,
-                      gathered[:, 1 + width:].sum(0).astype(int).tolist()))
-  meta = {"format": latents.FORMAT, "shape": list(shape), "count": total,
-          "files": [latents.shard_file_name(i, count) for i in range(count)],
-          "counts": per_file, "image_size": int(data_cfg.image_size),
-          "data": data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg),
-          "counters": {k: v for k, v in counters.items() if v}, **options}
+  counters = dict(zip(iterators.COUNTERS, gathered[:, 1 + width :].sum(0).astype(int).tolist()))
+  meta = {
+      "format": latents.FORMAT,
+      "shape": list(shape),
+      "count": total,
+      "files": [latents.shard_file_name(i, count) for i in range(count)],
+      "counts": per_file,
+      "image_size": int(data_cfg.image_size),
+      "data": data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg),
+      "counters": {k: v for k, v in counters.items() if v},
+      **options,
+  }
   if jax.process_index() == 0:
     latent_stats.save(str(out), merged.stats(num_images=total, images_seen=total))
     (out / latents.META_FILE).write_text(json.dumps(meta, indent=2))
   multihost_utils.sync_global_devices("latent_cache_written")
-  logging.info("Latent cache %s: %d records %s (%s), skipped/repaired %s.", out, total,
-               shape, options["dtype"], meta["counters"])
+  logging.info(
+      "Latent cache %s: %d records %s (%s), skipped/repaired %s.",
+      out,
+      total,
+      shape,
+      options["dtype"],
+      meta["counters"],
+  )
   return meta
 
 
@@ -260,14 +326,24 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   ae = autoencoders.load_autoencoder(f.autoencoder)
   data_cfg = parse_data_spec(f.data, ae.image_size)
-  write_cache(ae, data_cfg, f.out, batch_size=f.batch_size, dtype=f.dtype, store=f.store,
-              split=f.split, seed=f.seed, autoencoder_dir=f.autoencoder)
+  write_cache(
+      ae,
+      data_cfg,
+      f.out,
+      batch_size=f.batch_size,
+      dtype=f.dtype,
+      store=f.store,
+      split=f.split,
+      seed=f.seed,
+      autoencoder_dir=f.autoencoder,
+  )
 
 
 if __name__ == "__main__":
   # Run as a program: the demo's shapes world provides data.source="shapes" (--data=shapes:...).
   # Not when imported: the library does not depend on psvae_jax.shapes.
   from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+
   shapes_plugin.register()
   define_flags()
   app.run(main)

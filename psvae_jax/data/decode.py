@@ -101,8 +101,14 @@ def pil_to_rgb(pil: Image.Image, background: tuple[int, int, int]) -> np.ndarray
   return np.asarray(pil.convert("RGB"), dtype=np.uint8)
 
 
-def decode_bytes(data: bytes, *, min_decode_size: int, max_pixels: int, min_size: int,
-                 background: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+def decode_bytes(
+    data: bytes,
+    *,
+    min_decode_size: int,
+    max_pixels: int,
+    min_size: int,
+    background: tuple[int, int, int],
+) -> tuple[np.ndarray, list[str]]:
   """Decodes encoded image bytes.
 
   Args:
@@ -128,13 +134,11 @@ def decode_bytes(data: bytes, *, min_decode_size: int, max_pixels: int, min_size
       # The smallest DCT scale (down to 1/8) that keeps both sides >= min_decode_size.
       pil.draft(None, (min_decode_size, min_decode_size))
       if pil.size[0] * pil.size[1] > max_pixels:
-        raise BadImage(SKIPPED_TOO_LARGE,
-                       f"{width}x{height} JPEG is still {pil.size} after draft")
+        raise BadImage(SKIPPED_TOO_LARGE, f"{width}x{height} JPEG is still {pil.size} after draft")
       if too_large:
         repairs.append(REPAIRED_DOWNSCALED)
     elif too_large:
-      raise BadImage(SKIPPED_TOO_LARGE,
-                     f"{pil.format} {width}x{height} > max_pixels={max_pixels}")
+      raise BadImage(SKIPPED_TOO_LARGE, f"{pil.format} {width}x{height} > max_pixels={max_pixels}")
     try:
       pil.load()
       pil = ImageOps.exif_transpose(pil)
@@ -160,8 +164,14 @@ def array_to_rgb(image: np.ndarray, background: tuple[int, int, int]) -> np.ndar
   return np.asarray(image, dtype=np.uint8)
 
 
-def load_rgb(record: dict[str, Any], *, min_decode_size: int, max_pixels: int,
-             min_size: int, background: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+def load_rgb(
+    record: dict[str, Any],
+    *,
+    min_decode_size: int,
+    max_pixels: int,
+    min_size: int,
+    background: tuple[int, int, int],
+) -> tuple[np.ndarray, list[str]]:
   """The RGB pixels of a source record ("image" array or bytes, or "path")."""
   image = record.get("image")
   if isinstance(image, np.ndarray) and image.dtype != object:
@@ -180,12 +190,18 @@ def load_rgb(record: dict[str, Any], *, min_decode_size: int, max_pixels: int,
       raise BadImage(SKIPPED_UNREADABLE, repr(e)) from e
   else:
     raise BadImage(SKIPPED_CORRUPT, f"record has no pixels (keys {sorted(record)})")
-  return decode_bytes(data, min_decode_size=min_decode_size, max_pixels=max_pixels,
-                      min_size=min_size, background=background)
+  return decode_bytes(
+      data,
+      min_decode_size=min_decode_size,
+      max_pixels=max_pixels,
+      min_size=min_size,
+      background=background,
+  )
 
 
-def crop_box(height: int, width: int, crop: str,
-             rng: np.random.Generator | None) -> tuple[int, int, int, int]:
+def crop_box(
+    height: int, width: int, crop: str, rng: np.random.Generator | None
+) -> tuple[int, int, int, int]:
   """The largest square (left, top, right, bottom): centred, or random if crop="random"."""
   side = min(height, width)
   if crop == "random" and rng is not None:

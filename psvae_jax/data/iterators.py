@@ -30,15 +30,26 @@ _ENDLESS = 2**62  # Length of a repeated-forever stream.
 
 # Every counter a pipeline may report (counters() returns all of them, zeros included).
 COUNTERS = (
-    "skipped_empty_file", "skipped_not_image", "skipped_corrupt", "skipped_unreadable",
-    "skipped_too_small", "skipped_too_large", "skipped_caption_missing",
-    "skipped_caption_empty", "repaired_downscaled", "repaired_caption_encoding",
-    "repaired_caption_truncated", "kept_caption_missing", "kept_caption_empty")
+    "skipped_empty_file",
+    "skipped_not_image",
+    "skipped_corrupt",
+    "skipped_unreadable",
+    "skipped_too_small",
+    "skipped_too_large",
+    "skipped_caption_missing",
+    "skipped_caption_empty",
+    "repaired_downscaled",
+    "repaired_caption_encoding",
+    "repaired_caption_truncated",
+    "kept_caption_missing",
+    "kept_caption_empty",
+)
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 
 
-def shard_bounds(num_records: int, process_index: int, process_count: int,
-                 drop_remainder: bool = True) -> tuple[int, int]:
+def shard_bounds(
+    num_records: int, process_index: int, process_count: int, drop_remainder: bool = True
+) -> tuple[int, int]:
   """Record range [start, stop) of one process: equal contiguous shards.
 
   With drop_remainder the last `num_records % process_count` records are left out so
@@ -49,8 +60,10 @@ def shard_bounds(num_records: int, process_index: int, process_count: int,
   if drop_remainder:
     size = num_records // process_count
     return process_index * size, (process_index + 1) * size
-  return (process_index * num_records // process_count,
-          (process_index + 1) * num_records // process_count)
+  return (
+      process_index * num_records // process_count,
+      (process_index + 1) * num_records // process_count,
+  )
 
 
 def process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -62,8 +75,10 @@ def process_info(process_index: int | None, process_count: int | None) -> tuple[
 
 def per_process_batch(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple "
-                     f"of the process count ({process_count}).")
+    raise ValueError(
+        f"global_batch_size={global_batch_size} must be a positive multiple "
+        f"of the process count ({process_count})."
+    )
   return global_batch_size // process_count
 
 
@@ -93,8 +108,10 @@ class _SkipBadIterator(grain.DatasetIterator):
       bad += 1
       if bad >= self._max_bad:
         summary = dict(collections.Counter(k for k in kinds if k.startswith("skipped")))
-        raise RuntimeError(f"{bad} consecutive unusable records (a full pass over this "
-                           f"process's shard): {summary}. Is the data source broken?")
+        raise RuntimeError(
+            f"{bad} consecutive unusable records (a full pass over this "
+            f"process's shard): {summary}. Is the data source broken?"
+        )
 
   def get_state(self) -> dict[str, Any]:
     return self._parent.get_state()
@@ -133,8 +150,9 @@ class BatchIterator(grain.DatasetIterator):
   JSON-serializable, as the checkpoint handlers require.
   """
 
-  def __init__(self, parent: grain.DatasetIterator,
-               finalize: Callable[[Batch], Batch] | None = None):
+  def __init__(
+      self, parent: grain.DatasetIterator, finalize: Callable[[Batch], Batch] | None = None
+  ):
     super().__init__(parent)
     self._counts = np.zeros(len(COUNTERS), np.int64)
     self._finalize = finalize
@@ -146,8 +164,9 @@ class BatchIterator(grain.DatasetIterator):
     counts = batch.pop(_COUNTS)
     skipped = int(sum(c for c, n in zip(counts, COUNTERS) if n.startswith("skipped")))
     if skipped:
-      logging.warning("Skipped %d bad records: %s", skipped,
-                      {n: int(c) for n, c in zip(COUNTERS, counts) if c})
+      logging.warning(
+          "Skipped %d bad records: %s", skipped, {n: int(c) for n, c in zip(COUNTERS, counts) if c}
+      )
     self._counts += counts
     return batch
 
@@ -171,10 +190,20 @@ class BatchIterator(grain.DatasetIterator):
     return f"BatchIterator({ {k: v for k, v in self.counters().items() if v} })"
 
 
-def build_iterator(source: Any, transform: grain.transforms.RandomMap, collate: Callable,
-                   *, batch_size: int, seed: int, start: int, stop: int, num_threads: int,
-                   num_workers: int, prefetch: int,
-                   finalize: Callable[[Batch], Batch] | None = None) -> BatchIterator:
+def build_iterator(
+    source: Any,
+    transform: grain.transforms.RandomMap,
+    collate: Callable,
+    *,
+    batch_size: int,
+    seed: int,
+    start: int,
+    stop: int,
+    num_threads: int,
+    num_workers: int,
+    prefetch: int,
+    finalize: Callable[[Batch], Batch] | None = None,
+) -> BatchIterator:
   """source[start:stop] -> seeded shuffle, repeated forever (reshuffled each epoch) ->
   transform -> drop bad records (counted) -> batch (drop remainder) -> workers.
 
@@ -194,14 +223,17 @@ def build_iterator(source: Any, transform: grain.transforms.RandomMap, collate: 
   ds = grain.MapDataset.source(source)[start:stop]
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds.random_map(transform, seed=seed + 1)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=num_threads,
-      prefetch_buffer_size=max(batch_size * prefetch, num_threads)))
+  it_ds = ds.to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=num_threads, prefetch_buffer_size=max(batch_size * prefetch, num_threads)
+      )
+  )
   it_ds = _SkipBadIterDataset(it_ds, max_consecutive_bad=max(stop - start, 1))
   it_ds = it_ds.batch(batch_size, drop_remainder=True, batch_fn=_Collate(collate))
   if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=prefetch))
+    it_ds = it_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch)
+    )
   return BatchIterator(iter(it_ds), finalize)
 
 
@@ -212,8 +244,7 @@ class _ZeroCounts(grain.transforms.RandomMap):
     self._transform = transform
 
   def random_map(self, element: Any, rng: np.random.Generator) -> Batch:
-    return {**self._transform.random_map(element, rng),
-            _COUNTS: np.zeros(len(COUNTERS), np.int64)}
+    return {**self._transform.random_map(element, rng), _COUNTS: np.zeros(len(COUNTERS), np.int64)}
 
 
 class _ShuffledBatches:
@@ -241,18 +272,25 @@ class _ShuffledBatches:
 
   def __getitem__(self, index: int) -> list[Any]:
     positions = range(int(index) * self._batch_size, (int(index) + 1) * self._batch_size)
-    indices = [self._start + int(self._perm(p // self._size)[p % self._size])
-               for p in positions]
+    indices = [self._start + int(self._perm(p // self._size)[p % self._size]) for p in positions]
     return [self._source[i] for i in indices]
 
   def __getstate__(self) -> dict[str, Any]:
     return {**self.__dict__, "_perms": {}}
 
 
-def build_batched_iterator(source: Any, transform: grain.transforms.RandomMap, *,
-                           batch_size: int, seed: int, start: int, stop: int,
-                           num_threads: int, num_workers: int,
-                           prefetch: int) -> BatchIterator:
+def build_batched_iterator(
+    source: Any,
+    transform: grain.transforms.RandomMap,
+    *,
+    batch_size: int,
+    seed: int,
+    start: int,
+    stop: int,
+    num_threads: int,
+    num_workers: int,
+    prefetch: int,
+) -> BatchIterator:
   """source[start:stop] -> seeded shuffle, repeated forever (reshuffled each epoch) ->
   lists of batch_size records -> transform (list -> batch) -> workers.
 
@@ -262,16 +300,25 @@ def build_batched_iterator(source: Any, transform: grain.transforms.RandomMap, *
   """
   ds = grain.MapDataset.source(_ShuffledBatches(source, start, stop, batch_size, seed))
   ds = ds.random_map(_ZeroCounts(transform), seed=seed + 1)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads, 1)))
+  it_ds = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads, 1))
+  )
   if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=prefetch))
+    it_ds = it_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch)
+    )
   return BatchIterator(iter(it_ds))
 
 
-def probe(source: Any, transform: Callable[[Record, Any], Record], *, start: int, stop: int,
-          num_records: int, seed: int) -> None:
+def probe(
+    source: Any,
+    transform: Callable[[Record, Any], Record],
+    *,
+    start: int,
+    stop: int,
+    num_records: int,
+    seed: int,
+) -> None:
   """Fails fast when none of `num_records` random records of [start, stop) is usable.
 
   Stops at the first usable one, so a healthy source costs one record.
@@ -281,8 +328,10 @@ def probe(source: Any, transform: Callable[[Record, Any], Record], *, start: int
   """
   size = stop - start
   if size <= 0:
-    raise ValueError(f"{source!r}: this process's shard [{start}, {stop}) is empty "
-                     "(fewer records than processes?).")
+    raise ValueError(
+        f"{source!r}: this process's shard [{start}, {stop}) is empty "
+        "(fewer records than processes?)."
+    )
   if size <= num_records:
     order = np.random.default_rng(seed).permutation(size)
   else:  # Sampled with replacement: no O(size) permutation for huge sources.
@@ -293,6 +342,8 @@ def probe(source: Any, transform: Callable[[Record, Any], Record], *, start: int
     if SKIP not in record:
       return
     kinds[record[SKIP]] += 1
-  raise ValueError(f"No usable record among {len(order)} checked of {source!r} "
-                   f"(shard [{start}, {stop})): {dict(kinds)}. See the warnings above for "
-                   "the first errors.")
+  raise ValueError(
+      f"No usable record among {len(order)} checked of {source!r} "
+      f"(shard [{start}, {stop})): {dict(kinds)}. See the warnings above for "
+      "the first errors."
+  )

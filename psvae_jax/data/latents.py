@@ -47,11 +47,11 @@ def shard_file_name(process_index: int, process_count: int) -> str:
   return f"latents-{process_index:05d}-of-{process_count:05d}.array_record"
 
 
-def serialize(arrays: dict[str, np.ndarray], caption: str, label: int, index: int,
-              dtype: str) -> bytes:
+def serialize(
+    arrays: dict[str, np.ndarray], caption: str, label: int, index: int, dtype: str
+) -> bytes:
   """One record: arrays ("mu"/"std" or "z", (h, w, C)) cast to `dtype`, raw bytes."""
-  fields = {k: np.ascontiguousarray(v, dtype=DTYPES[dtype]).tobytes()
-            for k, v in arrays.items()}
+  fields = {k: np.ascontiguousarray(v, dtype=DTYPES[dtype]).tobytes() for k, v in arrays.items()}
   fields.update(caption=caption, label=int(label), index=int(index))
   return msgpack.packb(fields, use_bin_type=True)
 
@@ -59,22 +59,27 @@ def serialize(arrays: dict[str, np.ndarray], caption: str, label: int, index: in
 def deserialize(data: bytes, shape: Sequence[int], dtype: str) -> Record:
   """Record bytes -> {"mu"/"std" or "z": float32 (h, w, C), "caption", "label", "index"}."""
   fields = msgpack.unpackb(data, raw=False)
-  out = {k: np.frombuffer(fields[k], dtype=DTYPES[dtype]).reshape(shape).astype(np.float32)
-         for k in ("mu", "std", "z") if k in fields}
+  out = {
+      k: np.frombuffer(fields[k], dtype=DTYPES[dtype]).reshape(shape).astype(np.float32)
+      for k in ("mu", "std", "z")
+      if k in fields
+  }
   out.update(caption=fields["caption"], label=fields["label"], index=fields["index"])
   return out
 
 
-def deserialize_batch(records: Sequence[bytes], shape: Sequence[int],
-                      dtype: str) -> dict[str, Any]:
+def deserialize_batch(records: Sequence[bytes], shape: Sequence[int], dtype: str) -> dict[str, Any]:
   """Record bytes -> stacked float32 (b, h, w, C) arrays, "caption" list, "label" array."""
   fields = [msgpack.unpackb(r, raw=False) for r in records]
   out: dict[str, Any] = {}
   for key in ("mu", "std", "z"):
     if key in fields[0]:
       joined = b"".join(f[key] for f in fields)
-      out[key] = np.frombuffer(joined, dtype=DTYPES[dtype]).reshape(
-          (len(fields), *shape)).astype(np.float32)
+      out[key] = (
+          np.frombuffer(joined, dtype=DTYPES[dtype])
+          .reshape((len(fields), *shape))
+          .astype(np.float32)
+      )
   out["caption"] = [f["caption"] for f in fields]
   out["label"] = np.array([f["label"] for f in fields], np.int32)
   return out
@@ -85,7 +90,8 @@ def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
   if not path.is_file():
     raise FileNotFoundError(
         f"{str(path.parent)!r} is not a latent cache (no {META_FILE}). Write one with: "
-        "python -m psvae_jax.data.cache --autoencoder=AE_DIR --data=SPEC --out=DIR")
+        "python -m psvae_jax.data.cache --autoencoder=AE_DIR --data=SPEC --out=DIR"
+    )
   meta = json.loads(path.read_text())
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}.")
@@ -100,15 +106,20 @@ class LatentCacheSource:
     self.meta = read_meta(self._dir)
     self.shape = tuple(self.meta["shape"])
     self._dtype = self.meta["dtype"]
-    paths = [str(self._dir / name) for name, count in
-             zip(self.meta["files"], self.meta["counts"]) if count]
+    paths = [
+        str(self._dir / name)
+        for name, count in zip(self.meta["files"], self.meta["counts"])
+        if count
+    ]
     if not paths:
       raise ValueError(f"Latent cache {str(self._dir)!r} holds no records.")
     # array_record's own source: grain's subclass adds per-read metrics (~2x the cost).
     self._source = array_record_data_source.ArrayRecordDataSource(paths)
     if len(self._source) != self.meta["count"]:
-      raise ValueError(f"Latent cache {str(self._dir)!r}: {len(self._source)} records in "
-                       f"its files, meta.json says {self.meta['count']} (incomplete write?).")
+      raise ValueError(
+          f"Latent cache {str(self._dir)!r}: {len(self._source)} records in "
+          f"its files, meta.json says {self.meta['count']} (incomplete write?)."
+      )
 
   def __len__(self) -> int:
     return len(self._source)
@@ -144,8 +155,9 @@ class SampleBatch(grain.transforms.RandomMap):
     self._dtype = dtype
     self._tokenizer = tokenizer
 
-  def random_map(self, records: Sequence[bytes],
-                 rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+  def random_map(
+      self, records: Sequence[bytes], rng: np.random.Generator | None
+  ) -> dict[str, np.ndarray]:
     fields = deserialize_batch(records, self._shape, self._dtype)
     if "z" in fields:
       latent = fields["z"]
@@ -164,9 +176,14 @@ class SampleBatch(grain.transforms.RandomMap):
     return batch
 
 
-def build_latent_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
-                          process_index: int | None = None,
-                          process_count: int | None = None) -> iterators.BatchIterator:
+def build_latent_iterator(
+    data_cfg: Any,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> iterators.BatchIterator:
   """Infinite, seeded, checkpointable iterator over a latent cache (`data.path`).
 
   Same sharding, shuffling (reshuffled each epoch), worker and get_state / set_state
@@ -190,11 +207,20 @@ def build_latent_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   num_records = min(len(cache), limit) if limit > 0 else len(cache)
   start, stop = iterators.shard_bounds(num_records, index, count)
   if stop - start < batch_size:
-    raise ValueError(f"{cache!r}: this process's shard has {stop - start} records, fewer "
-                     f"than a batch ({batch_size}).")
+    raise ValueError(
+        f"{cache!r}: this process's shard has {stop - start} records, fewer "
+        f"than a batch ({batch_size})."
+    )
   transform = SampleBatch(cache.shape, cache.dtype, text.make_tokenizer(cfg))
   return iterators.build_batched_iterator(
-      cache.raw, transform, batch_size=batch_size, seed=seed, start=start, stop=stop,
+      cache.raw,
+      transform,
+      batch_size=batch_size,
+      seed=seed,
+      start=start,
+      stop=stop,
       # Decoding a batch is GIL-bound Python: beyond 2 threads they only contend.
-      num_threads=min(2, int(cfg.num_threads or 0)), num_workers=int(cfg.num_workers or 0),
-      prefetch=max(1, int(cfg.prefetch or 1)))
+      num_threads=min(2, int(cfg.num_threads or 0)),
+      num_workers=int(cfg.num_workers or 0),
+      prefetch=max(1, int(cfg.prefetch or 1)),
+  )

@@ -55,10 +55,20 @@ BatchIterator = iterators.BatchIterator
 class Preprocess(grain.transforms.RandomMap):
   """Source record -> pixels, caption and tokens; or {SKIP: kind} when unusable."""
 
-  def __init__(self, image_size: int, crop: str, random_flip: bool, *,
-               encoder_image_size: int, max_pixels: int, min_image_size: int,
-               alpha_background: str, max_caption_chars: int, empty_captions: str,
-               tokenizer: text.CaptionTokenizer | None):
+  def __init__(
+      self,
+      image_size: int,
+      crop: str,
+      random_flip: bool,
+      *,
+      encoder_image_size: int,
+      max_pixels: int,
+      min_image_size: int,
+      alpha_background: str,
+      max_caption_chars: int,
+      empty_captions: str,
+      tokenizer: text.CaptionTokenizer | None,
+  ):
     """See the data fields of configs/common.py (built by `preprocess_from_cfg`)."""
     if crop not in ("center", "random"):
       raise ValueError(f"crop must be 'center' or 'random', got {crop!r}.")
@@ -70,8 +80,10 @@ class Preprocess(grain.transforms.RandomMap):
     self._random_flip = bool(random_flip)
     self._decode_kwargs = dict(
         min_decode_size=max(self._image_size, self._encoder_image_size),
-        max_pixels=int(max_pixels), min_size=int(min_image_size),
-        background=decode.background_color(alpha_background))
+        max_pixels=int(max_pixels),
+        min_size=int(min_image_size),
+        background=decode.background_color(alpha_background),
+    )
     self._max_caption_chars = int(max_caption_chars)
     self._skip_empty = empty_captions == "skip"
     self._tokenizer = tokenizer
@@ -95,8 +107,13 @@ class Preprocess(grain.transforms.RandomMap):
     try:
       image, repairs = decode.load_rgb(element, **self._decode_kwargs)
     except decode.BadImage as e:
-      logging.log_first_n(logging.WARNING, "Skipping bad image %s: %s", 50,
-                          element.get("path") or element.get("key", "<in-memory>"), e)
+      logging.log_first_n(
+          logging.WARNING,
+          "Skipping bad image %s: %s",
+          50,
+          element.get("path") or element.get("key", "<in-memory>"),
+          e,
+      )
       return {iterators.SKIP: e.kind}
     box = decode.crop_box(image.shape[0], image.shape[1], self._crop, rng)
     flip = self._random_flip and rng is not None and rng.random() < 0.5
@@ -115,8 +132,10 @@ class Preprocess(grain.transforms.RandomMap):
 def images_to_float(batch: Batch) -> Batch:
   """Converts a batch's uint8 image fields to float32 in [-1, 1] (in the main process:
   worker processes ship uint8, 4x less data)."""
-  return {k: pixels.to_float_inplace(v) if k in _IMAGE_KEYS and v.dtype == np.uint8 else v
-          for k, v in batch.items()}
+  return {
+      k: pixels.to_float_inplace(v) if k in _IMAGE_KEYS and v.dtype == np.uint8 else v
+      for k, v in batch.items()
+  }
 
 
 def collate(records: Sequence[Record], as_float: bool = True) -> Batch:
@@ -124,9 +143,11 @@ def collate(records: Sequence[Record], as_float: bool = True) -> Batch:
   uint8 when not as_float."""
   captions = np.empty(len(records), dtype=object)  # (b,) of str
   captions[:] = [r["caption"] for r in records]
-  batch = {"image": np.stack([r["image"] for r in records]),  # (b, S, S, 3) uint8
-           "caption": captions,
-           "label": np.array([r["label"] for r in records], dtype=np.int32)}
+  batch = {
+      "image": np.stack([r["image"] for r in records]),  # (b, S, S, 3) uint8
+      "caption": captions,
+      "label": np.array([r["label"] for r in records], dtype=np.int32),
+  }
   if "image_enc" in records[0]:
     batch["image_enc"] = np.stack([r["image_enc"] for r in records])  # (b, E, E, 3) uint8
   for key in ("input_ids", "attention_mask"):
@@ -151,12 +172,18 @@ def preprocess_from_cfg(data_cfg: Any, train: bool = True) -> Preprocess:
       alpha_background=cfg.alpha_background,
       max_caption_chars=int(cfg.max_caption_chars),
       empty_captions=cfg.empty_captions,
-      tokenizer=text.make_tokenizer(cfg))
+      tokenizer=text.make_tokenizer(cfg),
+  )
 
 
-def build_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
-                         process_index: int | None = None,
-                         process_count: int | None = None) -> BatchIterator:
+def build_train_iterator(
+    data_cfg: Any,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
   """Infinite, seeded, checkpointable iterator of this process's batches.
 
   Args:
@@ -183,23 +210,49 @@ def build_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   cfg = config.resolve(data_cfg)
   if cfg.source == "latents":
     return latents.build_latent_iterator(
-        cfg, global_batch_size=global_batch_size, seed=seed,
-        process_index=process_index, process_count=process_count)
+        cfg,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
   index, count = iterators.process_info(process_index, process_count)
   batch_size = iterators.per_process_batch(global_batch_size, count)
   preprocess = preprocess_from_cfg(cfg, train=True)
   source = sources.get_source(cfg, "train")
   start, stop = iterators.shard_bounds(len(source), index, count)
-  iterators.probe(source, preprocess.random_map, start=start, stop=stop, seed=seed,
-                  num_records=int(cfg.probe_records))
+  iterators.probe(
+      source,
+      preprocess.random_map,
+      start=start,
+      stop=stop,
+      seed=seed,
+      num_records=int(cfg.probe_records),
+  )
   num_workers = int(cfg.num_workers or 0)
-  logging.info("Train pipeline: %r, shard %d/%d [%d, %d), batch %d, %d workers.",
-               source, index, count, start, stop, batch_size, num_workers)
+  logging.info(
+      "Train pipeline: %r, shard %d/%d [%d, %d), batch %d, %d workers.",
+      source,
+      index,
+      count,
+      start,
+      stop,
+      batch_size,
+      num_workers,
+  )
   return iterators.build_iterator(
-      source, preprocess, functools.partial(collate, as_float=False), batch_size=batch_size,
-      seed=seed, start=start, stop=stop,
-      num_threads=int(cfg.num_threads or 0), num_workers=num_workers,
-      prefetch=max(1, int(cfg.prefetch or 1)), finalize=images_to_float)
+      source,
+      preprocess,
+      functools.partial(collate, as_float=False),
+      batch_size=batch_size,
+      seed=seed,
+      start=start,
+      stop=stop,
+      num_threads=int(cfg.num_threads or 0),
+      num_workers=num_workers,
+      prefetch=max(1, int(cfg.prefetch or 1)),
+      finalize=images_to_float,
+  )
 
 
 def iterator_checkpoint_args(iterator: grain.DatasetIterator, save: bool):
@@ -215,11 +268,9 @@ def iterator_checkpoint_args(iterator: grain.DatasetIterator, save: bool):
     save: True for `CheckpointSave`, False for `CheckpointRestore`.
   """
   try:
-    args_cls = (grain.checkpoint.CheckpointSave if save
-                else grain.checkpoint.CheckpointRestore)
+    args_cls = grain.checkpoint.CheckpointSave if save else grain.checkpoint.CheckpointRestore
   except AttributeError as e:  # grain defines them only if orbax imports.
-    raise ImportError("grain's Orbax checkpoint args need orbax-checkpoint."
-                      ) from e
+    raise ImportError("grain's Orbax checkpoint args need orbax-checkpoint.") from e
   return args_cls(iterator)
 
 
@@ -247,8 +298,9 @@ def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
     if iterators.SKIP not in record:
       records.append(record)
   if len(records) < num_images:
-    raise ValueError(f"Asked for {num_images} eval images but {source!r} has "
-                     f"only {len(records)} good ones.")
+    raise ValueError(
+        f"Asked for {num_images} eval images but {source!r} has " f"only {len(records)} good ones."
+    )
   if not records:
     raise ValueError("build_eval_set needs num_images > 0.")
   batch = collate(records)

@@ -43,11 +43,15 @@ def define_flags() -> None:
   flags.DEFINE_string("src", None, "Image folder.")
   flags.DEFINE_string("out", None, "tfds data_dir to write into.")
   flags.DEFINE_string("name", "", "Dataset name (default: from the folder name).")
-  flags.DEFINE_integer("num_eval", 0, "Held-out images when the folder has no val/ "
-                       "subfolder (0: no validation split).")
+  flags.DEFINE_integer(
+      "num_eval",
+      0,
+      "Held-out images when the folder has no val/ " "subfolder (0: no validation split).",
+  )
   flags.DEFINE_bool("verify", False, "Decode every image; leave out corrupt ones.")
   flags.DEFINE_integer("seed", 0, "Seed of the held-out permutation.")
   flags.mark_flags_as_required(["src", "out"])
+
 
 def dataset_name(folder: str) -> str:
   """A valid tfds name (snake_case, starting with a letter) from a folder path."""
@@ -60,8 +64,9 @@ def check_image(data: bytes, verify: bool) -> str | None:
   """None if the bytes look like a usable image, else the skip kind."""
   try:
     if verify:
-      decode.decode_bytes(data, min_decode_size=1, max_pixels=2**62, min_size=1,
-                          background=(0, 0, 0))
+      decode.decode_bytes(
+          data, min_decode_size=1, max_pixels=2**62, min_size=1, background=(0, 0, 0)
+      )
     else:
       with decode.open_image(data):  # Header only.
         pass
@@ -73,8 +78,15 @@ def check_image(data: bytes, verify: bool) -> str | None:
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Writes the splits of an image folder (sources) as a tfds dataset."""
 
-  def __init__(self, *, name: str, splits: dict[str, Any], class_names: list[str],
-               verify: bool = False, **kwargs: Any):
+  def __init__(
+      self,
+      *,
+      name: str,
+      splits: dict[str, Any],
+      class_names: list[str],
+      verify: bool = False,
+      **kwargs: Any,
+  ):
     self.name = name
     self.VERSION = tfds.core.Version("1.0.0")  # pylint: disable=invalid-name
     self._splits = splits
@@ -90,17 +102,23 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    label = (tfds.features.ClassLabel(names=self._class_names) if self._class_names
-             else tfds.features.Scalar(dtype=np.int64))
+    label = (
+        tfds.features.ClassLabel(names=self._class_names)
+        if self._class_names
+        else tfds.features.Scalar(dtype=np.int64)
+    )
     return tfds.core.DatasetInfo(
         builder=self,
         description="Image folder converted by psvae_jax.data.prepare.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "caption": tfds.features.Text(),
-            "label": label,
-            "file_name": tfds.features.Text(),
-        }))
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "caption": tfds.features.Text(),
+                "label": label,
+                "file_name": tfds.features.Text(),
+            }
+        ),
+    )
 
   def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
     del dl_manager
@@ -126,12 +144,17 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if self._class_names and record["label"] < 0:
         self.skipped["unlabelled_beside_classes"] += 1  # ClassLabel has no -1.
         continue
-      yield path, {"image": data, "caption": caption if caption is not None else "",
-                   "label": remap.get(record["label"], -1), "file_name": path}
+      yield path, {
+          "image": data,
+          "caption": caption if caption is not None else "",
+          "label": remap.get(record["label"], -1),
+          "file_name": path,
+      }
 
 
-def convert(src: str, out: str, *, name: str = "", num_eval: int = 0, verify: bool = False,
-            seed: int = 0) -> Any:
+def convert(
+    src: str, out: str, *, name: str = "", num_eval: int = 0, verify: bool = False, seed: int = 0
+) -> Any:
   """Writes `src` into `out`/NAME/1.0.0 as ArrayRecord; returns the tfds builder."""
   name = name or dataset_name(src)
   # num_train=0: every image (the data config's default caps at num_train).
@@ -142,14 +165,24 @@ def convert(src: str, out: str, *, name: str = "", num_eval: int = 0, verify: bo
   except ValueError:  # No val/ subfolder and num_eval == 0.
     pass
   class_names = sorted({n for s in splits.values() for n in s.class_names})
-  builder = FolderBuilder(name=name, splits=splits, class_names=class_names, verify=verify,
-                          data_dir=out, file_format="array_record")
+  builder = FolderBuilder(
+      name=name,
+      splits=splits,
+      class_names=class_names,
+      verify=verify,
+      data_dir=out,
+      file_format="array_record",
+  )
   tfds.disable_progress_bar()
   with tempfile.TemporaryDirectory() as downloads:
     builder.download_and_prepare(download_dir=downloads)
-  logging.info("Wrote %s (%s) to %s; left out / noted: %s", name,
-               {k: v.num_examples for k, v in builder.info.splits.items()}, builder.data_dir,
-               dict(builder.skipped))
+  logging.info(
+      "Wrote %s (%s) to %s; left out / noted: %s",
+      name,
+      {k: v.num_examples for k, v in builder.info.splits.items()},
+      builder.data_dir,
+      dict(builder.skipped),
+  )
   return builder
 
 

@@ -58,10 +58,16 @@ class ImageFolderSource:
   Records hold the file path; the pipeline decodes.
   """
 
-  def __init__(self, path: str | pathlib.Path, exclude_dirs: Sequence[str] = (), *,
-               captions_file: str | pathlib.Path | None = None,
-               label_captions: bool = False, label_names: str = "",
-               label_template: str = "{}"):
+  def __init__(
+      self,
+      path: str | pathlib.Path,
+      exclude_dirs: Sequence[str] = (),
+      *,
+      captions_file: str | pathlib.Path | None = None,
+      label_captions: bool = False,
+      label_names: str = "",
+      label_template: str = "{}",
+  ):
     """Lists the images.
 
     Args:
@@ -76,32 +82,42 @@ class ImageFolderSource:
     if not self._root.is_dir():
       raise ValueError(f"Image folder {str(self._root)!r} does not exist.")
     files = sorted(
-        (p for p in self._root.rglob("*")
-         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-         and p.relative_to(self._root).parts[0] not in exclude_dirs),
-        key=lambda p: p.relative_to(self._root).as_posix())
+        (
+            p
+            for p in self._root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and p.is_file()
+            and p.relative_to(self._root).parts[0] not in exclude_dirs
+        ),
+        key=lambda p: p.relative_to(self._root).as_posix(),
+    )
     if not files:
       raise ValueError(
-          f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
-          f"{str(self._root)!r}.")
+          f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under " f"{str(self._root)!r}."
+      )
     self._files = [os.path.normpath(p) for p in files]
     relative = [p.relative_to(self._root).parts for p in files]
-    self.class_names: list[str] = sorted(
-        {parts[0] for parts in relative if len(parts) > 1})
+    self.class_names: list[str] = sorted({parts[0] for parts in relative if len(parts) > 1})
     class_index = {name: i for i, name in enumerate(self.class_names)}
-    self._labels = [class_index[parts[0]] if len(parts) > 1 else -1
-                    for parts in relative]
+    self._labels = [class_index[parts[0]] if len(parts) > 1 else -1 for parts in relative]
     captions_file = captions_file or self._root / CAPTIONS_FILE
-    self._captions = (read_captions_jsonl(captions_file)
-                      if pathlib.Path(captions_file).is_file() else {})
+    self._captions = (
+        read_captions_jsonl(captions_file) if pathlib.Path(captions_file).is_file() else {}
+    )
     self._captioner = None
     if label_captions:
       if not self.class_names:
         raise ValueError(f"data.label_captions: {str(self._root)!r} has no class subfolders.")
       self._captioner = text.LabelCaptioner(
-          text.resolve_label_names(self.class_names, label_names), label_template)
-    logging.info("ImageFolderSource %s: %d images, %d classes, %d jsonl captions.",
-                 self._root, len(self._files), len(self.class_names), len(self._captions))
+          text.resolve_label_names(self.class_names, label_names), label_template
+      )
+    logging.info(
+        "ImageFolderSource %s: %d images, %d classes, %d jsonl captions.",
+        self._root,
+        len(self._files),
+        len(self.class_names),
+        len(self._captions),
+    )
 
   def __len__(self) -> int:
     return len(self._files)
@@ -185,14 +201,16 @@ class SubsetSource:
 
 
 def _label_kwargs(cfg: Any) -> dict[str, Any]:
-  return dict(label_captions=bool(cfg.label_captions), label_names=cfg.label_names,
-              label_template=cfg.label_template)
+  return dict(
+      label_captions=bool(cfg.label_captions),
+      label_names=cfg.label_names,
+      label_template=cfg.label_template,
+  )
 
 
 def _folder_kwargs(cfg: Any, root: pathlib.Path) -> dict[str, Any]:
   captions = root / CAPTIONS_FILE
-  return dict(captions_file=captions if captions.is_file() else None,
-              **_label_kwargs(cfg))
+  return dict(captions_file=captions if captions.is_file() else None, **_label_kwargs(cfg))
 
 
 def _limit(cfg: Any, split: str) -> int | None:
@@ -206,19 +224,21 @@ def _folder_source(cfg: Any, split: str) -> Any:
   root = pathlib.Path(cfg.path).expanduser()
   kwargs = _folder_kwargs(cfg, root)
   limit = _limit(cfg, split)
-  split_dirs = {s: [root / n for n in names if (root / n).is_dir()]
-                for s, names in _SPLIT_DIRS.items()}
+  split_dirs = {
+      s: [root / n for n in names if (root / n).is_dir()] for s, names in _SPLIT_DIRS.items()
+  }
   if split_dirs[split]:
     sub = split_dirs[split][0]
     if (sub / CAPTIONS_FILE).is_file():
       kwargs["captions_file"] = sub / CAPTIONS_FILE
     return _cap(ImageFolderSource(sub, **kwargs), limit)
   if split_dirs["eval"]:  # An eval subfolder but no train one.
-    return _cap(ImageFolderSource(root, exclude_dirs=_SPLIT_DIRS["eval"], **kwargs),
-                limit)
+    return _cap(ImageFolderSource(root, exclude_dirs=_SPLIT_DIRS["eval"], **kwargs), limit)
   if split_dirs["train"]:
-    raise ValueError(f"{str(root)!r} has a train/ subfolder but none of "
-                     f"{'/, '.join(_SPLIT_DIRS['eval'])}/ for evaluation.")
+    raise ValueError(
+        f"{str(root)!r} has a train/ subfolder but none of "
+        f"{'/, '.join(_SPLIT_DIRS['eval'])}/ for evaluation."
+    )
   # No split subfolders: hold out `num_eval` images of a seeded permutation.
   source = ImageFolderSource(root, **kwargs)
   num_eval = min(int(cfg.num_eval or 0), len(source) // 2)
@@ -228,7 +248,8 @@ def _folder_source(cfg: Any, split: str) -> Any:
   if num_eval == 0:
     raise ValueError(
         f"No held-out images: {str(root)!r} has no eval/val subfolder and "
-        f"data.num_eval is 0 or the folder has < 2 images.")
+        f"data.num_eval is 0 or the folder has < 2 images."
+    )
   return SubsetSource(source, np.sort(order[:num_eval]))
 
 
@@ -242,8 +263,14 @@ def _cap(source: Any, limit: int | None) -> Any:
 def _tfds_source(cfg: Any, split: str) -> Any:
   split_name = cfg.train_split if split == "train" else cfg.eval_split
   source = tfds_source.TfdsSource(
-      cfg.tfds_name, split_name, cfg.path or None, image_key=cfg.image_key,
-      caption_key=cfg.caption_key, label_key=cfg.label_key, **_label_kwargs(cfg))
+      cfg.tfds_name,
+      split_name,
+      cfg.path or None,
+      image_key=cfg.image_key,
+      caption_key=cfg.caption_key,
+      label_key=cfg.label_key,
+      **_label_kwargs(cfg),
+  )
   return _cap(source, _limit(cfg, split))
 
 
@@ -301,5 +328,6 @@ def get_source(data_cfg: Any, split: str) -> Any:
   if cfg.source not in SOURCES:
     raise ValueError(
         f"Unknown data source {cfg.source!r}; registered: {sorted(SOURCES)} (the demo's "
-        "'shapes': psvae_jax.shapes.plugin.register(), which the entry points call).")
+        "'shapes': psvae_jax.shapes.plugin.register(), which the entry points call)."
+    )
   return SOURCES[cfg.source](cfg, split)

@@ -63,8 +63,9 @@ def truncate(text: str, max_chars: int) -> str:
   return cut[:space] if space >= max_chars * 0.8 else cut
 
 
-def clean_caption(raw: Any, max_chars: int,
-                  rng: np.random.Generator | None = None) -> tuple[str, list[str]]:
+def clean_caption(
+    raw: Any, max_chars: int, rng: np.random.Generator | None = None
+) -> tuple[str, list[str]]:
   """Raw caption -> (clean text, list of what was missing / repaired)."""
   raw = pick_caption(raw, rng)
   if raw is None:
@@ -101,11 +102,14 @@ class CaptionTokenizer:
     """Loads the tokenizer now (raises ValueError if the directory has none)."""
     if self._tokenizer is None:
       from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+
       try:
         tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
       except (OSError, ValueError) as e:
-        raise ValueError(f"No tokenizer could be loaded from the local directory "
-                         f"{self.path!r} (data.tokenizer): {e}") from e
+        raise ValueError(
+            f"No tokenizer could be loaded from the local directory "
+            f"{self.path!r} (data.tokenizer): {e}"
+        ) from e
       if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
       self._tokenizer = tokenizer
@@ -113,10 +117,11 @@ class CaptionTokenizer:
 
   def __call__(self, text: str) -> dict[str, np.ndarray]:
     """{"input_ids", "attention_mask"}: int32 (max_length,)."""
-    out = self.load()(text, padding="max_length", truncation=True,
-                      max_length=self.max_length)
-    return {"input_ids": np.asarray(out["input_ids"], np.int32),
-            "attention_mask": np.asarray(out["attention_mask"], np.int32)}
+    out = self.load()(text, padding="max_length", truncation=True, max_length=self.max_length)
+    return {
+        "input_ids": np.asarray(out["input_ids"], np.int32),
+        "attention_mask": np.asarray(out["attention_mask"], np.int32),
+    }
 
   def __getstate__(self) -> dict[str, Any]:
     return {"path": self.path, "max_length": self.max_length, "_tokenizer": None}
@@ -152,8 +157,10 @@ def resolve_label_names(class_names: list[str], names_file: str = "") -> list[st
   elif not class_names or len(lines) == len(class_names):
     names = lines
   else:
-    raise ValueError(f"{names_file}: {len(lines)} names for {len(class_names)} classes, and "
-                     "its lines are not keyed by the class names.")
+    raise ValueError(
+        f"{names_file}: {len(lines)} names for {len(class_names)} classes, and "
+        "its lines are not keyed by the class names."
+    )
   return [name.split(",")[0].strip() for name in names]
 
 

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 from psvae_jax.diffusion import schedules
 
 MODEL_TIME_SCALE = 1000.0  # flow time t ∈ [0, 1] → model time t · 1000
-SHIFT_BASE_DIM = 4096  # the reference dimension n of ``dimension_shift``: 64×64, or 32×32×4 SD latents
+SHIFT_BASE_DIM = (
+    4096  # the reference dimension n of ``dimension_shift``: 64×64, or 32×32×4 SD latents
+)
 
 
 def shift_time(t: jax.Array, shift: float | jax.Array) -> jax.Array:
@@ -73,6 +75,7 @@ def mse_per_example(pred: jax.Array, target: jax.Array) -> jax.Array:
 @struct.dataclass
 class EpsilonObjective:
   """DDPM ε-prediction: z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε, loss ‖ε − ε_θ(z_t, t)‖²."""
+
   schedule: schedules.Schedule
 
   def sample_t(self, rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -104,6 +107,7 @@ class FlowObjective:
     logit_normal_mean: mean of the normal whose sigmoid gives t.
     logit_normal_std: its standard deviation.
   """
+
   shift: float = struct.field(pytree_node=False, default=1.0)
   logit_normal_mean: float = struct.field(pytree_node=False, default=0.0)
   logit_normal_std: float = struct.field(pytree_node=False, default=1.0)

@@ -33,11 +33,14 @@ from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import schedules
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
-Inpaint = tuple[jax.Array, jax.Array, jax.Array]  # (z_known, mask: 1 = regenerate, noise), each like z
+Inpaint = tuple[
+    jax.Array, jax.Array, jax.Array
+]  # (z_known, mask: 1 = regenerate, noise), each like z
 
 
-def ddim_timesteps(num_steps: int, T: int = 1000, *, max_steps: int | None = None,
-                   steps_offset: int = 0) -> np.ndarray:
+def ddim_timesteps(
+    num_steps: int, T: int = 1000, *, max_steps: int | None = None, steps_offset: int = 0
+) -> np.ndarray:
   """DDIM timesteps with diffusers' "leading" spacing, padded to ``max_steps`` with −1.
 
   As ``DDIMScheduler.set_timesteps``: ratio = T // num_steps; timesteps = (arange(num_steps) · ratio)[::-1] +
@@ -49,7 +52,9 @@ def ddim_timesteps(num_steps: int, T: int = 1000, *, max_steps: int | None = Non
   """
   max_steps = num_steps if max_steps is None else max_steps
   if not 1 <= num_steps <= min(T, max_steps):
-    raise ValueError(f"num_steps must be in [1, min(T={T}, max_steps={max_steps})], got {num_steps}.")
+    raise ValueError(
+        f"num_steps must be in [1, min(T={T}, max_steps={max_steps})], got {num_steps}."
+    )
   ratio = T // num_steps
   ts = (np.arange(num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
   out = np.full((max_steps,), -1, np.int32)
@@ -63,8 +68,13 @@ def sdedit_start_index(num_steps: int, strength: float) -> int:
   return max(num_steps - init, 0)
 
 
-def ddim_start_latents(sched: schedules.Schedule, z0: jax.Array, timesteps: jax.Array,
-                       start_index: jax.Array, noise: jax.Array) -> jax.Array:
+def ddim_start_latents(
+    sched: schedules.Schedule,
+    z0: jax.Array,
+    timesteps: jax.Array,
+    start_index: jax.Array,
+    noise: jax.Array,
+) -> jax.Array:
   """SDEdit start: q_sample(z0, timesteps[start_index]); past the last step (strength 0) it returns z0."""
   timesteps = jnp.asarray(timesteps, jnp.int32)
   idx = jnp.asarray(start_index, jnp.int32)
@@ -72,9 +82,14 @@ def ddim_start_latents(sched: schedules.Schedule, z0: jax.Array, timesteps: jax.
   return schedules.q_sample(sched, z0, t, noise)
 
 
-def _guided(model_fn: ModelFn, cond: Any, uncond: Any, guidance_scale: jax.Array,
-            guidance_rescale: float | jax.Array = 0.0,
-            guidance_interval: Any = (0.0, 1.0)) -> Callable[..., jax.Array]:
+def _guided(
+    model_fn: ModelFn,
+    cond: Any,
+    uncond: Any,
+    guidance_scale: jax.Array,
+    guidance_rescale: float | jax.Array = 0.0,
+    guidance_interval: Any = (0.0, 1.0),
+) -> Callable[..., jax.Array]:
   """(z, scalar model time, noise level) → float32 prediction; CFG as one 2B batch if ``uncond`` is given.
 
   ``guidance_interval`` = (lo, hi) applies the guidance scale only at noise levels lo ≤ level ≤ hi (level:
@@ -87,13 +102,17 @@ def _guided(model_fn: ModelFn, cond: Any, uncond: Any, guidance_scale: jax.Array
   from over-saturating. φ = 0 is plain CFG (diffusers' default).
   """
   if uncond is None:
+
     def pred(z, t, level):
       del level
       t_b = jnp.full((z.shape[0],), t, jnp.float32)  # (B,)
       return model_fn(z, t_b, cond).astype(jnp.float32)
+
     return pred
 
-  both = jax.tree.map(lambda c, u: jnp.concatenate([c, u], axis=0), cond, uncond)  # leaves (2B, ...)
+  both = jax.tree.map(
+      lambda c, u: jnp.concatenate([c, u], axis=0), cond, uncond
+  )  # leaves (2B, ...)
 
   interval = jnp.asarray(guidance_interval, jnp.float32)  # (2,)
 
@@ -106,9 +125,11 @@ def _guided(model_fn: ModelFn, cond: Any, uncond: Any, guidance_scale: jax.Array
     guided = out_u + scale * (out_c - out_u)
     axes = tuple(range(1, guided.ndim))
     ratio = jnp.std(out_c, axis=axes, keepdims=True) / (
-        jnp.std(guided, axis=axes, keepdims=True) + 1e-8)
+        jnp.std(guided, axis=axes, keepdims=True) + 1e-8
+    )
     phi = jnp.asarray(guidance_rescale, jnp.float32)
     return jnp.where(phi > 0, guided * (1.0 - phi + phi * ratio), guided)
+
   return pred
 
 
@@ -143,15 +164,30 @@ def _resampled(step_fn, renoise, resample, rng):
     def again(j, z):
       key = jax.random.fold_in(jax.random.fold_in(rng, i), j)
       return step_fn(renoise(z, key, *ts), i, *ts).astype(z.dtype)
+
     return jax.lax.fori_loop(0, resample, again, z)
+
   return run
 
 
-def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, cond: Any, uncond: Any,
-                timesteps: jax.Array, guidance_scale: float | jax.Array, eta: float | jax.Array,
-                rng: jax.Array, *, start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                inpaint: Inpaint | None = None, guidance_rescale: float | jax.Array = 0.0,
-                guidance_interval: Any = (0.0, 1.0), resample: int | jax.Array = 0) -> jax.Array:
+def ddim_sample(
+    model_fn: ModelFn,
+    sched: schedules.Schedule,
+    z_T: jax.Array,
+    cond: Any,
+    uncond: Any,
+    timesteps: jax.Array,
+    guidance_scale: float | jax.Array,
+    eta: float | jax.Array,
+    rng: jax.Array,
+    *,
+    start_index: int | jax.Array = 0,
+    carry_sharding: Any = None,
+    inpaint: Inpaint | None = None,
+    guidance_rescale: float | jax.Array = 0.0,
+    guidance_interval: Any = (0.0, 1.0),
+    resample: int | jax.Array = 0,
+) -> jax.Array:
   """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step`` (ε-prediction).
 
   Per step t → t_prev = t − T // num_steps (ᾱ_prev = final_alpha_cumprod when t_prev < 0)::
@@ -186,8 +222,14 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
   num_steps = jnp.maximum(jnp.sum(timesteps >= 0), 1)
   ratio = sched.num_timesteps // num_steps
   eta = jnp.asarray(eta, jnp.float32)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(guidance_scale, jnp.float32), guidance_rescale,
-                 guidance_interval)
+  pred = _guided(
+      model_fn,
+      cond,
+      uncond,
+      jnp.asarray(guidance_scale, jnp.float32),
+      guidance_rescale,
+      guidance_interval,
+  )
 
   def step(z, i, t):
     t_prev = t - ratio
@@ -207,9 +249,11 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
     return z
 
   if inpaint is not None:
+
     def renoise(z, key, t):
       r = schedules.alpha_cumprod_at(sched, t) / schedules.alpha_cumprod_at(sched, t - ratio)
       return jnp.sqrt(r) * z + jnp.sqrt(1.0 - r) * jax.random.normal(key, z.shape, jnp.float32)
+
     step = _resampled(step, renoise, resample, jax.random.fold_in(rng, 1 << 30))
 
   idx = jnp.arange(timesteps.shape[0], dtype=jnp.int32)
@@ -217,8 +261,9 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, z_T: jax.Array, co
   return _scan_steps(step, z_T, idx, (timesteps,), active, carry_sharding)
 
 
-def flow_time_grid(num_steps: int | jax.Array, shift: float | jax.Array, max_steps: int
-                   ) -> tuple[jax.Array, jax.Array]:
+def flow_time_grid(
+    num_steps: int | jax.Array, shift: float | jax.Array, max_steps: int
+) -> tuple[jax.Array, jax.Array]:
   """Euler time grid (t_i, t_{i+1}), i < max_steps: t_i = shift(1 − i/n), n = num_steps (traced); 1 → 0."""
   n = jnp.asarray(num_steps, jnp.float32)
   i = jnp.arange(max_steps, dtype=jnp.float32)
@@ -227,8 +272,13 @@ def flow_time_grid(num_steps: int | jax.Array, shift: float | jax.Array, max_ste
   return t, t_next
 
 
-def euler_start_latents(z0: jax.Array, noise: jax.Array, num_steps: int | jax.Array,
-                        start_index: int | jax.Array, shift: float | jax.Array) -> jax.Array:
+def euler_start_latents(
+    z0: jax.Array,
+    noise: jax.Array,
+    num_steps: int | jax.Array,
+    start_index: int | jax.Array,
+    shift: float | jax.Array,
+) -> jax.Array:
   """SDEdit start for ``euler_sample``: (1 − t) z0 + t ε at t = shift(1 − start_index / num_steps),
   the grid's time at ``start_index`` (start 0: the noise itself; start = num_steps: z0)."""
   u = jnp.clip(1.0 - jnp.asarray(start_index, jnp.float32) / num_steps, 0.0, 1.0)
@@ -236,12 +286,24 @@ def euler_start_latents(z0: jax.Array, noise: jax.Array, num_steps: int | jax.Ar
   return (1.0 - t) * jnp.asarray(z0, jnp.float32) + t * jnp.asarray(noise, jnp.float32)
 
 
-def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_steps: int | jax.Array,
-                 shift: float | jax.Array, guidance_scale: float | jax.Array, *, max_steps: int | None = None,
-                 start_index: int | jax.Array = 0, carry_sharding: Any = None,
-                 inpaint: Inpaint | None = None, guidance_rescale: float | jax.Array = 0.0,
-                 guidance_interval: Any = (0.0, 1.0), resample: int | jax.Array = 0,
-                 rng: jax.Array | None = None) -> jax.Array:
+def euler_sample(
+    model_fn: ModelFn,
+    z_1: jax.Array,
+    cond: Any,
+    uncond: Any,
+    num_steps: int | jax.Array,
+    shift: float | jax.Array,
+    guidance_scale: float | jax.Array,
+    *,
+    max_steps: int | None = None,
+    start_index: int | jax.Array = 0,
+    carry_sharding: Any = None,
+    inpaint: Inpaint | None = None,
+    guidance_rescale: float | jax.Array = 0.0,
+    guidance_interval: Any = (0.0, 1.0),
+    resample: int | jax.Array = 0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
   """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0 (data).
 
   Args:
@@ -272,8 +334,14 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
       raise ValueError("euler_sample needs a static max_steps when num_steps is traced.")
     max_steps = num_steps
   t_grid, t_next_grid = flow_time_grid(num_steps, shift, max_steps)
-  pred = _guided(model_fn, cond, uncond, jnp.asarray(guidance_scale, jnp.float32), guidance_rescale,
-                 guidance_interval)
+  pred = _guided(
+      model_fn,
+      cond,
+      uncond,
+      jnp.asarray(guidance_scale, jnp.float32),
+      guidance_rescale,
+      guidance_interval,
+  )
 
   def step(z, i, t, t_next):
     del i
@@ -285,10 +353,12 @@ def euler_sample(model_fn: ModelFn, z_1: jax.Array, cond: Any, uncond: Any, num_
     return z
 
   if inpaint is not None and rng is not None:
+
     def renoise(z, key, t, t_next):
       r = (1.0 - t) / (1.0 - t_next)
       sd = jnp.sqrt(jnp.maximum(t**2 - (r * t_next) ** 2, 0.0))
       return r * z + sd * jax.random.normal(key, z.shape, jnp.float32)
+
     step = _resampled(step, renoise, resample, rng)
 
   idx = jnp.arange(max_steps, dtype=jnp.int32)

@@ -29,6 +29,7 @@ class Schedule:
     alphas_cumprod: (T,) float32 ᾱ_t = Π_{s<=t} (1 − β_s).
     final_alpha_cumprod: () float32 ᾱ for timesteps < 0 (the end of sampling).
   """
+
   betas: jax.Array
   alphas_cumprod: jax.Array
   final_alpha_cumprod: jax.Array
@@ -49,15 +50,17 @@ def _from_betas(betas: np.ndarray, set_alpha_to_one: bool) -> Schedule:
   )
 
 
-def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                    set_alpha_to_one: bool = True) -> Schedule:
+def linear_schedule(
+    T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, set_alpha_to_one: bool = True
+) -> Schedule:
   """Linear β from ``beta_start`` to ``beta_end`` over T steps (DDPM; diffusers' "linear")."""
   betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
   return _from_betas(betas, set_alpha_to_one)
 
 
-def cosine_schedule(T: int = 1000, max_beta: float = 0.999, s: float = 0.008,
-                    set_alpha_to_one: bool = True) -> Schedule:
+def cosine_schedule(
+    T: int = 1000, max_beta: float = 0.999, s: float = 0.008, set_alpha_to_one: bool = True
+) -> Schedule:
   """Cosine ᾱ(u) = cos²((u + s)/(1 + s) · π/2), u = t/T; β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), max_beta)."""
 
   def alpha_bar(u: float) -> float:

@@ -63,7 +63,7 @@ class EvalContext:
     out = []
     for i, j in self.batches(len(arrays[0])):
       xs = [self.put(a[i:j])[0] for a in arrays]
-      out.append(np.asarray(jax.device_get(fn(*xs)), np.float64)[:j - i])
+      out.append(np.asarray(jax.device_get(fn(*xs)), np.float64)[: j - i])
     return np.concatenate(out)
 
   def stats(self, kind: str, images_u8: np.ndarray) -> fid_lib.FeatureStats:
@@ -88,23 +88,24 @@ _ssim = jax.jit(image_metrics.ssim)
 
 
 class PSNR:
+
   def __init__(self, cfg):
     self.n = cfg.get("num_images", 256)
 
   def run(self, ctx):
     data, rec = ctx.recon(self.n)
-    return {"psnr": float(np.mean(ctx.per_image(_psnr, rec, data["image"]))),
-            "num_images": self.n}
+    return {"psnr": float(np.mean(ctx.per_image(_psnr, rec, data["image"]))), "num_images": self.n}
 
 
 class SSIM(PSNR):
+
   def run(self, ctx):
     data, rec = ctx.recon(self.n)
-    return {"ssim": float(np.mean(ctx.per_image(_ssim, rec, data["image"]))),
-            "num_images": self.n}
+    return {"ssim": float(np.mean(ctx.per_image(_ssim, rec, data["image"]))), "num_images": self.n}
 
 
 class LPIPS(PSNR):
+
   def run(self, ctx):
     if ctx.lpips is None:
       raise ValueError("lpips evaluator needs LPIPS weights in the context.")
@@ -128,8 +129,12 @@ class RFID(PSNR):
     data, rec = ctx.recon(self.n)
     mu1, s1 = ctx.stats(self.feature, pixels.to_uint8(rec)).finalize()
     mu2, s2 = ctx.stats(self.feature, pixels.to_uint8(data["image"])).finalize()
-    return {"rfid": fid_lib.frechet_distance(mu1, s1, mu2, s2), "num_samples": self.n,
-            "feature": self.feature, "reference": f"originals of the first {self.n} eval images"}
+    return {
+        "rfid": fid_lib.frechet_distance(mu1, s1, mu2, s2),
+        "num_samples": self.n,
+        "feature": self.feature,
+        "reference": f"originals of the first {self.n} eval images",
+    }
 
 
 class FID:
@@ -165,8 +170,11 @@ class FID:
   def conditions(self, ctx) -> tuple[list[str] | None, np.ndarray | None, str]:
     """(captions, labels, description) for the N samples."""
     if self.class_balanced > 0:
-      return None, np.arange(self.n) % self.class_balanced, (
-          f"class-balanced over {self.class_balanced} classes")
+      return (
+          None,
+          np.arange(self.n) % self.class_balanced,
+          (f"class-balanced over {self.class_balanced} classes"),
+      )
     if self.prompts_file:
       try:
         with open(self.prompts_file, encoding="utf-8") as f:
@@ -185,13 +193,20 @@ class FID:
     captions, labels, source = self.conditions(ctx)
     key = ("gen", self.n, self.steps, self.guidance_scale, self.seed, source)
     if key not in ctx.cache:
-      ctx.cache[key] = ctx.generate(captions, self.steps, self.guidance_scale, self.seed,
-                                    labels=labels)
+      ctx.cache[key] = ctx.generate(
+          captions, self.steps, self.guidance_scale, self.seed, labels=labels
+      )
     mu, sigma = ctx.stats(self.feature, ctx.cache[key]).finalize()
     ref_mu, ref_sigma, ref_name = self.reference(ctx)
-    return {"fid": fid_lib.frechet_distance(mu, sigma, ref_mu, ref_sigma), "steps": self.steps,
-            "guidance_scale": self.guidance_scale, "num_samples": self.n, "feature": self.feature,
-            "reference": ref_name, "conditions": source}
+    return {
+        "fid": fid_lib.frechet_distance(mu, sigma, ref_mu, ref_sigma),
+        "steps": self.steps,
+        "guidance_scale": self.guidance_scale,
+        "num_samples": self.n,
+        "feature": self.feature,
+        "reference": ref_name,
+        "conditions": source,
+    }
 
 
 class Adherence(FID):
@@ -202,19 +217,37 @@ class Adherence(FID):
     captions = list(ctx.eval_data(self.n)["caption"])
     checker = checkers.for_captions(captions)
     if checker is None:
-      raise ValueError(f"adherence: no registered checker accepts the eval captions "
-                       f"(registered: {checkers.registered()}; e.g. {str(captions[:1])[:80]}).")
-    key = ("gen", self.n, self.steps, self.guidance_scale, self.seed,
-           f"captions of the first {len(captions)} eval images")
+      raise ValueError(
+          f"adherence: no registered checker accepts the eval captions "
+          f"(registered: {checkers.registered()}; e.g. {str(captions[:1])[:80]})."
+      )
+    key = (
+        "gen",
+        self.n,
+        self.steps,
+        self.guidance_scale,
+        self.seed,
+        f"captions of the first {len(captions)} eval images",
+    )
     if key not in ctx.cache:
       ctx.cache[key] = ctx.generate(captions, self.steps, self.guidance_scale, self.seed)
     images = ctx.cache[key]
-    return {"adherence": checkers.adherence(images, captions, checker),
-            "steps": self.steps, "guidance_scale": self.guidance_scale, "num_samples": self.n}
+    return {
+        "adherence": checkers.adherence(images, captions, checker),
+        "steps": self.steps,
+        "guidance_scale": self.guidance_scale,
+        "num_samples": self.n,
+    }
 
 
-EVALUATORS = {"fid": FID, "rfid": RFID, "psnr": PSNR, "ssim": SSIM, "lpips": LPIPS,
-              "adherence": Adherence}
+EVALUATORS = {
+    "fid": FID,
+    "rfid": RFID,
+    "psnr": PSNR,
+    "ssim": SSIM,
+    "lpips": LPIPS,
+    "adherence": Adherence,
+}
 
 
 def get_evaluator(cfg):

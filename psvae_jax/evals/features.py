@@ -36,6 +36,8 @@ def register_feature_net(kind: str, loader: Loader) -> None:
 def feature_net(kind: str, weights: str, image_size: int) -> tuple[Callable, int]:
   """(jitted uint8 images -> features, dim) of `kind` with its weights file."""
   if kind not in _LOADERS:
-    raise ValueError(f"Unknown feature net {kind!r}; registered: {sorted(_LOADERS)} (the "
-                     "demo's 'proxy': psvae_jax.shapes.plugin.register()).")
+    raise ValueError(
+        f"Unknown feature net {kind!r}; registered: {sorted(_LOADERS)} (the "
+        "demo's 'proxy': psvae_jax.shapes.plugin.register())."
+    )
   return _LOADERS[kind](weights, image_size)

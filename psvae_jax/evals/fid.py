@@ -31,6 +31,7 @@ from etils import epath
 def _allgather_f64(x: np.ndarray) -> np.ndarray:
   """(P, ...) float64 from every process, exact: gathered as uint32 bit patterns."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   bits = np.ascontiguousarray(x, np.float64).view(np.uint32)
   out = np.asarray(multihost_utils.process_allgather(bits))  # (P, ...)
   return out.view(np.float64).reshape((jax.process_count(),) + x.shape)
@@ -39,6 +40,7 @@ def _allgather_f64(x: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class FeatureStats:
   """Running float64 sums of features: count, mean and scatter (sum of centred outer products)."""
+
   dim: int
   count: int = 0
   mean: np.ndarray | None = None
@@ -69,8 +71,9 @@ class FeatureStats:
       return self
     n = self.count + other.count
     delta = other.mean - self.mean
-    self.scatter = self.scatter + other.scatter + np.outer(delta, delta) * (
-        self.count * other.count / n)
+    self.scatter = (
+        self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / n)
+    )
     self.mean = self.mean + delta * (other.count / n)
     self.count = n
     return self
@@ -107,10 +110,14 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2)), in float64; never NaN silently."""
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(
+      np.asarray(sigma2, np.float64)
+  )
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
-    raise ValueError(f"FID statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, "
-                     f"sigma {s1.shape} vs {s2.shape}.")
+    raise ValueError(
+        f"FID statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, "
+        f"sigma {s1.shape} vs {s2.shape}."
+    )
   for name, x in (("mu1", mu1), ("mu2", mu2), ("sigma1", s1), ("sigma2", s2)):
     if not np.isfinite(x).all():
       raise FloatingPointError(f"FID input {name} has non-finite values.")

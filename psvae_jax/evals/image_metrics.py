@@ -46,8 +46,7 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
   return -10.0 * jnp.log10(jnp.maximum(mse, _MSE_FLOOR))
 
 
-def gaussian_kernel1d(sigma: float = SSIM_SIGMA,
-                      truncate: float = SSIM_TRUNCATE) -> np.ndarray:
+def gaussian_kernel1d(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
   """scipy.ndimage's normalised 1-D Gaussian, radius int(truncate * sigma + 0.5)."""
   radius = int(truncate * sigma + 0.5)
   t = np.arange(-radius, radius + 1, dtype=np.float64)
@@ -71,8 +70,9 @@ def _filter_axis(x: jax.Array, w: np.ndarray, axis: int) -> jax.Array:
   return out
 
 
-def gaussian_filter2d(x: jax.Array, sigma: float = SSIM_SIGMA,
-                      truncate: float = SSIM_TRUNCATE) -> jax.Array:
+def gaussian_filter2d(
+    x: jax.Array, sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE
+) -> jax.Array:
   """Separable Gaussian blur over H and W of x: (B, H, W, C), channels independent."""
   w = gaussian_kernel1d(sigma, truncate)
   return _filter_axis(_filter_axis(x, w, axis=1), w, axis=2)
@@ -110,8 +110,8 @@ def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
   c1 = (SSIM_K1 * 1.0) ** 2
   c2 = (SSIM_K2 * 1.0) ** 2
   s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / (
-      (ux * ux + uy * uy + c1) * (vx + vy + c2))  # (B, H, W, C)
+      (ux * ux + uy * uy + c1) * (vx + vy + c2)
+  )  # (B, H, W, C)
   p = (win_size - 1) // 2
-  s = s[:, p:s.shape[1] - p, p:s.shape[2] - p, :]
+  s = s[:, p : s.shape[1] - p, p : s.shape[2] - p, :]
   return jnp.mean(s, axis=(1, 2, 3))  # Equal-size channels: mean of means.
-

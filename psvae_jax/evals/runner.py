@@ -37,15 +37,24 @@ def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dic
   Each evaluator config that needs features names them with `feature` and `weights`
   (a proxy or Inception file); strings (reference set, feature kind) are logged.
   """
-  ctx = evaluators.EvalContext(mesh=mesh, batch_size=config.eval.batch_size,
-                               eval_data=eval_data, reconstruct=reconstruct, generate=generate)
+  ctx = evaluators.EvalContext(
+      mesh=mesh,
+      batch_size=config.eval.batch_size,
+      eval_data=eval_data,
+      reconstruct=reconstruct,
+      generate=generate,
+  )
   for e in config.evals.values():
     e = dict(e)
     if e.get("feature") and e["feature"] not in ctx.feature_nets:
-      ctx.feature_nets[e["feature"]] = features.feature_net(e["feature"], e["weights"],
-                                                   config.data.image_size)
-  evals = {k: v for k, v in config.evals.items()
-           if (dict(v)["type"] in GENERATION_TYPES) == (generate is not None)}
+      ctx.feature_nets[e["feature"]] = features.feature_net(
+          e["feature"], e["weights"], config.data.image_size
+      )
+  evals = {
+      k: v
+      for k, v in config.evals.items()
+      if (dict(v)["type"] in GENERATION_TYPES) == (generate is not None)
+  }
   results = evaluators.run_all(evals, ctx)
   logging.info("evaluators: %s", results)
   return {k: float(v) for k, v in results.items() if not isinstance(v, str)}
@@ -58,8 +67,12 @@ def _load(workdir: str, mesh):
     return run_cfg, autoencoders.load_autoencoder(workdir, mesh), None
   pipe = api.load(workdir, mesh)
   generate = lambda caps, steps, guidance_scale, seed, labels=None: pipe.generate(
-      caps if labels is None else None, steps=steps, guidance_scale=guidance_scale, seed=seed,
-      labels=labels)
+      caps if labels is None else None,
+      steps=steps,
+      guidance_scale=guidance_scale,
+      seed=seed,
+      labels=labels,
+  )
   return run_cfg, pipe.gen.ae, generate
 
 
@@ -78,28 +91,32 @@ def build_context(workdir: str, config):
     return sets[n]
 
   recon_jit = jax.jit(
-      lambda p, x: jax.numpy.clip(ae.decode_with(p, ae.encode_with(p, x)[0]), -1, 1))
-  ctx = evaluators.EvalContext(mesh=mesh, batch_size=config.batch_size, eval_data=eval_data,
-                               generate=generate)
+      lambda p, x: jax.numpy.clip(ae.decode_with(p, ae.encode_with(p, x)[0]), -1, 1)
+  )
+  ctx = evaluators.EvalContext(
+      mesh=mesh, batch_size=config.batch_size, eval_data=eval_data, generate=generate
+  )
 
   def reconstruct(images):
     out = []
     for i, j in ctx.batches(len(images)):
       x, _ = ctx.put(np.asarray(images[i:j], np.float32))
-      out.append(np.asarray(jax.device_get(recon_jit(ae.params, x)))[:j - i])
+      out.append(np.asarray(jax.device_get(recon_jit(ae.params, x)))[: j - i])
     return np.concatenate(out)
 
   ctx.reconstruct = reconstruct
   kinds = {dict(e).get("feature") for e in config.evals.values()}
   if "proxy" in kinds:
-    path = config.proxy_weights or os.path.join(os.path.dirname(os.path.abspath(workdir)),
-                                                "fid_proxy.safetensors")
+    path = config.proxy_weights or os.path.join(
+        os.path.dirname(os.path.abspath(workdir)), "fid_proxy.safetensors"
+    )
     ctx.feature_nets["proxy"] = features.feature_net("proxy", path, ae.image_size)
   if "inception" in kinds:
     if not config.inception_weights:
       raise ValueError("Inception FID needs --config.inception_weights=pt_inception-...pth.")
-    ctx.feature_nets["inception"] = features.feature_net("inception", config.inception_weights,
-                                                ae.image_size)
+    ctx.feature_nets["inception"] = features.feature_net(
+        "inception", config.inception_weights, ae.image_size
+    )
   if any(dict(e)["type"] == "lpips" for e in config.evals.values()):
     if config.lpips_vgg:
       ctx.lpips = lpips.load_lpips(config.lpips_vgg, config.lpips_heads)
@@ -132,8 +149,12 @@ def evaluate(workdir: str, config) -> dict:
   results = evaluators.run_all(evals, ctx)
   step = config.step
   if step < 0:
-    step = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                   async_save=False).latest_step() or 0
+    step = (
+        checkpoint.Checkpointer(
+            os.path.join(workdir, "checkpoints"), async_save=False
+        ).latest_step()
+        or 0
+    )
   write_results(workdir, step, results)
   results["eval_step"] = step
   logging.info("stage %s step %d: %s", run_cfg.stage, step, json.dumps(results, indent=1))

@@ -30,6 +30,7 @@ IMAGENET_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32)
 
 class SemanticEncoder(nn.Module):
   """E_s: transformer blocks on the encoder's tokens, then a linear map to (mu, logvar)."""
+
   hidden_size: int
   num_heads: int
   num_blocks: int
@@ -45,19 +46,30 @@ class SemanticEncoder(nn.Module):
     b, h, w, d = stream.shape
     x = stream.reshape(b, h * w, d).astype(self.dtype)
     for i in range(self.num_blocks):
-      x = vit.Block(hidden_size=self.hidden_size, num_heads=self.num_heads,
-                    mlp_ratio=self.mlp_ratio, layerscale_init=self.layerscale_init,
-                    use_swiglu=self.use_swiglu, layer_norm_eps=self.layer_norm_eps,
-                    dtype=self.dtype, name=f"block{i}")(x)
+      x = vit.Block(
+          hidden_size=self.hidden_size,
+          num_heads=self.num_heads,
+          mlp_ratio=self.mlp_ratio,
+          layerscale_init=self.layerscale_init,
+          use_swiglu=self.use_swiglu,
+          layer_norm_eps=self.layer_norm_eps,
+          dtype=self.dtype,
+          name=f"block{i}",
+      )(x)
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
-    moments = nn.Dense(2 * self.latent_channels, dtype=jnp.float32, name="to_moments",
-                       kernel_init=nn.initializers.zeros_init())(x)
+    moments = nn.Dense(
+        2 * self.latent_channels,
+        dtype=jnp.float32,
+        name="to_moments",
+        kernel_init=nn.initializers.zeros_init(),
+    )(x)
     mu, logvar = jnp.split(moments.astype(jnp.float32).reshape(b, h, w, -1), 2, axis=-1)
     return mu, jnp.clip(logvar, -30.0, 20.0)  # (B, h, w, C) each
 
 
 class SemanticDecoder(nn.Module):
   """D_s: linear C -> d (+ 2-D position embedding), transformer blocks, back to d."""
+
   hidden_size: int
   num_heads: int
   num_blocks: int
@@ -71,8 +83,14 @@ class SemanticDecoder(nn.Module):
     x = nn.Dense(d, dtype=self.dtype, name="proj_in")(z.astype(self.dtype)).reshape(b, h * w, d)
     x = x + sincos_2d(h, w, d).astype(self.dtype)
     for i in range(self.num_blocks):
-      x = vit.Block(hidden_size=d, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                    layerscale_init=None, dtype=self.dtype, name=f"block{i}")(x)
+      x = vit.Block(
+          hidden_size=d,
+          num_heads=self.num_heads,
+          mlp_ratio=self.mlp_ratio,
+          layerscale_init=None,
+          dtype=self.dtype,
+          name=f"block{i}",
+      )(x)
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
     x = nn.Dense(d, dtype=jnp.float32, name="proj_out")(x)
     return x.reshape(b, h, w, d)
@@ -86,6 +104,7 @@ class PSVAE(nn.Module):
     sem_enc, sem_dec, pix_dec: E_s, D_s, D_p.
     encoder_image_size: encoder input side (e.g. 224); images are resized to it.
   """
+
   encoder: nn.Module
   sem_enc: nn.Module
   sem_dec: nn.Module

@@ -27,7 +27,10 @@ from psvae_jax.models import layers
 _XAVIER = nn.initializers.xavier_uniform()
 _ZERO = nn.initializers.zeros
 _NORMAL = nn.initializers.normal(stddev=0.02)
-_REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+_REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 _SIZES = {  # DiT paper, Table 1: width, depth, heads.
     "tiny": dict(width=128, depth=4, num_heads=4),
@@ -64,13 +67,22 @@ def unstack_blocks(params: dict) -> dict:
   rest = {k: v for k, v in params.items() if k != "blocks"}
   stacked = params["blocks"]["block"]
   depth = jax.tree.leaves(stacked)[0].shape[0]
-  return {**rest, **{f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}}
+  return {
+      **rest,
+      **{f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)},
+  }
 
 
 def _dense(features: int, name: str, dtype: Any, kernel_init=_XAVIER) -> layers.Dense:
   """The DiT's dense layer (blocks and the rest): fp32 params, zero bias, compute in ``dtype``."""
-  return layers.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                      bias_init=_ZERO, name=name)
+  return layers.Dense(
+      features,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=kernel_init,
+      bias_init=_ZERO,
+      name=name,
+  )
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -91,6 +103,7 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 class DiTBlock(nn.Module):
   """adaLN-Zero transformer block, with optional (unmodulated, pre-LN) cross-attention to context tokens."""
+
   width: int
   num_heads: int
   mlp_ratio: float = 4.0
@@ -102,15 +115,26 @@ class DiTBlock(nn.Module):
     return _dense(features, name, self.dtype, kernel_init)
 
   def _norm(self, name: str, affine: bool = False) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=1e-6, use_bias=affine, use_scale=affine, dtype=self.dtype,
-                        param_dtype=jnp.float32, name=name)
+    return nn.LayerNorm(
+        epsilon=1e-6,
+        use_bias=affine,
+        use_scale=affine,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
 
   def _attend(self, q, k, v, mask=None):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
 
   @nn.compact
-  def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      c: jax.Array,
+      context: jax.Array | None = None,
+      context_mask: jax.Array | None = None,
+  ) -> jax.Array:
     """x (B, N, D) tokens; c (B, D) conditioning; context (B, L, D) (already at width); mask (B, L) bool."""
     b, n, d = x.shape
     if d % self.num_heads:
@@ -129,7 +153,9 @@ class DiTBlock(nn.Module):
       q = self._dense(d, "cross_q")(h).reshape(b, n, heads, hd)  # (B, N, H, Dh)
       kv = self._dense(2 * d, "cross_kv")(context)
       kv = kv.reshape(b, context.shape[1], 2, heads, hd)  # (B, L, 2, H, Dh)
-      mask = None if context_mask is None else context_mask.astype(bool)[:, None, None, :]  # (B, 1, 1, L)
+      mask = (
+          None if context_mask is None else context_mask.astype(bool)[:, None, None, :]
+      )  # (B, 1, 1, L)
       a = self._attend(q, kv[:, :, 0], kv[:, :, 1], mask).reshape(b, n, d)
       x = x + self._dense(d, "cross_proj", _ZERO)(a)
 
@@ -141,6 +167,7 @@ class DiTBlock(nn.Module):
 
 class _ScanStep(nn.Module):
   """One DiTBlock as an ``nn.scan`` body: (tokens, c, context, mask) -> (tokens, None)."""
+
   block_kw: dict
 
   @nn.compact
@@ -171,6 +198,7 @@ class DiT(nn.Module):
   Text conditioning creates ``null_context`` with the (L, d_text) of the context seen at init: pad prompts
   to that fixed length L (as tokenizers do with ``padding="max_length"``) and mask the padding.
   """
+
   width: int = 384
   depth: int = 12
   num_heads: int = 6
@@ -201,8 +229,14 @@ class DiT(nn.Module):
       raise ValueError("cond_type='class' needs labels.")
     if drop is not None:
       labels = jnp.where(drop, self.num_classes, labels)
-    table = nn.Embed(self.num_classes + 1, self.width, embedding_init=_NORMAL, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="label_embed")
+    table = nn.Embed(
+        self.num_classes + 1,
+        self.width,
+        embedding_init=_NORMAL,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        name="label_embed",
+    )
     return table(labels)  # (B, D)
 
   def _text_condition(self, context, context_mask, pooled, drop):
@@ -225,9 +259,16 @@ class DiT(nn.Module):
     return vec, context, context_mask
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None, pooled: jax.Array | None = None,
-               labels: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      t: jax.Array,
+      context: jax.Array | None = None,
+      context_mask: jax.Array | None = None,
+      pooled: jax.Array | None = None,
+      labels: jax.Array | None = None,
+      drop: jax.Array | None = None,
+  ) -> jax.Array:
     """Predicts ε (or v) for latents.
 
     Args:
@@ -249,7 +290,9 @@ class DiT(nn.Module):
     gh, gw = h // p, w // p
     out_ch = self.out_channels or (2 * ch if self.learn_sigma else ch)
 
-    patches = x.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * ch)
+    patches = (
+        x.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * ch)
+    )
     tokens = self._dense(self.width, "patch_embed")(patches.astype(self.dtype))  # (B, N, D)
     tokens = tokens + jnp.asarray(layers.sincos_2d(gh, gw, self.width), self.dtype)[None]
 
@@ -265,14 +308,27 @@ class DiT(nn.Module):
       raise ValueError(f"cond_type must be 'text' or 'class', got {self.cond_type!r}.")
 
     if self.remat_policy not in _REMAT_POLICIES:
-      raise ValueError(f"remat_policy must be one of {sorted(_REMAT_POLICIES)}, got {self.remat_policy!r}.")
+      raise ValueError(
+          f"remat_policy must be one of {sorted(_REMAT_POLICIES)}, got {self.remat_policy!r}."
+      )
     policy = _REMAT_POLICIES[self.remat_policy]
-    block_kw = dict(width=self.width, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                    cross_attention=ctx is not None, dtype=self.dtype, attention_impl=self.attention_impl)
+    block_kw = dict(
+        width=self.width,
+        num_heads=self.num_heads,
+        mlp_ratio=self.mlp_ratio,
+        cross_attention=ctx is not None,
+        dtype=self.dtype,
+        attention_impl=self.attention_impl,
+    )
     if self.scan_blocks:
       step_cls = nn.remat(_ScanStep, policy=policy) if self.remat else _ScanStep
-      scan = nn.scan(step_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth)
+      scan = nn.scan(
+          step_cls,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+          length=self.depth,
+      )
       tokens, _ = scan(block_kw, name="blocks")(tokens, c, ctx, ctx_mask)
     else:
       block_cls = nn.remat(DiTBlock, policy=policy) if self.remat else DiTBlock
@@ -282,8 +338,12 @@ class DiT(nn.Module):
     # Final layer: adaLN (shift, scale) + zero-initialised linear to patch outputs. The norm,
     # modulation and head run in float32 whatever self.dtype (cheap: the head is D x p·p·C), so
     # the prediction the loss compares is not rounded to bf16.
-    shift, scale = jnp.split(self._dense(2 * self.width, "final_adaLN", _ZERO)(nn.silu(c)), 2, axis=-1)
-    norm = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32, name="final_norm")
+    shift, scale = jnp.split(
+        self._dense(2 * self.width, "final_adaLN", _ZERO)(nn.silu(c)), 2, axis=-1
+    )
+    norm = nn.LayerNorm(
+        epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32, name="final_norm"
+    )
     tokens = modulate(norm(tokens), shift.astype(jnp.float32), scale.astype(jnp.float32))
     out = _dense(p * p * out_ch, "final_linear", jnp.float32, _ZERO)(tokens)  # (B, N, p·p·C_out)
     out = out.reshape(b, gh, gw, p, p, out_ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, out_ch)

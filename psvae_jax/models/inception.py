@@ -69,6 +69,7 @@ def resize_bilinear(x: jax.Array, size: int = FID_SIZE) -> jax.Array:
 
 class FrozenBatchNorm(nn.Module):
   """Inference-mode BatchNorm with its running statistics as parameters."""
+
   eps: float = BN_EPS
 
   @nn.compact
@@ -84,6 +85,7 @@ class FrozenBatchNorm(nn.Module):
 
 class BasicConv2d(nn.Module):
   """Conv (no bias) + BatchNorm + ReLU, torchvision's BasicConv2d."""
+
   features: int
   kernel: tuple[int, int]
   strides: int = 1
@@ -93,16 +95,21 @@ class BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = self.padding
-    x = nn.Conv(self.features, self.kernel, strides=self.strides,
-                padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype,
-                name="conv")(x)
+    x = nn.Conv(
+        self.features,
+        self.kernel,
+        strides=self.strides,
+        padding=((ph, ph), (pw, pw)),
+        use_bias=False,
+        dtype=self.dtype,
+        name="conv",
+    )(x)
     return nn.relu(FrozenBatchNorm(name="bn")(x))
 
 
 def _avg3(x: jax.Array) -> jax.Array:
   """3x3 / stride 1 / pad 1 average, padding not counted (the FID blocks' pool branch)."""
-  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
 
 
 def _max3s2(x: jax.Array) -> jax.Array:
@@ -177,6 +184,7 @@ class InceptionD(nn.Module):
 
 class FIDInceptionE(nn.Module):
   """FIDInceptionE_1 (avg pool branch, pad not counted) or _2 (max pool branch)."""
+
   max_pool_branch: bool = False
   dtype: Any = jnp.float32
 
@@ -185,12 +193,22 @@ class FIDInceptionE(nn.Module):
     conv = lambda *a, **k: BasicConv2d(*a, dtype=self.dtype, **k)
     b1 = conv(320, (1, 1), name="branch1x1")(x)
     b3 = conv(384, (1, 1), name="branch3x3_1")(x)
-    b3 = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
-                          conv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)], -1)
+    b3 = jnp.concatenate(
+        [
+            conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+            conv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
+        ],
+        -1,
+    )
     bd = conv(448, (1, 1), name="branch3x3dbl_1")(x)
     bd = conv(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
-                          conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], -1)
+    bd = jnp.concatenate(
+        [
+            conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+            conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
+        ],
+        -1,
+    )
     if self.max_pool_branch:
       pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
     else:
@@ -206,6 +224,7 @@ class InceptionV3FID(nn.Module):
     resize_input: resize to 299x299 first (pytorch-fid's default; keep it on for FID).
     dtype: compute dtype of the convolutions (float32 for FID).
   """
+
   resize_input: bool = True
   dtype: Any = jnp.float32
 
@@ -226,8 +245,7 @@ class InceptionV3FID(nn.Module):
     for name, pool in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
       x = FIDInceptionA(pool, dtype=self.dtype, name=name)(x)
     x = InceptionB(dtype=self.dtype, name="Mixed_6a")(x)  # (B, 17, 17, 768)
-    for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160),
-                     ("Mixed_6e", 192)):
+    for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
       x = FIDInceptionC(c7, dtype=self.dtype, name=name)(x)
     x = InceptionD(dtype=self.dtype, name="Mixed_7a")(x)  # (B, 8, 8, 1280)
     x = FIDInceptionE(False, dtype=self.dtype, name="Mixed_7b")(x)
@@ -241,5 +259,11 @@ def abstract_params(module: InceptionV3FID, size: int = 75) -> Any:
   return jax.eval_shape(module.init, jax.random.key(0), x)["params"]
 
 
-__all__: Sequence[str] = ("InceptionV3FID", "resize_bilinear", "bilinear_matrix", "FID_SIZE",
-                          "FEATURE_DIM", "abstract_params")
+__all__: Sequence[str] = (
+    "InceptionV3FID",
+    "resize_bilinear",
+    "bilinear_matrix",
+    "FID_SIZE",
+    "FEATURE_DIM",
+    "abstract_params",
+)

@@ -17,6 +17,7 @@ class Dense(nn.Module):
   the last axis) ran slower than the same work as (B·N, K) @ (K, F): DiT-S depth 12, batch 16,
   fwd+bwd 1198 -> 1065 ms median, identical loss. Parameters are interchangeable with nn.Dense.
   """
+
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -29,7 +30,9 @@ class Dense(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
     y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+      y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(
+          self.dtype
+      )
     return y.reshape(*x.shape[:-1], self.features)
 
 

@@ -23,11 +23,11 @@ import jax.numpy as jnp
 # torchvision vgg16 `features`: (index of the conv in the Sequential, out channels).
 # Each conv is followed by a ReLU at index + 1; max-pools sit at 4, 9, 16, 23, 30.
 VGG16_CONVS: tuple[tuple[tuple[int, int], ...], ...] = (
-    ((0, 64), (2, 64)),                      # -> relu1_2 (features.3)
-    ((5, 128), (7, 128)),                    # pool 4  -> relu2_2 (features.8)
-    ((10, 256), (12, 256), (14, 256)),       # pool 9  -> relu3_3 (features.15)
-    ((17, 512), (19, 512), (21, 512)),       # pool 16 -> relu4_3 (features.22)
-    ((24, 512), (26, 512), (28, 512)),       # pool 23 -> relu5_3 (features.29)
+    ((0, 64), (2, 64)),  # -> relu1_2 (features.3)
+    ((5, 128), (7, 128)),  # pool 4  -> relu2_2 (features.8)
+    ((10, 256), (12, 256), (14, 256)),  # pool 9  -> relu3_3 (features.15)
+    ((17, 512), (19, 512), (21, 512)),  # pool 16 -> relu4_3 (features.22)
+    ((24, 512), (26, 512), (28, 512)),  # pool 23 -> relu5_3 (features.29)
 )
 # Channels of the five LPIPS taps.
 TAP_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
@@ -46,6 +46,7 @@ class VGG16Features(nn.Module):
   Attributes:
     dtype: compute dtype of the convolutions (parameters stay float32).
   """
+
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -57,8 +58,14 @@ class VGG16Features(nn.Module):
       if stage > 0:
         h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
       for idx, ch in convs:
-        h = nn.Conv(ch, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                    param_dtype=jnp.float32, name=f"features_{idx}")(h)
+        h = nn.Conv(
+            ch,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=f"features_{idx}",
+        )(h)
         h = nn.relu(h)
       taps.append(h)  # (B, H / 2**stage, W / 2**stage, C_stage)
     return taps
@@ -80,13 +87,15 @@ class LPIPS(nn.Module):
   Attributes:
     dtype: compute dtype of the VGG backbone.
   """
+
   dtype: Any = jnp.float32
 
   def setup(self):
     self.vgg = VGG16Features(dtype=self.dtype)
     self.lins = [
-        nn.Conv(1, (1, 1), use_bias=False, dtype=jnp.float32,
-                param_dtype=jnp.float32, name=f"lin{k}")
+        nn.Conv(
+            1, (1, 1), use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32, name=f"lin{k}"
+        )
         for k in range(len(TAP_CHANNELS))
     ]
 
@@ -110,13 +119,12 @@ class LPIPS(nn.Module):
     total = jnp.zeros((b,), jnp.float32)
     for lin, tap in zip(self.lins, taps):
       tap = normalize_channels(tap.astype(jnp.float32))
-      diff = jnp.square(tap[:b] - tap[b:])       # (B, h, w, C)
+      diff = jnp.square(tap[:b] - tap[b:])  # (B, h, w, C)
       total = total + jnp.mean(lin(diff)[..., 0], axis=(1, 2))  # (B,)
     return total
 
 
-def lpips_distance(module: LPIPS, params: Any, x: jax.Array,
-                   y: jax.Array) -> jax.Array:
+def lpips_distance(module: LPIPS, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
   """Convenience wrapper: ``module.apply(params, x, y)`` -> (B,) distances.
 
   Args:

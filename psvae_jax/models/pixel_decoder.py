@@ -26,6 +26,7 @@ def upsample2x(x: jax.Array) -> jax.Array:
 
 class ResBlock(nn.Module):
   """GroupNorm-SiLU-Conv x2 with a (1x1) skip when channels change."""
+
   channels: int
   groups: int = 32
   dtype: Any = jnp.float32
@@ -43,13 +44,16 @@ class ResBlock(nn.Module):
 
 class AttnBlock(nn.Module):
   """Single-head spatial self-attention (LDM mid block)."""
+
   groups: int = 32
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):  # (B, H, W, C)
     b, hgt, wid, c = x.shape
-    h = nn.GroupNorm(num_groups=min(self.groups, c), dtype=self.dtype)(x).reshape(b, hgt * wid, 1, c)
+    h = nn.GroupNorm(num_groups=min(self.groups, c), dtype=self.dtype)(x).reshape(
+        b, hgt * wid, 1, c
+    )
     q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
     h = jax.nn.dot_product_attention(q, k, v).reshape(b, hgt, wid, c)
     return x + nn.Dense(c, dtype=self.dtype, name="proj")(h)
@@ -65,6 +69,7 @@ class ConvDecoder(nn.Module):
     num_res_blocks: ResBlocks per level.
     mid_attention: whether the mid block has spatial attention.
   """
+
   ch: int = 128
   ch_mult: Sequence[int] = (1, 1, 2, 2, 4)
   num_res_blocks: int = 2
@@ -95,6 +100,7 @@ class ConvDecoder(nn.Module):
 
 class ViTDecoder(nn.Module):
   """ViT blocks on latent tokens, then a linear map of each token to a p x p pixel patch."""
+
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -110,9 +116,14 @@ class ViTDecoder(nn.Module):
     x = nn.Dense(self.hidden_size, dtype=self.dtype, name="proj_in")(z.astype(self.dtype))
     x = x.reshape(b, h * w, self.hidden_size) + sincos_2d(h, w, self.hidden_size).astype(self.dtype)
     for i in range(self.num_layers):
-      x = vit.Block(hidden_size=self.hidden_size, num_heads=self.num_heads,
-                    mlp_ratio=self.mlp_ratio, layerscale_init=None, dtype=self.dtype,
-                    name=f"block{i}")(x)
+      x = vit.Block(
+          hidden_size=self.hidden_size,
+          num_heads=self.num_heads,
+          mlp_ratio=self.mlp_ratio,
+          layerscale_init=None,
+          dtype=self.dtype,
+          name=f"block{i}",
+      )(x)
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
     p = self.patch_size
     c = self.refine_channels or 3
@@ -129,10 +140,22 @@ class ViTDecoder(nn.Module):
 def make_pixel_decoder(cfg, dtype=jnp.float32) -> nn.Module:
   """From config: cfg.type in {"conv", "vit"} plus that type's fields."""
   if cfg.type == "conv":
-    return ConvDecoder(ch=cfg.ch, ch_mult=tuple(cfg.ch_mult), num_res_blocks=cfg.num_res_blocks,
-                       mid_attention=cfg.mid_attention, groups=cfg.groups, dtype=dtype)
+    return ConvDecoder(
+        ch=cfg.ch,
+        ch_mult=tuple(cfg.ch_mult),
+        num_res_blocks=cfg.num_res_blocks,
+        mid_attention=cfg.mid_attention,
+        groups=cfg.groups,
+        dtype=dtype,
+    )
   if cfg.type == "vit":
-    return ViTDecoder(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                      num_heads=cfg.num_heads, patch_size=cfg.patch_size,
-                      refine_channels=cfg.refine_channels, groups=cfg.groups, dtype=dtype)
+    return ViTDecoder(
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        patch_size=cfg.patch_size,
+        refine_channels=cfg.refine_channels,
+        groups=cfg.groups,
+        dtype=dtype,
+    )
   raise ValueError(f"Unknown pixel decoder type {cfg.type!r} (expected 'conv' or 'vit').")

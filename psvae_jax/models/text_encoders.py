@@ -72,6 +72,7 @@ class SelfAttention(nn.Module):
     scale: logit scale; None means 1/sqrt(H).
     dtype: compute dtype.
   """
+
   num_heads: int
   head_dim: int
   use_bias: bool = True
@@ -79,32 +80,39 @@ class SelfAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array,
-               bias: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None = None) -> jax.Array:
     b, l, d = x.shape
     inner = self.num_heads * self.head_dim
-    dense = lambda f, name: nn.Dense(f, use_bias=self.use_bias, dtype=self.dtype,
-                                     param_dtype=jnp.float32, kernel_init=_INIT,
-                                     name=name)
+    dense = lambda f, name: nn.Dense(
+        f,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_INIT,
+        name=name,
+    )
     shape = (b, l, self.num_heads, self.head_dim)
     q = dense(inner, "q_proj")(x).reshape(shape)  # (B, L, N, H)
     k = dense(inner, "k_proj")(x).reshape(shape)
     v = dense(inner, "v_proj")(x).reshape(shape)
     if bias is not None:
       bias = bias.astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
-                                       scale=self.scale)  # (B, L, N, H)
+    out = jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=self.scale
+    )  # (B, L, N, H)
     return dense(d, "o_proj")(out.reshape(b, l, inner))  # (B, L, D)
 
 
 def _layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
   # Two-pass variance, as torch computes it.
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
-                      use_fast_variance=False, name=name)
+  return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name
+  )
 
 
 class CLIPEncoderLayer(nn.Module):
   """CLIP pre-LN layer: ``x + attn(ln1(x))``, then ``+ fc2(act(fc1(ln2(x))))``."""
+
   hidden_size: int
   num_heads: int
   intermediate_size: int
@@ -114,11 +122,17 @@ class CLIPEncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    dense = lambda f, name: nn.Dense(f, dtype=self.dtype, param_dtype=jnp.float32,
-                                     kernel_init=_INIT, name=name)
+    dense = lambda f, name: nn.Dense(
+        f, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_INIT, name=name
+    )
     h = _layer_norm(self.layer_norm_eps, self.dtype, "layer_norm1")(x)
-    x = x + SelfAttention(self.num_heads, self.hidden_size // self.num_heads,
-                          use_bias=True, dtype=self.dtype, name="self_attn")(h, mask)
+    x = x + SelfAttention(
+        self.num_heads,
+        self.hidden_size // self.num_heads,
+        use_bias=True,
+        dtype=self.dtype,
+        name="self_attn",
+    )(h, mask)
     h = _layer_norm(self.layer_norm_eps, self.dtype, "layer_norm2")(x)
     h = activation(self.hidden_act)(dense(self.intermediate_size, "fc1")(h))
     return x + dense(self.hidden_size, "fc2")(h)  # (B, L, d)
@@ -139,6 +153,7 @@ class CLIPTextTransformer(nn.Module):
     eos_token_id: selects the pooled position (see the module docstring).
     dtype: compute dtype; parameters are float32.
   """
+
   vocab_size: int
   hidden_size: int
   num_layers: int
@@ -154,9 +169,9 @@ class CLIPTextTransformer(nn.Module):
     return _layer_norm(self.layer_norm_eps, self.dtype, name)
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array,
-               attention_mask: jax.Array | None = None
-               ) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+      self, input_ids: jax.Array, attention_mask: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     """Encodes token ids.
 
     Args:
@@ -169,13 +184,20 @@ class CLIPTextTransformer(nn.Module):
     """
     _, length = input_ids.shape
     if length > self.max_position_embeddings:
-      raise ValueError(f"Sequence length {length} exceeds max_position_embeddings "
-                       f"{self.max_position_embeddings}.")
-    tokens = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=_INIT,
-                      param_dtype=jnp.float32, name="token_embedding")
-    positions = self.param("position_embedding", _INIT,
-                           (self.max_position_embeddings, self.hidden_size),
-                           jnp.float32)
+      raise ValueError(
+          f"Sequence length {length} exceeds max_position_embeddings "
+          f"{self.max_position_embeddings}."
+      )
+    tokens = nn.Embed(
+        self.vocab_size,
+        self.hidden_size,
+        embedding_init=_INIT,
+        param_dtype=jnp.float32,
+        name="token_embedding",
+    )
+    positions = self.param(
+        "position_embedding", _INIT, (self.max_position_embeddings, self.hidden_size), jnp.float32
+    )
     x = tokens(input_ids) + positions[None, :length]  # (B, L, d) float32
     x = x.astype(self.dtype)
 
@@ -184,9 +206,15 @@ class CLIPTextTransformer(nn.Module):
     mask = causal[None, None] & keys[:, None, None, :]  # (B, 1, L, L)
 
     for i in range(self.num_layers):
-      x = CLIPEncoderLayer(self.hidden_size, self.num_heads, self.intermediate_size,
-                           self.hidden_act, self.layer_norm_eps, self.dtype,
-                           name=f"layers_{i}")(x, mask)
+      x = CLIPEncoderLayer(
+          self.hidden_size,
+          self.num_heads,
+          self.intermediate_size,
+          self.hidden_act,
+          self.layer_norm_eps,
+          self.dtype,
+          name=f"layers_{i}",
+      )(x, mask)
     hidden = self._norm("final_layer_norm")(x)  # (B, L, d)
 
     ids = input_ids.astype(jnp.int32)
@@ -200,6 +228,7 @@ class CLIPTextTransformer(nn.Module):
 
 class T5LayerNorm(nn.Module):
   """RMS LayerNorm without mean subtraction or bias (statistics in float32)."""
+
   eps: float = 1e-6
   dtype: Any = jnp.float32
 
@@ -211,8 +240,9 @@ class T5LayerNorm(nn.Module):
     return (scale * (x32 * jax.lax.rsqrt(var + self.eps))).astype(self.dtype)
 
 
-def relative_position_bucket(relative_position: jax.Array, num_buckets: int,
-                             max_distance: int) -> jax.Array:
+def relative_position_bucket(
+    relative_position: jax.Array, num_buckets: int, max_distance: int
+) -> jax.Array:
   """T5's bidirectional bucketing of ``memory_position - query_position``.
 
   Half the buckets hold positive offsets; within each half, offsets below
@@ -226,14 +256,15 @@ def relative_position_bucket(relative_position: jax.Array, num_buckets: int,
   is_small = rel < max_exact
   safe = jnp.maximum(rel, 1).astype(jnp.float32)  # log(0) is never selected.
   large = max_exact + (
-      jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
-      * (num_buckets - max_exact)).astype(jnp.int32)
+      jnp.log(safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(jnp.int32)
   large = jnp.minimum(large, num_buckets - 1)
   return buckets + jnp.where(is_small, rel, large)
 
 
 class T5Block(nn.Module):
   """T5 encoder block: ``x + attn(norm(x))`` then ``+ ff(norm(x))``, no biases."""
+
   d_model: int
   d_kv: int
   d_ff: int
@@ -245,12 +276,13 @@ class T5Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array) -> jax.Array:
-    dense = lambda f, name: nn.Dense(f, use_bias=False, dtype=self.dtype,
-                                     param_dtype=jnp.float32, kernel_init=_INIT,
-                                     name=name)
+    dense = lambda f, name: nn.Dense(
+        f, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_INIT, name=name
+    )
     h = T5LayerNorm(self.layer_norm_epsilon, self.dtype, name="attn_norm")(x)
-    x = x + SelfAttention(self.num_heads, self.d_kv, use_bias=False, scale=1.0,
-                          dtype=self.dtype, name="attn")(h, mask, bias)
+    x = x + SelfAttention(
+        self.num_heads, self.d_kv, use_bias=False, scale=1.0, dtype=self.dtype, name="attn"
+    )(h, mask, bias)
     h = T5LayerNorm(self.layer_norm_epsilon, self.dtype, name="ff_norm")(x)
     act = activation(self.dense_act_fn)
     if self.is_gated_act:
@@ -277,6 +309,7 @@ class T5Encoder(nn.Module):
     layer_norm_epsilon: RMS-norm epsilon.
     dtype: compute dtype; parameters are float32.
   """
+
   vocab_size: int
   d_model: int
   d_kv: int
@@ -291,19 +324,24 @@ class T5Encoder(nn.Module):
   dtype: Any = jnp.float32
 
   def _position_bias(self, length: int) -> jax.Array:
-    table = self.param("relative_attention_bias", _INIT,
-                       (self.relative_attention_num_buckets, self.num_heads),
-                       jnp.float32)
+    table = self.param(
+        "relative_attention_bias",
+        _INIT,
+        (self.relative_attention_num_buckets, self.num_heads),
+        jnp.float32,
+    )
     pos = jnp.arange(length)
     bucket = relative_position_bucket(
-        pos[None, :] - pos[:, None], self.relative_attention_num_buckets,
-        self.relative_attention_max_distance)  # (L, L)
+        pos[None, :] - pos[:, None],
+        self.relative_attention_num_buckets,
+        self.relative_attention_max_distance,
+    )  # (L, L)
     return jnp.transpose(table[bucket], (2, 0, 1))[None]  # (1, N, L, L)
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array,
-               attention_mask: jax.Array | None = None
-               ) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+      self, input_ids: jax.Array, attention_mask: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     """Encodes token ids.
 
     Args:
@@ -315,19 +353,30 @@ class T5Encoder(nn.Module):
       their mean over the unmasked positions.
     """
     _, length = input_ids.shape
-    shared = nn.Embed(self.vocab_size, self.d_model, embedding_init=_INIT,
-                      param_dtype=jnp.float32, name="shared")
+    shared = nn.Embed(
+        self.vocab_size, self.d_model, embedding_init=_INIT, param_dtype=jnp.float32, name="shared"
+    )
     x = shared(input_ids).astype(self.dtype)  # (B, L, d)
     keys = _padding_mask(attention_mask, input_ids)  # (B, L)
     mask = keys[:, None, None, :]  # (B, 1, 1, L)
     bias = self._position_bias(length)  # (1, N, L, L), shared by all blocks
     for i in range(self.num_layers):
-      x = T5Block(self.d_model, self.d_kv, self.d_ff, self.num_heads,
-                  self.is_gated_act, self.dense_act_fn, self.layer_norm_epsilon,
-                  self.dtype, name=f"block_{i}")(x, mask, bias)
-    hidden = T5LayerNorm(self.layer_norm_epsilon, self.dtype,
-                         name="final_layer_norm")(x)  # (B, L, d)
+      x = T5Block(
+          self.d_model,
+          self.d_kv,
+          self.d_ff,
+          self.num_heads,
+          self.is_gated_act,
+          self.dense_act_fn,
+          self.layer_norm_epsilon,
+          self.dtype,
+          name=f"block_{i}",
+      )(x, mask, bias)
+    hidden = T5LayerNorm(self.layer_norm_epsilon, self.dtype, name="final_layer_norm")(
+        x
+    )  # (B, L, d)
     weights = keys.astype(jnp.float32)[..., None]  # (B, L, 1)
     pooled = jnp.sum(hidden.astype(jnp.float32) * weights, axis=1) / jnp.maximum(
-        jnp.sum(weights, axis=1), 1.0)
+        jnp.sum(weights, axis=1), 1.0
+    )
     return hidden, pooled.astype(hidden.dtype)  # (B, L, d), (B, d)

@@ -31,6 +31,7 @@ class Block(nn.Module):
     layer_norm_eps: LayerNorm epsilon.
     dtype: compute dtype; parameters are always float32.
   """
+
   hidden_size: int
   num_heads: int
   mlp_ratio: float = 4.0
@@ -40,18 +41,26 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   def _dense(self, features: int, name: str) -> nn.Dense:
-    return nn.Dense(features, use_bias=True, dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=_DENSE_INIT, name=name)
+    return nn.Dense(
+        features,
+        use_bias=True,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_DENSE_INIT,
+        name=name,
+    )
 
   def _norm(self, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
-                        param_dtype=jnp.float32, name=name)
+    return nn.LayerNorm(
+        epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=jnp.float32, name=name
+    )
 
   def _layer_scale(self, x: jax.Array, name: str) -> jax.Array:
     if self.layerscale_init is None:
       return x
-    gamma = self.param(name, nn.initializers.constant(self.layerscale_init),
-                       (self.hidden_size,), jnp.float32)
+    gamma = self.param(
+        name, nn.initializers.constant(self.layerscale_init), (self.hidden_size,), jnp.float32
+    )
     return x * gamma.astype(self.dtype)
 
   @nn.compact
@@ -106,8 +115,7 @@ def _cubic(x: np.ndarray, a: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _torch_bicubic_matrix(in_size: int, out_size: int,
-                          antialias: bool) -> np.ndarray:
+def _torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
   """``(out_size, in_size)`` matrix of torch's 1-D bicubic resampling weights.
 
   Reproduces ``torch.nn.functional.interpolate(mode="bicubic",
@@ -142,8 +150,7 @@ def _torch_bicubic_matrix(in_size: int, out_size: int,
     xmin = max(int(float(center - support) + 0.5), 0)
     xmax = min(int(float(center + support) + 0.5), in_size)
     js = np.arange(xmin, xmax)
-    x = ((js - center).astype(np.float32).astype(np.float64) + 0.5) * float(
-        invscale)
+    x = ((js - center).astype(np.float32).astype(np.float64) + 0.5) * float(invscale)
     w = _cubic(x.astype(np.float32), -0.5)
     total = f32(w.sum(dtype=np.float32))
     if total != 0:
@@ -152,8 +159,9 @@ def _torch_bicubic_matrix(in_size: int, out_size: int,
   return mat
 
 
-def interpolate_pos_embed_bicubic(grid: jax.Array, out_hw: tuple[int, int],
-                                  antialias: bool = False) -> jax.Array:
+def interpolate_pos_embed_bicubic(
+    grid: jax.Array, out_hw: tuple[int, int], antialias: bool = False
+) -> jax.Array:
   """Resizes a position-embedding grid like torch's bicubic ``interpolate``.
 
   ``jax.image.resize`` uses a different bicubic (Keys ``a = -0.5`` with its own
@@ -176,8 +184,9 @@ def interpolate_pos_embed_bicubic(grid: jax.Array, out_hw: tuple[int, int],
   wy = jnp.asarray(_torch_bicubic_matrix(gh_in, int(out_hw[0]), antialias))
   wx = jnp.asarray(_torch_bicubic_matrix(gw_in, int(out_hw[1]), antialias))
   grid = grid.astype(jnp.float32)
-  return jnp.einsum("yi,xj,ijd->yxd", wy, wx, grid,
-                    precision=jax.lax.Precision.HIGHEST)  # (gh, gw, D)
+  return jnp.einsum(
+      "yi,xj,ijd->yxd", wy, wx, grid, precision=jax.lax.Precision.HIGHEST
+  )  # (gh, gw, D)
 
 
 class DinoV2(nn.Module):
@@ -199,6 +208,7 @@ class DinoV2(nn.Module):
       ``Dinov2WithRegistersModel``).
     dtype: compute dtype; parameters are always float32.
   """
+
   hidden_size: int
   num_layers: int
   num_heads: int
@@ -230,9 +240,18 @@ class DinoV2(nn.Module):
     """
     d, p, g = self.hidden_size, self.patch_size, self.pos_grid
     b = images.shape[0]
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=_DENSE_INIT,
-                name="patch_embed")(images.astype(self.dtype))  # (B, gh, gw, D)
+    x = nn.Conv(
+        d,
+        (p, p),
+        strides=(p, p),
+        padding="VALID",
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_DENSE_INIT,
+        name="patch_embed",
+    )(
+        images.astype(self.dtype)
+    )  # (B, gh, gw, D)
     gh, gw = x.shape[1], x.shape[2]
     x = x.reshape(b, gh * gw, d)  # (B, N, D)
 
@@ -242,27 +261,34 @@ class DinoV2(nn.Module):
     patch_pos = pos[0, 1:]  # (G*G, D)
     if (gh, gw) != (g, g):
       patch_pos = interpolate_pos_embed_bicubic(
-          patch_pos.reshape(g, g, d), (gh, gw),
-          antialias=self.pos_embed_antialias).reshape(gh * gw, d)
+          patch_pos.reshape(g, g, d), (gh, gw), antialias=self.pos_embed_antialias
+      ).reshape(gh * gw, d)
     cls_tok = (cls + pos[:, :1]).astype(self.dtype)  # (1, 1, D)
     x = x + patch_pos.astype(self.dtype)[None]  # (B, N, D)
     parts = [jnp.broadcast_to(cls_tok, (b, 1, d))]
     if self.num_register_tokens:
-      reg = self.param("register_tokens", nn.initializers.zeros,
-                       (1, self.num_register_tokens, d), jnp.float32)
-      parts.append(jnp.broadcast_to(reg.astype(self.dtype),
-                                    (b, self.num_register_tokens, d)))
+      reg = self.param(
+          "register_tokens", nn.initializers.zeros, (1, self.num_register_tokens, d), jnp.float32
+      )
+      parts.append(jnp.broadcast_to(reg.astype(self.dtype), (b, self.num_register_tokens, d)))
     x = jnp.concatenate(parts + [x], axis=1)  # (B, 1 + R + N, D)
 
     for i in range(self.num_layers):
-      x = Block(hidden_size=d, num_heads=self.num_heads,
-                mlp_ratio=self.mlp_ratio, layerscale_init=self.layerscale_init,
-                use_swiglu=self.use_swiglu, layer_norm_eps=self.layer_norm_eps,
-                dtype=self.dtype, name=f"layer_{i}")(x)
-    stream = x[:, 1 + self.num_register_tokens:].reshape(b, gh, gw, d)
-    x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="norm")(x)
-    x = x[:, 1 + self.num_register_tokens:].reshape(b, gh, gw, d)  # (B, gh, gw, D)
+      x = Block(
+          hidden_size=d,
+          num_heads=self.num_heads,
+          mlp_ratio=self.mlp_ratio,
+          layerscale_init=self.layerscale_init,
+          use_swiglu=self.use_swiglu,
+          layer_norm_eps=self.layer_norm_eps,
+          dtype=self.dtype,
+          name=f"layer_{i}",
+      )(x)
+    stream = x[:, 1 + self.num_register_tokens :].reshape(b, gh, gw, d)
+    x = nn.LayerNorm(
+        epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=jnp.float32, name="norm"
+    )(x)
+    x = x[:, 1 + self.num_register_tokens :].reshape(b, gh, gw, d)  # (B, gh, gw, D)
     return (x, stream) if with_stream else x
 
 
@@ -282,14 +308,20 @@ def dinov2_config(size: str, registers: bool = False) -> dict[str, Any]:
       "B": dict(hidden_size=768, num_layers=12, num_heads=12),
       "L": dict(hidden_size=1024, num_layers=24, num_heads=16),
       "g": dict(hidden_size=1536, num_layers=40, num_heads=24, use_swiglu=True),
-      "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, patch_size=4,
-                   pos_grid=8),
+      "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, patch_size=4, pos_grid=8),
   }
   if size not in table:
     raise ValueError(f"Unknown DINOv2 size {size!r}; expected one of {list(table)}")
-  cfg = dict(mlp_ratio=4.0, patch_size=14, pos_grid=37, layerscale_init=1.0,
-             use_swiglu=False, layer_norm_eps=1e-6, num_register_tokens=0,
-             pos_embed_antialias=False)
+  cfg = dict(
+      mlp_ratio=4.0,
+      patch_size=14,
+      pos_grid=37,
+      layerscale_init=1.0,
+      use_swiglu=False,
+      layer_norm_eps=1e-6,
+      num_register_tokens=0,
+      pos_embed_antialias=False,
+  )
   cfg.update(table[size])
   if registers:
     cfg.update(num_register_tokens=4, pos_embed_antialias=True)

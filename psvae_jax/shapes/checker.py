@@ -56,8 +56,7 @@ def _color_weights(image: np.ndarray, background: np.ndarray) -> np.ndarray:
   norm2 = np.maximum(np.sum(dirs**2, axis=-1), 1.0)  # (C,)
   t = np.einsum("hwk,ck->chw", rel, dirs) / norm2[:, None, None]  # (C, H, W)
   t_seg = np.clip(t, 0.0, 1.0)
-  residual = np.linalg.norm(
-      rel[None] - t_seg[..., None] * dirs[:, None, None, :], axis=-1)
+  residual = np.linalg.norm(rel[None] - t_seg[..., None] * dirs[:, None, None, :], axis=-1)
   best = np.argmin(residual, axis=0)  # (H, W)
   onehot = best[None] == np.arange(len(world.COLORS))[:, None, None]
   keep = onehot & (residual <= _MAX_RESIDUAL) & (t >= _MIN_WEIGHT)
@@ -116,8 +115,7 @@ def _main_blob(weights: np.ndarray) -> np.ndarray | None:
   """
   if not weights.any():
     return None
-  labels, count = ndimage.label(weights >= 0.5 * weights.max(),
-                                structure=np.ones((3, 3)))
+  labels, count = ndimage.label(weights >= 0.5 * weights.max(), structure=np.ones((3, 3)))
   if count == 0:
     return None
   masses = ndimage.sum(weights, labels, index=np.arange(1, count + 1))
@@ -183,8 +181,7 @@ def score(image: np.ndarray, text: str) -> bool:
 def score_batch(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
   """`score` over a batch: images uint8 (B, H, W, 3) -> bool (B,)."""
   if len(images) != len(captions):
-    raise ValueError(
-        f"Got {len(images)} images but {len(captions)} captions.")
+    raise ValueError(f"Got {len(images)} images but {len(captions)} captions.")
   return np.array([score(im, c) for im, c in zip(images, captions)], bool)
 
 

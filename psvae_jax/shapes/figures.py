@@ -28,9 +28,16 @@ def _edit_prompt(objects, rng: np.random.Generator) -> tuple[str, list]:
   return world.caption([new, *objects[1:]]), [new, *objects[1:]]
 
 
-def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps: int = 25,
-                 guidance_scale: float = common.SAMPLE.guidance_scale, seed: int = 0,
-                 first_index: int = 10**6) -> dict[str, float]:
+def demo_figures(
+    pipe,
+    out_dir: str,
+    num: int = 32,
+    strength: float = 0.7,
+    steps: int = 25,
+    guidance_scale: float = common.SAMPLE.guidance_scale,
+    seed: int = 0,
+    first_index: int = 10**6,
+) -> dict[str, float]:
   """Edits and inpaints `num` held-out shapes images; writes before/after grids; returns figures.
 
   - edit_adherence: the checker accepts the edit (strength `strength`) for a caption with the
@@ -51,17 +58,21 @@ def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps
     edit_caps.append(_edit_prompt(objects, rng)[0])
     first = objects[0]
     new = dataclasses.replace(
-        first, shape=[s for s in world.SHAPES if s != first.shape][int(rng.integers(2))],
-        color=[c for c in world.COLORS if c != first.color][int(rng.integers(6))])
+        first,
+        shape=[s for s in world.SHAPES if s != first.shape][int(rng.integers(2))],
+        color=[c for c in world.COLORS if c != first.color][int(rng.integers(6))],
+    )
     inpaint_caps.append(world.caption([new, *objects[1:]]))
     masks.append(_half_mask(first.position, size))
   images = np.stack(images)
   masks = np.stack(masks)
   full = np.ones_like(masks)
-  edited = pipe.edit(images, edit_caps, strength=strength, steps=steps,
-                     guidance_scale=guidance_scale, seed=seed)
-  inpainted = pipe.inpaint(images, masks, inpaint_caps, steps=steps,
-                           guidance_scale=guidance_scale, seed=seed)
+  edited = pipe.edit(
+      images, edit_caps, strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed
+  )
+  inpainted = pipe.inpaint(
+      images, masks, inpaint_caps, steps=steps, guidance_scale=guidance_scale, seed=seed
+  )
   keep = [editing.psnr(inpainted[i], images[i], masks[i] < 0.5) for i in range(num)]
   figures = {
       "edit_adherence": float(np.mean(checker.score_batch(edited, edit_caps))),
@@ -69,12 +80,14 @@ def demo_figures(pipe, out_dir: str, num: int = 32, strength: float = 0.7, steps
       "inpaint_adherence": float(np.mean(checker.score_batch(inpainted, inpaint_caps))),
       "edit_settings": dict(num=num, strength=strength, steps=steps, guidance_scale=guidance_scale),
   }
-  grid = lambda *rows: writers.grid(np.stack([im for row in zip(*rows) for im in row]),
-                                        cols=len(rows) * 4)
+  grid = lambda *rows: writers.grid(
+      np.stack([im for row in zip(*rows) for im in row]), cols=len(rows) * 4
+  )
   mask_rgb = (masks[..., None] * 255).astype(np.uint8).repeat(3, axis=-1)
   writers.save_png(os.path.join(out_dir, "edit_before_after.png"), grid(images, edited))
-  writers.save_png(os.path.join(out_dir, "inpaint_before_mask_after.png"),
-                       grid(images, mask_rgb, inpainted))
+  writers.save_png(
+      os.path.join(out_dir, "inpaint_before_mask_after.png"), grid(images, mask_rgb, inpainted)
+  )
   with open(os.path.join(out_dir, "captions.txt"), "w") as f:
     for i in range(num):
       f.write(f"{i}\tedit: {edit_caps[i]}\tinpaint: {inpaint_caps[i]}\n")
@@ -95,5 +108,5 @@ def _half_mask(position: str, size: int) -> np.ndarray:
     m[half:] = 1
   else:
     q = size // 4
-    m[q:size - q, q:size - q] = 1
+    m[q : size - q, q : size - q] = 1
   return m

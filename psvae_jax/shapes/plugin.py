@@ -21,6 +21,7 @@ FEATURE_NET = "proxy"  # eval configs: feature="proxy"
 def register() -> None:
   """Registers the "shapes" data source and checker and the "proxy" feature net."""
   sources.register_source(NAME, source.get_source)
-  checkers.register_checker(NAME, checkers.Checker(accepts=checker.accepts,
-                                                   score_batch=checker.score_batch))
+  checkers.register_checker(
+      NAME, checkers.Checker(accepts=checker.accepts, score_batch=checker.score_batch)
+  )
   features.register_feature_net(FEATURE_NET, proxy.load_feature_net)

@@ -71,11 +71,18 @@ def _loss(params, module, batch):
 
 def optax_ce(logits, labels):
   import optax  # pylint: disable=g-import-not-at-top
+
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def train_proxy(path: str, image_size: int = 32, num_images: int = 2048, steps: int = 150,
-                batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
+def train_proxy(
+    path: str,
+    image_size: int = 32,
+    num_images: int = 2048,
+    steps: int = 150,
+    batch_size: int = 64,
+    seed: int = 1234,
+) -> dict[str, float]:
   """Trains the proxy on shapes (seed distinct from the demo's data) and saves it to `path`.
 
   Returns: {"proxy_train_seconds", "proxy_accuracy"} (per-position attribute accuracy on
@@ -83,6 +90,7 @@ def train_proxy(path: str, image_size: int = 32, num_images: int = 2048, steps: 
   """
   import optax  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
   t0 = time.time()
   module = ProxyNet()
   data = shapes_dataset(num_images, image_size, seed)
@@ -102,12 +110,22 @@ def train_proxy(path: str, image_size: int = 32, num_images: int = 2048, steps: 
     params, opt, loss = step(params, opt, {k: v[idx] for k, v in data.items()})
   held = shapes_dataset(512, image_size, seed + 1)
   _, logits = jax.jit(module.apply)({"params": params}, held["image"])
-  acc = float(np.mean(np.concatenate([
-      np.asarray(jnp.argmax(logits[..., :NUM_SHAPE], -1)) == held["shape"],
-      np.asarray(jnp.argmax(logits[..., NUM_SHAPE:], -1)) == held["color"]])))
+  acc = float(
+      np.mean(
+          np.concatenate(
+              [
+                  np.asarray(jnp.argmax(logits[..., :NUM_SHAPE], -1)) == held["shape"],
+                  np.asarray(jnp.argmax(logits[..., NUM_SHAPE:], -1)) == held["color"],
+              ]
+          )
+      )
+  )
   save_file({k: np.asarray(v) for k, v in common.flatten(params).items()}, path)
-  out = {"proxy_train_seconds": time.time() - t0, "proxy_accuracy": acc,
-         "proxy_final_loss": float(loss)}
+  out = {
+      "proxy_train_seconds": time.time() - t0,
+      "proxy_accuracy": acc,
+      "proxy_final_loss": float(loss),
+  }
   logging.info("fid proxy trained: %s -> %s", out, path)
   return out
 
@@ -115,16 +133,21 @@ def train_proxy(path: str, image_size: int = 32, num_images: int = 2048, steps: 
 def load_proxy(path: str, image_size: int = 32) -> tuple[ProxyNet, dict[str, Any]]:
   """(module, params) of a saved proxy; a mismatched file raises ValueError naming entries."""
   module = ProxyNet()
-  abstract = jax.eval_shape(module.init, jax.random.key(0),
-                            jnp.zeros((1, image_size, image_size, 3)))["params"]
-  return module, common.build_params(common.read_state_dict(path), abstract,
-                                     what=f"fid proxy {path}")
+  abstract = jax.eval_shape(
+      module.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))
+  )["params"]
+  return module, common.build_params(
+      common.read_state_dict(path), abstract, what=f"fid proxy {path}"
+  )
 
 
 def random_proxy(seed: int = 0, image_size: int = 32) -> tuple[ProxyNet, dict[str, Any]]:
   """Random-init proxy (tests only)."""
   module = ProxyNet()
-  return module, module.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))["params"]
+  return (
+      module,
+      module.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))["params"],
+  )
 
 
 def feature_fn(module, params):

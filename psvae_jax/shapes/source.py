@@ -22,8 +22,7 @@ class ShapesSource:
   Record i is `world.generate(index_offset + i, image_size, seed)`.
   """
 
-  def __init__(self, num_records: int, image_size: int, seed: int,
-               index_offset: int = 0):
+  def __init__(self, num_records: int, image_size: int, seed: int, index_offset: int = 0):
     if num_records <= 0:
       raise ValueError(f"num_records must be positive, got {num_records}.")
     self._num_records = int(num_records)
@@ -38,14 +37,15 @@ class ShapesSource:
     index = int(index)
     if not 0 <= index < self._num_records:
       raise IndexError(f"Index {index} out of range [0, {self._num_records}).")
-    image, caption = world.generate(
-        self._index_offset + index, self._image_size, self._seed)
+    image, caption = world.generate(self._index_offset + index, self._image_size, self._seed)
     return {"image": image, "caption": caption, "label": -1}
 
   def __repr__(self) -> str:
-    return (f"ShapesSource(num_records={self._num_records}, "
-            f"image_size={self._image_size}, seed={self._seed}, "
-            f"index_offset={self._index_offset})")
+    return (
+        f"ShapesSource(num_records={self._num_records}, "
+        f"image_size={self._image_size}, seed={self._seed}, "
+        f"index_offset={self._index_offset})"
+    )
 
 
 def get_source(cfg: Any, split: str) -> ShapesSource:
@@ -54,10 +54,13 @@ def get_source(cfg: Any, split: str) -> ShapesSource:
   train = split == "train"
   num_records = int(cfg.num_train if train else cfg.num_eval)
   if train and num_records > EVAL_INDEX_OFFSET:
-    raise ValueError(f"num_train={num_records} would overlap the held-out "
-                     f"shapes (indices from {EVAL_INDEX_OFFSET}).")
+    raise ValueError(
+        f"num_train={num_records} would overlap the held-out "
+        f"shapes (indices from {EVAL_INDEX_OFFSET})."
+    )
   return ShapesSource(
       num_records=num_records,
       image_size=int(cfg.image_size),
       seed=int(cfg.seed),
-      index_offset=0 if train else EVAL_INDEX_OFFSET)
+      index_offset=0 if train else EVAL_INDEX_OFFSET,
+  )

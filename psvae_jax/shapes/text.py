@@ -44,12 +44,15 @@ EOS = "[EOS]"
 def shapes_vocabulary() -> list[str]:
   """Every word ``world.caption`` can produce, in order of first appearance."""
   words: list[str] = []
-  singles = [world.ShapeObject(shape=s, color=c, position=p)
-             for c, s, p in itertools.product(world.COLORS, world.SHAPES,
-                                              world.POSITIONS)]
-  pairs = [[a, world.ShapeObject(shape=a.shape, color=a.color,
-                                 position=world.OPPOSITE[a.position])]
-           for a in singles if a.position in world.OPPOSITE]
+  singles = [
+      world.ShapeObject(shape=s, color=c, position=p)
+      for c, s, p in itertools.product(world.COLORS, world.SHAPES, world.POSITIONS)
+  ]
+  pairs = [
+      [a, world.ShapeObject(shape=a.shape, color=a.color, position=world.OPPOSITE[a.position])]
+      for a in singles
+      if a.position in world.OPPOSITE
+  ]
   for objects in [[o] for o in singles] + pairs:
     for word in world.caption(objects).lower().split():
       if word not in words:
@@ -74,16 +77,25 @@ def _build_tokenizer(vocab_words: list[str], max_length: int):
   tok.normalizer = normalizers.Lowercase()
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.post_processor = processors.TemplateProcessing(
-      single="[BOS] $A [EOS]", pair="[BOS] $A [EOS] $B [EOS]",
-      special_tokens=[("[BOS]", vocab["[BOS]"]), (EOS, vocab[EOS])])
+      single="[BOS] $A [EOS]",
+      pair="[BOS] $A [EOS] $B [EOS]",
+      special_tokens=[("[BOS]", vocab["[BOS]"]), (EOS, vocab[EOS])],
+  )
   return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, bos_token="[BOS]", eos_token=EOS,
-      pad_token="[PAD]", unk_token="[UNK]", model_max_length=max_length,
-      padding_side="right", truncation_side="right")
+      tokenizer_object=tok,
+      bos_token="[BOS]",
+      eos_token=EOS,
+      pad_token="[PAD]",
+      unk_token="[UNK]",
+      model_max_length=max_length,
+      padding_side="right",
+      truncation_side="right",
+  )
 
 
-def _random_clip_text_weights(vocab_size: int, hidden_size: int, layers: int,
-                               max_length: int, seed: int) -> dict[str, np.ndarray]:
+def _random_clip_text_weights(
+    vocab_size: int, hidden_size: int, layers: int, max_length: int, seed: int
+) -> dict[str, np.ndarray]:
   """Random CLIPTextModel tensors under transformers' names, float32.
 
   Scales follow ``CLIPPreTrainedModel._init_weights`` (initializer_factor 1):
@@ -92,7 +104,7 @@ def _random_clip_text_weights(vocab_size: int, hidden_size: int, layers: int,
   """
   rng = np.random.default_rng(seed)
   d, ff = hidden_size, 4 * hidden_size
-  in_std = d**-0.5 * (2 * layers)**-0.5
+  in_std = d**-0.5 * (2 * layers) ** -0.5
 
   def normal(shape, std):
     return (std * rng.standard_normal(shape)).astype(np.float32)
@@ -109,11 +121,15 @@ def _random_clip_text_weights(vocab_size: int, hidden_size: int, layers: int,
   }
   for i in range(layers):
     p = f"encoder.layers.{i}."
-    for name, std in (("q_proj", in_std), ("k_proj", in_std),
-                      ("v_proj", in_std), ("out_proj", d**-0.5)):
+    for name, std in (
+        ("q_proj", in_std),
+        ("k_proj", in_std),
+        ("v_proj", in_std),
+        ("out_proj", d**-0.5),
+    ):
       sd[p + f"self_attn.{name}.weight"] = normal((d, d), std)  # (out, in)
       sd[p + f"self_attn.{name}.bias"] = zeros(d)
-    sd[p + "mlp.fc1.weight"] = normal((ff, d), (2 * d)**-0.5)
+    sd[p + "mlp.fc1.weight"] = normal((ff, d), (2 * d) ** -0.5)
     sd[p + "mlp.fc1.bias"] = zeros(ff)
     sd[p + "mlp.fc2.weight"] = normal((d, ff), in_std)
     sd[p + "mlp.fc2.bias"] = zeros(d)
@@ -125,9 +141,15 @@ def _random_clip_text_weights(vocab_size: int, hidden_size: int, layers: int,
   return {"text_model." + k: v for k, v in sd.items()}
 
 
-def build_demo_text_encoder(out_dir: str, vocab_words: list[str],
-                            hidden_size: int = 64, layers: int = 2, heads: int = 2,
-                            max_length: int = 16, seed: int = 0) -> str:
+def build_demo_text_encoder(
+    out_dir: str,
+    vocab_words: list[str],
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    max_length: int = 16,
+    seed: int = 0,
+) -> str:
   """Writes the demo tokenizer and a random tiny CLIP text model to ``out_dir``.
 
   Needs no torch: the weights are numpy arrays written with
@@ -158,17 +180,21 @@ def build_demo_text_encoder(out_dir: str, vocab_words: list[str],
   tokenizer.save_pretrained(out_dir)
   vocab_size = len(tokenizer)
   config = transformers.CLIPTextConfig(
-      vocab_size=vocab_size, hidden_size=hidden_size,
-      intermediate_size=4 * hidden_size, num_hidden_layers=layers,
-      num_attention_heads=heads, max_position_embeddings=max_length,
-      hidden_act="quick_gelu", layer_norm_eps=1e-5,
+      vocab_size=vocab_size,
+      hidden_size=hidden_size,
+      intermediate_size=4 * hidden_size,
+      num_hidden_layers=layers,
+      num_attention_heads=heads,
+      max_position_embeddings=max_length,
+      hidden_act="quick_gelu",
+      layer_norm_eps=1e-5,
       pad_token_id=tokenizer.pad_token_id,
-      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-      architectures=["CLIPTextModel"])
+      bos_token_id=tokenizer.bos_token_id,
+      eos_token_id=tokenizer.eos_token_id,
+      architectures=["CLIPTextModel"],
+  )
   config.to_json_file(os.path.join(out_dir, "config.json"))
-  weights = _random_clip_text_weights(vocab_size, hidden_size, layers,
-                                      max_length, seed)
+  weights = _random_clip_text_weights(vocab_size, hidden_size, layers, max_length, seed)
   # "format": "pt" marks the usual transformers layout (older releases insist).
-  save_file(weights, os.path.join(out_dir, "model.safetensors"),
-            metadata={"format": "pt"})
+  save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   return out_dir

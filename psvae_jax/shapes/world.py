@@ -46,8 +46,7 @@ _PHRASES: dict[str, str] = {
     "bottom": "at the bottom",
     "center": "in the center",
 }
-OPPOSITE: dict[str, str] = {
-    "left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+OPPOSITE: dict[str, str] = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
 BASE_SIZE = 0.35  # Object side / diameter as a fraction of the image side.
 _SIZE_JITTER = 0.10  # Relative size jitter (+-10%).
@@ -82,19 +81,22 @@ def sample_scene(rng: np.random.Generator) -> list[ShapeObject]:
       positions.reverse()  # Caption order varies too.
   objects = []
   for position in positions:
-    objects.append(ShapeObject(
-        shape=SHAPES[rng.integers(len(SHAPES))],
-        color=list(COLORS)[rng.integers(len(COLORS))],
-        position=position,
-        size=BASE_SIZE * (1.0 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER)),
-        dx=float(rng.uniform(-_POS_JITTER, _POS_JITTER)),
-        dy=float(rng.uniform(-_POS_JITTER, _POS_JITTER)),
-    ))
+    objects.append(
+        ShapeObject(
+            shape=SHAPES[rng.integers(len(SHAPES))],
+            color=list(COLORS)[rng.integers(len(COLORS))],
+            position=position,
+            size=BASE_SIZE * (1.0 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER)),
+            dx=float(rng.uniform(-_POS_JITTER, _POS_JITTER)),
+            dy=float(rng.uniform(-_POS_JITTER, _POS_JITTER)),
+        )
+    )
   return objects
 
 
-def render(objects: Sequence[ShapeObject], image_size: int,
-           background: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+def render(
+    objects: Sequence[ShapeObject], image_size: int, background: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
   """Draws the objects anti-aliased: uint8 (image_size, image_size, 3)."""
   big = image_size * _SUPERSAMPLE
   canvas = Image.new("RGB", (big, big), tuple(int(c) for c in background))
@@ -110,8 +112,7 @@ def render(objects: Sequence[ShapeObject], image_size: int,
     elif obj.shape == "square":
       draw.rectangle(box, fill=color)
     elif obj.shape == "triangle":
-      draw.polygon([(cx, cy - half), (cx + half, cy + half),
-                    (cx - half, cy + half)], fill=color)
+      draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=color)
     else:
       raise ValueError(f"Unknown shape {obj.shape!r}.")
   small = canvas.resize((image_size, image_size), Image.Resampling.BOX)
@@ -120,13 +121,18 @@ def render(objects: Sequence[ShapeObject], image_size: int,
 
 def caption(objects: Sequence[ShapeObject]) -> str:
   """E.g. "a red circle on the left and a blue square on the right"."""
-  return " and ".join(
-      f"a {o.color} {o.shape} {_PHRASES[o.position]}" for o in objects)
+  return " and ".join(f"a {o.color} {o.shape} {_PHRASES[o.position]}" for o in objects)
 
 
-_OBJECT_RE = (r"an?\s+(" + "|".join(COLORS) + r")\s+(" + "|".join(SHAPES)
-              + r")\s+(" + "|".join(re.escape(p) for p in _PHRASES.values())
-              + r")")
+_OBJECT_RE = (
+    r"an?\s+("
+    + "|".join(COLORS)
+    + r")\s+("
+    + "|".join(SHAPES)
+    + r")\s+("
+    + "|".join(re.escape(p) for p in _PHRASES.values())
+    + r")"
+)
 _CAPTION_RE = re.compile(rf"{_OBJECT_RE}(?:\s+and\s+{_OBJECT_RE})?")
 _PHRASE_TO_POSITION = {v: k for k, v in _PHRASES.items()}
 
@@ -152,14 +158,15 @@ def parse_caption(text: str) -> list[ShapeObject]:
   objects = []
   for i in range(0, len(groups), 3):
     if groups[i] is not None:
-      objects.append(ShapeObject(
-          shape=groups[i + 1], color=groups[i],
-          position=_PHRASE_TO_POSITION[groups[i + 2]]))
+      objects.append(
+          ShapeObject(
+              shape=groups[i + 1], color=groups[i], position=_PHRASE_TO_POSITION[groups[i + 2]]
+          )
+      )
   return objects
 
 
-def generate(index: int, image_size: int,
-             seed: int = 0) -> tuple[np.ndarray, str]:
+def generate(index: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, str]:
   """Deterministic (image uint8 (S, S, 3), caption) for (seed, index)."""
   rng = np.random.default_rng([seed, index])
   background = tuple(int(c) for c in rng.integers(0, _MAX_BACKGROUND + 1, 3))

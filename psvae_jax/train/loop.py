@@ -51,6 +51,7 @@ class _Preemption:
 
   def __enter__(self):
     from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
     self._service = jax.process_count() > 1 and runtime.preemption_service_active()
     if self._service:  # its C++ SIGTERM handler must stay installed
       return self
@@ -72,9 +73,11 @@ class _Preemption:
   def should_stop(self, step: int) -> bool:
     if self._service:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       return bool(multihost_utils.reached_preemption_sync_point(step))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       flags_ = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
       return bool(np.any(flags_))
     return self.requested
@@ -82,20 +85,28 @@ class _Preemption:
 
 def create_train_state(rng, *, task: tasks.Task, tx) -> TrainState:
   params, frozen = task.init(rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params=jax.tree.map(jnp.copy, params), frozen=frozen,
-                    skipped=jnp.zeros((), jnp.int32))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      ema_params=jax.tree.map(jnp.copy, params),
+      frozen=frozen,
+      skipped=jnp.zeros((), jnp.int32),
+  )
 
 
 def reset_params(state: TrainState, params, *, task: tasks.Task) -> TrainState:
   """Replaces params (e.g. a warm start); EMA and frozen copies follow."""
-  return state.replace(params=jax.tree.map(jnp.copy, params),
-                       ema_params=jax.tree.map(jnp.copy, params),
-                       frozen=task.make_frozen(params))
+  return state.replace(
+      params=jax.tree.map(jnp.copy, params),
+      ema_params=jax.tree.map(jnp.copy, params),
+      frozen=task.make_frozen(params),
+  )
 
 
-def train_step(state: TrainState, batch, consts, *, task: tasks.Task, tx,
-               config) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState, batch, consts, *, task: tasks.Task, tx, config
+) -> tuple[TrainState, dict]:
   """One optimizer step; a non-finite loss or gradient leaves the state unchanged (counted)."""
   rng = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
@@ -109,10 +120,13 @@ def train_step(state: TrainState, batch, consts, *, task: tasks.Task, tx,
   ema = update_ema(state.ema_params, params, ema_decay(state.step, config.ema_decay))
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-  state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                        opt_state=keep(opt_state, state.opt_state),
-                        ema_params=keep(ema, state.ema_params),
-                        skipped=state.skipped + (~ok).astype(jnp.int32))
+  state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      ema_params=keep(ema, state.ema_params),
+      skipped=state.skipped + (~ok).astype(jnp.int32),
+  )
   metrics.update(grad_norm=grad_norm, nonfinite=(~ok).astype(jnp.float32))
   return state, metrics
 
@@ -125,6 +139,7 @@ def due(step: int, every: int) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What a run is built from, before any state exists."""
+
   config: ml_collections.ConfigDict
   workdir: epath.Path
   mesh: jax.sharding.Mesh
@@ -147,19 +162,25 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   parallel.check_batch_divides_mesh(config.batch_size, mesh)
-  logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
-               jax.process_count())
+  logging.info(
+      "Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size, jax.process_count()
+  )
   task = tasks.get_task(config, mesh, str(workdir))
   if jax.process_index() == 0:  # after get_task, which may resolve config fields
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  tx = optim.make_optimizer(config.optim, config.num_train_steps,
-                            functools.partial(optim.label_params, groups=task.param_groups))
-  abstract = jax.eval_shape(functools.partial(create_train_state, task=task, tx=tx),
-                            jax.random.key(config.seed))
+  tx = optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
+  abstract = jax.eval_shape(
+      functools.partial(create_train_state, task=task, tx=tx), jax.random.key(config.seed)
+  )
   shardings = parallel.param_shardings(abstract, mesh, min_size=config.shard_min_size)
   consts = task.constants()
-  consts = jax.device_put(consts, parallel.param_shardings(consts, mesh,
-                                                           min_size=config.shard_min_size))
+  consts = jax.device_put(
+      consts, parallel.param_shardings(consts, mesh, min_size=config.shard_min_size)
+  )
   parallel.log_replication_report(abstract, shardings, min_size=config.shard_min_size)
   parallel.log_replication_report(consts, min_size=config.shard_min_size, what="constant")
   return Setup(config, workdir, mesh, task, tx, abstract, shardings, consts)
@@ -177,28 +198,32 @@ def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, train_iter) -> Trai
   state = jax.jit(s.init_fn, out_shardings=s.shardings)(jax.random.key(s.config.seed))
   warm = s.task.warm_start(state.params)
   if warm is not None:
-    state = jax.jit(functools.partial(reset_params, task=s.task), out_shardings=s.shardings,
-                    donate_argnums=0)(state, warm)
+    state = jax.jit(
+        functools.partial(reset_params, task=s.task), out_shardings=s.shardings, donate_argnums=0
+    )(state, warm)
   return state
 
 
 def compile_step(s: Setup, state: TrainState, batch, writer, step: int):
   """train_step compiled ahead of time for these shapes, once; logs perf/ scalars at `step`."""
-  step_fn = jax.jit(functools.partial(train_step, task=s.task, tx=s.tx, config=s.config),
-                    out_shardings=(s.shardings, parallel.replicated(s.mesh)), donate_argnums=0)
+  step_fn = jax.jit(
+      functools.partial(train_step, task=s.task, tx=s.tx, config=s.config),
+      out_shardings=(s.shardings, parallel.replicated(s.mesh)),
+      donate_argnums=0,
+  )
   t0 = time.time()
   compiled = step_fn.lower(state, batch, s.consts).compile()
   logging.info("Compiled train step in %.1f s.", time.time() - t0)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float((cost or {}).get("flops", 0.0))
-  writer.write_scalars(step, {"perf/compile_seconds": time.time() - t0,
-                              "perf/gflops_per_step": flops / 1e9})
+  writer.write_scalars(
+      step, {"perf/compile_seconds": time.time() - t0, "perf/gflops_per_step": flops / 1e9}
+  )
   return compiled
 
 
-def log_train_metrics(step: int, pending: list[dict], state: TrainState, train_iter,
-                      writer) -> int:
+def log_train_metrics(step: int, pending: list[dict], state: TrainState, train_iter, writer) -> int:
   """Writes the mean of the pending steps' metrics (and counters); returns the skipped steps."""
   host = jax.device_get(pending)
   scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
@@ -207,8 +232,9 @@ def log_train_metrics(step: int, pending: list[dict], state: TrainState, train_i
   if hasattr(train_iter, "counters"):  # skipped / repaired input records, by kind
     scalars.update({f"data/{k}": v for k, v in train_iter.counters().items()})
   writer.write_scalars(step, scalars)
-  logging.info("step %d: %s", step,
-               " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in scalars.items()))
+  logging.info(
+      "step %d: %s", step, " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in scalars.items())
+  )
   return skipped
 
 
@@ -225,13 +251,15 @@ def run_eval(s: Setup, state: TrainState, step: int, writer) -> dict[str, float]
   return scalars
 
 
-def save_checkpoint(s: Setup, ckpt: checkpoint.Checkpointer, step: int, state: TrainState,
-         train_iter) -> None:
+def save_checkpoint(
+    s: Setup, ckpt: checkpoint.Checkpointer, step: int, state: TrainState, train_iter
+) -> None:
   ckpt.save(step, state, data_state=train_iter.get_state(), config=s.config.to_dict())
 
 
-def stop_if_diverged(s: Setup, ckpt: checkpoint.Checkpointer, step: int, state: TrainState,
-                     train_iter, skipped: int) -> None:
+def stop_if_diverged(
+    s: Setup, ckpt: checkpoint.Checkpointer, step: int, state: TrainState, train_iter, skipped: int
+) -> None:
   """More than max_skipped_steps non-finite steps: saves this step and raises."""
   if skipped <= s.config.max_skipped_steps:
     return
@@ -240,11 +268,18 @@ def stop_if_diverged(s: Setup, ckpt: checkpoint.Checkpointer, step: int, state: 
   raise FloatingPointError(
       f"{skipped} steps had a non-finite loss or gradient (max_skipped_steps="
       f"{s.config.max_skipped_steps}); stopped at step {step}. Lower the learning rate "
-      "or check the data.")
+      "or check the data."
+  )
 
 
-def train_steps(s: Setup, state: TrainState, train_iter, ckpt: checkpoint.Checkpointer, writer,
-                preemption: _Preemption) -> tuple[TrainState, dict[str, Any], int | None]:
+def train_steps(
+    s: Setup,
+    state: TrainState,
+    train_iter,
+    ckpt: checkpoint.Checkpointer,
+    writer,
+    preemption: _Preemption,
+) -> tuple[TrainState, dict[str, Any], int | None]:
   """Steps state.step + 1 .. num_train_steps, logging, evaluating and saving when due.
 
   Returns (state, the last eval's metrics or {}, the step it was preempted at or None). The
@@ -252,8 +287,10 @@ def train_steps(s: Setup, state: TrainState, train_iter, ckpt: checkpoint.Checkp
   """
   config = s.config
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (imports TF)
-  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                             writer=writer, every_steps=config.log_every or None)
+
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every or None
+  )
   start, last = int(jax.device_get(state.step)), config.num_train_steps
   final: dict[str, Any] = {}
   pending: list[dict] = []
@@ -278,8 +315,12 @@ def train_steps(s: Setup, state: TrainState, train_iter, ckpt: checkpoint.Checkp
     if preemption.should_stop(step):
       if not saved:  # (the last step is saved above: saving it twice raises in Orbax)
         save_checkpoint(s, ckpt, step, state, train_iter)
-      logging.warning("Preempted: saved step %d (process %d of %d), exiting.", step,
-                      jax.process_index(), jax.process_count())
+      logging.warning(
+          "Preempted: saved step %d (process %d of %d), exiting.",
+          step,
+          jax.process_index(),
+          jax.process_count(),
+      )
       return state, final, step
   return state, final, None
 
@@ -290,11 +331,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   A preempted run returns {"preempted_at": step} after saving that step.
   """
   s = setup(config, workdir)
-  train_iter = pipeline.build_train_iterator(config.data, global_batch_size=config.batch_size,
-                                             seed=config.seed)
-  ckpt = checkpoint.Checkpointer(str(s.workdir / "checkpoints"),
-                                 max_to_keep=config.keep_checkpoints,
-                                 async_save=config.async_checkpoint)
+  train_iter = pipeline.build_train_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed
+  )
+  ckpt = checkpoint.Checkpointer(
+      str(s.workdir / "checkpoints"),
+      max_to_keep=config.keep_checkpoints,
+      async_save=config.async_checkpoint,
+  )
   state = restore_or_init(s, ckpt, train_iter)
   writer = writers.create_writer(str(s.workdir))
   start = int(jax.device_get(state.step))

@@ -14,8 +14,12 @@ FROZEN = "frozen"
 
 def schedule(lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=max(warmup_steps, 1),
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=lr * min_ratio)
+      init_value=0.0,
+      peak_value=lr,
+      warmup_steps=max(warmup_steps, 1),
+      decay_steps=max(total_steps, warmup_steps + 1),
+      end_value=lr * min_ratio,
+  )
 
 
 def label_params(params: Any, groups: Mapping[str, str]) -> Any:
@@ -39,16 +43,23 @@ def label_params(params: Any, groups: Mapping[str, str]) -> Any:
   return jax.tree_util.tree_map_with_path(one, params)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
-                   labels: Callable[[Any], Any] | Any) -> optax.GradientTransformation:
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, total_steps: int, labels: Callable[[Any], Any] | Any
+) -> optax.GradientTransformation:
   """AdamW (decoupled weight decay) per label group; "frozen" leaves get zero updates.
 
   cfg fields: lr, warmup_steps, weight_decay, b1, b2, eps, grad_clip, min_lr_ratio and
   lr_groups ({label: lr}) for groups other than "default".
   """
+
   def adamw(lr):
-    return optax.adamw(schedule(lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio),
-                       b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return optax.adamw(
+        schedule(lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+    )
 
   transforms = {"default": adamw(cfg.lr), FROZEN: optax.set_to_zero()}
   for label, lr in cfg.lr_groups.items():

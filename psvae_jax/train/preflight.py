@@ -27,8 +27,10 @@ def _encoder_weights(config) -> str | None:
   """Stage 1 at paper size must not train on a random ViT unless told so."""
   if config.stage != "svae" or not is_paper_size(config) or config.model.encoder.weights:
     return None
-  return (f"stage 1 ({config.variant}) needs pretrained encoder weights: set "
-          "--config.model.encoder.weights=HF_DINOV2_DIR (or =random, for tests and benchmarks)")
+  return (
+      f"stage 1 ({config.variant}) needs pretrained encoder weights: set "
+      "--config.model.encoder.weights=HF_DINOV2_DIR (or =random, for tests and benchmarks)"
+  )
 
 
 def _stage2_init(config) -> str | None:
@@ -37,8 +39,10 @@ def _stage2_init(config) -> str | None:
     return None
   if config.model.encoder.weights:  # an explicit start without stage 1 (a dir, or random)
     return None
-  return (f"stage 2 ({config.variant}) starts from stage 1: set --config.init_from=STAGE1_WORKDIR "
-          "(or --config.model.encoder.weights=HF_DINOV2_DIR|random to start without stage 1)")
+  return (
+      f"stage 2 ({config.variant}) starts from stage 1: set --config.init_from=STAGE1_WORKDIR "
+      "(or --config.model.encoder.weights=HF_DINOV2_DIR|random to start without stage 1)"
+  )
 
 
 def _lpips_files(config) -> str | None:
@@ -51,9 +55,11 @@ def _lpips_files(config) -> str | None:
   missing = [f"--config.lpips.{k}" for k in ("vgg", "heads") if not lp[k]]
   if not missing:
     return None
-  return (f"loss.lpips={config.loss.lpips} needs the LPIPS weight files: set "
-          f"{' and '.join(missing)} (torchvision's vgg16-397923af.pth, the lpips package's "
-          "weights/v0.1/vgg.pth), or --config.loss.lpips=0")
+  return (
+      f"loss.lpips={config.loss.lpips} needs the LPIPS weight files: set "
+      f"{' and '.join(missing)} (torchvision's vgg16-397923af.pth, the lpips package's "
+      "weights/v0.1/vgg.pth), or --config.loss.lpips=0"
+  )
 
 
 def _stage3_inputs(config) -> str | None:
@@ -63,8 +69,10 @@ def _stage3_inputs(config) -> str | None:
   if not config.autoencoder:
     return "stage 3 trains in a PS-VAE's latent: set --config.autoencoder=STAGE2_WORKDIR"
   if config.model.cond_type == "text" and not config.text_encoder:
-    return ("a text-conditioned DiT needs --config.text_encoder=HF_DIR (a CLIP text or T5 encoder "
-            "directory with its tokenizer)")
+    return (
+        "a text-conditioned DiT needs --config.text_encoder=HF_DIR (a CLIP text or T5 encoder "
+        "directory with its tokenizer)"
+    )
   return None
 
 
@@ -79,7 +87,12 @@ def _intervals(config) -> str | None:
 
 
 CHECKS: tuple[Callable[[ml_collections.ConfigDict], str | None], ...] = (
-    _intervals, _encoder_weights, _stage2_init, _lpips_files, _stage3_inputs)
+    _intervals,
+    _encoder_weights,
+    _stage2_init,
+    _lpips_files,
+    _stage3_inputs,
+)
 
 
 def check(config: ml_collections.ConfigDict) -> None:

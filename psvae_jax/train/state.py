@@ -21,6 +21,7 @@ class TrainState:
     frozen: parameters that never train (e.g. stage 2's frozen encoder copy).
     skipped: number of steps skipped because the loss or gradients were not finite.
   """
+
   step: jax.Array
   params: Any
   opt_state: Any

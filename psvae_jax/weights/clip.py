@@ -27,10 +27,17 @@ from psvae_jax.models.text_encoders import CLIPTextTransformer
 from psvae_jax.weights import common
 
 # transformers.CLIPTextConfig defaults, for keys a config.json leaves out.
-_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
-                 num_hidden_layers=12, num_attention_heads=8,
-                 max_position_embeddings=77, hidden_act="quick_gelu",
-                 layer_norm_eps=1e-5, eos_token_id=49407)
+_DEFAULTS = dict(
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    eos_token_id=49407,
+)
 _IGNORED_PREFIXES = ("vision_model.", "visual_projection.", "text_projection.")
 _IGNORED_KEYS = ("logit_scale", "embeddings.position_ids")
 _LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
@@ -54,8 +61,9 @@ def cast_params(params: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda a: np.asarray(a, dtype), params)
 
 
-def clip_text_module_from_hf_config(cfg: Mapping[str, Any],
-                                    dtype: Any = jnp.float32) -> CLIPTextTransformer:
+def clip_text_module_from_hf_config(
+    cfg: Mapping[str, Any], dtype: Any = jnp.float32
+) -> CLIPTextTransformer:
   """Builds the module for a ``CLIPTextConfig`` dict or a ``CLIPConfig`` dict."""
   model_type = cfg.get("model_type", "clip_text_model")
   if model_type == "clip":
@@ -88,7 +96,8 @@ def _param(kind: str, value: np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def convert_clip_text_state_dict(
-    sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    sd: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], list[str]]:
   """Maps HF CLIP text tensors to flat flax paths.
 
   Returns:
@@ -124,8 +133,9 @@ def convert_clip_text_state_dict(
   return out, unused
 
 
-def load_clip_text(hf_dir: str, dtype: Any = jnp.float32,
-                   param_dtype: Any = jnp.float32) -> tuple[CLIPTextTransformer, dict]:
+def load_clip_text(
+    hf_dir: str, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+) -> tuple[CLIPTextTransformer, dict]:
   """Loads the CLIP text transformer of a Hugging Face checkpoint directory.
 
   Args:
@@ -146,26 +156,29 @@ def load_clip_text(hf_dir: str, dtype: Any = jnp.float32,
   """
   module = clip_text_module_from_hf_config(read_json(hf_dir), dtype=dtype)
   ids = jnp.zeros((1, 1), jnp.int32)
-  params = common.load_hf_params(hf_dir, module, convert_clip_text_state_dict, (ids, ids),
-                                 "CLIP text checkpoint")
+  params = common.load_hf_params(
+      hf_dir, module, convert_clip_text_state_dict, (ids, ids), "CLIP text checkpoint"
+  )
   return module, cast_params(params, param_dtype)
 
 
 def load_tokenizer(hf_dir: str) -> Any:
   """The directory's tokenizer via ``AutoTokenizer`` (local files only)."""
   import transformers  # pylint: disable=g-import-not-at-top
+
   return transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str],
-             max_length: int) -> tuple[np.ndarray, np.ndarray]:
+def tokenize(
+    tokenizer: Any, texts: Sequence[str], max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Tokenizes, truncates and pads to exactly ``max_length``.
 
   Returns:
     ``(input_ids, attention_mask)``, both int32 ``(B, max_length)``; special
     tokens (CLIP's BOS/EOS, T5's EOS) are kept when truncating.
   """
-  enc = tokenizer(list(texts), padding="max_length", truncation=True,
-                  max_length=max_length, return_tensors="np")
-  return (np.asarray(enc["input_ids"], np.int32),
-          np.asarray(enc["attention_mask"], np.int32))
+  enc = tokenizer(
+      list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
+  )
+  return (np.asarray(enc["input_ids"], np.int32), np.asarray(enc["attention_mask"], np.int32))

@@ -65,8 +65,11 @@ def build_params(
   )
   if missing or unexpected or misshaped:
     lines = [f"Cannot import {what}:"]
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", misshaped)):
+    for title, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape mismatch", misshaped),
+    ):
       if items:
         lines.append(f"  {title} ({len(items)}):")
         lines += [f"    {i}" for i in items]
@@ -80,6 +83,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"Weights file not found: {path}")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
     return dict(load_file(path))
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -87,7 +91,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ImportError(
         f"Reading {path} needs torch; convert it offline to safetensors with "
         "`python -m psvae_jax.weights.convert --src=FILE.pth --out=FILE.safetensors` "
-        "on a machine with torch.") from e
+        "on a machine with torch."
+    ) from e
   sd = torch.load(path, map_location="cpu", weights_only=True)
   if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
     sd = sd["state_dict"]
@@ -112,8 +117,13 @@ def weights_path(hf_dir: str) -> str:
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {hf_dir}")
 
 
-def load_hf_params(hf_dir: str, module: Any, convert: Callable[[dict], tuple[dict, list]],
-                   dummy_inputs: tuple, what: str) -> dict[str, Any]:
+def load_hf_params(
+    hf_dir: str,
+    module: Any,
+    convert: Callable[[dict], tuple[dict, list]],
+    dummy_inputs: tuple,
+    what: str,
+) -> dict[str, Any]:
   """Reads a HF directory's weights, converts them and checks them against `module`.
 
   Args:
@@ -124,6 +134,7 @@ def load_hf_params(hf_dir: str, module: Any, convert: Callable[[dict], tuple[dic
     what: a name for the error message.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   path = weights_path(hf_dir)
   converted, unused = convert(read_state_dict(path))
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), *dummy_inputs)["params"]

@@ -47,8 +47,7 @@ def convert(src: str, out: str) -> tuple[list[str], list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      description="Convert a torch state-dict file to safetensors.")
+  parser = argparse.ArgumentParser(description="Convert a torch state-dict file to safetensors.")
   parser.add_argument("--src", required=True, help="torch .pth/.bin/.pt file")
   parser.add_argument("--out", required=True, help="output .safetensors file")
   args = parser.parse_args(argv)

@@ -34,8 +34,7 @@ from psvae_jax.models.vit import DinoV2
 from psvae_jax.weights import common
 
 # Source keys (after prefix stripping) that are known and intentionally dropped.
-IGNORED_SUFFIXES = ("embeddings.mask_token", "classifier.weight",
-                    "classifier.bias")
+IGNORED_SUFFIXES = ("embeddings.mask_token", "classifier.weight", "classifier.bias")
 _PREFIXES = ("dinov2_with_registers.", "dinov2.", "model.")
 
 _LINEAR_RENAMES = {
@@ -59,8 +58,7 @@ _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
-  return cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(
-      cfg, name, default)
+  return cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(cfg, name, default)
 
 
 def _square(value: Any, what: str) -> int:
@@ -101,8 +99,7 @@ def dinov2_module_from_hf_config(cfg: Any, dtype: Any = jnp.float32) -> DinoV2:
       mlp_ratio=float(_get(cfg, "mlp_ratio", 4)),
       patch_size=patch,
       pos_grid=image // patch,
-      num_register_tokens=(int(_get(cfg, "num_register_tokens", 4))
-                           if with_registers else 0),
+      num_register_tokens=(int(_get(cfg, "num_register_tokens", 4)) if with_registers else 0),
       layerscale_init=float(_get(cfg, "layerscale_value", 1.0)),
       use_swiglu=bool(_get(cfg, "use_swiglu_ffn", False)),
       layer_norm_eps=float(_get(cfg, "layer_norm_eps", 1e-6)),
@@ -114,12 +111,13 @@ def dinov2_module_from_hf_config(cfg: Any, dtype: Any = jnp.float32) -> DinoV2:
 def _strip_prefix(key: str) -> str:
   for p in _PREFIXES:
     if key.startswith(p):
-      return key[len(p):]
+      return key[len(p) :]
   return key
 
 
 def convert_dinov2_state_dict(
-    sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    sd: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], list[str]]:
   """Maps HF DINOv2 tensors to flat flax paths.
 
   Args:
@@ -158,11 +156,13 @@ def convert_dinov2_state_dict(
         gate, up = np.split(value, 2, axis=0)  # transformers' Chunk(dim=0)
         for name, part in (("gate_proj", gate), ("up_proj", up)):
           out[f"{layer}/{name}/" + ("kernel" if kind == "weight" else "bias")] = (
-              part.T if kind == "weight" else part)
+              part.T if kind == "weight" else part
+          )
       elif sub in _LINEAR_RENAMES and kind in ("weight", "bias"):
         name = _LINEAR_RENAMES[sub]
         out[f"{layer}/{name}/" + ("kernel" if kind == "weight" else "bias")] = (
-            value.T if kind == "weight" else value)
+            value.T if kind == "weight" else value
+        )
       else:
         unused.append(src_key)
     else:
@@ -192,5 +192,6 @@ def load_dinov2(hf_dir: str, dtype: Any = jnp.float32) -> tuple[DinoV2, dict]:
   module = dinov2_module_from_hf_config(read_config(hf_dir), dtype=dtype)
   p = module.patch_size
   dummy = jnp.zeros((1, p, p, 3), jnp.float32)
-  return module, common.load_hf_params(hf_dir, module, convert_dinov2_state_dict, (dummy,),
-                                       "DINOv2 checkpoint")
+  return module, common.load_hf_params(
+      hf_dir, module, convert_dinov2_state_dict, (dummy,), "DINOv2 checkpoint"
+  )

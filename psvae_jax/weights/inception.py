@@ -33,8 +33,13 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 def torch_name_map(params: Any) -> dict[str, str]:
   """flax path "A/b/conv/kernel" -> torch state-dict key "A.b.conv.weight" for every param."""
-  suffix = {"conv/kernel": "conv.weight", "bn/scale": "bn.weight", "bn/bias": "bn.bias",
-            "bn/mean": "bn.running_mean", "bn/var": "bn.running_var"}
+  suffix = {
+      "conv/kernel": "conv.weight",
+      "bn/scale": "bn.weight",
+      "bn/bias": "bn.bias",
+      "bn/mean": "bn.running_mean",
+      "bn/var": "bn.running_var",
+  }
   out = {}
   for path in common.flatten(params):
     head, _, tail = path.rpartition("/")
@@ -59,12 +64,13 @@ def check_not_torchvision(sd: dict[str, np.ndarray], path: str = "weights") -> N
         f"{path} looks like torchvision's ImageNet Inception-v3 ({'; '.join(why)}). FID needs "
         "the TF 2015 FID Inception weights used by pytorch-fid "
         "(pt_inception-2015-12-05-6726825d.pth): torchvision's weights give different, "
-        "lower FIDs that cannot be compared with published numbers.")
+        "lower FIDs that cannot be compared with published numbers."
+    )
 
 
-def convert(sd: dict[str, np.ndarray],
-            module: inception_lib.InceptionV3FID | None = None
-            ) -> tuple[dict[str, np.ndarray], list[str]]:
+def convert(
+    sd: dict[str, np.ndarray], module: inception_lib.InceptionV3FID | None = None
+) -> tuple[dict[str, np.ndarray], list[str]]:
   """FID Inception state dict -> (flat flax params, unused source keys)."""
   module = module or inception_lib.InceptionV3FID()
   names = torch_name_map(inception_lib.abstract_params(module))
@@ -74,27 +80,32 @@ def convert(sd: dict[str, np.ndarray],
       w = np.asarray(sd[key])
       out[flax_path] = np.transpose(w, (2, 3, 1, 0)) if w.ndim == 4 else w  # (kh, kw, I, O)
       used.add(key)
-  unused = [k for k in sd if k not in used and k not in IGNORED_KEYS
-            and not k.endswith(IGNORED_SUFFIXES)]
+  unused = [
+      k for k in sd if k not in used and k not in IGNORED_KEYS and not k.endswith(IGNORED_SUFFIXES)
+  ]
   return out, unused
 
 
-def params_from_state_dict(sd: dict[str, np.ndarray], what: str = "state dict",
-                           dtype: Any = jnp.float32
-                           ) -> tuple[inception_lib.InceptionV3FID, dict[str, Any]]:
+def params_from_state_dict(
+    sd: dict[str, np.ndarray], what: str = "state dict", dtype: Any = jnp.float32
+) -> tuple[inception_lib.InceptionV3FID, dict[str, Any]]:
   """(module, params) from an in-memory FID Inception state dict (numpy arrays)."""
   check_not_torchvision(sd, what)
   module = inception_lib.InceptionV3FID(dtype=dtype)
   converted, unused = convert(sd, module)
   params = common.build_params(
-      converted, inception_lib.abstract_params(module), unused_source_keys=unused,
+      converted,
+      inception_lib.abstract_params(module),
+      unused_source_keys=unused,
       what=f"FID Inception weights {what} (A/b/conv/kernel <- A.b.conv.weight, "
-      "bn/{scale,bias,mean,var} <- bn.{weight,bias,running_mean,running_var})")
+      "bn/{scale,bias,mean,var} <- bn.{weight,bias,running_mean,running_var})",
+  )
   return module, params
 
 
-def load_inception(path: str, dtype: Any = jnp.float32
-                   ) -> tuple[inception_lib.InceptionV3FID, dict[str, Any]]:
+def load_inception(
+    path: str, dtype: Any = jnp.float32
+) -> tuple[inception_lib.InceptionV3FID, dict[str, Any]]:
   """Loads the FID Inception from a pytorch-fid ``.pth`` or its safetensors conversion.
 
   Returns:
@@ -108,8 +119,9 @@ def load_inception(path: str, dtype: Any = jnp.float32
   return params_from_state_dict(common.read_state_dict(path), path, dtype)
 
 
-def random_inception(seed: int = 0, dtype: Any = jnp.float32
-                     ) -> tuple[inception_lib.InceptionV3FID, dict[str, Any]]:
+def random_inception(
+    seed: int = 0, dtype: Any = jnp.float32
+) -> tuple[inception_lib.InceptionV3FID, dict[str, Any]]:
   """Random weights (He-normal convs, identity BN): for benchmarks and tests, NOT for FID."""
   module = inception_lib.InceptionV3FID(dtype=dtype)
   gen = np.random.default_rng(seed)
@@ -128,6 +140,7 @@ def random_inception(seed: int = 0, dtype: Any = jnp.float32
 def convert_file(src: str, out: str) -> int:
   """Validates `src` as FID Inception weights and writes them as safetensors (same keys)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
   sd = common.read_state_dict(src)
   params_from_state_dict(sd, src)  # refuses torchvision / mismatched files before writing
   save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, out)
@@ -135,8 +148,9 @@ def convert_file(src: str, out: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description="Convert pytorch-fid's Inception .pth to "
-                                   "safetensors (validated).")
+  parser = argparse.ArgumentParser(
+      description="Convert pytorch-fid's Inception .pth to " "safetensors (validated)."
+  )
   parser.add_argument("--src", required=True)
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)

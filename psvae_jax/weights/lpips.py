@@ -48,13 +48,14 @@ def convert_vgg(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[
   """torchvision vgg16 state dict -> (flat flax params under ``vgg/``, unused keys)."""
   out, used = {}, set()
   for idx in _VGG_CONV_INDICES:
-    for src, dst, fn in ((f"features.{idx}.weight", "kernel", _torch_conv_to_flax),
-                         (f"features.{idx}.bias", "bias", np.asarray)):
+    for src, dst, fn in (
+        (f"features.{idx}.weight", "kernel", _torch_conv_to_flax),
+        (f"features.{idx}.bias", "bias", np.asarray),
+    ):
       if src in sd:
         out[f"vgg/features_{idx}/{dst}"] = fn(sd[src])
         used.add(src)
-  unused = [k for k in sd
-            if k not in used and not k.startswith(IGNORED_VGG_PREFIXES)]
+  unused = [k for k in sd if k not in used and not k.startswith(IGNORED_VGG_PREFIXES)]
   return out, unused
 
 
@@ -70,8 +71,9 @@ def convert_heads(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], lis
   return out, unused
 
 
-def load_lpips(vgg_path: str, heads_path: str,
-               dtype: Any = jnp.float32) -> tuple[LPIPS, dict[str, Any]]:
+def load_lpips(
+    vgg_path: str, heads_path: str, dtype: Any = jnp.float32
+) -> tuple[LPIPS, dict[str, Any]]:
   """Builds an LPIPS module and its variables from the two weight files.
 
   Args:
@@ -92,17 +94,23 @@ def load_lpips(vgg_path: str, heads_path: str,
   vgg, vgg_unused = convert_vgg(common.read_state_dict(vgg_path))
   heads, heads_unused = convert_heads(common.read_state_dict(heads_path))
   params = common.build_params(
-      {**vgg, **heads}, _abstract_params(module),
-      unused_source_keys=([f"{vgg_path}: {k}" for k in vgg_unused]
-                          + [f"{heads_path}: {k}" for k in heads_unused]),
-      what=(f"LPIPS weights (vgg={vgg_path}, heads={heads_path}; "
-            "vgg/features_N/kernel <- features.N.weight, "
-            "linK/kernel <- linK.model.1.weight)"))
+      {**vgg, **heads},
+      _abstract_params(module),
+      unused_source_keys=(
+          [f"{vgg_path}: {k}" for k in vgg_unused] + [f"{heads_path}: {k}" for k in heads_unused]
+      ),
+      what=(
+          f"LPIPS weights (vgg={vgg_path}, heads={heads_path}; "
+          "vgg/features_N/kernel <- features.N.weight, "
+          "linK/kernel <- linK.model.1.weight)"
+      ),
+  )
   return module, {"params": params}
 
 
-def random_lpips(rng: jax.Array, image_size: int = _INIT_SIZE,
-                 dtype: Any = jnp.float32) -> tuple[LPIPS, dict[str, Any]]:
+def random_lpips(
+    rng: jax.Array, image_size: int = _INIT_SIZE, dtype: Any = jnp.float32
+) -> tuple[LPIPS, dict[str, Any]]:
   """Randomly initialised LPIPS: for tests and demos only, NOT a perceptual metric.
 
   Convs get He-normal kernels (std sqrt(2 / fan_in), keeping ReLU activations
@@ -135,7 +143,6 @@ def random_lpips(rng: jax.Array, image_size: int = _INIT_SIZE,
       flat[name] = gen.uniform(-0.1, 0.1, shape)
     else:  # (3, 3, I, O)
       fan_in = shape[0] * shape[1] * shape[2]
-      flat[name] = gen.standard_normal(shape, np.float32) * np.float32(
-          np.sqrt(2.0 / fan_in))
+      flat[name] = gen.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in))
   params = common.unflatten({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
   return module, {"params": params}

@@ -29,14 +29,27 @@ from psvae_jax.weights.clip import cast_params
 from psvae_jax.weights.clip import load_tokenizer  # pylint: disable=unused-import
 from psvae_jax.weights.clip import tokenize  # pylint: disable=unused-import
 
-__all__ = ["load_t5_encoder", "load_tokenizer", "tokenize",
-           "t5_module_from_hf_config", "convert_t5_encoder_state_dict"]
+__all__ = [
+    "load_t5_encoder",
+    "load_tokenizer",
+    "tokenize",
+    "t5_module_from_hf_config",
+    "convert_t5_encoder_state_dict",
+]
 
 # transformers.T5Config defaults, for keys a config.json leaves out.
-_DEFAULTS = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6,
-                 num_heads=8, relative_attention_num_buckets=32,
-                 relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
-                 feed_forward_proj="relu")
+_DEFAULTS = dict(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    d_ff=2048,
+    num_layers=6,
+    num_heads=8,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    feed_forward_proj="relu",
+)
 _IGNORED_PREFIXES = ("decoder.", "lm_head.")
 _BLOCK_RE = re.compile(r"^encoder\.block\.(\d+)\.layer\.([01])\.(.+)\.weight$")
 _BLOCK_RENAMES = {
@@ -53,8 +66,7 @@ _BLOCK_RENAMES = {
 }
 
 
-def t5_module_from_hf_config(cfg: Mapping[str, Any],
-                             dtype: Any = jnp.float32) -> T5Encoder:
+def t5_module_from_hf_config(cfg: Mapping[str, Any], dtype: Any = jnp.float32) -> T5Encoder:
   """Builds the encoder for a ``T5Config`` dict, deriving the activation as HF does."""
   model_type = cfg.get("model_type", "t5")
   if model_type not in ("t5", "mt5"):
@@ -82,7 +94,8 @@ def t5_module_from_hf_config(cfg: Mapping[str, Any],
 
 
 def convert_t5_encoder_state_dict(
-    sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    sd: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], list[str]]:
   """Maps HF T5 encoder tensors to flat flax paths.
 
   Returns:
@@ -104,8 +117,7 @@ def convert_t5_encoder_state_dict(
       out["final_layer_norm/scale"] = value
     elif key == "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
       out["relative_attention_bias"] = value  # (buckets, heads)
-    elif (m := _BLOCK_RE.match(key)) is not None and (
-        m.group(2), m.group(3)) in _BLOCK_RENAMES:
+    elif (m := _BLOCK_RE.match(key)) is not None and (m.group(2), m.group(3)) in _BLOCK_RENAMES:
       name = _BLOCK_RENAMES[(m.group(2), m.group(3))]
       out[f"block_{m.group(1)}/{name}"] = value.T if value.ndim == 2 else value
     else:
@@ -113,8 +125,9 @@ def convert_t5_encoder_state_dict(
   return out, unused
 
 
-def load_t5_encoder(hf_dir: str, dtype: Any = jnp.float32,
-                    param_dtype: Any = jnp.float32) -> tuple[T5Encoder, dict]:
+def load_t5_encoder(
+    hf_dir: str, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+) -> tuple[T5Encoder, dict]:
   """Loads the T5 encoder of a Hugging Face checkpoint directory.
 
   Args:
@@ -136,6 +149,7 @@ def load_t5_encoder(hf_dir: str, dtype: Any = jnp.float32,
   """
   module = t5_module_from_hf_config(common.read_json(hf_dir), dtype=dtype)
   ids = jnp.zeros((1, 1), jnp.int32)
-  params = common.load_hf_params(hf_dir, module, convert_t5_encoder_state_dict, (ids, ids),
-                                 "T5 encoder checkpoint")
+  params = common.load_hf_params(
+      hf_dir, module, convert_t5_encoder_state_dict, (ids, ids), "T5 encoder checkpoint"
+  )
   return module, cast_params(params, param_dtype)

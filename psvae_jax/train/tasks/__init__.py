@@ -22,8 +22,10 @@ def dit_pieces(config, mesh, workdir: str | None = None):
   if not config.autoencoder:
     raise ValueError("Stage 3 needs --config.autoencoder=DIR (a trained PS-VAE workdir).")
   stats_dir = latent_stats.keep_copy(config.autoencoder, workdir) if workdir else None
-  return (autoencoders.load_autoencoder(config.autoencoder, mesh, stats_dir=stats_dir),
-          builders.load_text_encoder(config))
+  return (
+      autoencoders.load_autoencoder(config.autoencoder, mesh, stats_dir=stats_dir),
+      builders.load_text_encoder(config),
+  )
 
 
 def get_task(config, mesh, workdir: str | None = None) -> Task:

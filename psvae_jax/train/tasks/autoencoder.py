@@ -41,8 +41,10 @@ def inherit_stage1_model(config) -> None:
     return
   stage1 = autoencoders.read_config(config.init_from)
   if stage1.stage != "svae":
-    raise ValueError(f"--config.init_from={config.init_from} holds a {stage1.stage!r} run, "
-                     "not a stage-1 (svae) workdir.")
+    raise ValueError(
+        f"--config.init_from={config.init_from} holds a {stage1.stage!r} run, "
+        "not a stage-1 (svae) workdir."
+    )
   mine = traverse_util.flatten_dict(config.model.to_dict(), sep=".")
   for key, value in traverse_util.flatten_dict(stage1.model.to_dict(), sep=".").items():
     if key not in mine:
@@ -50,8 +52,9 @@ def inherit_stage1_model(config) -> None:
     if isinstance(mine[key], tuple) and isinstance(value, list):
       value = tuple(value)
     if value != mine[key]:
-      logging.info("model.%s = %r from stage 1 (%s), was %r.", key, value, config.init_from,
-                   mine[key])
+      logging.info(
+          "model.%s = %r from stage 1 (%s), was %r.", key, value, config.init_from, mine[key]
+      )
       node = config.model
       *path, leaf = key.split(".")
       for part in path:
@@ -110,8 +113,10 @@ class AutoencoderTask:
     if weights:
       params = {**params, "encoder": builders.load_encoder_params(weights, params["encoder"])}
     else:
-      logging.warning("Encoder with RANDOM weights (model.encoder.weights=%r).",
-                      self.config.model.encoder.weights)
+      logging.warning(
+          "Encoder with RANDOM weights (model.encoder.weights=%r).",
+          self.config.model.encoder.weights,
+      )
     if self.config.model.sem_init_from_encoder:
       params = builders.sem_blocks_from_encoder(params)
     return params
@@ -123,8 +128,7 @@ class AutoencoderTask:
     apply = functools.partial(self.model.apply, {"params": params})
     f, stream = apply(x, method=PSVAE.encoder_outputs)  # target space / what E_s reads
     if self.stage2:
-      target = jax.lax.stop_gradient(
-          self.model.apply({"params": frozen}, x, method=PSVAE.features))
+      target = jax.lax.stop_gradient(self.model.apply({"params": frozen}, x, method=PSVAE.features))
     else:
       f = target = jax.lax.stop_gradient(f)
       stream = jax.lax.stop_gradient(stream)
@@ -138,8 +142,13 @@ class AutoencoderTask:
     l_kl = losses.kl_loss(mu, logvar)
     l_pix = losses.pixel_loss(x_hat, x)
     total = cfg.sem * l_sem + cfg.pix * l_pix + cfg.kl * l_kl
-    metrics = {"loss": total, "loss_sem": l_sem, "loss_pix": l_pix, "loss_kl": l_kl,
-               "sem_recon_cos": jnp.mean(losses.cosine(f_hat, target))}
+    metrics = {
+        "loss": total,
+        "loss_sem": l_sem,
+        "loss_pix": l_pix,
+        "loss_kl": l_kl,
+        "sem_recon_cos": jnp.mean(losses.cosine(f_hat, target)),
+    }
     if self._lpips is not None:
       l_lp = jnp.mean(self._lpips[0].apply(consts["lpips"], x_hat, x))
       total = total + cfg.lpips * l_lp
@@ -157,9 +166,12 @@ class AutoencoderTask:
     mu, _ = apply(stream, method=PSVAE.encode_features)
     f_hat = apply(mu, method=PSVAE.decode_features)
     x_hat = jnp.clip(apply(mu, method=PSVAE.decode), -1.0, 1.0)
-    out = {"psnr": image_metrics.psnr(x_hat, x), "ssim": image_metrics.ssim(x_hat, x),
-           "semantic_cos": jnp.mean(losses.cosine(f, target), axis=(1, 2)),
-           "sem_recon_cos": jnp.mean(losses.cosine(f_hat, target), axis=(1, 2))}
+    out = {
+        "psnr": image_metrics.psnr(x_hat, x),
+        "ssim": image_metrics.ssim(x_hat, x),
+        "semantic_cos": jnp.mean(losses.cosine(f, target), axis=(1, 2)),
+        "sem_recon_cos": jnp.mean(losses.cosine(f_hat, target), axis=(1, 2)),
+    }
     if self._lpips is not None:
       out["lpips"] = self._lpips[0].apply(consts["lpips"], x_hat, x)
     return out, x_hat
@@ -175,7 +187,7 @@ class AutoencoderTask:
     parallel.check_batch_divides_mesh(bs, mesh)
     per_image, recons = {}, []
     for i in range(0, len(images), bs):
-      chunk = images[i:i + bs]
+      chunk = images[i : i + bs]
       n = len(chunk)
       chunk = parallel.pad_rows(chunk, bs)  # the compiled batch size; padded rows dropped below
       x = jax.device_put(chunk, parallel.batch_sharding(mesh, 4))
@@ -198,9 +210,14 @@ class AutoencoderTask:
     pairs = np.concatenate([pixels.to_uint8(data["image"][:k]), recon_u8[:k]])
     images = {"reconstructions": writers.grid(pairs, cols=k)}
     if self.config.get("evals"):  # configured evaluators (rfid, lpips, ...): eval/<name>/<key>
-      scalars.update(eval_runner.in_training(
-          self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
-          reconstruct=lambda x: self.reconstruct(state, consts, mesh, x)[1]))
+      scalars.update(
+          eval_runner.in_training(
+              self.config,
+              mesh,
+              lambda n: pipeline.build_eval_set(self.config.data, n),
+              reconstruct=lambda x: self.reconstruct(state, consts, mesh, x)[1],
+          )
+      )
     return scalars, images
 
   # ---- after training ---------------------------------------------------------------------
@@ -218,11 +235,22 @@ class AutoencoderTask:
     num_images = self.config.latent_stats_images
     step = int(jax.device_get(state.step))
     if latent_stats.is_current(workdir, num_images, step):
-      logging.info("latent_stats: %s/%s already describes step %d over %d images; kept.",
-                   workdir, latent_stats.FILE, step, num_images)
+      logging.info(
+          "latent_stats: %s/%s already describes step %d over %d images; kept.",
+          workdir,
+          latent_stats.FILE,
+          step,
+          num_images,
+      )
       return
-    stats = latent_stats.compute(self._encode, state.ema_params, train_iter, mesh,
-                                 max(1, num_images // self.config.batch_size),
-                                 num_images=num_images, step=step)
+    stats = latent_stats.compute(
+        self._encode,
+        state.ema_params,
+        train_iter,
+        mesh,
+        max(1, num_images // self.config.batch_size),
+        num_images=num_images,
+        step=step,
+    )
     latent_stats.save(workdir, stats)
     logging.info("%s", latent_stats.describe(stats))

@@ -33,17 +33,30 @@ class Task(Protocol):
   def constants(self) -> PyTree:
     """Fixed arrays the loss needs, not checkpointed (LPIPS weights, the frozen PS-VAE...)."""
 
-  def loss(self, params: PyTree, frozen: PyTree, consts: PyTree, batch: Mapping[str, jax.Array],
-           rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(
+      self,
+      params: PyTree,
+      frozen: PyTree,
+      consts: PyTree,
+      batch: Mapping[str, jax.Array],
+      rng: jax.Array,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(scalar loss, {name: scalar metric}) of one global batch; differentiated w.r.t. params."""
 
   def warm_start(self, params: PyTree) -> PyTree | None:
     """Params to start from instead of init's (e.g. stage 1's weights), or None to keep them."""
 
-  def evaluate(self, state: TrainState, consts: PyTree, mesh: jax.sharding.Mesh,
-               step: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  def evaluate(
+      self, state: TrainState, consts: PyTree, mesh: jax.sharding.Mesh, step: int
+  ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """({name: scalar}, {name: uint8 (H, W, 3) image}) of the current state."""
 
-  def finish(self, state: TrainState, consts: PyTree, mesh: jax.sharding.Mesh, workdir: str,
-             train_iter: Iterator[dict[str, np.ndarray]]) -> None:
+  def finish(
+      self,
+      state: TrainState,
+      consts: PyTree,
+      mesh: jax.sharding.Mesh,
+      workdir: str,
+      train_iter: Iterator[dict[str, np.ndarray]],
+  ) -> None:
     """Runs once after the last step (e.g. stage 2 writes latent_stats.npz for stage 3)."""

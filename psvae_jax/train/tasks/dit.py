@@ -47,16 +47,21 @@ class DiTTask:
 
   def init(self, rng):
     """params = {"dit": ...} (+ "text" when the text encoder trains jointly)."""
-    return builders.init_dit_params(self.config, self.model, rng, self.ae.latent_shape,
-                                    self.text, self._text_params), {}
+    return (
+        builders.init_dit_params(
+            self.config, self.model, rng, self.ae.latent_shape, self.text, self._text_params
+        ),
+        {},
+    )
 
   def make_frozen(self, params):
     del params
     return {}
 
   def constants(self):
-    return builders.dit_constants(self.config, self.ae.params, self.latent_mean, self.latent_std,
-                                  self._text_params)
+    return builders.dit_constants(
+        self.config, self.ae.params, self.latent_mean, self.latent_std, self._text_params
+    )
 
   def warm_start(self, params):
     """A jointly trained text encoder starts from the text_encoder directory's weights."""
@@ -81,7 +86,9 @@ class DiTTask:
     t = self.objective.sample_t(r_t, (b,))
     noise = jax.random.normal(r_noise, z0.shape, jnp.float32)
     z_t = self.objective.sample_x_t(z0, t, noise)
-    pred = self.model.apply({"params": params["dit"]}, z_t, self.objective.model_time(t), **cond, drop=drop)
+    pred = self.model.apply(
+        {"params": params["dit"]}, z_t, self.objective.model_time(t), **cond, drop=drop
+    )
     loss = jnp.mean(self.objective.loss(pred, self.objective.target(z0, noise, t)))
     return loss, {"loss": loss, "latent_std": jnp.std(z0)}
 
@@ -93,9 +100,16 @@ class DiTTask:
 
   def generate(self, params, consts, captions, labels, guidance_scale):
     s = self.config.sample
-    return self.gen.generate(params, consts, prompts=None if labels is not None else captions,
-                             labels=labels, steps=s.steps, guidance_scale=guidance_scale, eta=s.eta,
-                             seed=self.config.seed + 12345)
+    return self.gen.generate(
+        params,
+        consts,
+        prompts=None if labels is not None else captions,
+        labels=labels,
+        steps=s.steps,
+        guidance_scale=guidance_scale,
+        eta=s.eta,
+        seed=self.config.seed + 12345,
+    )
 
   def evaluate(self, state, consts, mesh, step):
     del step
@@ -114,16 +128,32 @@ class DiTTask:
         scalars["adherence" + suffix] = eval_checkers.adherence(out, captions, checker)
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = writers.grid(out[:k])
-    logging.info("sample settings: steps=%d guidance_scale=%g eta=%g guidance_interval=%s n=%d",
-                 s.steps, s.guidance_scale, s.eta,
-                 tuple(s.get("guidance_interval", common.SAMPLE.guidance_interval)), len(captions))
+    logging.info(
+        "sample settings: steps=%d guidance_scale=%g eta=%g guidance_interval=%s n=%d",
+        s.steps,
+        s.guidance_scale,
+        s.eta,
+        tuple(s.get("guidance_interval", common.SAMPLE.guidance_interval)),
+        len(captions),
+    )
     if self.config.get("evals"):  # configured evaluators (fid with a reference .npz, ...)
       gen = lambda caps, steps, guidance_scale, seed, labels=None: self.gen.generate(
-          state.ema_params, consts, prompts=caps if labels is None else None, labels=labels,
-          steps=steps, guidance_scale=guidance_scale, seed=seed)
-      scalars.update(eval_runner.in_training(
-          self.config, mesh, lambda n: pipeline.build_eval_set(self.config.data, n),
-          generate=gen))
+          state.ema_params,
+          consts,
+          prompts=caps if labels is None else None,
+          labels=labels,
+          steps=steps,
+          guidance_scale=guidance_scale,
+          seed=seed,
+      )
+      scalars.update(
+          eval_runner.in_training(
+              self.config,
+              mesh,
+              lambda n: pipeline.build_eval_set(self.config.data, n),
+              generate=gen,
+          )
+      )
     return scalars, images
 
   def finish(self, state, consts, mesh, workdir, train_iter):
