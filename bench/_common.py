@@ -1,11 +1,12 @@
-"""Shared benchmark plumbing: load checks from /proc/stat, fresh-process alternation, DiT <-> diffusers weights,
-the production stage-3 train step without workdirs (production_dit_step). Importing it imports
-jax and psvae_jax (set JAX_PLATFORMS / XLA_FLAGS before).
+"""Shared benchmark plumbing: load checks from /proc/stat, fresh-process alternation, DiT <->
+diffusers weights, the production stage-3 train step without workdirs (production_dit_step).
+Importing it imports jax and psvae_jax (set JAX_PLATFORMS / XLA_FLAGS before).
 
-Timing on a shared CPU is only meaningful when nothing else runs: every worker measures the CPU time the
-*rest of the machine* used during its timed region (system busy jiffies from /proc/stat minus this process's
-own CPU time) and reports it as ``other_load`` (fraction of all cores). Runs with ``other_load`` above
-``--max-load`` (default 0.10) are flagged "DISTURBED" and left out of the medians and ratios.
+Timing on a shared CPU is only meaningful when nothing else runs: every worker measures the CPU time
+the *rest of the machine* used during its timed region (system busy jiffies from /proc/stat minus
+this process's own CPU time) and reports it as ``other_load`` (fraction of all cores). Runs with
+``other_load`` above ``--max-load`` (default 0.10) are flagged "DISTURBED" and left out of the
+medians and ratios.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-impo
 from psvae_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.train.tasks import dit as dit_task  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train.tasks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    dit as dit_task,
+)
 
 RESULT_TAG = "BENCH_RESULT "
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -80,7 +83,8 @@ def machine_load(seconds: float = 1.0) -> float:
 
 
 def wait_for_idle(max_load: float, timeout: float, quiet: bool = False) -> float:
-  """Waits (up to ``timeout`` s) until a 1-s sample shows load ≤ max_load; returns the last sample."""
+  """Waits (up to ``timeout`` s) until a 1-s sample shows load ≤ max_load;
+  returns the last sample."""
   deadline = time.time() + timeout
   load = machine_load()
   while load > max_load and time.time() < deadline:
@@ -95,7 +99,8 @@ def wait_for_idle(max_load: float, timeout: float, quiet: bool = False) -> float
 
 
 def time_steps(fn: Callable[[], Any], n: int, warmup: int) -> dict[str, Any]:
-  """Runs ``fn`` ``warmup`` times, then ``n`` timed times; fn must block until its result is ready."""
+  """Runs ``fn`` ``warmup`` times, then ``n`` timed times;
+  fn must block until its result is ready."""
   for _ in range(warmup):
     fn()
   times = []
@@ -119,7 +124,7 @@ def emit(result: dict[str, Any]) -> None:
   print(RESULT_TAG + json.dumps(result), flush=True)
 
 
-# ---------------------------------------------------------------- parent: fresh processes, alternation
+# ------------------------------------------------------ parent: fresh processes, alternation
 
 
 def run_worker(
@@ -148,8 +153,8 @@ def alternate(
   """Runs every job once per round in fresh processes, alternating the order (ABAB.. then BABA..).
 
   Before each run it waits for the machine to be idle (up to ``idle_timeout`` s). Each result gets
-  ``disturbed`` = other_load (measured by the worker over its timed steps, and by the parent just before) >
-  max_load.
+  ``disturbed`` = other_load (measured by the worker over its timed steps, and by the parent just
+  before) > max_load.
   """
   out: dict[str, list[dict[str, Any]]] = {k: [] for k in jobs}
   names = list(jobs)
@@ -192,13 +197,14 @@ def add_load_args(parser) -> None:
   )
 
 
-# ---------------------------------------------------------------- DiT (ours) <-> diffusers DiTTransformer2DModel
+# ------------------------------------------------ DiT (ours) <-> diffusers DiTTransformer2DModel
 
 
 def dit_kwargs(
     depth: int, width: int = 384, heads: int = 6, num_classes: int = 1000, patch: int = 2
 ) -> dict:
-  """Our class-conditional DiT, diffusers-equivalent: out channels = in channels, no learned sigma."""
+  """Our class-conditional DiT, diffusers-equivalent: out channels = in channels,
+  no learned sigma."""
   return dict(
       width=width,
       depth=depth,
@@ -218,12 +224,13 @@ def make_torch_dit(
     latent: int = 16,
     channels: int = 4,
 ):
-  """diffusers' DiTTransformer2DModel configured to compute the same function as ``DiT(**dit_kwargs)``.
+  """diffusers' DiTTransformer2DModel configured to compute the same function as
+  ``DiT(**dit_kwargs)``.
 
-  Two settings differ from diffusers' defaults and are set here: ``norm_eps=1e-6`` (DiT's LayerNorm eps) and
-  the timestep embedding frequencies ``exp(-ln(1e4)·i/half)`` (DiT's; diffusers' DiT uses
-  ``downscale_freq_shift=1``, i.e. ``/(half-1)``). Label dropout inside the embedder is off (the training task
-  draws condition dropout itself).
+  Two settings differ from diffusers' defaults and are set here: ``norm_eps=1e-6`` (DiT's LayerNorm
+  eps) and the timestep embedding frequencies ``exp(-ln(1e4)·i/half)`` (DiT's; diffusers' DiT uses
+  ``downscale_freq_shift=1``, i.e. ``/(half-1)``). Label dropout inside the embedder is off (the
+  training task draws condition dropout itself).
   """
   from diffusers import DiTTransformer2DModel  # pylint: disable=g-import-not-at-top
 
@@ -295,7 +302,8 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
 
 
 def random_params(param_shapes: Any, seed: int = 0, scale: float = 0.05) -> Any:
-  """Deterministic random float32 params for a pytree of shapes (no zero-initialised layer hides anything)."""
+  """Deterministic random float32 params for a pytree of shapes (no zero-initialised layer hides
+  anything)."""
   rng = np.random.default_rng(seed)
   leaves, tree = jax.tree.flatten(param_shapes)
   return jax.tree.unflatten(
@@ -304,7 +312,8 @@ def random_params(param_shapes: Any, seed: int = 0, scale: float = 0.05) -> Any:
 
 
 def params_to_torch(params: dict, model, width: int, patch: int, channels: int = 4) -> None:
-  """Copies our DiT params into diffusers' model in place (the shared embedders into every block)."""
+  """Copies our DiT params into diffusers' model in place (the shared embedders into every
+  block)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   p = {k: v for k, v in params.items()}
@@ -349,7 +358,8 @@ def params_to_torch(params: dict, model, width: int, patch: int, channels: int =
 
 
 def torch_block_grads_to_ours(model) -> dict[str, np.ndarray]:
-  """A few diffusers gradients in our layout (for the gradient check): qkv of block 0, fc2 of the last."""
+  """A few diffusers gradients in our layout (for the gradient check): qkv of block 0,
+  fc2 of the last."""
   last = len(model.transformer_blocks) - 1
   b0, bl = model.transformer_blocks[0], model.transformer_blocks[last]
   qkv = np.concatenate(

@@ -1,6 +1,6 @@
 """Compile time of a deep DiT's training step: blocks unrolled vs one `nn.scan` (and remat).
 
-  python bench/compile_time.py                       # DiT-XL/2 and B/2, unrolled vs scan, remat none
+  python bench/compile_time.py  # DiT-XL/2 and B/2, unrolled vs scan, remat none
   python bench/compile_time.py --sizes XL --remat full --rounds 2
 
 Each measurement runs in a fresh process (no in-memory or persistent compilation cache: the

@@ -1,42 +1,46 @@
-"""Our production DiT train step vs the same step in torch on diffusers' DiTTransformer2DModel, same CPU.
+"""Our production DiT train step vs the same step in torch on diffusers' DiTTransformer2DModel, same
+CPU.
 
-  python bench/dit_train_vs_torch.py                    # depth 4 and 12, batch 16, 3 alternating rounds
-  python bench/dit_train_vs_torch.py --torch-compile    # also torch.compile (35-57 s compile per run)
+  python bench/dit_train_vs_torch.py                    # depth 4 and 12, batch 16,
+                                                        # 3 alternating rounds
+  python bench/dit_train_vs_torch.py --torch-compile    # also torch.compile
+                                                        # (35-57 s compile per run)
   python bench/dit_train_vs_torch.py --quick            # smoke run: depth 4, few steps, one round
 
 Model: DiT-S width (384, 6 heads) at --depth, patch 2 on a 16x16x4 latent (64 tokens), 1000 classes,
-fp32; both sides train from one fixed latent-cache batch {"latent", "label"} (the work does not depend on
-the values). The config is configs/dit.py:S_class (bench/_common.dit_class_config), so per step:
+fp32; both sides train from one fixed latent-cache batch {"latent", "label"} (the work does not
+depend on the values). The config is configs/dit.py:S_class (bench/_common.dit_class_config), so per
+step:
 
   jax    the production step itself: bench/_common.production_dit_step = loop.train_step with
-         DiTTask.loss and optim.make_optimizer, jitted with the state donated. It folds the step into
-         the rng; normalises the latent (identity statistics); draws condition dropout (p_uncond 0.1
-         -> the null class), t ~ U{0..999} and noise; q_sample with the linear-beta schedule
-         (T 1000); DiT forward; eps-prediction MSE; backward; global grad norm; clip_by_global_norm(1.0)
-         + AdamW (b1 0.9, b2 0.99, eps 1e-8, weight decay 0, warmup + cosine lr, peak 1e-4) through
-         optax.multi_transform (one "default" group); the EMA update (decay min(0.9999,
-         (1+step)/(10+step))); the non-finite guard (loss and grad norm finite, else every state
-         leaf keeps its old value via jnp.where: a select over params, Adam moments and EMA); the
-         metrics loss, latent std, grad norm.
+         DiTTask.loss and optim.make_optimizer, jitted with the state donated. It folds the step
+         into the rng; normalises the latent (identity statistics); draws condition dropout
+         (p_uncond 0.1 -> the null class), t ~ U{0..999} and noise; q_sample with the linear-beta
+         schedule (T 1000); DiT forward; eps-prediction MSE; backward; global grad norm;
+         clip_by_global_norm(1.0) + AdamW (b1 0.9, b2 0.99, eps 1e-8, weight decay 0, warmup +
+         cosine lr, peak 1e-4) through optax.multi_transform (one "default" group); the EMA update
+         (decay min(0.9999, (1+step)/(10+step))); the non-finite guard (loss and grad norm finite,
+         else every state leaf keeps its old value via jnp.where: a select over params, Adam moments
+         and EMA); the metrics loss, latent std, grad norm.
   torch  the same in eager torch (or torch.compile of the model with --torch-compile): normalise;
          torch.rand < p_uncond -> null class; torch.randint t; torch.randn_like noise; q_sample by
          diffusers' DDPMScheduler.add_noise (the same schedule: checked below); forward; per-example
-         MSE, mean; backward; clip_grad_norm_(1.0, foreach); torch.optim.AdamW(foreach=True, the same
-         hyper-parameters) with a LambdaLR of the same warmup + cosine; EMA by torch._foreach_lerp_;
-         the latent's std.
+         MSE, mean; backward; clip_grad_norm_(1.0, foreach); torch.optim.AdamW(foreach=True, the
+         same hyper-parameters) with a LambdaLR of the same warmup + cosine; EMA by
+         torch._foreach_lerp_; the latent's std.
          The non-finite guard is a host branch (`if isfinite(loss) and isfinite(grad_norm)`) that
          skips the optimizer and EMA: free on CPU, where torch has already synchronised, whereas the
          jax step always pays for the selects (XLA may fuse them into the update).
 
 Left out on both sides: data loading (one fixed batch on the device), metrics logging, checkpoints.
 
-First, one process builds both models with the same weights and checks, on a plain MSE at fixed x_t, t
-and labels, that loss and gradients agree (<= 1e-5 relative), and that q_sample agrees (our schedule vs
-diffusers'). Then every (implementation, depth) runs in a fresh process, alternating jax/torch; each
-takes the median of >= 20 timed steps after warm-up; compile time is reported apart (jax: AOT lower +
-compile; torch.compile: first step minus the median). Each run also reports the CPU share other
-processes took while it was timing (from /proc/stat); runs above --max-load are marked DISTURBED and
-left out of the medians. Prints per depth:
+First, one process builds both models with the same weights and checks, on a plain MSE at fixed x_t,
+t and labels, that loss and gradients agree (<= 1e-5 relative), and that q_sample agrees (our
+schedule vs diffusers'). Then every (implementation, depth) runs in a fresh process, alternating
+jax/torch; each takes the median of >= 20 timed steps after warm-up; compile time is reported apart
+(jax: AOT lower + compile; torch.compile: first step minus the median). Each run also reports the
+CPU share other processes took while it was timing (from /proc/stat); runs above --max-load are
+marked DISTURBED and left out of the medians. Prints per depth:
 
   ratio torch/jax depth=12 batch=16: 1.07
 
@@ -132,7 +136,8 @@ def jax_worker(args) -> dict:
 
 
 # ---------------------------------------------------------------- torch: the same step by hand
-# (torch and diffusers are imported only in the processes that use them: a jax worker loads neither.)
+# (torch and diffusers are imported only in the processes that use them: a jax worker loads
+# neither.)
 
 
 def _torch_model(depth: int):
@@ -354,7 +359,8 @@ def main():
     common += ["--dit", o]
   jax_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else None
   print(
-      f"DiT-S width {WIDTH} ({HEADS} heads), patch {PATCH}, {LATENT}x{LATENT}x{CHANNELS} latent, batch "
+      f"DiT-S width {WIDTH} ({HEADS} heads), patch {PATCH}, "
+      f"{LATENT}x{LATENT}x{CHANNELS} latent, batch "
       f"{args.batch}, fp32, the production step (configs/dit.py:S_class) vs its torch mirror; "
       f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} "
       f"round(s); {_common.NCPU} CPU cores; machine load now {_common.machine_load():.0%}",
@@ -367,8 +373,10 @@ def main():
       chk = _common.run_worker(script, dargs + ["--check"], env=jax_env)
       ok = max(chk["loss_rel"], chk["grad_rel"], chk["q_sample_rel"]) <= 1e-5
       print(
-          f"depth {depth} equality: params {chk['params_jax']:,} (jax) vs {chk['params_torch']:,} (torch), "
-          f"loss {chk['loss_jax']:.6f} vs {chk['loss_torch']:.6f}, rel {chk['loss_rel']:.1e}; gradients "
+          f"depth {depth} equality: params {chk['params_jax']:,} (jax) vs "
+          f"{chk['params_torch']:,} (torch), "
+          f"loss {chk['loss_jax']:.6f} vs {chk['loss_torch']:.6f}, "
+          f"rel {chk['loss_rel']:.1e}; gradients "
           f"rel {chk['grad_rel']:.1e}; q_sample rel {chk['q_sample_rel']:.1e} -> "
           f"{'OK' if ok else 'MISMATCH'}",
           flush=True,
@@ -416,7 +424,8 @@ def main():
         a = sorted(r["median_s"] for r in results[impl])[len(results[impl]) // 2]
         b = sorted(r["median_s"] for r in results["jax"])[len(results["jax"]) // 2]
         print(
-            f"ratio {label}/jax depth={depth} batch={args.batch}: {a / b:.2f} (DISTURBED: machine was busy, "
+            f"ratio {label}/jax depth={depth} batch={args.batch}: {a / b:.2f} "
+            f"(DISTURBED: machine was busy, "
             f"not a valid measurement)"
         )
 

@@ -1,19 +1,24 @@
 """DiT FLOPs: XLA's cost_analysis vs the analytic count, and achieved FLOP/s (MFU on accelerators).
 
-  python bench/flops.py            # DiT-S/2 and B/2 at 256 tokens: compiled FLOPs vs analytic, then timing
+  python bench/flops.py            # DiT-S/2 and B/2 at 256 tokens: compiled FLOPs vs analytic,
+                                   # then timing
   python bench/flops.py --quick    # FLOP check only for S/2 and B/2, a short S/2 timing
   python bench/flops.py --sizes S B L XL --batch 8 --dtype bfloat16   # e.g. on a GPU/TPU
 
-Analytic multiply-accumulates per image, N tokens, width D, depth L, MLP ratio 4, patch p, C channels:
-  per block   12 N D^2 (qkv 3, proj 1, MLP 8)  +  2 N^2 D (QK^T, AV)  +  6 D^2 (adaLN on the condition)
-  outside     N p^2 C D (patchify) + 256 D + D^2 (timestep MLP) + 2 D^2 (final adaLN) + N D p^2 C (head)
-FLOPs = 2 x MACs (the DiT paper's "Gflops" are MACs: S/2 6.06, B/2 23.01 at 256 px -> 12.1 and 46.0 GFLOPs).
-XLA also counts element-wise work (softmax, GELU, LayerNorm, residuals), ~1% here. The check passes when the
-compiled count is within 5% of both the analytic count and the paper's figure.
+Analytic multiply-accumulates per image, N tokens, width D, depth L, MLP ratio 4, patch p, C
+channels:
+  per block   12 N D^2 (qkv 3, proj 1, MLP 8)  +  2 N^2 D (QK^T, AV)
+              +  6 D^2 (adaLN on the condition)
+  outside     N p^2 C D (patchify) + 256 D + D^2 (timestep MLP) + 2 D^2 (final adaLN)
+              + N D p^2 C (head)
+FLOPs = 2 x MACs (the DiT paper's "Gflops" are MACs: S/2 6.06, B/2 23.01 at 256 px -> 12.1 and 46.0
+GFLOPs). XLA also counts element-wise work (softmax, GELU, LayerNorm, residuals), ~1% here. The
+check passes when the compiled count is within 5% of both the analytic count and the paper's figure.
 
-MFU = achieved FLOP/s / peak, with the compiled FLOPs of the timed function (forward, or with --train the
-production train step: loop.train_step with DiTTask.loss, bench/_common.production_dit_step) and the bf16
-dense peak of the device (table below); on CPU only achieved GFLOP/s is printed.
+MFU = achieved FLOP/s / peak, with the compiled FLOPs of the timed function (forward, or with
+--train the production train step: loop.train_step with DiTTask.loss,
+bench/_common.production_dit_step) and the bf16 dense peak of the device (table below); on CPU only
+achieved GFLOP/s is printed.
 """
 
 from __future__ import annotations
@@ -99,7 +104,8 @@ def compiled_forward_flops(size: str, latent: int = 32, batch: int = 1, dtype=No
 def measure(
     size: str, batch: int, latent: int, dtype_name: str, train: bool, steps: int, warmup: int
 ):
-  """Times the forward (or the production train step) and returns (compiled FLOPs per call, timing dict)."""
+  """Times the forward (or the production train step) and returns (compiled FLOPs per call, timing
+  dict)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -160,7 +166,8 @@ def main():
     args.steps, args.warmup, args.batch = 3, 1, 2
 
   print(
-      "| model | tokens | compiled GFLOP/img | analytic GFLOP/img | paper | compiled/analytic | check |"
+      "| model | tokens | compiled GFLOP/img | analytic GFLOP/img | paper "
+      "| compiled/analytic | check |"
   )
   print("|---|---|---|---|---|---|---|")
   ok_all = True

@@ -1,15 +1,16 @@
-"""Accelerator benchmarks driven by bench/gpu.sh: DiT train step, DDIM-50 CFG sampling, DINOv2-L encode,
-pixel-decoder decode; prints img/s and MFU (bf16 peak table in bench/flops.py).
+"""Accelerator benchmarks driven by bench/gpu.sh: DiT train step, DDIM-50 CFG sampling, DINOv2-L
+encode, pixel-decoder decode; prints img/s and MFU (bf16 peak table in bench/flops.py).
 
-  python bench/gpu_bench.py train --size B --batch 256 --attention cudnn [--remat none|dots_saveable|full]
+  python bench/gpu_bench.py train --size B --batch 256 --attention cudnn
+      [--remat none|dots_saveable|full]
   python bench/gpu_bench.py sample --size XL --batch 32
-  python bench/gpu_bench.py encode --batch 64         # DINOv2-L/14 at 224 px
-  python bench/gpu_bench.py decode --batch 64         # conv pixel decoder, 16x16x96 latent -> 256 px
+  python bench/gpu_bench.py encode --batch 64  # DINOv2-L/14 at 224 px
+  python bench/gpu_bench.py decode --batch 64  # conv pixel decoder, 16x16x96 latent -> 256 px
   ... --dry-run   # tiny shapes, 2 steps: checks everything lowers, compiles and runs (CPU is fine)
 
 Weights are random (throughput does not depend on values); `train` times the production step
-(loop.train_step with DiTTask.loss, from its own init) on latent-cache batches. Compile time is reported apart; the timing is the
-median of --steps calls after --warmup.
+(loop.train_step with DiTTask.loss, from its own init) on latent-cache batches. Compile time is
+reported apart; the timing is the median of --steps calls after --warmup.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def train(args):
   # MFU on model FLOPs: 3 x analytic forward (no remat recompute counted), as is customary.
   fwd = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * b
   _report(
-      f"train DiT-{args.size}/2 {args.dtype} batch {b} attention={args.attention} remat={args.remat}",
+      f"train DiT-{args.size}/2 {args.dtype} batch {b} attention={args.attention} "
+      f"remat={args.remat}",
       compiled,
       run,
       b,

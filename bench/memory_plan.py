@@ -1,4 +1,5 @@
-"""Memory plan of the paper-size train steps on simulated 8- and 64-device meshes (AOT, no allocation).
+"""Memory plan of the paper-size train steps on simulated 8- and 64-device meshes (AOT, no
+allocation).
 
   python bench/memory_plan.py                      # 8 devices here, 64 in a subprocess
   python bench/memory_plan.py --devices=8 --compile --remat=dots
@@ -7,8 +8,8 @@
 For each config (PS-VAE stage 2 with DINOv2-B and DINOv2-L, 224 in / 256 out; DiT-XL/2 text
 with a T5-XXL-sized encoder; global batch 256) the real train step is lowered on
 ShapeDtypeStructs over a ("data", "fsdp") mesh with every device on fsdp (--fsdp -1; --fsdp 1 is
-the configs' default mesh, all devices on data), in the config's compute dtype (--dtype), and the table
-gives the bytes each device holds for parameters, optimizer state, EMA / frozen copies and
+the configs' default mesh, all devices on data), in the config's compute dtype (--dtype), and the
+table gives the bytes each device holds for parameters, optimizer state, EMA / frozen copies and
 constants under the FSDP shardings (parallel.param_shardings), against their unsharded
 total, the largest array left whole on one device, and (with --compile) XLA's
 memory_analysis of the compiled step: argument, output, temporary (activation) bytes per
@@ -43,13 +44,19 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from bench import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import dit as dit_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    psvae as psvae_config,
+)
 from psvae_jax import builders  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.models import text_encoders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.models import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    text_encoders,
+)
 from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.train.tasks import autoencoder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax.train.tasks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    autoencoder,
+)
 
 CONFIGS = ("psvae_dinov2_b", "psvae_dinov2_l", "dit_xl2_t5xxl")
 POLICIES = ("none", "full", "dots")
@@ -217,7 +224,8 @@ def plan(
 
 def _format(rows: list[dict]) -> str:
   head = (
-      f"{'config':<16}{'dev':>4}{'fsdp':>5}{'params':>9}{'B':>6}{'total GiB':>11}{'per-dev GiB':>13}"
+      f"{'config':<16}{'dev':>4}{'fsdp':>5}{'params':>9}{'B':>6}{'total GiB':>11}"
+      f"{'per-dev GiB':>13}"
       f"{'(params/opt/ema+frozen/consts)':>40}{'div':>7}{'max whole MiB':>15}"
       f"{'temp GiB':>10}{'arg GiB':>9}"
   )
@@ -227,7 +235,8 @@ def _format(rows: list[dict]) -> str:
     temp = f"{r['temp_gib']:.2f}" if "temp_gib" in r else "-"
     arg = f"{r['argument_gib']:.2f}" if "argument_gib" in r else "-"
     lines.append(
-        f"{r['config']:<16}{r['devices']:>4}{r.get('fsdp', r['devices']):>5}{r['n_params'] / 1e9:>8.2f}B{r['batch']:>6}"
+        f"{r['config']:<16}{r['devices']:>4}{r.get('fsdp', r['devices']):>5}"
+        f"{r['n_params'] / 1e9:>8.2f}B{r['batch']:>6}"
         f"{r['total_gib']:>11.2f}{r['per_device_gib']:>13.3f}{parts:>40}"
         f"{r['division']:>7.2f}{r['largest_whole_mib']:>15.2f}{temp:>10}{arg:>9}"
     )

@@ -1,22 +1,27 @@
-"""DDIM-50 with CFG: our one-jit lax.scan sampler vs a Python loop over a jitted step vs diffusers' loop.
+"""DDIM-50 with CFG: our one-jit lax.scan sampler vs a Python loop over a jitted step vs diffusers'
+loop.
 
   python bench/sampler.py            # batch 1 and 8, 3 alternating rounds of fresh processes
   python bench/sampler.py --quick    # smoke run: batch 1, 5 steps, 2 repetitions, one round
 
-The model is the class-conditional DiT-S width (384, 6 heads), depth 4, patch 2 on a 16x16x4 latent (the
-configuration of PERF-NOTES), the same weights on both sides; CFG 7.5 runs cond + uncond as one 2B batch in
-every implementation; eta = 0. Implementations:
+The model is the class-conditional DiT-S width (384, 6 heads), depth 4, patch 2 on a 16x16x4 latent
+(the configuration of PERF-NOTES), the same weights on both sides; CFG 7.5 runs cond + uncond as one
+2B batch in every implementation; eta = 0. Implementations:
 
-  scan      psvae_jax.diffusion.samplers.ddim_sample: the whole sampler (all steps) in one jit, lax.scan over
-            a timesteps array padded to 100 (so steps, guidance_scale, eta and seed are traced: one compile for all)
+  scan      psvae_jax.diffusion.samplers.ddim_sample: the whole sampler (all steps) in one jit,
+            lax.scan over a timesteps array padded to 100 (so steps, guidance_scale, eta and seed
+            are traced: one compile for all)
   loop      a Python loop over one jitted DDIM+CFG step
-  diffusers diffusers' DDIMScheduler (linear betas, "leading" spacing) + DiTTransformer2DModel, torch eager
+  diffusers diffusers' DDIMScheduler (linear betas, "leading" spacing) + DiTTransformer2DModel,
+            torch eager
 
-First a check that scan and diffusers produce the same latents (relative error printed), then the compile
-count of the scan sampler over several steps/guidance_scale/eta/seed values: the sampler must be traced once (the model
-function counts its traces) and no backend compile (jax.monitoring events) may happen after the first call
-(the first call's count also includes tiny helper computations such as building the PRNG key). Per image latency = median over repetitions of one full sample / batch. Prints
-`ratio diffusers/scan batch=1: 2.10` and `ratio loop/scan batch=1: ...` per batch size.
+First a check that scan and diffusers produce the same latents (relative error printed), then the
+compile count of the scan sampler over several steps/guidance_scale/eta/seed values: the sampler
+must be traced once (the model function counts its traces) and no backend compile (jax.monitoring
+events) may happen after the first call (the first call's count also includes tiny helper
+computations such as building the PRNG key). Per image latency = median over repetitions of one full
+sample / batch. Prints `ratio diffusers/scan batch=1: 2.10` and `ratio loop/scan batch=1: ...` per
+batch size.
 """
 
 from __future__ import annotations
@@ -271,7 +276,8 @@ def main():
     )
   script = os.path.abspath(__file__)
   print(
-      f"DDIM-{args.num_steps} CFG {CFG}, DiT-S width depth {DEPTH}, patch {PATCH}, {LATENT}x{LATENT}x"
+      f"DDIM-{args.num_steps} CFG {CFG}, DiT-S width depth {DEPTH}, patch {PATCH}, "
+      f"{LATENT}x{LATENT}x"
       f"{CHANNELS}; {args.reps} timed samples per run, {args.rounds} round(s); machine load now "
       f"{_common.machine_load():.0%}",
       flush=True,
@@ -289,12 +295,14 @@ def main():
         str(args.warmup),
     ]
     chk = _common.run_worker(script, base + ["--impl", "check"])
+    one_compile = chk["traces"] == 1 and chk["compiles_after"] == 0
     print(
         f"batch {batch}: scan vs diffusers rel err {chk['rel_err']:.1e}, loop vs diffusers "
         f"{chk['loop_rel_err']:.1e}; scan compiles: {chk['compiles_first']} on the first call, "
-        f"{chk['compiles_after']} more over 3 other (steps, guidance_scale, eta, seed); the sampler was traced "
+        f"{chk['compiles_after']} more over 3 other (steps, guidance_scale, eta, seed); "
+        f"the sampler was traced "
         f"{chk['traces']}x -> "
-        f"{'OK (exactly one compile)' if chk['traces'] == 1 and chk['compiles_after'] == 0 else 'FAIL'}",
+        f"{'OK (exactly one compile)' if one_compile else 'FAIL'}",
         flush=True,
     )
     jobs = {
@@ -316,7 +324,8 @@ def main():
           f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
       )
       print(
-          f"| {batch} | {impl} | {shown} | {comp:.2f} | max {max(r['other_load'] for r in runs):.0%} |"
+          f"| {batch} | {impl} | {shown} | {comp:.2f} | "
+          f"max {max(r['other_load'] for r in runs):.0%} |"
       )
   print()
   for batch, _ in summary:
@@ -326,7 +335,8 @@ def main():
         print(f"ratio {other}/scan batch={batch}: {a / s:.2f}")
       else:
         print(
-            f"ratio {other}/scan batch={batch}: {a_all / s_all:.2f} (DISTURBED: machine was busy, not a "
+            f"ratio {other}/scan batch={batch}: {a_all / s_all:.2f} "
+            f"(DISTURBED: machine was busy, not a "
             f"valid measurement)"
         )
 

@@ -72,7 +72,8 @@ def data_config() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(
       dict(
-          source="shapes",  # "shapes" (psvae_jax/shapes/) | "folder" | "tfds" | "latents" (data/sources.py)
+          # "shapes" (psvae_jax/shapes/) | "folder" | "tfds" | "latents" (data/sources.py)
+          source="shapes",
           path="",  # folder root; tfds data_dir (or a prepared dataset dir); latent cache dir
           image_size=256,  # pixel target side
           num_train=1_000_000,  # shapes: number of distinct training scenes; others: a cap

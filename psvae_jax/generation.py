@@ -70,7 +70,8 @@ def resolve_flow_shift(config, latent_shape: tuple[int, ...]) -> float:
 
 
 def sampling_shift(config) -> float:
-  """The Euler sampler's timestep shift: sample.shift, else (an older workdir) diffusion.flow_shift."""
+  """The Euler sampler's timestep shift: sample.shift,
+  else (an older workdir) diffusion.flow_shift."""
   shift = config.sample.get("shift", None)
   return float(config.diffusion.flow_shift if shift is None else shift)
 

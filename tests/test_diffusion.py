@@ -21,9 +21,9 @@ _TRACES = []  # One entry per trace of the fake model, i.e. per compile of a sam
 def _key(seed: int) -> jax.Array:
   """A key of the "unsafe_rbg" PRNG, to keep compiles short.
 
-  On XLA:CPU every threefry hash in a jitted function (fold_in, split, normal) adds ~1.5 s of compile time
-  with jax_threefry_partitionable (~0.3 s without); "rbg" still hashes with threefry in fold_in/split;
-  "unsafe_rbg" uses RngBitGenerator only. The sampler takes any typed key.
+  On XLA:CPU every threefry hash in a jitted function (fold_in, split, normal) adds ~1.5 s of
+  compile time with jax_threefry_partitionable (~0.3 s without); "rbg" still hashes with threefry in
+  fold_in/split; "unsafe_rbg" uses RngBitGenerator only. The sampler takes any typed key.
   """
   return jax.random.key(seed, impl="unsafe_rbg")
 
@@ -44,7 +44,8 @@ def _diffusers_ddim(**kw) -> DDIMScheduler:
 
 
 def _fake_eps_jax(z, t, cond):
-  """A deterministic ε-model; cond {"c": (B,)} changes it, so cond and uncond are different models."""
+  """A deterministic ε-model; cond {"c": (B,)} changes it,
+  so cond and uncond are different models."""
   _TRACES.append(1)
   c = cond["c"][:, None, None, None]
   return 0.1 * z * (1.0 + c) + jnp.sin(t[:, None, None, None] / 100.0 + c)
@@ -123,7 +124,8 @@ def test_ddim_parity_with_diffusers(guidance_scale, eta):
       start_index=0,
   )
   ref = _reference_ddim(z_T, c, c_null, 50, guidance_scale, eta, rng)
-  # This fake model is no denoiser: final latents reach |z| ~ 200, so the bound is relative to max|ref|.
+  # This fake model is no denoiser: final latents reach |z| ~ 200, so the bound is relative to
+  # max|ref|.
   err = np.abs(np.asarray(ours) - ref).max() / max(1.0, np.abs(ref).max())
   assert err <= 1e-5, f"DDIM parity error {err:.2e} (guidance_scale={guidance_scale}, eta={eta})"
 
@@ -172,13 +174,14 @@ def test_ddim_does_not_recompile():
 
 
 # ---- Samplers against hand-written reference loops ------------------------------------------
-# The model is exact for Gaussian data N(m, S²) per element, m per example from the condition, so its
-# prediction depends on z, t and the condition (cond and uncond are different models): a wrong grid,
-# reset timestep, re-noise coefficient or guidance formula moves the result. The references below are
-# numpy loops written from the equations (DESIGN.md §1, the sampler docstrings), float64, one Python
-# iteration per step; only the RePaint noise is drawn with the sampler's documented keys.
+# The model is exact for Gaussian data N(m, S²) per element, m per example from the condition, so
+# its prediction depends on z, t and the condition (cond and uncond are different models): a wrong
+# grid, reset timestep, re-noise coefficient or guidance formula moves the result. The references
+# below are numpy loops written from the equations (DESIGN.md §1, the sampler docstrings), float64,
+# one Python iteration per step; only the RePaint noise is drawn with the sampler's documented keys.
 S = 0.5  # data std
-_ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))  # ᾱ_t = Π_{s≤t} (1 − β_s)
+# ᾱ_t = Π_{s≤t} (1 − β_s)
+_ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
 _M_C, _M_U = np.array([0.8, -0.4], np.float32), np.array(
     [0.1, 0.3], np.float32
 )  # cond / uncond means
@@ -228,7 +231,8 @@ def _repaint_noise(key, i, j):
 
 
 def _reference_ddim_inpaint(z, n, *, known, mask, noise, resample, start, key):
-  """DDIM (η = 0), CFG, known-region reset to q_sample(known, t_prev), RePaint re-noise t_prev → t."""
+  """DDIM (η = 0), CFG, known-region reset to q_sample(known, t_prev),
+  RePaint re-noise t_prev → t."""
   z, known, mask, noise = (np.asarray(x, np.float64) for x in (z, known, mask, noise))
   ratio = 1000 // n
   timesteps = [k * ratio for k in range(n)][::-1]
@@ -254,7 +258,8 @@ def _reference_ddim_inpaint(z, n, *, known, mask, noise, resample, start, key):
 def _reference_euler(
     z, n, shift, *, known=None, mask=None, noise=None, resample=0, start=0, key=None
 ):
-  """Euler on t_i = shift(1 − i/n), CFG, known-region reset to (1 − t′) known + t′ noise, RePaint."""
+  """Euler on t_i = shift(1 − i/n), CFG, known-region reset to (1 − t′) known + t′ noise,
+  RePaint."""
   z = np.asarray(z, np.float64)
   sh = lambda u: shift * u / (1 + (shift - 1) * u)
   for i in range(start, n):
@@ -292,7 +297,8 @@ _DDIM_INPAINT = jax.jit(functools.partial(samplers.ddim_sample, _gauss_eps))
 
 @pytest.mark.parametrize("resample,start", _INPAINT_CASES, ids=_INPAINT_IDS)
 def test_ddim_inpaint_matches_reference(resample, start):
-  """DDIM with CFG, known-region reset at t_prev, RePaint jumps and an SDEdit start (one compile)."""
+  """DDIM with CFG, known-region reset at t_prev,
+  RePaint jumps and an SDEdit start (one compile)."""
   known, mask, noise = _inpaint_inputs()
   sched, n, key = schedules.linear_schedule(), 10, _key(5)
   ts = samplers.ddim_timesteps(n)
@@ -348,7 +354,8 @@ _EULER_INPAINT = jax.jit(functools.partial(samplers.euler_sample, _gauss_v, max_
 
 @pytest.mark.parametrize("resample,start", _INPAINT_CASES, ids=_INPAINT_IDS)
 def test_euler_inpaint_matches_reference(resample, start):
-  """Euler with CFG, known-region reset at t_next, RePaint jumps and an SDEdit start (one compile)."""
+  """Euler with CFG, known-region reset at t_next,
+  RePaint jumps and an SDEdit start (one compile)."""
   known, mask, noise = _inpaint_inputs()
   n, shift, key = 10, 2.0, _key(7)
   z_start = np.asarray(samplers.euler_start_latents(known, noise, n, start, shift))

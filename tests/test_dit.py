@@ -1,4 +1,5 @@
-"""Tests for the DiT: shapes, adaLN-Zero init, null-condition dropping, masking, FLOPs of DiT-S/2."""
+"""Tests for the DiT: shapes, adaLN-Zero init, null-condition dropping, masking,
+FLOPs of DiT-S/2."""
 
 import functools
 
@@ -10,8 +11,9 @@ import pytest
 from psvae_jax.models import dit
 
 B, L, D_TEXT = 2, 5, 16  # batch, text tokens, text width
-# The init key uses the "unsafe_rbg" PRNG: on XLA:CPU every threefry hash in a jitted init (one per parameter)
-# adds compile time (~1.5 s each with jax_threefry_partitionable); unsafe_rbg uses RngBitGenerator only.
+# The init key uses the "unsafe_rbg" PRNG: on XLA:CPU every threefry hash in a jitted init (one per
+# parameter) adds compile time (~1.5 s each with jax_threefry_partitionable); unsafe_rbg uses
+# RngBitGenerator only.
 _INIT_KEY = jax.random.key(0, impl="unsafe_rbg")
 
 
@@ -30,7 +32,8 @@ def _text_inputs(h=4, w=4, c=8):
 
 
 def _perturbed(params, seed=1):
-  """Params with every leaf moved off its init (so zero-initialised layers stop hiding everything)."""
+  """Params with every leaf moved off its init (so zero-initialised layers stop hiding
+  everything)."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(
       lambda p: np.asarray(p) + np.float32(0.05) * rng.standard_normal(p.shape, np.float32), params
@@ -50,7 +53,8 @@ def text_model():
 
 @pytest.fixture(scope="module")
 def class_model():
-  """Class-conditional DiT with random (not init) params: built from ``eval_shape``, no init compile."""
+  """Class-conditional DiT with random (not init) params: built from ``eval_shape``,
+  no init compile."""
   model = _tiny(cond_type="class", patch_size=2, num_classes=10)
   x = np.random.default_rng(0).standard_normal((B, 8, 8, 4)).astype(np.float32)
   t, labels = np.array([3.0, 500.0], np.float32), np.array([1, 7], np.int32)
@@ -132,7 +136,8 @@ def test_class_drop_uses_null_label(class_model):
 
 
 def test_patches_map_back_to_their_pixels(class_model):
-  """With identity blocks (zero gates), output patch j depends on input patch j only: (un)patchify agree."""
+  """With identity blocks (zero gates), output patch j depends on input patch j only:
+  (un)patchify agree."""
   params, apply, (x, t, labels) = class_model
   params = {k: dict(v) for k, v in params.items()}
   for i in range(2):
@@ -151,7 +156,8 @@ def test_patches_map_back_to_their_pixels(class_model):
 
 
 def test_dit_s2_flops():
-  """DiT-S/2 at 256 px (32×32×4 latent, 256 tokens): paper 6.06 GFLOPs, which are MACs → 12.12 GFLOP."""
+  """DiT-S/2 at 256 px (32×32×4 latent, 256 tokens): paper 6.06 GFLOPs,
+  which are MACs → 12.12 GFLOP."""
   model = dit.DiT(**dit.dit_config("S"), patch_size=2, cond_type="class", num_classes=1000)
   x = jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
@@ -164,8 +170,8 @@ def test_dit_s2_flops():
   fwd = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, labels=y))
   cost = fwd.lower(params, x, t, y).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # Dense/attention matmuls alone: 6.054 GMAC (12 blocks × 504.2 MMAC + embed/final 3.7 MMAC); XLA adds the
-  # element-wise work (softmax, GELU, LayerNorm, residuals): ~0.1 GFLOP.
+  # Dense/attention matmuls alone: 6.054 GMAC (12 blocks × 504.2 MMAC + embed/final 3.7 MMAC); XLA
+  # adds the element-wise work (softmax, GELU, LayerNorm, residuals): ~0.1 GFLOP.
   assert abs(cost["flops"] / 12.12e9 - 1.0) < 0.05, cost["flops"]
 
 

@@ -40,7 +40,8 @@ _KILL_DURING_SAVE = textwrap.dedent("""
     state, data = ckpt.restore(6, abstract)
     ckpt.save(7, state, data_state=data, config={})
     while True:  # the background thread is writing step 7
-      if any(ocp_tmp in p for p in os.listdir(sys.argv[1]) for ocp_tmp in ("7.orbax-checkpoint-tmp",)):
+      if any(ocp_tmp in p for p in os.listdir(sys.argv[1]) \
+for ocp_tmp in ("7.orbax-checkpoint-tmp",)):
         break
       time.sleep(0.0005)
     print("KILLING", os.listdir(sys.argv[1]), flush=True)

@@ -2,8 +2,9 @@
 
 torchvision is not importable here, so the test re-creates pytorch-fid's
 ``fid_inception_v3()`` (torchvision's Inception3 trunk with FIDInceptionA/C/E_1/E_2) with
-torch.nn, with the same module names, random weights (He-normal convs, BatchNorm affine and running statistics drawn near the
-identity, so activations stay O(1) through the 94 convs and the comparison is well conditioned).
+torch.nn, with the same module names, random weights (He-normal convs, BatchNorm affine and running
+statistics drawn near the identity, so activations stay O(1) through the 94 convs and the comparison
+is well conditioned).
 """
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""bf16 compute (config.dtype, the paper-size default) against fp32, stage by stage, on tiny configs.
+"""bf16 compute (config.dtype, the paper-size default) against fp32, stage by stage, on tiny
+configs.
 
 Each stage's production loss (AutoencoderTask.loss, DiTTask.loss) is evaluated at the same params,
 batch and rng in float32 and in bfloat16: the losses agree within bf16 tolerance, and the bf16

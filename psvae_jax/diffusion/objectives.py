@@ -1,6 +1,7 @@
 """Diffusion training objectives: ε-prediction (DDPM) and flow matching (rectified flow, velocity).
 
-Each objective is an object separate from the network (as in diffuse_nnx), used by the training task as::
+Each objective is an object separate from the network (as in diffuse_nnx), used by the training task
+as::
 
   t = obj.sample_t(rng_t, (B,))                 # objective time
   z_t = obj.sample_x_t(z0, t, noise)
@@ -9,10 +10,11 @@ Each objective is an object separate from the network (as in diffuse_nnx), used 
 
 Time conventions:
 - ``EpsilonObjective``: t are integer timesteps in [0, T) returned as float32; model time = t.
-- ``FlowObjective``: t ∈ (0, 1), t = 1 is pure noise; z_t = (1 − t) z0 + t ε; target v = ε − z0; model
-  time = 1000·t, so a DiT's timestep embedder sees the same range under either objective (``t_scale`` = 1).
-  t is drawn logit-normal, then shifted: t' = s·t / (1 + (s − 1)·t) (s > 1 moves mass towards noise).
-  ``dimension_shift`` gives the dimension-dependent training shift s = √(h·w·C / n).
+- ``FlowObjective``: t ∈ (0, 1), t = 1 is pure noise; z_t = (1 − t) z0 + t ε; target v = ε −
+  z0; model time = 1000·t, so a DiT's timestep embedder sees the same range under either objective
+  (``t_scale`` = 1). t is drawn logit-normal, then shifted: t' = s·t / (1 + (s − 1)·t) (s > 1
+  moves mass towards noise). ``dimension_shift`` gives the dimension-dependent training shift s =
+  √(h·w·C / n).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ SHIFT_BASE_DIM = (
 
 
 def shift_time(t: jax.Array, shift: float | jax.Array) -> jax.Array:
-  """Timestep shift t' = s·t / (1 + (s − 1)·t): identity at s = 1, fixes 0 and 1, monotone for s > 0."""
+  """Timestep shift t' = s·t / (1 + (s − 1)·t): identity at s = 1, fixes 0 and 1,
+  monotone for s > 0."""
   return shift * t / (1.0 + (shift - 1.0) * t)
 
 
@@ -42,12 +45,12 @@ def dimension_shift(latent_shape: tuple[int, ...], base_dim: int = SHIFT_BASE_DI
   The "resolution-dependent shifting of timestep schedules" of SD3 (Esser et al. 2024, "Scaling
   Rectified Flow Transformers for High-Resolution Image Synthesis", §5.3.2): a latent with m
   elements at the same noise level keeps more signal than one with n, so t is shifted by
-  α = √(m / n) in t' = α·t / (1 + (α − 1)·t) (``shift_time``). RAE (Zheng et al. 2025, "Diffusion
-  Transformers with Representation Autoencoders"; bytetriper/RAE src/train.py:
+  α = √(m / n) in t' = α·t / (1 + (α − 1)·t) (``shift_time``). RAE (Zheng et al. 2025,
+  "Diffusion Transformers with Representation Autoencoders"; bytetriper/RAE src/train.py:
   ``time_dist_shift = math.sqrt(time_dist_shift_dim / time_dist_shift_base)`` with dim =
   prod(latent_size) and base 4096) applies it to representation latents with n = 4096 (a
-  64×64 image, or the 32×32×4 latent of a 256² SD-VAE image). E.g. 16×16×96 (PS-VAE) → √6 ≈
-  2.449; 16×16×768 (DINOv2-B, RAE) → √48 ≈ 6.93; 32×32×4 → 1.
+  64×64 image, or the 32×32×4 latent of a 256² SD-VAE image). E.g. 16×16×96 (PS-VAE) → √6
+  ≈ 2.449; 16×16×768 (DINOv2-B, RAE) → √48 ≈ 6.93; 32×32×4 → 1.
 
   Args:
     latent_shape: the latent's (h, w, C) (any shape: m is the product).
@@ -74,7 +77,8 @@ def mse_per_example(pred: jax.Array, target: jax.Array) -> jax.Array:
 
 @struct.dataclass
 class EpsilonObjective:
-  """DDPM ε-prediction: z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε, loss ‖ε − ε_θ(z_t, t)‖²."""
+  """DDPM ε-prediction: z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε,
+  loss ‖ε − ε_θ(z_t, t)‖²."""
 
   schedule: schedules.Schedule
 
@@ -100,7 +104,8 @@ class EpsilonObjective:
 
 @struct.dataclass
 class FlowObjective:
-  """Flow matching with velocity target v = ε − z0 on z_t = (1 − t) z0 + t ε (SD3 / RAE style).
+  """Flow matching with velocity target v = ε − z0 on z_t = (1 − t) z0 + t ε (SD3 / RAE
+  style).
 
   Attributes:
     shift: timestep shift s (1.0: none).

@@ -1,24 +1,28 @@
-"""Diffusion samplers: DDIM (ε-prediction) and Euler (flow matching), each one ``lax.scan`` inside one jit.
+"""Diffusion samplers: DDIM (ε-prediction) and Euler (flow matching), each one ``lax.scan`` inside
+one jit.
 
 Both samplers take any ``model_fn(z, t, cond) -> prediction`` where ``z`` is (B, ...) latents, ``t``
-float32 (B,) model time (0..1000 scale: DDIM timesteps as they are, flow time × 1000) and ``cond`` a pytree
-whose leaves have the batch as their first axis. Classifier-free guidance runs the conditional and
-unconditional halves as ONE batch of 2B: ``pred = pred(∅) + s · (pred(c) − pred(∅))``; pass ``uncond=None``
-to sample without guidance.
+float32 (B,) model time (0..1000 scale: DDIM timesteps as they are, flow time × 1000) and ``cond``
+a pytree whose leaves have the batch as their first axis. Classifier-free guidance runs the
+conditional and unconditional halves as ONE batch of 2B:
+``pred = pred(∅) + s · (pred(c) − pred(∅))``; pass ``uncond=None`` to sample without
+guidance.
 
-Compile once, vary freely: the number of steps, the start index (SDEdit strength), ``guidance_scale``, ``eta``,
-the Euler sampler's ``shift`` and the rng are traced values. DDIM takes a timesteps array of a fixed length padded with −1
-(``ddim_timesteps(n, max_steps=M)``); the Euler sampler takes a static scan length ``max_steps`` and a traced
-``num_steps ≤ max_steps``. Steps that are padding or before ``start_index`` are skipped with ``lax.cond`` (no
-model call). Typical use::
+Compile once, vary freely: the number of steps, the start index (SDEdit strength),
+``guidance_scale``, ``eta``, the Euler sampler's ``shift`` and the rng are traced values. DDIM takes
+a timesteps array of a fixed length padded with −1 (``ddim_timesteps(n, max_steps=M)``); the Euler
+sampler takes a static scan length ``max_steps`` and a traced ``num_steps ≤ max_steps``. Steps
+that are padding or before ``start_index`` are skipped with ``lax.cond`` (no model call). Typical
+use::
 
   sample = jax.jit(functools.partial(ddim_sample, model_fn), static_argnames=("carry_sharding",))
   z0 = sample(sched, z_T, cond, uncond, ddim_timesteps(50, max_steps=100), 7.5, 0.0, rng)
 
-Static (hashable) arguments: ``model_fn`` (closed over with ``functools.partial``), ``carry_sharding``, the
-Euler sampler's ``max_steps``, and whether ``uncond`` / ``inpaint`` are ``None``. Everything else is traced;
-keep its types stable (``eta=0`` then ``eta=0.5`` is int then float: a retrace), e.g. pass Python floats or
-``np.float32`` scalars, and non-weakly-typed arrays (``np.full``, not ``jnp.full(shape, 0.5)``).
+Static (hashable) arguments: ``model_fn`` (closed over with ``functools.partial``),
+``carry_sharding``, the Euler sampler's ``max_steps``, and whether ``uncond`` / ``inpaint`` are
+``None``. Everything else is traced; keep its types stable (``eta=0`` then ``eta=0.5`` is int then
+float: a retrace), e.g. pass Python floats or ``np.float32`` scalars, and non-weakly-typed arrays
+(``np.full``, not ``jnp.full(shape, 0.5)``).
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ def ddim_timesteps(
 ) -> np.ndarray:
   """DDIM timesteps with diffusers' "leading" spacing, padded to ``max_steps`` with −1.
 
-  As ``DDIMScheduler.set_timesteps``: ratio = T // num_steps; timesteps = (arange(num_steps) · ratio)[::-1] +
-  steps_offset, e.g. 50 steps → [980, 960, ..., 20, 0]. The sampler steps each t to t − ratio (the scheduler's
-  ``prev_timestep``); a negative previous timestep uses ``sched.final_alpha_cumprod``.
+  As ``DDIMScheduler.set_timesteps``: ratio = T // num_steps; timesteps = (arange(num_steps) ·
+  ratio)[::-1] + steps_offset, e.g. 50 steps → [980, 960, ..., 20, 0]. The sampler steps each t to
+  t − ratio (the scheduler's ``prev_timestep``); a negative previous timestep uses
+  ``sched.final_alpha_cumprod``.
 
   Returns:
     int32 (max_steps,) array: the timesteps, then −1 padding.
@@ -75,7 +80,8 @@ def ddim_start_latents(
     start_index: jax.Array,
     noise: jax.Array,
 ) -> jax.Array:
-  """SDEdit start: q_sample(z0, timesteps[start_index]); past the last step (strength 0) it returns z0."""
+  """SDEdit start: q_sample(z0, timesteps[start_index]);
+  past the last step (strength 0) it returns z0."""
   timesteps = jnp.asarray(timesteps, jnp.int32)
   idx = jnp.asarray(start_index, jnp.int32)
   t = jnp.where(idx < timesteps.shape[0], timesteps[jnp.minimum(idx, timesteps.shape[0] - 1)], -1)
@@ -90,11 +96,13 @@ def _guided(
     guidance_rescale: float | jax.Array = 0.0,
     guidance_interval: Any = (0.0, 1.0),
 ) -> Callable[..., jax.Array]:
-  """(z, scalar model time, noise level) → float32 prediction; CFG as one 2B batch if ``uncond`` is given.
+  """(z, scalar model time, noise level) → float32 prediction; CFG as one 2B batch if ``uncond``
+  is given.
 
-  ``guidance_interval`` = (lo, hi) applies the guidance scale only at noise levels lo ≤ level ≤ hi (level:
-  t/T for DDIM, flow time t; 1 = pure noise) and scale 1 (the conditional prediction) elsewhere: guidance in
-  a limited interval (Kynkäänniemi et al. 2024). (0, 1), the default, is plain CFG at every step. Traced.
+  ``guidance_interval`` = (lo, hi) applies the guidance scale only at noise levels lo ≤ level ≤
+  hi (level: t/T for DDIM, flow time t; 1 = pure noise) and scale 1 (the conditional prediction)
+  elsewhere: guidance in a limited interval (Kynkäänniemi et al. 2024). (0, 1), the default, is
+  plain CFG at every step. Traced.
 
   ``guidance_rescale`` = φ > 0 applies guidance rescaling (Lin et al. 2023, "Common diffusion noise
   schedules and sample steps are flawed", eq. 15-16): the guided prediction is scaled towards
@@ -138,7 +146,8 @@ def _constrain(z: jax.Array, sharding: Any) -> jax.Array:
 
 
 def _scan_steps(step_fn, z, indices, times, active, carry_sharding):
-  """Runs ``z = step_fn(z, i, *times_i)`` where ``active[i]``, skipping the rest without a model call."""
+  """Runs ``z = step_fn(z, i, *times_i)`` where ``active[i]``,
+  skipping the rest without a model call."""
 
   def body(z, xs):
     i, ts, on = xs
@@ -152,9 +161,10 @@ def _scan_steps(step_fn, z, indices, times, active, carry_sharding):
 def _resampled(step_fn, renoise, resample, rng):
   """RePaint resampling (Lugmayr et al. 2022) around an inpainting step t → t′.
 
-  After the step (which resets the known region), the latents are re-noised from t′ back to t with fresh
-  noise and the step is taken again, ``resample`` times (traced: a ``fori_loop`` with a traced bound), so
-  the generated region is harmonised with the known one. ``resample`` = 0 is the plain step.
+  After the step (which resets the known region), the latents are re-noised from t′ back to t with
+  fresh noise and the step is taken again, ``resample`` times (traced: a ``fori_loop`` with a traced
+  bound), so the generated region is harmonised with the known one. ``resample`` = 0 is the plain
+  step.
   """
   resample = jnp.asarray(resample, jnp.int32)
 
@@ -188,7 +198,8 @@ def ddim_sample(
     guidance_interval: Any = (0.0, 1.0),
     resample: int | jax.Array = 0,
 ) -> jax.Array:
-  """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step`` (ε-prediction).
+  """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step``
+  (ε-prediction).
 
   Per step t → t_prev = t − T // num_steps (ᾱ_prev = final_alpha_cumprod when t_prev < 0)::
 
@@ -208,12 +219,14 @@ def ddim_sample(
     rng: key for the η > 0 noise of step i: ``fold_in(rng, i)`` (i indexes ``timesteps``).
     start_index: first step to run (traced); earlier steps are skipped (SDEdit).
     carry_sharding: optional sharding for the latents carried through the scan.
-    inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
-      q_sample(z_known, t_prev, noise); mask 1 = regenerate.
+    inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset
+      to q_sample(z_known, t_prev, noise); mask 1 = regenerate.
     guidance_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
-    guidance_interval: (lo, hi) noise levels t/T where the guidance scale applies (traced), see ``_guided``.
-    resample: with ``inpaint``, RePaint resampling jumps per step (traced; 0 = none), see ``_resampled``:
-      z_t = √(ᾱ_t/ᾱ_prev) z_prev + √(1 − ᾱ_t/ᾱ_prev) ε, then the step again.
+    guidance_interval: (lo, hi) noise levels t/T where the guidance scale applies (traced), see
+      ``_guided``.
+    resample: with ``inpaint``, RePaint resampling jumps per step (traced; 0 = none), see
+      ``_resampled``: z_t = √(ᾱ_t/ᾱ_prev) z_prev + √(1 − ᾱ_t/ᾱ_prev) ε, then the step
+      again.
 
   Returns:
     Final latents z_0, like z_T.
@@ -264,7 +277,8 @@ def ddim_sample(
 def flow_time_grid(
     num_steps: int | jax.Array, shift: float | jax.Array, max_steps: int
 ) -> tuple[jax.Array, jax.Array]:
-  """Euler time grid (t_i, t_{i+1}), i < max_steps: t_i = shift(1 − i/n), n = num_steps (traced); 1 → 0."""
+  """Euler time grid (t_i, t_{i+1}), i < max_steps: t_i = shift(1 − i/n),
+  n = num_steps (traced); 1 → 0."""
   n = jnp.asarray(num_steps, jnp.float32)
   i = jnp.arange(max_steps, dtype=jnp.float32)
   t = objectives.shift_time(jnp.clip(1.0 - i / n, 0.0, 1.0), shift)  # (S,)
@@ -279,8 +293,9 @@ def euler_start_latents(
     start_index: int | jax.Array,
     shift: float | jax.Array,
 ) -> jax.Array:
-  """SDEdit start for ``euler_sample``: (1 − t) z0 + t ε at t = shift(1 − start_index / num_steps),
-  the grid's time at ``start_index`` (start 0: the noise itself; start = num_steps: z0)."""
+  """SDEdit start for ``euler_sample``: (1 − t) z0 + t ε at t = shift(1 − start_index /
+  num_steps), the grid's time at ``start_index`` (start 0: the noise itself; start = num_steps:
+  z0)."""
   u = jnp.clip(1.0 - jnp.asarray(start_index, jnp.float32) / num_steps, 0.0, 1.0)
   t = objectives.shift_time(u, jnp.asarray(shift, jnp.float32))
   return (1.0 - t) * jnp.asarray(z0, jnp.float32) + t * jnp.asarray(noise, jnp.float32)
@@ -304,7 +319,8 @@ def euler_sample(
     resample: int | jax.Array = 0,
     rng: jax.Array | None = None,
 ) -> jax.Array:
-  """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0 (data).
+  """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0
+  (data).
 
   Args:
     model_fn: ``(z, t_model, cond) -> v`` with t_model = 1000 · t, float32 (B,).
@@ -313,17 +329,20 @@ def euler_sample(
     uncond: null conditioning like ``cond``, or None for no guidance.
     num_steps: number of Euler steps (traced when ``max_steps`` is given).
     shift: timestep shift s applied to the uniform grid (traced): the sampling shift (config
-      ``sample.shift``), a setting of its own, not necessarily the training ``diffusion.flow_shift``.
+      ``sample.shift``), a setting of its own, not necessarily the training
+      ``diffusion.flow_shift``.
     guidance_scale: guidance scale (traced).
     max_steps: static scan length (default ``num_steps``, which must then be a Python int).
     start_index: first step to run (traced).
     carry_sharding: optional sharding for the carried latents.
-    inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset to
-      (1 − t_next) z_known + t_next noise.
+    inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset
+      to (1 − t_next) z_known + t_next noise.
     guidance_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
-    guidance_interval: (lo, hi) flow times where the guidance scale applies (traced), see ``_guided``.
-    resample: with ``inpaint`` and ``rng``, RePaint resampling jumps per step (traced), see ``_resampled``:
-      z_t = ((1 − t)/(1 − t_next)) z_next + √(t² − ((1 − t)/(1 − t_next))² t_next²) ε, then the step again.
+    guidance_interval: (lo, hi) flow times where the guidance scale applies (traced), see
+      ``_guided``.
+    resample: with ``inpaint`` and ``rng``, RePaint resampling jumps per step (traced), see
+      ``_resampled``: z_t = ((1 − t)/(1 − t_next)) z_next + √(t² − ((1 − t)/(1 −
+      t_next))² t_next²) ε, then the step again.
     rng: key for the resampling noise (None: no resampling).
 
   Returns:

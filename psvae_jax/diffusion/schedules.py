@@ -1,13 +1,16 @@
 """Discrete diffusion noise schedules (linear, cosine) and the forward process q(z_t | z_0).
 
-The schedule is a ``flax.struct.dataclass`` of float32 arrays, so it can be passed into ``jax.jit`` as an
-ordinary argument. Conventions follow diffusers' schedulers so samplers can be checked against them:
+The schedule is a ``flax.struct.dataclass`` of float32 arrays, so it can be passed into ``jax.jit``
+as an ordinary argument. Conventions follow diffusers' schedulers so samplers can be checked against
+them:
 
-- ``linear_schedule`` equals diffusers' ``beta_schedule="linear"``: betas = linspace(beta_start, beta_end,
-  T). (diffusers' ``"scaled_linear"``, linspace(√beta_start, √beta_end, T)², is a different schedule.)
-- ``cosine_schedule`` equals diffusers' ``"squaredcos_cap_v2"`` (Nichol & Dhariwal 2021, β capped at 0.999).
-- ``final_alpha_cumprod`` is the ᾱ used "before step 0", i.e. for a DDIM step whose previous timestep is
-  negative: 1.0 as diffusers' ``set_alpha_to_one=True`` (default), else ᾱ_0.
+- ``linear_schedule`` equals diffusers' ``beta_schedule="linear"``: betas = linspace(beta_start,
+  beta_end, T). (diffusers' ``"scaled_linear"``, linspace(√beta_start, √beta_end, T)², is a
+  different schedule.)
+- ``cosine_schedule`` equals diffusers' ``"squaredcos_cap_v2"`` (Nichol & Dhariwal 2021, β capped
+  at 0.999).
+- ``final_alpha_cumprod`` is the ᾱ used "before step 0", i.e. for a DDIM step whose previous
+  timestep is negative: 1.0 as diffusers' ``set_alpha_to_one=True`` (default), else ᾱ_0.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class Schedule:
 
 
 def _from_betas(betas: np.ndarray, set_alpha_to_one: bool) -> Schedule:
-  # Products in float64, stored in float32 (diffusers does the cumprod in float32; the difference is ~1e-7).
+  # Products in float64, stored in float32 (diffusers does the cumprod in float32; the difference is
+  # ~1e-7).
   alphas_cumprod = np.cumprod(1.0 - betas.astype(np.float64))
   final = 1.0 if set_alpha_to_one else alphas_cumprod[0]
   return Schedule(
@@ -61,7 +65,8 @@ def linear_schedule(
 def cosine_schedule(
     T: int = 1000, max_beta: float = 0.999, s: float = 0.008, set_alpha_to_one: bool = True
 ) -> Schedule:
-  """Cosine ᾱ(u) = cos²((u + s)/(1 + s) · π/2), u = t/T; β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), max_beta)."""
+  """Cosine ᾱ(u) = cos²((u + s)/(1 + s) · π/2), u = t/T;
+  β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), max_beta)."""
 
   def alpha_bar(u: float) -> float:
     return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -83,7 +88,8 @@ def q_sample(sched: Schedule, z0: jax.Array, t_int: jax.Array, noise: jax.Array)
   Args:
     sched: the schedule.
     z0: clean latents, (B, ...).
-    t_int: integer timesteps, () or (B,); t < 0 means "no noise" (ᾱ = final_alpha_cumprod, 1.0 by default).
+    t_int: integer timesteps, () or (B,); t < 0 means "no noise" (ᾱ = final_alpha_cumprod, 1.0 by
+      default).
     noise: ε, same shape as z0.
 
   Returns:

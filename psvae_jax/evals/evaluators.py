@@ -1,4 +1,5 @@
-"""Evaluators (big_vision style): small classes chosen by `type` in config, each returning {name: value}.
+"""Evaluators (big_vision style): small classes chosen by `type` in config,
+each returning {name: value}.
 
   evals = {"fid_proxy": {"type": "fid", "feature": "proxy", "num_samples": 128, ...},
            "rfid_proxy": {"type": "rfid", "feature": "proxy"}, "psnr": {"type": "psnr"}, ...}

@@ -1,4 +1,5 @@
-"""FID: float64 running feature statistics (per host, reduced across hosts) and the Frechet distance.
+"""FID: float64 running feature statistics (per host, reduced across hosts) and the Frechet
+distance.
 
   stats = FeatureStats(2048)
   for batch in batches: stats.update(features, mask)     # per host, float64
@@ -138,7 +139,8 @@ def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
-  """(mu, sigma, meta) from our cache or an ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz).
+  """(mu, sigma, meta) from our cache or an ADM reference batch (e.g.
+  VIRTUAL_imagenet256_labeled.npz).
 
   ADM's files hold `mu`/`sigma` (pool3) next to `mu_s`/`sigma_s` (spatial) and the images
   `arr_0`; only `mu` and `sigma` are read (np.load is lazy, the images are not loaded).

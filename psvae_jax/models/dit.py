@@ -1,16 +1,19 @@
-"""Diffusion Transformer (DiT, Peebles & Xie 2023) with adaLN-Zero blocks, text or class conditioning.
+"""Diffusion Transformer (DiT, Peebles & Xie 2023) with adaLN-Zero blocks, text or class
+conditioning.
 
-Layout follows the DiT reference: patchify (a Dense on flattened p×p patches, equal to DiT's stride-p conv),
-fixed 2-D sin-cos position embedding, N adaLN-Zero blocks, a final adaLN layer with a zero-initialised linear
-head, unpatchify. The conditioning vector c = timestep embedding (+ label embedding | + projected pooled text)
-drives every block's shift/scale/gate through SiLU → Dense(6·D), zero-initialised, so every block is the
-identity and the output is exactly zero at init.
+Layout follows the DiT reference: patchify (a Dense on flattened p×p patches, equal to DiT's
+stride-p conv), fixed 2-D sin-cos position embedding, N adaLN-Zero blocks, a final adaLN layer with
+a zero-initialised linear head, unpatchify. The conditioning vector c = timestep embedding (+ label
+embedding | + projected pooled text) drives every block's shift/scale/gate through SiLU →
+Dense(6·D), zero-initialised, so every block is the identity and the output is exactly zero at
+init.
 
-Text conditioning (``cond_type="text"``) adds, PixArt-style, a pre-LN cross-attention after self-attention in
-every block (not modulated; output projection zero-initialised) to the text token states projected to width,
-masked by the text attention mask. Rows where ``drop`` is True use learned null embeddings
-(``null_context``, ``null_pooled``) instead; class conditioning uses the extra null label ``num_classes``.
-Condition dropout itself (drawing ``drop``) belongs to the training task.
+Text conditioning (``cond_type="text"``) adds, PixArt-style, a pre-LN cross-attention after
+self-attention in every block (not modulated; output projection zero-initialised) to the text token
+states projected to width, masked by the text attention mask. Rows where ``drop`` is True use
+learned null embeddings (``null_context``, ``null_pooled``) instead; class conditioning uses the
+extra null label ``num_classes``. Condition dropout itself (drawing ``drop``) belongs to the
+training task.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 class DiTBlock(nn.Module):
-  """adaLN-Zero transformer block, with optional (unmodulated, pre-LN) cross-attention to context tokens."""
+  """adaLN-Zero transformer block, with optional (unmodulated, pre-LN) cross-attention to context
+  tokens."""
 
   width: int
   num_heads: int
@@ -135,7 +139,8 @@ class DiTBlock(nn.Module):
       context: jax.Array | None = None,
       context_mask: jax.Array | None = None,
   ) -> jax.Array:
-    """x (B, N, D) tokens; c (B, D) conditioning; context (B, L, D) (already at width); mask (B, L) bool."""
+    """x (B, N, D) tokens; c (B, D) conditioning; context (B, L, D) (already at width);
+    mask (B, L) bool."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}.")
@@ -185,18 +190,22 @@ class DiT(nn.Module):
     learn_sigma: output 2C channels (ε and variance), as DiT's default; off here.
     cond_type: "text" or "class".
     num_classes: class count (the embedding table has one more row, the null class).
-    t_scale: the timestep embedder sees ``t · t_scale`` (1 for 0..1000 model time; 1000 to feed t ∈ [0, 1]).
+    t_scale: the timestep embedder sees ``t · t_scale`` (1 for 0..1000 model time; 1000 to feed t
+      ∈ [0, 1]).
     freq_dim: sinusoidal timestep embedding size (256 in DiT).
     dtype: compute dtype; parameters are float32; the output is float32.
     remat: rematerialise blocks in the backward pass.
-    remat_policy: with ``remat``: "full" (save only block inputs) or "dots_saveable" (keep matmul outputs,
-      recompute the element-wise work; jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+    remat_policy: with ``remat``: "full" (save only block inputs) or "dots_saveable" (keep matmul
+      outputs, recompute the element-wise work;
+      jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     attention_impl: ``implementation`` for ``jax.nn.dot_product_attention`` (None, "xla", "cudnn").
-    scan_blocks: run the blocks as one ``nn.scan`` (params stacked under ``blocks/block`` with a leading
-      depth axis; not loadable from unscanned checkpoints): one traced block, for compile time of deep models.
+    scan_blocks: run the blocks as one ``nn.scan`` (params stacked under ``blocks/block`` with a
+      leading depth axis; not loadable from unscanned checkpoints): one traced block, for compile
+      time of deep models.
 
-  Text conditioning creates ``null_context`` with the (L, d_text) of the context seen at init: pad prompts
-  to that fixed length L (as tokenizers do with ``padding="max_length"``) and mask the padding.
+  Text conditioning creates ``null_context`` with the (L, d_text) of the context seen at init: pad
+  prompts to that fixed length L (as tokenizers do with ``padding="max_length"``) and mask the
+  padding.
   """
 
   width: int = 384
@@ -240,7 +249,8 @@ class DiT(nn.Module):
     return table(labels)  # (B, D)
 
   def _text_condition(self, context, context_mask, pooled, drop):
-    """Returns (vector added to c or None, context (B, L, D), mask (B, L) or None), nulls applied."""
+    """Returns (vector added to c or None, context (B, L, D), mask (B, L) or None),
+    nulls applied."""
     if context is None:
       raise ValueError("cond_type='text' needs context (B, L, d_text).")
     b, length, d_text = context.shape

@@ -1,4 +1,5 @@
-"""The one training loop: config -> mesh -> data -> sharded state -> jitted step -> metrics/checkpoints.
+"""The one training loop: config -> mesh -> data -> sharded state -> jitted step ->
+metrics/checkpoints.
 
 Stage specifics live in a task (psvae_jax/train/tasks); this file knows only its interface,
 `tasks.Task`. `train_and_evaluate` reads top-down: `setup` (mesh, task, optimizer, shardings,

@@ -1,4 +1,5 @@
-"""Optimizer: AdamW with warmup + cosine, grad clipping, per-group learning rates and frozen masks."""
+"""Optimizer: AdamW with warmup + cosine, grad clipping,
+per-group learning rates and frozen masks."""
 
 from __future__ import annotations
 
