@@ -1,14 +1,19 @@
 """The paper-size architecture end to end on the CPU, at reduced input size.
 
 A random DINOv2-B-shaped Hugging Face directory (768 wide, 12 heads, patch 14; 2 layers instead
-of 12; E_s, D_s one block each; DiT-B 2 blocks deep) saved by `transformers`, through the paper configs (`svae.py:dinov2_b`,
-`psvae.py:dinov2_b`, `dit.py:B_text`) with only sizes and step counts overridden:
-stage 1 -> stage 2 -> stage 3 -> sample -> edit -> evaluate, a few steps each, in one process.
-It checks what went wrong silently before: E_s starts from the loaded encoder's last blocks,
-interval knobs of 0 mean "never", the latent statistics describe what stage 3 trains on.
+of 12; E_s, D_s one block each; DiT-B 2 blocks deep) saved by `transformers`, through the paper
+configs (`svae.py:dinov2_b`, `psvae.py:dinov2_b`, `dit.py:B_text`) with only sizes and step counts
+overridden: stage 1 -> stage 2 -> stage 3 -> sample -> edit -> evaluate, a few steps each, in one
+subprocess on one CPU device. It checks what went wrong silently before: E_s starts from the
+loaded encoder's last blocks, interval knobs of 0 mean "never", the latent statistics describe
+what stage 3 trains on.
 """
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -22,9 +27,11 @@ from configs import svae as svae_config
 from psvae_jax import api
 from psvae_jax import checkpoint
 from psvae_jax.evals import runner as eval_runner
+from psvae_jax.shapes import plugin
 from psvae_jax.shapes import text as demo_text
 from psvae_jax.train import loop
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENC_PX, PIX_PX = 56, 64  # 4x4 DINOv2 tokens (patch 14) -> 4x4x96 latent -> 16x conv decoder
 
 
@@ -65,6 +72,30 @@ def _ae_sizes(c):
 
 
 def test_paper_size_chain(tmp_path):
+  """Runs `chain` in a subprocess on ONE CPU device.
+
+  In the test process (8 simulated devices, data-parallel) every 768-wide array is replicated 8x
+  in host memory: ~12 GiB resident and twice the time.
+  """
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+  )
+  r = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), str(tmp_path)],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1500,
+  )
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+  assert "paper-size chain: OK" in r.stdout, r.stdout[-3000:]
+
+
+def chain(tmp_path: pathlib.Path):
+  """stage 1 -> stage 2 -> stage 3 -> sample -> edit -> evaluate at paper width (see module doc)."""
   enc_dir = _dinov2_b_dir(tmp_path / "dinov2-b")
 
   # Stage 1, with every interval knob at 0 (never; the last step is still saved).
@@ -118,3 +149,12 @@ def evaluate_config():
       dict(psnr=dict(type="psnr", num_images=8), ssim=dict(type="ssim", num_images=8))
   )
   return c
+
+
+if __name__ == "__main__":
+  import jax  # pylint: disable=g-import-not-at-top
+
+  assert jax.device_count() == 1, jax.devices()
+  plugin.register()  # the paper configs run on the demo's shapes data here
+  chain(pathlib.Path(sys.argv[1]))
+  print("paper-size chain: OK")
