@@ -31,6 +31,7 @@ from psvae_jax import pixels
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import schedules
+from psvae_jax.weights import clip
 
 MAX_STEPS = 1000  # scan length; any steps <= MAX_STEPS reuse the compile
 
@@ -117,7 +118,6 @@ class Generator:
 
   # ---- conditioning -----------------------------------------------------------------------
   def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-    from psvae_jax.weights import clip  # pylint: disable=g-import-not-at-top
 
     ids, mask = clip.tokenize(self.tokenizer, list(prompts), self.config.data.max_length)
     return {"input_ids": ids, "attention_mask": mask}

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 from etils import epath
 
+from psvae_jax import runtime
+
 
 def create_writer(workdir: str):
   """A CLU writer for TensorBoard under `workdir`; other processes only log."""
-  from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
-
   runtime.hide_gpus_from_tf()  # before CLU imports TF: it must not take the GPUs from JAX
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
 

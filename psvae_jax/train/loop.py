@@ -28,6 +28,7 @@ from etils import epath
 from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
+from psvae_jax import runtime
 from psvae_jax.data import pipeline
 from psvae_jax.train import optim
 from psvae_jax.train import preflight
@@ -51,7 +52,6 @@ class _Preemption:
     self._service = False
 
   def __enter__(self):
-    from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
     self._service = jax.process_count() > 1 and runtime.preemption_service_active()
     if self._service:  # its C++ SIGTERM handler must stay installed
