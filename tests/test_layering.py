@@ -8,6 +8,8 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Entry points: they may use the shapes world (and define absl flags when imported).
 ENTRY_POINTS = ("psvae_jax.main", "psvae_jax.demo", "psvae_jax.evaluate", "psvae_jax.sample")
+# The contract name of the shapes world (DESIGN.md): an alias module over psvae_jax/shapes/.
+ALIASES = ("psvae_jax.data.shapes",)
 
 
 def test_library_does_not_import_shapes():
@@ -16,7 +18,7 @@ def test_library_does_not_import_shapes():
       import importlib, pathlib, sys
       files = sorted(pathlib.Path("psvae_jax").rglob("*.py"))  # not pkgutil: it imports packages
       names = [".".join(f.with_suffix("").parts).removesuffix(".__init__") for f in files]
-      library = [n for n in names if n not in {ENTRY_POINTS!r}
+      library = [n for n in names if n not in {ENTRY_POINTS + ALIASES!r}
                  and n != "psvae_jax.shapes" and not n.startswith("psvae_jax.shapes.")]
       assert len(library) > 40, library
       for name in library:
@@ -31,3 +33,12 @@ def test_library_does_not_import_shapes():
   )
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
   assert "imported" in r.stdout
+
+
+def test_contract_alias_is_the_shapes_world():
+  from psvae_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import checker, world  # pylint: disable=g-import-not-at-top
+
+  assert shapes.generate is world.generate and shapes.score is checker.score
+  image, caption = shapes.generate(3, 32)
+  assert image.shape == (32, 32, 3) and shapes.score(image, caption)
