@@ -4,7 +4,13 @@
 set -euo pipefail
 REQS=requirements-test.txt . "$(dirname "$0")/_env.sh"
 set +e
-python -m pytest -q -ra --durations=10 "$@"
+# PSVAE_TEST_WORKERS (default 2: CI's 2 cores) pytest-xdist workers; 0 runs in this process.
+WORKERS="${PSVAE_TEST_WORKERS:-2}"
+XDIST=()
+if [ "$WORKERS" != "0" ]; then
+  XDIST=(-n "$WORKERS" --dist loadgroup)
+fi
+python -m pytest -q -ra --durations=10 "${XDIST[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

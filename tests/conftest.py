@@ -103,3 +103,22 @@ def trained_dit(tmp_path_factory, svae_dir):
       "--config.train_text_encoder=True",
   )
   return root
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the xdist_group markers
+def pytest_collection_modifyitems(config, items):
+  """Groups tests by the session workdir fixtures they use (pytest-xdist `--dist loadgroup`).
+
+  With `-n 2` (launch/test.sh) each worker builds the session fixtures it needs; keeping the
+  users of the trained chain on one worker builds it once. Tests marked `extended` (redundant
+  with cheaper ones, kept for deliberate runs) are skipped unless `-m extended` selects them.
+  """
+  run_extended = "extended" in (config.getoption("-m") or "")
+  for item in items:
+    names = set(getattr(item, "fixturenames", ()))
+    if "trained_dit" in names:
+      item.add_marker(pytest.mark.xdist_group("trained_dit"))
+    elif "svae_dir" in names:
+      item.add_marker(pytest.mark.xdist_group("svae_dir"))
+    if item.get_closest_marker("extended") and not run_extended:
+      item.add_marker(pytest.mark.skip(reason="extended: run with -m extended"))

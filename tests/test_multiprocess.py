@@ -148,8 +148,11 @@ def _preempt_resume_matches(tmp_path, extra, config="configs/psvae.py:tiny", las
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_two_process_preempt_resume_is_bitwise(svae_dir, tmp_path):
-  """Stage 2."""
+  """Stage 2 (~4.5 min). Extended: the stage-3 test below covers two-process preemption and
+  bitwise resume (incl. the per-process data state); test_train_autoencoder covers stage 2's
+  SIGTERM and resume in one process (step and files, not bitwise). Run: -m extended."""
   state, _, _ = _preempt_resume_matches(tmp_path, (*STEPS, f"--config.init_from={svae_dir}"))
   assert int(state["skipped"]) == 0
 
