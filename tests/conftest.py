@@ -112,8 +112,9 @@ def pytest_collection_modifyitems(config, items):
   With `-n 2` (launch/test.sh) each worker builds the session fixtures it needs; the groups are
   meant to keep the users of the trained chain on one worker so it is built once. With pytest
   9.2 + pytest-xdist 3.8 here, xdist does not honour the groups (even static `xdist_group`
-  markers are split across workers, seen 2026-12-02), so today the chain is built on both. Tests marked `extended` (redundant
-  with cheaper ones, kept for deliberate runs) are skipped unless `-m extended` selects them.
+  markers are split across workers, seen 2026-12-02), so today the chain is built on both.
+  Tests marked `extended` (redundant with cheaper ones, kept for deliberate runs) are skipped
+  unless `-m extended` selects them.
   """
   run_extended = "extended" in (config.getoption("-m") or "")
   for item in items:
