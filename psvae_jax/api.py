@@ -38,7 +38,7 @@ class Pipeline:
     config = autoencoders.read_config(workdir)
     if config.stage != "dit":
       raise ValueError(
-          f"{workdir} holds a {config.stage!r} run; api.load wants a stage-3 (dit) " "workdir."
+          f"{workdir} holds a {config.stage!r} run; api.load wants a stage-3 (dit) workdir."
       )
     self.mesh = mesh or parallel.make_mesh(-1, 1)
     self.config = config

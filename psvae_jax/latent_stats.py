@@ -290,7 +290,7 @@ def keep_copy(autoencoder_dir: str, dit_dir: str) -> str:
       logging.info("latent_stats: copied %s to %s; this DiT normalises with the copy.", src, dst)
     elif dst.exists() and src.exists() and dst.read_bytes() != src.read_bytes():
       logging.warning(
-          "latent_stats: %s differs from %s; this DiT keeps the copy it trained " "with.", src, dst
+          "latent_stats: %s differs from %s; this DiT keeps the copy it trained with.", src, dst
       )
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"latent_stats_copy:{dit_dir}")

@@ -58,12 +58,12 @@ _OUT = flags.DEFINE_string("out", None, "Output grid PNG.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write one PNG per image here instead.")
 _INIT = flags.DEFINE_string("init_image", None, "Edit this image (SDEdit / inpainting).")
 _STRENGTH = flags.DEFINE_float(
-    "strength", None, "SDEdit strength in [0, 1] (default 0.6 for " "edits, 1.0 with --mask)."
+    "strength", None, "SDEdit strength in [0, 1] (default 0.6 for edits, 1.0 with --mask)."
 )
 _MASK = flags.DEFINE_string(
     "mask",
     None,
-    "Inpainting mask PNG: white (>= 0.5) = regenerate; " "resized to the image if needed.",
+    "Inpainting mask PNG: white (>= 0.5) = regenerate; resized to the image if needed.",
 )
 _DILATION = flags.DEFINE_integer("dilation", 1, "Latent-grid dilation of the mask (cells).")
 _RESAMPLE = flags.DEFINE_integer(
@@ -77,7 +77,7 @@ _FIT = flags.DEFINE_enum(
     "fit",
     "crop",
     ["crop", "pad"],
-    "How a non-square / other-size input " "is fitted to the model: center crop or pad.",
+    "How a non-square / other-size input is fitted to the model: center crop or pad.",
 )
 
 

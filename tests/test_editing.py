@@ -43,9 +43,9 @@ def test_edit_and_inpaint_endpoints_and_one_compile(pipe):
   blk_raw = pipe.inpaint(images, black, caps, steps=10, composite=False)
   wht = pipe.inpaint(images, white, caps[::-1], steps=20, guidance_scale=3.0, seed=2, dilation=0)
   rsm = pipe.inpaint(images, masks, caps, steps=10, dilation=2, feather=0.0, resample=2)
-  assert counter.count == first, (
-      "another strength, mask, steps, guidance scale, seed, shift or resample " "recompiled"
-  )
+  assert (
+      counter.count == first
+  ), "another strength, mask, steps, guidance scale, seed, shift or resample recompiled"
   assert editing.psnr(s0, rec) >= 40.0  # strength 0: the reconstruction
   gen = pipe.generate(caps[::-1], steps=20, guidance_scale=3.0, seed=2)
   assert np.abs(s1.astype(int) - gen).max() <= 1  # strength 1: plain generation, same seed

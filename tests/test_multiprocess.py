@@ -188,7 +188,7 @@ def test_two_process_dit_resume_nan_skip_and_halt(trained_dit, tmp_path):
       assert np.isfinite(x).all()
   for i in (0, 1):
     assert re.search(
-        r"2 steps had a non-finite loss or gradient \(max_skipped_steps=1\); " r"stopped at step 7",
+        r"2 steps had a non-finite loss or gradient \(max_skipped_steps=1\); stopped at step 7",
         _log(logs, i),
     ), _log(logs, i)[-3000:]
   assert any(p.startswith("samples_") for p in os.listdir(run / "samples"))

@@ -149,7 +149,7 @@ def convert_file(src: str, out: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      description="Convert pytorch-fid's Inception .pth to " "safetensors (validated)."
+      description="Convert pytorch-fid's Inception .pth to safetensors (validated)."
   )
   parser.add_argument("--src", required=True)
   parser.add_argument("--out", required=True)
