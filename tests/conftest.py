@@ -109,10 +109,10 @@ def trained_dit(tmp_path_factory, svae_dir):
 def pytest_collection_modifyitems(config, items):
   """Groups tests by the session workdir fixtures they use (pytest-xdist `--dist loadgroup`).
 
-  With `-n 2` (launch/test.sh) each worker builds the session fixtures it needs; the groups are
-  meant to keep the users of the trained chain on one worker so it is built once. With pytest
-  9.2 + pytest-xdist 3.8 here, xdist does not honour the groups (even static `xdist_group`
-  markers are split across workers, seen 2026-12-02), so today the chain is built on both.
+  With `-n 2` (launch/test.sh) each worker builds the session fixtures it needs; the groups keep
+  the users of the trained chain on one worker so it is built once. (pytest 9.2 broke this with
+  pytest-xdist 3.8: groups were split across workers; requirements-test.txt pins pytest 8.4 and
+  tests/test_suite_setup.py fails if a group stops holding.)
   Tests marked `extended` (redundant with cheaper ones, kept for deliberate runs) are skipped
   unless `-m extended` selects them.
   """
