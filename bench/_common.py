@@ -259,6 +259,7 @@ def dit_class_config(size: str, batch: int, patch: int = 2, dtype: str = "float3
   if unknown:
     raise KeyError(f"not config.model fields: {unknown}")
   config.model.size, config.model.patch_size = size, patch
+  config.model.num_classes = 1000  # the config's 0 means "from the data", which benches have not
   config.model.update(model)
   config.batch_size, config.dtype = batch, dtype
   return config

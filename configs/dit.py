@@ -7,7 +7,9 @@
       --config.data.source=latents --config.data.path=gs://b/latents
 
 Variants: `<S|B|L|XL>_<text|class>` (DiT paper sizes, patch 1 on the 16x16xC latent, batch
-256, 400k steps), `paper` and `tiny` (CPU demo: width 128, depth 4, text, 8x8x16 shapes latents).
+256, 400k steps), `paper`, `tiny` (CPU demo: width 128, depth 4, text, 8x8x16 shapes latents)
+and `tiny_class` (the same, class-conditioned: the Fashion-MNIST demo, `launch/demo.sh OUT
+--data=fashion_mnist`). Class models take their class count from the data (model.num_classes).
 Objective: eps-prediction with the linear beta schedule (seed) or flow matching with
 logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
 
@@ -29,7 +31,7 @@ from configs import common
 
 SIZES = ("S", "B", "L", "XL")
 CONDS = ("text", "class")
-VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + ("paper", "tiny")
+VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + ("paper", "tiny", "tiny_class")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,15 +47,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # default mesh (fsdp=1, all replicated; 30.1 with fp32 T5): fits 80 GB GPUs / 95 GB TPU v5p.
   # 16-32 GB chips (TPU v5e, v4) need --config.mesh.fsdp=8: 2.7 GiB per device.
   c.text_encoder_dtype = "bfloat16"
-  size, cond = {"tiny": ("tiny", "text"), "paper": ("XL", "text")}.get(
-      variant, tuple(variant.split("_"))
-  )
+  size, cond = {
+      "tiny": ("tiny", "text"),
+      "tiny_class": ("tiny", "class"),
+      "paper": ("XL", "text"),
+  }.get(variant, tuple(variant.split("_")))
   c.model = ml_collections.ConfigDict(
       dict(
           size=size,
           patch_size=1,
           cond_type=cond,
-          num_classes=1000,
+          # class models: 0 = the data's class count (its class names: class subfolders, a tfds
+          # ClassLabel, a latent cache's meta.json), resolved at stage-3 start and written into
+          # the workdir's config.json; a class model whose data has no class names refuses to
+          # start (set it); a count below the data's refuses too.
+          num_classes=0,
           # Activation memory: remat the blocks ("full": keep block inputs only; "dots_saveable":
           # keep matmul outputs). scan_blocks: the blocks as one nn.scan (one traced block; params
           # stacked under blocks/block: models/dit.stack_blocks converts an unrolled checkpoint).
@@ -107,7 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.flow_shift_base_dim = 4096  # training shift sqrt(h*w*C / 4096)
     c.sample.update(shift=3.0, guidance_scale=6.5)
 
-  if variant == "tiny":
+  if variant in ("tiny", "tiny_class"):
     c.dtype = c.text_encoder_dtype = "float32"  # XLA:CPU: bf16 is no faster
     # Measured on the 2-core CPU (shapes, 8x8x16 latent): flow matching reached adherence
     # 0.16 after 800 steps where eps-prediction reached 0.0, and 0.41 after 1600; patch 2

@@ -13,8 +13,10 @@ filled = pipe.inpaint(images, masks, prompts)  # masks: white (>= 0.5) = regener
 from __future__ import annotations
 
 import functools
+import json
 from typing import Sequence
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -27,6 +29,7 @@ from psvae_jax import generation
 from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax import pixels
+from psvae_jax.data import sources
 
 _SAMPLE = common.SAMPLE  # the sampling defaults
 
@@ -42,6 +45,7 @@ class Pipeline:
       )
     self.mesh = mesh or parallel.make_mesh(-1, 1)
     self.config = config
+    self.class_names = read_class_names(workdir)
     if not config.autoencoder:
       raise ValueError(f"{workdir}'s config names no autoencoder (config.autoencoder).")
     self.ae = autoencoders.load_autoencoder(  # latent statistics: the DiT's own copy
@@ -73,12 +77,14 @@ class Pipeline:
       guidance_scale: float = _SAMPLE.guidance_scale,
       eta: float = _SAMPLE.eta,
       seed: int = 0,
-      labels: Sequence[int] | None = None,
+      labels: Sequence[int | str] | None = None,
       guidance_rescale: float | None = None,
       guidance_interval: tuple[float, float] | None = None,
       shift: float | None = None,
   ) -> np.ndarray:
     """Prompts (or class labels) -> uint8 images (N, H, W, 3). Same seed, same images.
+
+    labels: class ids or class names ("sneaker"; `self.class_names`, saved at training start).
 
     steps, guidance_scale, eta default to the sampling defaults (configs/common.py SAMPLE).
     guidance_scale: the classifier-free guidance scale (1 = no guidance).
@@ -90,6 +96,10 @@ class Pipeline:
     """
     if prompts is not None and isinstance(prompts, str):
       prompts = [prompts]
+    if labels is not None:
+      if isinstance(labels, (str, int, np.integer)):
+        labels = [labels]
+      labels = [self.label_id(x) for x in labels]
     return self.gen.generate(
         self.params,
         self.consts,
@@ -103,6 +113,17 @@ class Pipeline:
         guidance_interval=guidance_interval,
         shift=shift,
     )
+
+  def label_id(self, label: int | str) -> int:
+    """A class id from an id or a class name of this model (ValueError lists the names)."""
+    if self.config.model.cond_type != "class":
+      raise ValueError(
+          f"labels are for class-conditioned models; this one is {self.config.model.cond_type!r}."
+      )
+    index = sources.resolve_label(label, self.class_names)
+    if not 0 <= index < int(self.config.model.num_classes):
+      raise ValueError(f"Class id {index} out of range [0, {self.config.model.num_classes}).")
+    return index
 
   def _put(self, x: np.ndarray) -> jax.Array:
     n = x.shape[0]
@@ -304,6 +325,12 @@ class Pipeline:
     if all(r.shape == restored[0].shape for r in restored):
       return np.stack(restored)
     return restored
+
+
+def read_class_names(workdir: str) -> list[str]:
+  """The class names a run trained with (DIR/data.json, written at its start; [] if none)."""
+  path = epath.Path(workdir) / sources.DATA_FILE
+  return list(json.loads(path.read_text()).get("class_names", [])) if path.exists() else []
 
 
 def load(dit_dir: str, mesh: jax.sharding.Mesh | None = None) -> Pipeline:

@@ -29,7 +29,9 @@ from configs import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Stage-3 (dit) workdir.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Text prompt (text-conditioned models).")
-_LABEL = flags.DEFINE_integer("label", None, "Class label (class-conditioned models).")
+_LABEL = flags.DEFINE_string(
+    "label", None, "Class (class-conditioned models): an id (7) or a class name (sneaker)."
+)
 _NUM = flags.DEFINE_integer("num_images", 4, "Images to generate.")
 _STEPS = flags.DEFINE_integer("steps", common.SAMPLE.steps, "Sampler steps.")
 _GUIDANCE_SCALE = flags.DEFINE_float(
@@ -129,6 +131,12 @@ def main(argv):
 
   pipe = api.load(_WORKDIR.value)
   n = _NUM.value
+  label = None
+  if _LABEL.value is not None:
+    try:
+      label = pipe.label_id(_LABEL.value)
+    except ValueError as e:
+      raise app.UsageError(f"--label: {e}") from None
   if init is not None:
     kw = dict(
         steps=_STEPS.value,
@@ -159,7 +167,7 @@ def main(argv):
   else:
     images = pipe.generate(
         prompts=None if _PROMPT.value is None else [_PROMPT.value] * n,
-        labels=None if _LABEL.value is None else [_LABEL.value] * n,
+        labels=None if label is None else [label] * n,
         steps=_STEPS.value,
         guidance_scale=_GUIDANCE_SCALE.value,
         eta=_ETA.value,

@@ -262,6 +262,7 @@ def write_cache(
           split=split,
           seed=seed,
           autoencoder=os.path.abspath(autoencoder_dir) if autoencoder_dir else "",
+          class_names=list(getattr(source, "class_names", []) or []),
       ),
   )
 

@@ -6,7 +6,8 @@ A cache directory (written by `python -m psvae_jax.data.cache`) holds:
                                        "mean_std") or {"z": bytes} (store "sample"), plus
                                        "caption" (str), "label" (int), "index" (source index)
   meta.json                            {"format", "shape": [h, w, C], "dtype", "store",
-                                       "count", "files", "counts", "autoencoder", ...}
+                                       "count", "files", "counts", "autoencoder",
+                                       "class_names" (labels index them; [] if none), ...}
   latent_stats.npz                     per-channel statistics over the cache: "mean" / "std"
                                        of the sampled z (what training reads), "mu_mean" /
                                        "mu_std" of mu (psvae_jax/latent_stats.py)
@@ -21,6 +22,7 @@ epochs, is identical across runs and survives a resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 from typing import Any, Sequence
@@ -123,6 +125,16 @@ class LatentCacheSource:
 
   def __len__(self) -> int:
     return len(self._source)
+
+  @property
+  def class_names(self) -> list[str]:
+    """The class names of the dataset the cache was made from (labels index them)."""
+    return list(self.meta.get("class_names", []) or [])
+
+  def fingerprint(self) -> str:
+    """Identifies the cache's records (its directory, count and files)."""
+    key = f"{self._dir}|{self.meta['count']}|{self.meta['files']}|{self.meta['counts']}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
   def __getitem__(self, index: int) -> Record:
     return deserialize(self._source[int(index)], self.shape, self._dtype)

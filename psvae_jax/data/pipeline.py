@@ -44,6 +44,7 @@ from psvae_jax.data import decode
 from psvae_jax.data import iterators
 from psvae_jax.data import latents
 from psvae_jax.data import sources
+from psvae_jax.data import subsets
 from psvae_jax.data import text
 
 Record = dict[str, Any]
@@ -274,10 +275,24 @@ def iterator_checkpoint_args(iterator: grain.DatasetIterator, save: bool):
   return args_cls(iterator)
 
 
-def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
-  """The first `num_images` good records of the held-out split.
+def eval_order(source: Any, num_images: int, seed: int) -> np.ndarray:
+  """The order in which `build_eval_set` reads a held-out source: a seeded stratified draw of
+  num_images records (`subsets.stratified`), then the others in a seeded order (replacements
+  for bad records). A source whose records are already a random draw (`random_order = True`:
+  a generator's i.i.d. samples, such as the shapes) is read in order."""
+  if getattr(source, "random_order", False):
+    return np.arange(len(source))
+  first = subsets.stratified(sources.labels_of(source), num_images, seed)
+  rest = np.setdiff1d(np.arange(len(source)), first)
+  return np.concatenate([first, np.random.default_rng(seed).permutation(rest)])
 
-  Deterministic: center crop, no flip, no shuffling, first caption of alternatives.
+
+def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
+  """`num_images` good records of the held-out split: a seeded draw, stratified by class.
+
+  Deterministic: `eval_order` (seed `data.seed`), center crop, no flip, first caption of
+  alternatives. With class folders every class has its share (not the first classes in path
+  order).
 
   Args:
     data_cfg: data config (see `sources.get_source`).
@@ -291,10 +306,10 @@ def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
   source = sources.get_source(cfg, "eval")
   preprocess = preprocess_from_cfg(cfg, train=False)
   records = []
-  for index in range(len(source)):
+  for index in eval_order(source, num_images, int(cfg.seed)):
     if len(records) == num_images:
       break
-    record = preprocess.random_map(source[index], None)
+    record = preprocess.random_map(source[int(index)], None)
     if iterators.SKIP not in record:
       records.append(record)
   if len(records) < num_images:

@@ -14,6 +14,14 @@ decode). Decoding, caption repair and resizing happen in the input pipeline
     prepare ImageNet, COCO or a folder);
   * "latents": a latent cache written by `python -m psvae_jax.data.cache` (`data.path`);
     its "eval" split is the eval split of the dataset the cache was made from.
+Subsets (a `num_train` / `num_eval` cap, the folder hold-out, the eval set of
+`pipeline.build_eval_set`) are seeded and stratified by class (`subsets.stratified`, seed
+`data.seed`): a cap on a class-folder dataset keeps every class's share, never "the first N
+files". A source exposes per-record `labels` when it has them cheaply (folders); one without
+(tfds, latent caches) is subset by a seeded random draw. A source's `class_names` are the
+sorted class subfolder names (folders) or the tfds ClassLabel names; `check_class_names`
+refuses train and eval splits that disagree (a class missing from one would shift every later
+label).
 Other kinds are registered with `register_source` by whoever provides them: the synthetic
 captioned shapes of the demo ("shapes") by `psvae_jax.shapes.plugin.register()`, which the
 entry points that can run a shapes config call.
@@ -21,6 +29,7 @@ entry points that can run a shapes config call.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -31,6 +40,7 @@ import numpy as np
 
 from psvae_jax.data import config
 from psvae_jax.data import latents
+from psvae_jax.data import subsets
 from psvae_jax.data import text
 from psvae_jax.data import tfds_source
 
@@ -99,7 +109,9 @@ class ImageFolderSource:
     relative = [p.relative_to(self._root).parts for p in files]
     self.class_names: list[str] = sorted({parts[0] for parts in relative if len(parts) > 1})
     class_index = {name: i for i, name in enumerate(self.class_names)}
-    self._labels = [class_index[parts[0]] if len(parts) > 1 else -1 for parts in relative]
+    self.labels = np.asarray(
+        [class_index[parts[0]] if len(parts) > 1 else -1 for parts in relative], np.int64
+    )
     captions_file = captions_file or self._root / CAPTIONS_FILE
     self._captions = (
         read_captions_jsonl(captions_file) if pathlib.Path(captions_file).is_file() else {}
@@ -138,8 +150,22 @@ class ImageFolderSource:
 
   def __getitem__(self, index: int) -> Record:
     path = self._files[int(index)]
-    label = self._labels[int(index)]
+    label = int(self.labels[int(index)])
     return {"path": path, "caption": self._caption(path, label), "label": label}
+
+  @property
+  def has_captions(self) -> bool:
+    """Whether any caption can exist (class names, a captions.jsonl, or a .txt sidecar)."""
+    if self._captioner is not None or self._captions:
+      return True
+    return any(pathlib.Path(p).with_suffix(".txt").is_file() for p in self._files)
+
+  def fingerprint(self) -> str:
+    """A hash of the image list (relative paths and labels): changes when the folder does."""
+    h = hashlib.sha1()
+    for path, label in zip(self._files, self.labels):
+      h.update(f"{os.path.relpath(path, self._root)}\t{label}\n".encode())
+    return h.hexdigest()[:16]
 
   def __repr__(self) -> str:
     return f"ImageFolderSource({str(self._root)!r}, n={len(self._files)})"
@@ -196,8 +222,121 @@ class SubsetSource:
   def class_names(self) -> list[str]:
     return list(getattr(self._parent, "class_names", []))
 
+  @property
+  def indices(self) -> np.ndarray:
+    return self._indices
+
+  @property
+  def labels(self) -> np.ndarray | None:
+    parent = getattr(self._parent, "labels", None)
+    return None if parent is None else np.asarray(parent)[self._indices]
+
+  @property
+  def has_captions(self) -> bool:
+    return bool(getattr(self._parent, "has_captions", True))
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha1(fingerprint(self._parent).encode())
+    h.update(self._indices.tobytes())
+    return h.hexdigest()[:16]
+
   def __repr__(self) -> str:
     return f"SubsetSource({self._parent!r}, n={len(self._indices)})"
+
+
+def labels_of(source: Any) -> np.ndarray:
+  """Per-record labels of a source that has them cheaply, else all -1 (one stratum)."""
+  labels = getattr(source, "labels", None)
+  return np.full(len(source), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+
+
+def fingerprint(source: Any) -> str:
+  """Identifies a source's records: its own `fingerprint()` if any, else its repr and size."""
+  if hasattr(source, "fingerprint"):
+    return source.fingerprint()
+  return hashlib.sha1(f"{source!r}|{len(source)}".encode()).hexdigest()[:16]
+
+
+def describe(source: Any) -> dict[str, Any]:
+  """What a workdir records about a split's source (`check_recorded` compares it)."""
+  return {
+      "source": repr(source),
+      "num_records": len(source),
+      "class_names": list(getattr(source, "class_names", []) or []),
+      "fingerprint": fingerprint(source),
+  }
+
+
+DATA_FILE = "data.json"
+
+
+def describe_splits(data_cfg: Any) -> dict[str, Any]:
+  """{"train": describe(...), "eval": describe(...), "class_names": [...]} of a data config.
+
+  Training writes it into the workdir (DATA_FILE) at its start and compares it on resume
+  (`check_recorded`); the class names are what `--label=NAME` resolves against.
+  """
+  cfg = config.resolve(data_cfg)
+  train, held_out = get_source(cfg, "train"), get_source(cfg, "eval")
+  return {
+      "train": describe(train),
+      "eval": describe(held_out),
+      "class_names": check_class_names(train, held_out, where=f"data.source={cfg.source!r}"),
+  }
+
+
+def check_recorded(recorded: dict[str, Any], now: dict[str, Any], workdir: str) -> None:
+  """ValueError when the data of a resumed run differs from what the workdir started with."""
+  for split in ("train", "eval"):
+    a, b = recorded.get(split, {}), now.get(split, {})
+    if a.get("fingerprint") != b.get("fingerprint") or a.get("num_records") != b.get("num_records"):
+      raise ValueError(
+          f"{workdir}: the {split} data differ from those the run started with ("
+          f"{a.get('num_records')} records, fingerprint {a.get('fingerprint')}; now "
+          f"{b.get('num_records')}, {b.get('fingerprint')}: {b.get('source')}). A resumed run "
+          f"must read the same records (see {workdir}/{DATA_FILE}); start a new workdir for "
+          "new data."
+      )
+  if recorded.get("class_names", []) != now.get("class_names", []):
+    raise ValueError(
+        f"{workdir}: the class names differ from those the run started with "
+        f"({recorded.get('class_names')} vs {now.get('class_names')})."
+    )
+
+
+def resolve_label(label: int | str, class_names: Sequence[str]) -> int:
+  """A class id from an id (7, "7") or a class name ("sneaker"); ValueError names the choices."""
+  if isinstance(label, (int, np.integer)):
+    index = int(label)
+  elif str(label).strip().lstrip("-").isdigit():
+    index = int(str(label).strip())
+  else:
+    names = {str(n).lower(): i for i, n in enumerate(class_names)}
+    key = str(label).strip().lower()
+    if key not in names:
+      raise ValueError(
+          f"Unknown class {label!r}; "
+          + (f"the classes are {list(class_names)}." if class_names else "no class names saved.")
+      )
+    return names[key]
+  if class_names and not 0 <= index < len(class_names):
+    raise ValueError(f"Class id {index} out of range [0, {len(class_names)}).")
+  return index
+
+
+def check_class_names(train: Any, held_out: Any, where: str) -> list[str]:
+  """The class names of a dataset's splits; ValueError when both have names and they differ."""
+  a = list(getattr(train, "class_names", []) or [])
+  b = list(getattr(held_out, "class_names", []) or [])
+  if a and b and a != b:
+    only_train, only_eval = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    raise ValueError(
+        f"{where}: the train and eval splits have different classes (only in train: "
+        f"{only_train or '-'}; only in eval: {only_eval or '-'}); labels index the sorted class "
+        "names, so every later label would mean another class. Give both splits the same class "
+        "folders."
+    )
+  return a or b
 
 
 def _label_kwargs(cfg: Any) -> dict[str, Any]:
@@ -231,32 +370,52 @@ def _folder_source(cfg: Any, split: str) -> Any:
     sub = split_dirs[split][0]
     if (sub / CAPTIONS_FILE).is_file():
       kwargs["captions_file"] = sub / CAPTIONS_FILE
-    return _cap(ImageFolderSource(sub, **kwargs), limit)
+    source = ImageFolderSource(sub, **kwargs)
+    other = split_dirs["eval" if split == "train" else "train"]
+    if other:
+      pair = (source, _ClassFolders(other[0]))
+      check_class_names(*(pair if split == "train" else pair[::-1]), where=str(root))
+    return _cap(source, limit, cfg.seed)
   if split_dirs["eval"]:  # An eval subfolder but no train one.
-    return _cap(ImageFolderSource(root, exclude_dirs=_SPLIT_DIRS["eval"], **kwargs), limit)
+    source = ImageFolderSource(root, exclude_dirs=_SPLIT_DIRS["eval"], **kwargs)
+    if split == "train":
+      check_class_names(source, _ClassFolders(split_dirs["eval"][0]), where=str(root))
+    return _cap(source, limit, cfg.seed)
   if split_dirs["train"]:
     raise ValueError(
         f"{str(root)!r} has a train/ subfolder but none of "
         f"{'/, '.join(_SPLIT_DIRS['eval'])}/ for evaluation."
     )
-  # No split subfolders: hold out `num_eval` images of a seeded permutation.
+  # No split subfolders: hold out `num_eval` images, a seeded stratified draw.
   source = ImageFolderSource(root, **kwargs)
   num_eval = min(int(cfg.num_eval or 0), len(source) // 2)
-  order = np.random.default_rng(int(cfg.seed)).permutation(len(source))
+  rest, held_out = subsets.split(source.labels, num_eval, int(cfg.seed))
   if split == "train":
-    return _cap(SubsetSource(source, np.sort(order[num_eval:])), limit)
+    return _cap(SubsetSource(source, rest), limit, cfg.seed)
   if num_eval == 0:
     raise ValueError(
         f"No held-out images: {str(root)!r} has no eval/val subfolder and "
         f"data.num_eval is 0 or the folder has < 2 images."
     )
-  return SubsetSource(source, np.sort(order[:num_eval]))
+  return SubsetSource(source, held_out)
 
 
-def _cap(source: Any, limit: int | None) -> Any:
-  """The first `limit` records of `source` (all if limit is 0 / None)."""
+class _ClassFolders:
+  """The class subfolder names of a split folder (for `check_class_names`), without listing
+  its images."""
+
+  def __init__(self, root: pathlib.Path):
+    self.class_names = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and any(q.suffix.lower() in IMAGE_EXTENSIONS for q in p.rglob("*"))
+    )
+
+
+def _cap(source: Any, limit: int | None, seed: int) -> Any:
+  """`limit` records of `source`, a seeded stratified draw (all if limit is 0 / None)."""
   if limit and int(limit) < len(source):
-    return SubsetSource(source, np.arange(int(limit)))
+    return SubsetSource(source, subsets.stratified(labels_of(source), int(limit), int(seed)))
   return source
 
 
@@ -271,14 +430,14 @@ def _tfds_source(cfg: Any, split: str) -> Any:
       label_key=cfg.label_key,
       **_label_kwargs(cfg),
   )
-  return _cap(source, _limit(cfg, split))
+  return _cap(source, _limit(cfg, split), cfg.seed)
 
 
 def _latent_source(cfg: Any, split: str) -> Any:
   """The cache (train); for "eval", the eval split of the dataset the cache was made
   from (its data config is in meta.json), e.g. prompts and images for stage-3 eval."""
   if split == "train":
-    return _cap(latents.LatentCacheSource(cfg.path), cfg.num_train)
+    return _cap(latents.LatentCacheSource(cfg.path), cfg.num_train, cfg.seed)
   origin = dict(latents.read_meta(cfg.path)["data"])
   origin["num_eval"] = cfg.num_eval
   if origin.get("source") == "latents":

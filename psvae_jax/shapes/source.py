@@ -19,8 +19,11 @@ Record = dict[str, Any]
 class ShapesSource:
   """Synthetic captioned shapes, generated on the fly and deterministically.
 
-  Record i is `world.generate(index_offset + i, image_size, seed)`.
+  Record i is `world.generate(index_offset + i, image_size, seed)`: the records are i.i.d.
+  draws already, so eval sets read them in order (`random_order`, data/pipeline.eval_order).
   """
+
+  random_order = True
 
   def __init__(self, num_records: int, image_size: int, seed: int, index_offset: int = 0):
     if num_records <= 0:

@@ -30,6 +30,7 @@ from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax import runtime
 from psvae_jax.data import pipeline
+from psvae_jax.data import sources
 from psvae_jax.train import optim
 from psvae_jax.train import preflight
 from psvae_jax.train import tasks
@@ -159,8 +160,11 @@ class Setup:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Checks the config, makes the workdir, mesh, task, optimizer, state shardings, constants."""
   preflight.check(config)  # before the workdir exists: a config that cannot run refuses here
+  data = sources.describe_splits(config.data)  # the data can be read, the splits agree
+  preflight.resolve_classes(config, data["class_names"])
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  record_data(workdir, data)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   parallel.check_batch_divides_mesh(config.batch_size, mesh)
   logging.info(
@@ -185,6 +189,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   parallel.log_replication_report(abstract, shardings, min_size=config.shard_min_size)
   parallel.log_replication_report(consts, min_size=config.shard_min_size, what="constant")
   return Setup(config, workdir, mesh, task, tx, abstract, shardings, consts)
+
+
+def record_data(workdir: epath.Path, data: dict) -> None:
+  """Writes DIR/data.json (the splits' sizes, fingerprints, class names) at a run's start; a
+  resumed run must read the same records (`sources.check_recorded`)."""
+  path = workdir / sources.DATA_FILE
+  if path.exists():
+    sources.check_recorded(json.loads(path.read_text()), data, str(workdir))
+  elif jax.process_index() == 0:
+    path.write_text(json.dumps(data, indent=2))
 
 
 def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, train_iter) -> TrainState:

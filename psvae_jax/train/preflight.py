@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from absl import logging
 import ml_collections
 
 
@@ -93,6 +94,26 @@ CHECKS: tuple[Callable[[ml_collections.ConfigDict], str | None], ...] = (
     _lpips_files,
     _stage3_inputs,
 )
+
+
+def resolve_classes(config: ml_collections.ConfigDict, class_names: list[str]) -> None:
+  """A class DiT's model.num_classes: 0 takes the data's class count; ConfigError when the
+  data has no class names to take it from, or has more classes than the model."""
+  if config.stage != "dit" or config.model.cond_type != "class":
+    return
+  n = int(config.model.num_classes)
+  if n == 0:
+    if not class_names:
+      raise ConfigError(
+          "a class-conditioned DiT needs --config.model.num_classes=N: its data have no class "
+          "names to count (class subfolders, a tfds ClassLabel, a latent cache's class_names)"
+      )
+    config.model.num_classes = len(class_names)
+    logging.info("model.num_classes = %d (the data's classes).", len(class_names))
+  elif class_names and n < len(class_names):
+    raise ConfigError(
+        f"--config.model.num_classes={n} but the data have {len(class_names)} classes"
+    )
 
 
 def check(config: ml_collections.ConfigDict) -> None:
