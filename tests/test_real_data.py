@@ -126,3 +126,20 @@ def test_setup_records_the_data_and_refuses_changed_data(split_folder, tmp_path)
 def workdir_path(path):
   path.mkdir(parents=True, exist_ok=True)
   return epath.Path(path)
+
+
+def _counters(cfg):
+  it = pipeline.build_train_iterator(
+      cfg, global_batch_size=8, seed=0, process_count=1, process_index=0
+  )
+  for _ in range(3):
+    next(it)
+  return it.counters()
+
+
+def test_class_folders_do_not_count_missing_captions(split_folder):
+  """A class dataset has no captions: "caption_missing" there is noise (was counted)."""
+  cfg = {**_cfg(split_folder), "num_threads": 0}
+  assert not any("caption" in k and v for k, v in _counters(cfg).items()), _counters(cfg)
+  (split_folder / "train" / "bag" / "000.txt").write_text("a bag")  # now captions exist
+  assert _counters(cfg).get("kept_caption_missing", 0) > 0

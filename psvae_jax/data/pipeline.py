@@ -20,7 +20,8 @@ Bad records never stop training: they are skipped or repaired, and counted
 (`iterator.counters()`, e.g. {"skipped_corrupt": 1, "repaired_caption_truncated": 2});
 see `decode.py` and `text.py` for the kinds. Records without a usable caption are kept
 with caption "" ("kept_caption_*") or skipped ("skipped_caption_*") per
-`data.empty_captions` ("keep" | "skip"). A source with no usable record fails at
+`data.empty_captions` ("keep" | "skip"); a source that has no captions at all (class
+folders without caption files: `has_captions` False) keeps them uncounted. A source with no usable record fails at
 construction (`data.probe_records` random records are checked until one is usable),
 and the iterator raises if a whole pass over the shard yields none.
 
@@ -69,8 +70,13 @@ class Preprocess(grain.transforms.RandomMap):
       max_caption_chars: int,
       empty_captions: str,
       tokenizer: text.CaptionTokenizer | None,
+      captions: bool = True,
   ):
-    """See the data fields of configs/common.py (built by `preprocess_from_cfg`)."""
+    """See the data fields of configs/common.py (built by `preprocess_from_cfg`).
+
+    captions: False for a source that has none (class folders without caption files): its
+    records' missing captions are then expected, kept as "" and not counted.
+    """
     if crop not in ("center", "random"):
       raise ValueError(f"crop must be 'center' or 'random', got {crop!r}.")
     if empty_captions not in ("keep", "skip"):
@@ -88,10 +94,13 @@ class Preprocess(grain.transforms.RandomMap):
     self._max_caption_chars = int(max_caption_chars)
     self._skip_empty = empty_captions == "skip"
     self._tokenizer = tokenizer
+    self._captions = bool(captions)
 
   def _caption(self, element: Record, rng) -> tuple[str, list[str], str | None]:
     """(text, counter kinds, skip kind or None)."""
     caption, kinds = text.clean_caption(element.get("caption"), self._max_caption_chars, rng)
+    if not self._captions and not self._skip_empty and text.CAPTION_MISSING in kinds:
+      kinds.remove(text.CAPTION_MISSING)  # a source without captions: nothing is missing
     for missing in (text.CAPTION_MISSING, text.CAPTION_EMPTY):
       if missing in kinds:
         kinds.remove(missing)
@@ -157,8 +166,12 @@ def collate(records: Sequence[Record], as_float: bool = True) -> Batch:
   return images_to_float(batch) if as_float else batch
 
 
-def preprocess_from_cfg(data_cfg: Any, train: bool = True) -> Preprocess:
-  """Training (crop / flip as configured) or evaluation (center, no flip) transform."""
+def preprocess_from_cfg(data_cfg: Any, train: bool = True, source: Any = None) -> Preprocess:
+  """Training (crop / flip as configured) or evaluation (center, no flip) transform.
+
+  source: the source it reads; one whose `has_captions` is False (class folders without caption
+  files, a tfds set without a caption feature) does not count its missing captions.
+  """
   cfg = config.resolve(data_cfg)
   random_flip = bool(cfg.random_flip) and train
   if random_flip and cfg.source == "shapes":
@@ -174,6 +187,7 @@ def preprocess_from_cfg(data_cfg: Any, train: bool = True) -> Preprocess:
       max_caption_chars=int(cfg.max_caption_chars),
       empty_captions=cfg.empty_captions,
       tokenizer=text.make_tokenizer(cfg),
+      captions=bool(getattr(source, "has_captions", True)),
   )
 
 
@@ -219,8 +233,8 @@ def build_train_iterator(
     )
   index, count = iterators.process_info(process_index, process_count)
   batch_size = iterators.per_process_batch(global_batch_size, count)
-  preprocess = preprocess_from_cfg(cfg, train=True)
   source = sources.get_source(cfg, "train")
+  preprocess = preprocess_from_cfg(cfg, train=True, source=source)
   start, stop = iterators.shard_bounds(len(source), index, count)
   iterators.probe(
       source,
@@ -304,7 +318,7 @@ def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
   """
   cfg = config.resolve(data_cfg)
   source = sources.get_source(cfg, "eval")
-  preprocess = preprocess_from_cfg(cfg, train=False)
+  preprocess = preprocess_from_cfg(cfg, train=False, source=source)
   records = []
   for index in eval_order(source, num_images, int(cfg.seed)):
     if len(records) == num_images:

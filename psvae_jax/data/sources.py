@@ -29,6 +29,7 @@ entry points that can run a shapes config call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -153,7 +154,7 @@ class ImageFolderSource:
     label = int(self.labels[int(index)])
     return {"path": path, "caption": self._caption(path, label), "label": label}
 
-  @property
+  @functools.cached_property
   def has_captions(self) -> bool:
     """Whether any caption can exist (class names, a captions.jsonl, or a .txt sidecar)."""
     if self._captioner is not None or self._captions:

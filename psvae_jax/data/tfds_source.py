@@ -189,6 +189,11 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self._source)
 
+  @property
+  def has_captions(self) -> bool:
+    """Whether records can carry captions (a caption feature or label captions)."""
+    return self._captioner is not None or bool(self._keys["caption"])
+
   def __getitem__(self, index: int) -> Record:
     raw = self._source[int(index)]
     label = int(np.asarray(_get(raw, self._keys["label"]))) if self._keys["label"] else -1
