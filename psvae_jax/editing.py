@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from configs import common
 from psvae_jax import pixels
+from psvae_jax.data import decode
 
 FITS = ("crop", "pad")
 
@@ -37,31 +38,30 @@ class EditInputError(ValueError):
 
 
 # ---- files ----------------------------------------------------------------------------------
-def load_image(path: str) -> np.ndarray:
-  """An image file -> uint8 (H, W, 3) RGB (alpha composited on black)."""
+def load_image(path: str, alpha_background: str = "white") -> np.ndarray:
+  """An image file -> uint8 (H, W, 3) RGB, read as training reads images (`decode.read_file`:
+  16-bit scaled, alpha composited on `alpha_background`, the data default; EXIF applied)."""
   if not os.path.isfile(path):
     raise EditInputError(f"Image file not found: {path!r}.")
   try:
-    with Image.open(path) as pil:
-      pil.load()
-      if pil.mode in ("RGBA", "LA", "PA") or "transparency" in pil.info:
-        rgba = pil.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.asarray(Image.alpha_composite(base, rgba).convert("RGB"), np.uint8)
-      return np.asarray(pil.convert("RGB"), np.uint8)
-  except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError.
+    return decode.read_file(path, decode.background_color(alpha_background))
+  except decode.BadImage as e:
     raise EditInputError(f"Cannot read image {path!r}: {e}") from e
 
 
 def load_mask(path: str) -> np.ndarray:
-  """A mask file (white = regenerate) -> float32 (H, W) in [0, 1] (not yet thresholded)."""
+  """A mask file (white = regenerate) -> float32 (H, W) in [0, 1] (not yet thresholded).
+
+  Read by the same reader as images (16-bit masks scaled, transparent pixels count as black,
+  i.e. kept); colour masks become their luma (ITU-R 601, as PIL's "L").
+  """
   if not os.path.isfile(path):
     raise EditInputError(f"Mask file not found: {path!r}.")
   try:
-    with Image.open(path) as pil:
-      return np.asarray(pil.convert("L"), np.float32) / 255.0
-  except (OSError, ValueError) as e:
+    rgb = decode.read_file(path, decode.background_color("black"))
+  except decode.BadImage as e:
     raise EditInputError(f"Cannot read mask {path!r}: {e}") from e
+  return (rgb.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])) / 255.0
 
 
 # ---- images ---------------------------------------------------------------------------------

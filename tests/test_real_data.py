@@ -9,6 +9,7 @@ from PIL import Image
 
 from configs import dit as dit_config
 from configs import svae as svae_config
+from psvae_jax import editing
 from psvae_jax.data import pipeline
 from psvae_jax.data import sources
 from psvae_jax.train import loop
@@ -143,3 +144,18 @@ def test_class_folders_do_not_count_missing_captions(split_folder):
   assert not any("caption" in k and v for k, v in _counters(cfg).items()), _counters(cfg)
   (split_folder / "train" / "bag" / "000.txt").write_text("a bag")  # now captions exist
   assert _counters(cfg).get("kept_caption_missing", 0) > 0
+
+
+def test_16bit_png_reads_the_same_for_editing_and_training(tmp_path):
+  """--init_image went through PIL's convert("RGB"), which clips 16-bit grey to white."""
+  values = np.linspace(1000, 60000, 12 * 12).reshape(12, 12).astype(np.uint16)
+  path = tmp_path / "deep.png"
+  Image.fromarray(values).save(path)  # PIL mode "I;16"
+  edit = editing.load_image(str(path))
+  train = pipeline.preprocess_from_cfg(_cfg(tmp_path, image_size=12), train=False).random_map(
+      {"path": str(path), "caption": "x", "label": -1}, None
+  )["image"]
+  np.testing.assert_array_equal(edit, train)
+  np.testing.assert_allclose(edit[..., 0], np.round(values / 257.0), atol=1)
+  mask = editing.load_mask(str(path))
+  np.testing.assert_allclose(mask, edit[..., 0] / 255.0, atol=1e-6)

@@ -199,6 +199,20 @@ def load_rgb(
   )
 
 
+def read_file(path: str, background: tuple[int, int, int] = _BACKGROUNDS["white"]) -> np.ndarray:
+  """An image file at full resolution -> uint8 (H, W, 3), as the training pipeline reads it
+  (16-bit scaled, alpha composited on `background`, EXIF orientation applied); the reader of
+  user files outside training (`--init_image`, `--mask`). Raises BadImage."""
+  image, _ = load_rgb(
+      {"path": path},
+      min_decode_size=1 << 30,  # never a downscaled JPEG draft
+      max_pixels=1 << 62,
+      min_size=1,
+      background=background,
+  )
+  return image
+
+
 def crop_box(
     height: int, width: int, crop: str, rng: np.random.Generator | None
 ) -> tuple[int, int, int, int]:
