@@ -1,6 +1,10 @@
 """Real labelled datasets (issue 14): stratified subsets, class names, labels by name."""
 
+import io
 import json
+import os
+import subprocess
+import sys
 
 from etils import epath
 import numpy as np
@@ -11,10 +15,12 @@ from configs import dit as dit_config
 from configs import svae as svae_config
 from psvae_jax import editing
 from psvae_jax.data import pipeline
+from psvae_jax.data import prepare
 from psvae_jax.data import sources
 from psvae_jax.train import loop
 from psvae_jax.train import preflight
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("ankle_boot", "bag", "coat", "dress")
 
 
@@ -159,3 +165,45 @@ def test_16bit_png_reads_the_same_for_editing_and_training(tmp_path):
   np.testing.assert_allclose(edit[..., 0], np.round(values / 257.0), atol=1)
   mask = editing.load_mask(str(path))
   np.testing.assert_allclose(mask, edit[..., 0] / 255.0, atol=1e-6)
+
+
+def _bad_folder(root, truncated=False):
+  (root / "a").mkdir(parents=True)
+  data = io.BytesIO()
+  noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  Image.fromarray(noise).save(data, format="JPEG")  # ~3 kB: a cut keeps the header
+  for i in range(3):
+    blob = data.getvalue()[:-1000] if truncated else b"not an image"
+    (root / "a" / f"{i}.jpg").write_bytes(blob)
+  return root
+
+
+def test_prepare_verify_with_nothing_usable_is_one_line(tmp_path):
+  """Was tfds's AssertionError traceback."""
+  src = _bad_folder(tmp_path / "src", truncated=True)
+  with pytest.raises(prepare.PrepareError, match="no usable image in the train split"):
+    prepare.convert(str(src), str(tmp_path / "out"), verify=True)
+  assert not list((tmp_path / "out").rglob("*")), list((tmp_path / "out").rglob("*"))
+  r = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "psvae_jax.data.prepare",
+          f"--src={src}",
+          f"--out={tmp_path / 'o2'}",
+          "--verify",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      cwd=ROOT,
+  )
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith("prepare: "), r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+
+
+def test_prepare_summary_says_what_was_kept_unverified(tmp_path):
+  src = _bad_folder(tmp_path / "src", truncated=True)
+  builder = prepare.convert(str(src), str(tmp_path / "out"), verify=False)
+  assert "3 kept unverified" in builder.summary, builder.summary

@@ -14,7 +14,11 @@ contiguous per-process shards of the reader mix all classes, and ArrayRecord giv
 random access to big datasets.
 
 Files that are empty or not images are left out (header check, no decoding); with
---verify every image is fully decoded first, so truncated files are left out too.
+--verify every image is fully decoded first, so truncated files are left out too. The
+summary line says how many examples each split got, how many were left out and why, and
+(without --verify) how many were kept unverified: a truncated file among those is skipped
+and counted at training time. A split left with no usable image ends the run with one
+line and exit status 1 (nothing is written).
 Read the result with `data.source="tfds"`, `data.tfds_name=NAME`, `data.path=DATA_DIR`
 (or `tfds.data_source(NAME, split="train", data_dir=DATA_DIR)`, or
 `tfds.builder_from_directory(DATA_DIR/NAME/1.0.0)`).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import collections
 import pathlib
 import re
+import sys
 import tempfile
 from typing import Any, Iterator
 
@@ -93,6 +98,8 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._class_names = class_names
     self._verify = verify
     self.skipped: collections.Counter = collections.Counter()
+    self.kept: collections.Counter = collections.Counter()  # examples written, per split
+    self.summary = ""  # the one-line summary `convert` leaves
     super().__init__(**kwargs)
 
   @tfds.core.utils.classproperty
@@ -122,9 +129,9 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
     del dl_manager
-    return {split: self._generate_examples(source) for split, source in self._splits.items()}
+    return {split: self._generate_examples(source, split) for split, source in self._splits.items()}
 
-  def _generate_examples(self, source: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(self, source: Any, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     # Each split folder numbers its own classes: map them to the union's indices.
     remap = {i: self._class_names.index(n) for i, n in enumerate(source.class_names)}
     for index in range(len(source)):
@@ -144,6 +151,7 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if self._class_names and record["label"] < 0:
         self.skipped["unlabelled_beside_classes"] += 1  # ClassLabel has no -1.
         continue
+      self.kept[split] += 1
       yield path, {
           "image": data,
           "caption": caption if caption is not None else "",
@@ -175,21 +183,61 @@ def convert(
   )
   tfds.disable_progress_bar()
   with tempfile.TemporaryDirectory() as downloads:
-    builder.download_and_prepare(download_dir=downloads)
-  logging.info(
-      "Wrote %s (%s) to %s; left out / noted: %s",
-      name,
-      {k: v.num_examples for k, v in builder.info.splits.items()},
-      builder.data_dir,
-      dict(builder.skipped),
-  )
+    try:
+      builder.download_and_prepare(download_dir=downloads)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      empty = [split for split in splits if not builder.kept[split]]
+      if not empty:
+        raise
+      _remove_empty_dirs(pathlib.Path(builder.data_dir), pathlib.Path(out))
+      raise PrepareError(
+          f"{src}: no usable image in the {' and '.join(empty)} split "
+          f"({_left_out(builder)}); nothing written."
+      ) from e
+  kept = {k: v.num_examples for k, v in builder.info.splits.items()}
+  summary = f"Wrote {name} {kept} to {builder.data_dir}; {_left_out(builder)}"
+  if not verify:
+    summary += (
+        f"; {sum(kept.values())} kept unverified (header check only: a truncated file is "
+        "skipped at training time; --verify decodes every image)"
+    )
+  builder.summary = summary + "."
+  logging.info("%s", builder.summary)
   return builder
+
+
+def _remove_empty_dirs(path: pathlib.Path, stop: pathlib.Path) -> None:
+  """Removes `path` and its parents up to (not including) `stop` while they are empty."""
+  stop = stop.expanduser().resolve()
+  path = path.expanduser().resolve()
+  while path != stop and stop in path.parents:
+    if path.is_dir() and not any(path.iterdir()):
+      path.rmdir()
+    elif path.exists():
+      return
+    path = path.parent
+
+
+class PrepareError(ValueError):
+  """Nothing usable to write (the message is one line)."""
+
+
+def _left_out(builder: FolderBuilder) -> str:
+  out = {k: v for k, v in builder.skipped.items() if k != "caption_missing"}
+  text = f"left out {sum(out.values())}" + (f" {dict(out)}" if out else "")
+  if builder.skipped.get("caption_missing"):
+    text += f", {builder.skipped['caption_missing']} kept without caption"
+  return text
 
 
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
-  convert(f.src, f.out, name=f.name, num_eval=f.num_eval, verify=f.verify, seed=f.seed)
+  try:
+    builder = convert(f.src, f.out, name=f.name, num_eval=f.num_eval, verify=f.verify, seed=f.seed)
+  except (PrepareError, FileNotFoundError) as e:
+    sys.exit(f"prepare: {e}")
+  print(builder.summary)
 
 
 if __name__ == "__main__":
