@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -313,6 +314,8 @@ def resolve_label(label: int | str, class_names: Sequence[str]) -> int:
     index = int(str(label).strip())
   else:
     names = {str(n).lower(): i for i, n in enumerate(class_names)}
+    for i, n in enumerate(class_names):  # "7_sneaker" (ordered class folders) is also "sneaker"
+      names.setdefault(re.sub(r"^\d+_", "", str(n).lower()), i)
     key = str(label).strip().lower()
     if key not in names:
       raise ValueError(
