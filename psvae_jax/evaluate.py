@@ -2,6 +2,13 @@
 
   python -m psvae_jax.evaluate --workdir=runs/demo/dit [--config=configs/eval.py:demo]
       [--config.proxy_weights=runs/demo/fid_proxy.safetensors] [--config.batch_size=32]
+  python -m psvae_jax.evaluate --workdir=runs/fmnist/dit --config=configs/eval.py:classes \
+      --config.classifier_weights=runs/fmnist/classifier.safetensors [--data=folder:path=DIR]
+
+--data=KIND:ARGS (psvae_jax/data/specs.py) evaluates on another held-out set (its eval split,
+all of it) instead of the workdir's own data. The held-out images every evaluator needs are read
+before anything is generated: too few is one line and exit status 1. Each figure comes with the
+number of images it used (`<name>/num_samples`, `num_reference`, `num_images`).
 
 A shell over psvae_jax/evals/runner.py, which says what a workdir gets evaluated with and
 where the figures go (TensorBoard `eval/<name>/<key>`, DIR/metrics.json).
@@ -16,6 +23,9 @@ from absl import flags
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir (dit, psvae or svae).")
+_DATA = flags.DEFINE_string(
+    "data", "", "Held-out data KIND:ARGS (default: the workdir's own data config)."
+)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/eval.py:demo", "Eval config.", lock_config=True
 )
@@ -32,7 +42,10 @@ def main(argv):
   from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
 
   shapes_plugin.register()
-  results = runner.evaluate(_WORKDIR.value, _CONFIG.value)
+  try:
+    results = runner.evaluate(_WORKDIR.value, _CONFIG.value, _DATA.value)
+  except runner.EvalInputError as e:
+    raise SystemExit(f"evaluate: {e}") from None
   print(json.dumps(results, indent=2, sort_keys=True))
 
 

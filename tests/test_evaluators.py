@@ -111,7 +111,9 @@ def test_checker_and_feature_net_registries():
   assert checkers.for_captions(caps) is checkers.get("shapes") is not None
   assert checkers.for_captions(caps + ["a photo of a dog"]) is None
   assert checkers.for_captions([]) is None
-  with pytest.raises(ValueError, match=r"'clip'; registered: \['inception', 'proxy'\]"):
+  with pytest.raises(
+      ValueError, match=r"'clip'; registered: \['classifier', 'inception', 'proxy'\]"
+  ):
     features.feature_net("clip", "weights.safetensors", 32)
 
 

@@ -35,7 +35,6 @@ import grain
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from configs import common
@@ -48,6 +47,7 @@ from psvae_jax.data import iterators
 from psvae_jax.data import latents
 from psvae_jax.data import pipeline
 from psvae_jax.data import sources
+from psvae_jax.data import specs
 
 
 def define_flags() -> None:
@@ -68,43 +68,8 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["autoencoder", "data", "out"])
 
 
-def parse_data_spec(spec: str, image_size: int) -> ml_collections.ConfigDict:
-  """`KIND:ARGS` (or a bare directory) -> a locked data config (see module docstring)."""
-  cfg = common.data_config()
-  cfg.image_size, cfg.num_train, cfg.num_eval = int(image_size), 0, 0
-  cfg.lock()
-  kind, sep, rest = spec.partition(":")
-  if not sep or kind not in sources.SOURCES:
-    path = pathlib.Path(spec).expanduser()
-    if not path.is_dir():
-      raise ValueError(
-          f"--data={spec!r}: expected KIND:ARGS with KIND in "
-          f"{sorted(sources.SOURCES)}, or an existing directory."
-      )
-    kind = "tfds" if (path / "dataset_info.json").is_file() else "folder"
-    rest = f"path={spec}"
-  cfg.source = kind
-  for i, item in enumerate(p for p in rest.split(",") if p):
-    key, eq, value = item.partition("=")
-    if not eq:
-      if i:
-        raise ValueError(f"--data: {item!r} must be key=value.")
-      key, value = ("tfds_name" if kind == "tfds" else "path"), item
-    key = {"num": "num_train"}.get(key, key)
-    if key not in cfg:
-      raise ValueError(f"--data: unknown field {key!r} (data config fields: {sorted(cfg)}).")
-    current = cfg[key]
-    if isinstance(current, bool):
-      cfg[key] = value.lower() in ("1", "true", "yes", "on")
-    else:
-      cfg[key] = type(current)(value)
-  if cfg.image_size != image_size:
-    raise ValueError(
-        f"--data image_size={cfg.image_size} differs from the autoencoder's " f"{image_size}."
-    )
-  if kind == "shapes" and cfg.num_train <= 0:
-    raise ValueError("--data=shapes needs num=N (the number of images to cache).")
-  return cfg
+# `KIND:ARGS` data specs (psvae_jax/data/specs.py; the name kept for callers of this module).
+parse_data_spec = specs.parse_data_spec
 
 
 class _Indexed:

@@ -316,22 +316,28 @@ def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
     {"image": float32 (N, S, S, 3) in [-1, 1], "caption": list of N str, "label":
     int32 (N,)}, plus "image_enc" / "input_ids" / "attention_mask" when configured.
   """
+  return read_split(data_cfg, "eval", num_images)
+
+
+def read_split(data_cfg: Any, split: str, num_images: int = 0) -> dict[str, Any]:
+  """`build_eval_set` of any split ("train" or "eval"); num_images 0 = every good record."""
   cfg = config.resolve(data_cfg)
-  source = sources.get_source(cfg, "eval")
+  source = sources.get_source(cfg, split)
   preprocess = preprocess_from_cfg(cfg, train=False, source=source)
+  wanted = int(num_images) or len(source)
   records = []
-  for index in eval_order(source, num_images, int(cfg.seed)):
-    if len(records) == num_images:
+  for index in eval_order(source, wanted, int(cfg.seed)):
+    if len(records) == wanted:
       break
     record = preprocess.random_map(source[int(index)], None)
     if iterators.SKIP not in record:
       records.append(record)
-  if len(records) < num_images:
+  if num_images and len(records) < num_images:
     raise ValueError(
-        f"Asked for {num_images} eval images but {source!r} has " f"only {len(records)} good ones."
+        f"Asked for {num_images} {split} images but {source!r} has only {len(records)} good ones."
     )
   if not records:
-    raise ValueError("build_eval_set needs num_images > 0.")
+    raise ValueError(f"No good {split} images in {source!r}.")
   batch = collate(records)
   batch["caption"] = list(batch["caption"])
   return batch

@@ -272,6 +272,20 @@ def describe(source: Any) -> dict[str, Any]:
 DATA_FILE = "data.json"
 
 
+def eval_split_is_separate(data_cfg: Any) -> bool:
+  """Whether the eval split is a split of its own (shapes' held-out indices, an eval/ or test/
+  folder, a tfds split), so that `num_eval` is only a cap; False where the held-out images are
+  carved out of one folder (`num_eval` then moves images out of training)."""
+  cfg = config.resolve(data_cfg)
+  if cfg.source == "latents":
+    origin = latents.read_meta(cfg.path)["data"]
+    return origin.get("source") != "latents" and eval_split_is_separate(origin)
+  if cfg.source == "folder":
+    root = pathlib.Path(cfg.path).expanduser()
+    return any((root / n).is_dir() for n in _SPLIT_DIRS["eval"])
+  return True
+
+
 def describe_splits(data_cfg: Any) -> dict[str, Any]:
   """{"train": describe(...), "eval": describe(...), "class_names": [...]} of a data config.
 

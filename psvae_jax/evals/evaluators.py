@@ -44,6 +44,9 @@ class EvalContext:
   feature_nets: dict[str, tuple[Callable, int]] = dataclasses.field(default_factory=dict)
   lpips: tuple[Any, Any] | None = None  # (module, variables)
   lpips_label: str = ""
+  # kind -> (jitted uint8 images -> logits, class names): the class_accuracy evaluator's judge
+  classifiers: dict[str, tuple[Callable, list[str]]] = dataclasses.field(default_factory=dict)
+  num_classes: int = 0  # a class-conditioned model's class count (0: not a class model)
   cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def batches(self, n: int):
@@ -134,7 +137,7 @@ class RFID(PSNR):
         "rfid": fid_lib.frechet_distance(mu1, s1, mu2, s2),
         "num_samples": self.n,
         "feature": self.feature,
-        "reference": f"originals of the first {self.n} eval images",
+        "reference": f"originals of {self.n} eval images (seeded, stratified by class)",
     }
 
 
@@ -142,7 +145,8 @@ class FID:
   """Generation FID: N samples against reference stats.
 
   Conditions, cycled to N: the eval set's captions (default), the lines of `prompts_file`, or
-  with `class_balanced` = K > 0 the labels 0..K-1 equally often (class-conditional models).
+  with `class_balanced` = K > 0 the labels 0..K-1 equally often (class-conditional models; -1:
+  K = the model's class count).
   """
 
   def __init__(self, cfg):
@@ -166,16 +170,26 @@ class FID:
     if key not in ctx.cache:
       data = ctx.eval_data(self.num_ref)
       ctx.cache[key] = ctx.stats(self.feature, pixels.to_uint8(data["image"])).finalize()
-    return (*ctx.cache[key], f"first {self.num_ref} eval images")
+    return (*ctx.cache[key], f"{self.num_ref} eval images (seeded, stratified by class)")
+
+  def eval_images_needed(self) -> int:
+    """Held-out images this evaluator reads (`reference` and captions): checked up front."""
+    if self.ref_path:
+      return 0 if (self.class_balanced or self.prompts_file) else min(self.n, self.num_ref)
+    return self.num_ref
+
+  def num_balanced(self, ctx) -> int:
+    if self.class_balanced == -1:
+      if not ctx.num_classes:
+        raise ValueError("class_balanced=-1 needs a class-conditioned model.")
+      return ctx.num_classes
+    return self.class_balanced
 
   def conditions(self, ctx) -> tuple[list[str] | None, np.ndarray | None, str]:
     """(captions, labels, description) for the N samples."""
-    if self.class_balanced > 0:
-      return (
-          None,
-          np.arange(self.n) % self.class_balanced,
-          (f"class-balanced over {self.class_balanced} classes"),
-      )
+    k = self.num_balanced(ctx)
+    if k > 0:
+      return None, np.arange(self.n) % k, f"class-balanced over {k} classes"
     if self.prompts_file:
       try:
         with open(self.prompts_file, encoding="utf-8") as f:
@@ -187,32 +201,77 @@ class FID:
       source = f"{len(captions)} prompts of {self.prompts_file}"
     else:
       captions = list(ctx.eval_data(min(self.n, self.num_ref))["caption"])
-      source = f"captions of the first {len(captions)} eval images"
+      source = f"captions of {len(captions)} eval images"
     return [captions[i % len(captions)] for i in range(self.n)], None, source
 
-  def run(self, ctx):
+  def samples(self, ctx) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(uint8 samples, their labels or None, conditions), generated once per settings."""
     captions, labels, source = self.conditions(ctx)
     key = ("gen", self.n, self.steps, self.guidance_scale, self.seed, source)
     if key not in ctx.cache:
       ctx.cache[key] = ctx.generate(
           captions, self.steps, self.guidance_scale, self.seed, labels=labels
       )
-    mu, sigma = ctx.stats(self.feature, ctx.cache[key]).finalize()
+    return ctx.cache[key], labels, source
+
+  def run(self, ctx):
+    images, _, source = self.samples(ctx)
+    mu, sigma = ctx.stats(self.feature, images).finalize()
     ref_mu, ref_sigma, ref_name = self.reference(ctx)
     return {
         "fid": fid_lib.frechet_distance(mu, sigma, ref_mu, ref_sigma),
         "steps": self.steps,
         "guidance_scale": self.guidance_scale,
         "num_samples": self.n,
+        "num_reference": 0 if self.ref_path else self.num_ref,
         "feature": self.feature,
         "reference": ref_name,
         "conditions": source,
     }
 
 
+class ClassAccuracy(FID):
+  """Classifier accuracy of class-balanced samples: the share the classifier (`feature`, a
+  trained psvae_jax/evals/feature_net.py) assigns to the class they were generated for, with
+  its standard error and per class (keyed by class name)."""
+
+  def __init__(self, cfg):
+    super().__init__({**dict(cfg), "class_balanced": -1})
+    self.feature = cfg.get("feature", "classifier")
+
+  def eval_images_needed(self) -> int:
+    return 0
+
+  def run(self, ctx):
+    if self.feature not in ctx.classifiers:
+      raise ValueError(f"class_accuracy needs the {self.feature!r} classifier in the context.")
+    logits_fn, names = ctx.classifiers[self.feature]
+    images, labels, source = self.samples(ctx)
+    preds = []
+    for i, j in ctx.batches(len(images)):
+      x, _ = ctx.put(images[i:j])
+      preds.append(np.asarray(jax.device_get(jnp.argmax(logits_fn(x), -1)))[: j - i])
+    hits = (np.concatenate(preds) == labels).astype(np.float64)
+    out = {
+        "accuracy": float(hits.mean()),
+        "accuracy_se": float(hits.std(ddof=1) / np.sqrt(len(hits))) if len(hits) > 1 else 0.0,
+        "steps": self.steps,
+        "guidance_scale": self.guidance_scale,
+        "num_samples": self.n,
+        "conditions": source,
+    }
+    for c in range(self.num_balanced(ctx)):
+      name = names[c] if c < len(names) else str(c)
+      out[f"per_class/{name}"] = float(hits[labels == c].mean())
+    return out
+
+
 class Adherence(FID):
   """Prompt adherence of generated samples, by the registered checker that accepts the eval
   captions (psvae_jax/evals/checkers.py; the shapes demo registers "shapes")."""
+
+  def eval_images_needed(self) -> int:
+    return self.n
 
   def run(self, ctx):
     captions = list(ctx.eval_data(self.n)["caption"])
@@ -228,7 +287,7 @@ class Adherence(FID):
         self.steps,
         self.guidance_scale,
         self.seed,
-        f"captions of the first {len(captions)} eval images",
+        f"captions of {len(captions)} eval images",
     )
     if key not in ctx.cache:
       ctx.cache[key] = ctx.generate(captions, self.steps, self.guidance_scale, self.seed)
@@ -248,6 +307,7 @@ EVALUATORS = {
     "ssim": SSIM,
     "lpips": LPIPS,
     "adherence": Adherence,
+    "class_accuracy": ClassAccuracy,
 }
 
 
@@ -255,6 +315,15 @@ def get_evaluator(cfg):
   if cfg["type"] not in EVALUATORS:
     raise ValueError(f"Unknown evaluator type {cfg['type']!r}; known: {sorted(EVALUATORS)}.")
   return EVALUATORS[cfg["type"]](cfg)
+
+
+def eval_images_needed(evals: dict[str, Any]) -> dict[str, int]:
+  """{evaluator name: held-out images it reads}, to check the eval data before generating."""
+  out = {}
+  for name, cfg in dict(evals).items():
+    e = get_evaluator(dict(cfg))
+    out[name] = e.eval_images_needed() if hasattr(e, "eval_images_needed") else e.n
+  return out
 
 
 def run_all(evals: dict[str, Any], ctx: EvalContext) -> dict[str, Any]:

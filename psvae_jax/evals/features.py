@@ -1,11 +1,13 @@
-"""FID feature nets by kind: "inception" built in, others registered (the shapes demo's "proxy").
+"""FID feature nets by kind: "inception" and "classifier" built in, others registered (the shapes
+demo's "proxy").
 
   fn, dim = features.feature_net("inception", "pt_inception-2015-12-05.pth", image_size)
   fn(uint8-range images (B, H, W, 3)) -> features (B, dim)
 
 A loader takes (weights file, image size) and returns (jitted feature function, feature
-dimension). `psvae_jax.shapes.plugin.register()` registers "proxy" (a small classifier
-trained on the shapes, psvae_jax/shapes/proxy.py).
+dimension). "classifier" is a small convnet trained on the user's labelled data
+(psvae_jax/evals/feature_net.py); `psvae_jax.shapes.plugin.register()` registers "proxy" (a
+small classifier trained on the shapes, psvae_jax/shapes/proxy.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Callable
 
 import jax
 
+from psvae_jax.evals import feature_net
 from psvae_jax.weights import inception
 
 Loader = Callable[[str, int], tuple[Callable, int]]
@@ -25,7 +28,10 @@ def _inception(weights: str, image_size: int) -> tuple[Callable, int]:
   return jax.jit(lambda x: module.apply({"params": params}, x)), 2048
 
 
-_LOADERS: dict[str, Loader] = {"inception": _inception}
+_LOADERS: dict[str, Loader] = {
+    "inception": _inception,
+    feature_net.KIND: feature_net.load_feature_net,
+}
 
 
 def register_feature_net(kind: str, loader: Loader) -> None:

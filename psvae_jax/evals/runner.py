@@ -24,11 +24,18 @@ from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
+from psvae_jax.data import sources
+from psvae_jax.data import specs
 from psvae_jax.evals import evaluators
+from psvae_jax.evals import feature_net
 from psvae_jax.evals import features
 from psvae_jax.weights import lpips
 
-GENERATION_TYPES = ("fid", "adherence")
+class EvalInputError(ValueError):
+  """Evaluation inputs that cannot serve the configured evaluators (one line: what to change)."""
+
+
+GENERATION_TYPES = ("fid", "adherence", "class_accuracy")
 
 
 def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dict[str, float]:
@@ -76,18 +83,49 @@ def _load(workdir: str, mesh):
   return run_cfg, pipe.gen.ae, generate
 
 
-def build_context(workdir: str, config):
+def eval_data_config(ae_data, data_spec: str, image_size: int):
+  """The held-out data an evaluation reads: `data_spec` (`--data=KIND:ARGS`, its whole eval
+  split), else the autoencoder's training data, uncapped where its eval split is a split of its
+  own (an eval/ or test/ folder, a tfds split; shapes grow on demand) and as trained where the
+  held-out images were carved out of one folder (growing it would take training images)."""
+  if data_spec:
+    return specs.parse_data_spec(data_spec, image_size)
+  cfg = ae_data.copy_and_resolve_references()
+  if sources.eval_split_is_separate(cfg):
+    cfg.num_eval = 0
+  return cfg
+
+
+def check_eval_data(evals, eval_data) -> dict[str, int]:
+  """Reads the held-out images every evaluator needs before anything is generated; ValueError
+  (one line: the evaluator, the count, the flag) when the data have fewer."""
+  needed = evaluators.eval_images_needed(evals)
+  for name, n in sorted(needed.items(), key=lambda kv: -kv[1]):
+    if n <= 0:
+      continue
+    try:
+      eval_data(n)
+    except ValueError as e:
+      raise EvalInputError(
+          f"evaluator {name!r} needs {n} held-out images: {e} Lower its size "
+          f"(--config.evals.{name}.num_...) or give --data=KIND:ARGS with more."
+      ) from None
+  return needed
+
+
+def build_context(workdir: str, config, data_spec: str = ""):
   """The EvalContext of a workdir: reconstruction, generation, feature nets, LPIPS."""
   mesh = parallel.make_mesh(-1, 1)
   run_cfg, ae, generate = _load(workdir, mesh)
+  data_cfg = eval_data_config(ae.config.data, data_spec, ae.image_size)
   sets = {}
 
   def eval_data(n):
     if n not in sets:
-      data_cfg = ae.config.data.copy_and_resolve_references()
-      if data_cfg.source == "shapes":  # a generator: the held-out split grows on demand
-        data_cfg.num_eval = max(data_cfg.num_eval, n)
-      sets[n] = pipeline.build_eval_set(data_cfg, n)
+      cfg = data_cfg.copy_and_resolve_references()
+      if cfg.source == "shapes":  # a generator: the held-out split grows on demand
+        cfg.num_eval = max(cfg.num_eval, n)
+      sets[n] = pipeline.build_eval_set(cfg, n)
     return sets[n]
 
   recon_jit = jax.jit(
@@ -96,6 +134,8 @@ def build_context(workdir: str, config):
   ctx = evaluators.EvalContext(
       mesh=mesh, batch_size=config.batch_size, eval_data=eval_data, generate=generate
   )
+  if run_cfg.stage == "dit" and run_cfg.model.cond_type == "class":
+    ctx.num_classes = int(run_cfg.model.num_classes)
 
   def reconstruct(images):
     out = []
@@ -111,6 +151,16 @@ def build_context(workdir: str, config):
         os.path.dirname(os.path.abspath(workdir)), "fid_proxy.safetensors"
     )
     ctx.feature_nets["proxy"] = features.feature_net("proxy", path, ae.image_size)
+  if feature_net.KIND in kinds:
+    if not config.classifier_weights:
+      raise EvalInputError(
+          "The classifier features need --config.classifier_weights=FILE.safetensors (train one: "
+          "python -m psvae_jax.evals.feature_net --data=... --out=FILE.safetensors)."
+      )
+    ctx.feature_nets[feature_net.KIND] = features.feature_net(
+        feature_net.KIND, config.classifier_weights, ae.image_size
+    )
+    ctx.classifiers[feature_net.KIND] = feature_net.load_logits(config.classifier_weights)
   if "inception" in kinds:
     if not config.inception_weights:
       raise ValueError("Inception FID needs --config.inception_weights=pt_inception-...pth.")
@@ -140,13 +190,20 @@ def write_results(workdir: str, step: int, results: dict) -> None:
   writers.write_metrics_json(workdir, results, eval_step=step)
 
 
-def evaluate(workdir: str, config) -> dict:
-  """Runs config.evals on a trained workdir, writes them (write_results) and returns them."""
-  ctx, run_cfg = build_context(workdir, config)
+def evaluate(workdir: str, config, data_spec: str = "") -> dict:
+  """Runs config.evals on a trained workdir, writes them (write_results) and returns them.
+
+  data_spec: `KIND:ARGS` held-out data to evaluate on (default: the workdir's own). The eval
+  images every evaluator needs are read and counted before anything is generated.
+  """
+  ctx, run_cfg = build_context(workdir, config, data_spec)
   evals = dict(config.evals)
   if ctx.generate is None:  # autoencoder workdir: reconstruction evaluators only
     evals = {k: v for k, v in evals.items() if dict(v)["type"] not in GENERATION_TYPES}
+  needed = check_eval_data(evals, ctx.eval_data)
   results = evaluators.run_all(evals, ctx)
+  for name, n in needed.items():
+    results.setdefault(f"{name}/num_eval_images", n)
   step = config.step
   if step < 0:
     step = (
