@@ -1,6 +1,11 @@
 """The embedded default: all stages, tiny, on generated shapes, on this CPU -> report.json.
 
   python -m psvae_jax.demo --outdir=runs/demo   (what launch/demo.sh runs)
+  python -m psvae_jax.demo --outdir=runs/fmnist --data=fashion_mnist   (real images, class-
+      conditioned: psvae_jax/demo_classes.py; launch/demo.sh OUT --data=fashion_mnist installs
+      Debian's dataset-fashion-mnist first when it is missing)
+  python -m psvae_jax.demo --outdir=runs/mine --data=folder --data_dir=DIR  (DIR/train, DIR/test
+      class folders)
 
 Stage 1 (S-VAE), stage 2 (PS-VAE, warm-started from stage 1) and stage 3 (DiT in the
 stage-2 latent, text-conditioned) train in one process (imports and JAX start-up paid
@@ -19,6 +24,17 @@ from absl import logging
 _OUTDIR = flags.DEFINE_string("outdir", "runs/demo", "Output directory.")
 _STEPS_SCALE = flags.DEFINE_float("steps_scale", 1.0, "Multiplies every stage's steps (tests).")
 _CACHE_IMAGES = flags.DEFINE_integer("cache_images", 12800, "Shapes images in the latent cache.")
+_DATA = flags.DEFINE_enum(
+    "data", "shapes", ["shapes", "fashion_mnist", "folder"], "What the demo trains on."
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", "", "--data=folder: a folder with train/ and test/ class subfolders."
+)
+_IDX_DIR = flags.DEFINE_string(
+    "idx_dir",
+    "/usr/share/datasets/fashion-mnist",
+    "--data=fashion_mnist: the IDX files (Debian package dataset-fashion-mnist).",
+)
 
 
 def _scaled(config, scale: float):
@@ -61,11 +77,36 @@ def _proxy_figures(outdir: str, num_samples: int = 64, num_images: int = 128) ->
   }
 
 
+def _class_demo(out: str) -> None:
+  """--data=fashion_mnist | folder: psvae_jax/demo_classes.py -> OUT/report.json."""
+  from psvae_jax import demo_classes  # pylint: disable=g-import-not-at-top
+
+  if _DATA.value == "fashion_mnist":
+    if not os.path.isdir(_IDX_DIR.value):
+      raise app.UsageError(
+          f"--idx_dir={_IDX_DIR.value} does not exist: install Debian's dataset-fashion-mnist "
+          "(apt-get install dataset-fashion-mnist; launch/demo.sh does it) or point --idx_dir "
+          "at the four *-ubyte.gz files."
+      )
+    data_dir = demo_classes.prepare_fashion_mnist(out, _IDX_DIR.value)
+  elif not _DATA_DIR.value:
+    raise app.UsageError("--data=folder needs --data_dir=DIR (DIR/train, DIR/test class folders).")
+  else:
+    data_dir = _DATA_DIR.value
+  report = demo_classes.run(out, data_dir, _STEPS_SCALE.value)
+  with open(f"{out}/report.json", "w") as f:
+    json.dump(report, f, indent=2, sort_keys=True)
+  print(json.dumps(report["summary"], indent=2))
+
+
 def main(argv):
   del argv
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
   runtime.initialize("off")
+  if _DATA.value != "shapes":
+    _class_demo(_OUTDIR.value)
+    return
   from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top
   from configs import svae as svae_config  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
