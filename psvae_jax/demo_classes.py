@@ -37,7 +37,7 @@ from psvae_jax.train import loop
 
 FASHION_MNIST_IDX = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 # Steps of each stage at steps_scale 1, chosen to keep the demo near 15 minutes on 2 cores.
-STEPS = {"svae": 150, "psvae": 300, "dit": 1200, "classifier": 500}
+STEPS = {"svae": 250, "psvae": 450, "dit": 2500, "classifier": 800}
 NUM_EVAL_SAMPLES = 1000  # class-balanced samples per guidance scale (FID, accuracy)
 GRID_PER_CLASS = 8
 
