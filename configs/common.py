@@ -132,6 +132,9 @@ SAMPLE = ml_collections.FrozenConfigDict(
     )
 )
 
+# The most sampler steps (the sampler's scan length: any steps up to it reuse one compile).
+MAX_SAMPLE_STEPS = 1000
+
 # Stored configs (a workdir's config.json) written before the rename: old sample key -> new.
 LEGACY_SAMPLE_KEYS = {"cfg": "guidance_scale", "cfg_rescale": "guidance_rescale"}
 

@@ -21,6 +21,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from psvae_jax import cli
+
 _OUTDIR = flags.DEFINE_string("outdir", "runs/demo", "Output directory.")
 _STEPS_SCALE = flags.DEFINE_float("steps_scale", 1.0, "Multiplies every stage's steps (tests).")
 _CACHE_IMAGES = flags.DEFINE_integer("cache_images", 12800, "Shapes images in the latent cache.")
@@ -189,4 +191,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("demo"))

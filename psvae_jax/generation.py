@@ -33,7 +33,7 @@ from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import schedules
 from psvae_jax.weights import clip
 
-MAX_STEPS = 1000  # scan length; any steps <= MAX_STEPS reuse the compile
+MAX_STEPS = common.MAX_SAMPLE_STEPS  # scan length; any steps <= MAX_STEPS reuse the compile
 
 
 def make_objective(diff_cfg):
@@ -118,9 +118,16 @@ class Generator:
 
   # ---- conditioning -----------------------------------------------------------------------
   def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-
     ids, mask = clip.tokenize(self.tokenizer, list(prompts), self.config.data.max_length)
     return {"input_ids": ids, "attention_mask": mask}
+
+  def prompt_warnings(self, prompts: Sequence[str]) -> list[str]:
+    """Unknown words, truncation and empty prompts (`clip.prompt_warnings`); also logged (INFO:
+    the callers decide how to show them: the sample CLI prints them, the API keeps them)."""
+    warnings = clip.prompt_warnings(self.tokenizer, list(prompts), self.config.data.max_length)
+    for w in warnings:
+      logging.info("prompt warning: %s", w)
+    return warnings
 
   def condition(self, params, consts, batch) -> dict[str, jax.Array]:
     """DiT keyword arguments for a batch (token ids or labels), without the drop flags.

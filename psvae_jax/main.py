@@ -13,6 +13,8 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from psvae_jax import cli
+
 from psvae_jax.train import preflight  # noqa: E402  (no JAX: checks before anything starts)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file.", lock_config=True)
@@ -67,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("main"))

@@ -17,15 +17,21 @@ shift, seed and prompt do not recompile. `--cfg` is an alias of `--guidance_scal
 Defaults: configs/common.py SAMPLE.
 """
 
+import json
 import math
 import os
+import sys
+import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
+from PIL import Image
+
+from psvae_jax import cli
 
 from configs import common
+from psvae_jax.data import labels
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Stage-3 (dit) workdir.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Text prompt (text-conditioned models).")
@@ -83,21 +89,93 @@ _FIT = flags.DEFINE_enum(
 )
 
 
+class _Usage(Exception):
+  """A bad flag or input: one line, exit status 1, before any model is loaded."""
+
+
+def _run_config(workdir: str) -> dict:
+  """The workdir's config.json as a dict (no JAX), checked to be a stage-3 run."""
+  if not os.path.isdir(workdir):
+    raise _Usage(f"--workdir={workdir} does not exist.")
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise _Usage(f"--workdir={workdir} is not a training workdir ({path}: {e}).") from None
+  if config.get("stage") != "dit":
+    raise _Usage(
+        f"--workdir={workdir} holds a {config.get('stage')!r} run; sampling needs a stage-3 "
+        "(dit) workdir."
+    )
+  return config
+
+
+def _check_flags() -> tuple[dict, int | None]:
+  """Every check that needs no model: (the run's config, the class id or None)."""
+  if not _WORKDIR.value:
+    raise _Usage("--workdir is required.")
+  if not (_OUT.value or _OUT_DIR.value):
+    raise _Usage("give --out=GRID.png or --out_dir=DIR.")
+  if _OUT.value:
+    ext = os.path.splitext(_OUT.value)[1].lower()
+    if ext not in Image.registered_extensions():
+      raise _Usage(
+          f"--out={_OUT.value}: no image format for {ext or 'no extension'!r} (.png, .jpg)."
+      )
+  if _PROMPT.value is None and _LABEL.value is None:
+    raise _Usage("give --prompt (text models) or --label (class models).")
+  if _NUM.value < 1:
+    raise _Usage(f"--num_images={_NUM.value} must be >= 1.")
+  if not 1 <= _STEPS.value <= common.MAX_SAMPLE_STEPS:
+    raise _Usage(f"--steps={_STEPS.value} must be in [1, {common.MAX_SAMPLE_STEPS}].")
+  if not (math.isfinite(_GUIDANCE_SCALE.value) and _GUIDANCE_SCALE.value >= 0):
+    raise _Usage(
+        f"--guidance_scale={_GUIDANCE_SCALE.value:g} must be >= 0 (1 = no guidance, "
+        f"default {common.SAMPLE.guidance_scale:g})."
+    )
+  if not (math.isfinite(_ETA.value) and _ETA.value >= 0):
+    raise _Usage(f"--eta={_ETA.value:g} must be >= 0.")
+  if _SHIFT.value is not None and not (math.isfinite(_SHIFT.value) and _SHIFT.value > 0):
+    raise _Usage(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
+  config = _run_config(_WORKDIR.value)
+  cond = config.get("model", {}).get("cond_type", "text")
+  label = None
+  if cond == "class":
+    if _PROMPT.value is not None:
+      raise _Usage("this is a class-conditioned model: give --label (an id or a class name).")
+    names = []
+    data_file = os.path.join(_WORKDIR.value, "data.json")
+    if os.path.isfile(data_file):
+      with open(data_file, encoding="utf-8") as f:
+        names = json.load(f).get("class_names", [])
+    num_classes = int(config.get("model", {}).get("num_classes", 0)) or len(names)
+    try:
+      label = labels.resolve_label(_LABEL.value, names)
+    except ValueError as e:
+      raise _Usage(f"--label: {e}") from None
+    if num_classes and not 0 <= label < num_classes:
+      raise _Usage(f"--label={_LABEL.value}: class ids are 0..{num_classes - 1}.")
+  elif _LABEL.value is not None:
+    raise _Usage("--label is for class-conditioned models; this one takes --prompt.")
+  return config, label
+
+
 def main(argv):
   del argv
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required.")
-  if not (_OUT.value or _OUT_DIR.value):
-    raise app.UsageError("Give --out=GRID.png or --out_dir=DIR.")
-  if _PROMPT.value is None and _LABEL.value is None:
-    raise app.UsageError("Give --prompt (text models) or --label (class models).")
-  if _NUM.value < 1:
-    raise app.UsageError("--num_images must be >= 1.")
-  if _SHIFT.value is not None and not (math.isfinite(_SHIFT.value) and _SHIFT.value > 0):
-    raise app.UsageError(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
+  try:
+    _, label = _check_flags()
+    init, mask, strength = _edit_inputs()
+  except _Usage as e:
+    sys.exit(f"sample: error: {e} (--help lists the flags)")
+  _generate(label, init, mask, strength)
+
+
+def _edit_inputs():
+  """(init image or None, mask or None, strength) of an edit / inpaint; _Usage when bad."""
   from psvae_jax import editing  # pylint: disable=g-import-not-at-top
 
-  init = mask = None
+  init = mask = strength = None
   try:
     if _MASK.value and not _INIT.value:
       raise editing.EditInputError("--mask needs --init_image (the image to inpaint).")
@@ -111,32 +189,63 @@ def main(argv):
       if _PROMPT.value is None:
         raise editing.EditInputError("Editing needs --prompt (a text-conditional model).")
   except editing.EditInputError as e:
-    raise app.UsageError(str(e)) from None
-  interval = None
-  if _INTERVAL.value is not None:
-    try:
-      interval = tuple(float(v) for v in _INTERVAL.value)
-    except ValueError:
-      interval = ()
-    if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
-      raise app.UsageError(
-          f"--guidance_interval wants lo,hi with 0 <= lo <= hi <= 1, got "
-          f"{','.join(_INTERVAL.value)}."
-      )
+    raise _Usage(str(e)) from None
+  return init, mask, strength
+
+
+def _interval():
+  if _INTERVAL.value is None:
+    return None
+  try:
+    interval = tuple(float(v) for v in _INTERVAL.value)
+  except ValueError:
+    interval = ()
+  if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+    raise _Usage(
+        f"--guidance_interval wants lo,hi with 0 <= lo <= hi <= 1, got {','.join(_INTERVAL.value)}."
+    )
+  return interval
+
+
+def _settings(label, strength) -> dict:
+  """The flags that made the images (written beside them)."""
+  return {
+      "workdir": os.path.abspath(_WORKDIR.value),
+      "prompt": _PROMPT.value,
+      "label": _LABEL.value,
+      "class_id": label,
+      "num_images": _NUM.value,
+      "steps": _STEPS.value,
+      "guidance_scale": _GUIDANCE_SCALE.value,
+      "guidance_interval": _INTERVAL.value,
+      "eta": _ETA.value,
+      "shift": _SHIFT.value,
+      "seed": _SEED.value,
+      "init_image": _INIT.value,
+      "mask": _MASK.value,
+      "strength": strength,
+      "order": "row-major, image i from seed and position i",
+  }
+
+
+def _generate(label, init, mask, strength):
+  from psvae_jax import editing  # pylint: disable=g-import-not-at-top
+
+  try:
+    interval = _interval()
+  except _Usage as e:
+    sys.exit(f"sample: error: {e} (--help lists the flags)")
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
   runtime.initialize("auto")
   from psvae_jax import api  # pylint: disable=g-import-not-at-top
   from psvae_jax import writers  # pylint: disable=g-import-not-at-top
 
+  t0 = time.time()
   pipe = api.load(_WORKDIR.value)
+  print(f"sample: loaded {_WORKDIR.value} in {time.time() - t0:.1f} s", flush=True)
+  t0 = time.time()
   n = _NUM.value
-  label = None
-  if _LABEL.value is not None:
-    try:
-      label = pipe.label_id(_LABEL.value)
-    except ValueError as e:
-      raise app.UsageError(f"--label: {e}") from None
   if init is not None:
     kw = dict(
         steps=_STEPS.value,
@@ -162,7 +271,7 @@ def main(argv):
             **kw,
         )
     except editing.EditInputError as e:
-      raise app.UsageError(str(e)) from None
+      sys.exit(f"sample: error: {e}")
     images = np.stack(images)
   else:
     images = pipe.generate(
@@ -175,14 +284,22 @@ def main(argv):
         guidance_interval=interval,
         shift=_SHIFT.value,
     )
+  print(f"sample: {n} images in {time.time() - t0:.1f} s (compile included)", flush=True)
+  for w in pipe.warnings:  # unknown words, truncated or empty prompts
+    print(f"sample: warning: {w}", file=sys.stderr)
   if _OUT_DIR.value:
     for i, im in enumerate(images):
       writers.save_png(os.path.join(_OUT_DIR.value, f"{i:04d}.png"), im)
-    logging.info("Wrote %d images to %s", n, _OUT_DIR.value)
+    print(f"sample: wrote {n} images to {_OUT_DIR.value}")
   if _OUT.value:
     writers.save_png(_OUT.value, writers.grid(images))
-    logging.info("Wrote %s", _OUT.value)
+    print(f"sample: wrote {_OUT.value}")
+  for path in (_OUT.value, _OUT_DIR.value and os.path.join(_OUT_DIR.value, "settings")):
+    if path:  # what made the images, beside them: GRID.png.json, DIR/settings.json
+      with open(path + ".json", "w", encoding="utf-8") as f:
+        json.dump(_settings(label, strength), f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.quiet_by_default()  # -v / --verbosity=0 for the library's INFO logs
+  app.run(main, flags_parser=cli.flags_parser("sample"))

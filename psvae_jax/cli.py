@@ -1,0 +1,46 @@
+"""What the command-line entry points share: flag errors as one line (no JAX imported here).
+
+  app.run(main, flags_parser=cli.flags_parser("sample"))
+
+absl prints a flag error with the module docstring, or a config override error
+(`--config.optim.lrr=1`) as a 55-line traceback. Here it is one line naming the problem, a
+pointer to --help, and exit status 1, before anything starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from absl import flags
+
+
+def one_line(e: BaseException) -> str:
+  """An exception's message on one line (config_flags wraps a KeyError's repr in quotes)."""
+  text = str(e).strip()
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1].replace("\\n", " ").replace("\\'", "'")
+  return " ".join(text.split())
+
+
+def quiet_by_default() -> None:
+  """Logs WARNING and above unless --verbosity / -v asks for more (absl's INFO default floods a
+  user tool with Orbax and JAX lines); the tool prints what a user needs to stdout itself."""
+  flags.FLAGS.set_default("verbosity", -1)
+
+
+def flags_parser(prog: str) -> Callable[[Sequence[str]], list[str]]:
+  """An absl `flags_parser` that turns every flag / config override error into one line."""
+
+  def parse(argv: Sequence[str]) -> list[str]:
+    try:
+      rest = flags.FLAGS(argv)
+      for name in flags.FLAGS:  # config_flags defers a config file's load error: raise it now
+        report = getattr(flags.FLAGS[name].value, "_ReportError", None)
+        if report is not None:
+          report()
+      return rest
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+      sys.exit(f"{prog}: error: {one_line(e)} (--help lists the flags)")
+
+  return parse
