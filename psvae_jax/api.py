@@ -46,6 +46,7 @@ class Pipeline:
     self.mesh = mesh or parallel.make_mesh(-1, 1)
     self.config = config
     self.class_names = read_class_names(workdir)
+    self.warnings: list[str] = []  # the last generate / edit call's prompt warnings
     if not config.autoencoder:
       raise ValueError(f"{workdir}'s config names no autoencoder (config.autoencoder).")
     self.ae = autoencoders.load_autoencoder(  # latent statistics: the DiT's own copy
@@ -96,6 +97,7 @@ class Pipeline:
     """
     if prompts is not None and isinstance(prompts, str):
       prompts = [prompts]
+    self.warnings = self.prompt_warnings(prompts)
     if labels is not None:
       if isinstance(labels, (str, int, np.integer)):
         labels = [labels]
@@ -113,6 +115,13 @@ class Pipeline:
         guidance_interval=guidance_interval,
         shift=shift,
     )
+
+  def prompt_warnings(self, prompts: Sequence[str] | None) -> list[str]:
+    """What the text encoder will not see of `prompts` (unknown words, tokens past its length,
+    empty prompts), one line each; logged, and kept in `self.warnings` by generate / edit."""
+    if prompts is None or self.config.model.cond_type != "text":
+      return []
+    return self.gen.prompt_warnings(list(prompts))
 
   def label_id(self, label: int | str) -> int:
     """A class id from an id or a class name of this model (ValueError lists the names)."""
@@ -293,6 +302,7 @@ class Pipeline:
       raise editing.EditInputError("edit/inpaint need a text-conditional model.")
     if len(prompts) != n:
       raise editing.EditInputError(f"Got {n} images but {len(prompts)} prompts.")
+    self.warnings = self.prompt_warnings(prompts)
     z0 = self.encode(square)  # (N, h, w, C)
     lat_mask = editing.latent_mask(pix_masks, z0.shape[1:3], dilation)  # (N, h, w, 1)
     z0, lat_mask, prompts = (

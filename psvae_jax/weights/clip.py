@@ -169,6 +169,31 @@ def load_tokenizer(hf_dir: str) -> Any:
   return transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
 
 
+def prompt_warnings(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[str]:
+  """What the text encoder will not see of each prompt: words its tokenizer maps to the unknown
+  token, tokens cut past `max_length`, empty prompts (one line each; [] when all are clean)."""
+  out = []
+  unk = getattr(tokenizer, "unk_token_id", None)
+  for text in dict.fromkeys(texts):  # each distinct prompt once, in order
+    label = repr(text if len(text) <= 60 else text[:57] + "...")
+    if not text.strip():
+      out.append(f"prompt {label} is empty: it conditions like no prompt at all.")
+      continue
+    ids = tokenizer(text, truncation=False)["input_ids"]
+    if len(ids) > max_length:
+      out.append(
+          f"prompt {label} is {len(ids)} tokens; the text encoder reads the first {max_length}."
+      )
+    if unk is not None and unk in ids:
+      words = [
+          w
+          for w in text.split()
+          if unk in tokenizer(w, add_special_tokens=False, truncation=False)["input_ids"]
+      ]
+      out.append(f"prompt {label}: unknown to the tokenizer: {', '.join(words) or '(parts)'}.")
+  return out
+
+
 def tokenize(
     tokenizer: Any, texts: Sequence[str], max_length: int
 ) -> tuple[np.ndarray, np.ndarray]:
