@@ -89,8 +89,42 @@ def _abstract(tree: Any) -> Any:
   )
 
 
+class IncompatibleCheckpointError(ValueError):
+  """A readable checkpoint of another model (entries or shapes differ): not damage."""
+
+
+def describe_error(e: BaseException) -> str:
+  """One line about why a checkpoint step did not restore."""
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def newest_restorable(steps, restore, what: str, on_damaged=None):
+  """restore(step) for the newest of `steps` (newest first) that restores; each damaged step is
+  skipped with one warning line and never deleted (`on_damaged(step)` may set it aside). An
+  IncompatibleCheckpointError is raised (a config problem, not damage); RuntimeError when no
+  step restores."""
+  failures = []
+  for step in steps:
+    try:
+      return step, restore(step)
+    except IncompatibleCheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-exception-caught  (damage of any kind)
+      failures.append(f"step {step} ({describe_error(e)})")
+      kept = on_damaged(step) if on_damaged is not None else "left on disk"
+      logging.warning(
+          "%s: step %d does not restore (%s); trying an earlier step (the damaged one is %s).",
+          what,
+          step,
+          describe_error(e),
+          kept,
+      )
+  raise RuntimeError(f"{what}: no checkpoint step restores: {'; '.join(failures) or 'none'}.")
+
+
 def check_compatible(saved_meta: Any, target: Any, what: str) -> None:
-  """Raises ValueError naming entries whose saved shape differs from the target's."""
+  """Raises IncompatibleCheckpointError naming entries whose saved shape differs."""
 
   def flat(tree):
     out = {}
@@ -119,7 +153,7 @@ def check_compatible(saved_meta: Any, target: Any, what: str) -> None:
             + "; ".join(items[:20])
             + (" ..." if len(items) > 20 else "")
         )
-    raise ValueError("\n".join(parts))
+    raise IncompatibleCheckpointError("\n".join(parts))
 
 
 class Checkpointer:
@@ -144,12 +178,34 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     """The newest finalized step (a step killed mid-save is never returned)."""
+    steps = self.finalized_steps()
+    return steps[0] if steps else None
+
+  def finalized_steps(self) -> list[int]:
+    """Finalized steps, newest first."""
+    out = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       path = self.directory / str(step)
       if ocp.step.is_path_finalized(path):
-        return step
-      logging.warning("Ignoring incomplete checkpoint %s (interrupted save).", path)
-    return None
+        out.append(step)
+      else:
+        logging.warning("Ignoring incomplete checkpoint %s (interrupted save).", path)
+    return out
+
+  def set_aside(self, step: int) -> str:
+    """Renames a damaged step to `<step>.damaged` (kept for inspection, out of the way of the
+    step numbers training saves again); returns where it went."""
+    src = self.directory / str(step)
+    dst = self.directory / f"{step}.damaged"
+    n = 1
+    while dst.exists():
+      dst, n = self.directory / f"{step}.damaged{n}", n + 1
+    if jax.process_index() == 0:
+      src.rename(dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside:{self.directory}:{step}")
+    self.manager.reload()
+    return f"moved to {dst}"
 
   def partial_steps(self) -> list[epath.Path]:
     """Temporary (unfinished) step directories left by an interrupted save."""
@@ -227,26 +283,44 @@ def restore_params(
     step: the step to read (default: latest).
   """
   directory = epath.Path(workdir) / "checkpoints"
-  mngr = ocp.CheckpointManager(
-      directory, item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()}
+  mngr = ocp.CheckpointManager(  # every item the training wrote, so none is "unknown"
+      directory,
+      item_names=("state", "data", "config"),
+      item_handlers={
+          "state": ocp.PyTreeCheckpointHandler(),
+          "data": DataStateHandler(),
+          "config": ocp.JsonCheckpointHandler(),
+      },
   )
-  step = mngr.latest_step() if step is None else step
-  if step is None:
+  steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+  if not steps:
     raise FileNotFoundError(f"No checkpoint found under {directory}.")
   target = _abstract(target)
-  meta = mngr.item_metadata(step)["state"]
-  meta = getattr(meta, "tree", meta)
-  if key not in meta:
-    raise ValueError(f"Checkpoint {directory}/{step} has no '{key}' (has {sorted(meta)}).")
-  check_compatible(meta[key], target, f"{directory}/{step}/{key}")
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  out = mngr.restore(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-              item={key: target}, restore_args={key: restore_args}, partial_restore=True
-          )
-      ),
-  )
-  mngr.close()
-  return out["state"][key]
+
+  def one(step):
+    meta = mngr.item_metadata(step)
+    meta = meta["state"] if meta is not None else None
+    meta = getattr(meta, "tree", meta)
+    if not meta:
+      raise FileNotFoundError(f"{directory}/{step} has no readable metadata")
+    if key not in meta:
+      raise IncompatibleCheckpointError(
+          f"Checkpoint {directory}/{step} has no '{key}' (has {sorted(meta)})."
+      )
+    check_compatible(meta[key], target, f"{directory}/{step}/{key}")
+    out = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={key: target}, restore_args={key: restore_args}, partial_restore=True
+            )
+        ),
+    )
+    return out["state"][key]
+
+  try:
+    _, params = newest_restorable(steps, one, str(directory))
+  finally:
+    mngr.close()
+  return params

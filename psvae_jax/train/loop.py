@@ -203,10 +203,13 @@ def record_data(workdir: epath.Path, data: dict) -> None:
 
 def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, train_iter) -> TrainState:
   """The latest checkpoint's state (and data position), else a fresh, warm-started one."""
-  latest = ckpt.latest_step()
-  if latest is not None:
-    logging.info("Resuming from %s/checkpoints/%d", s.workdir, latest)
-    state, data_state = ckpt.restore(latest, parallel.with_shardings(s.abstract, s.shardings))
+  steps = ckpt.finalized_steps()
+  if steps:
+    target = parallel.with_shardings(s.abstract, s.shardings)
+    step, (state, data_state) = checkpoint.newest_restorable(
+        steps, lambda step: ckpt.restore(step, target), f"{s.workdir}/checkpoints", ckpt.set_aside
+    )
+    logging.info("Resumed from %s/checkpoints/%d", s.workdir, step)
     if data_state:
       train_iter.set_state(data_state)
     return state
@@ -238,10 +241,14 @@ def compile_step(s: Setup, state: TrainState, batch, writer, step: int):
   return compiled
 
 
-def log_train_metrics(step: int, pending: list[dict], state: TrainState, train_iter, writer) -> int:
-  """Writes the mean of the pending steps' metrics (and counters); returns the skipped steps."""
+def log_train_metrics(
+    step: int, pending: list[dict], state: TrainState, train_iter, writer, extra=None
+) -> int:
+  """Writes the mean of the pending steps' metrics (and counters, and `extra` scalars such as
+  train/lr and perf/eta_seconds); returns the skipped steps."""
   host = jax.device_get(pending)
   scalars = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
+  scalars.update(extra or {})
   skipped = int(jax.device_get(state.skipped))
   scalars["train/skipped_steps"] = skipped
   if hasattr(train_iter, "counters"):  # skipped / repaired input records, by kind
@@ -318,8 +325,16 @@ def train_steps(
     if config.log_every > 0 or step == last:  # log_every=0: only the last step is logged
       pending.append(m)
     progress(step)
+    if step == start + 1:
+      t_first = time.time()  # after the first step (its compile): the rate for the ETA
     if due(step, config.log_every) or step == last:
-      skipped = log_train_metrics(step, pending, state, train_iter, writer)
+      extra = {
+          f"train/{k}": v
+          for k, v in optim.learning_rates(config.optim, config.num_train_steps, step - 1).items()
+      }
+      if step > start + 1:
+        extra["perf/eta_seconds"] = (last - step) * (time.time() - t_first) / (step - start - 1)
+      skipped = log_train_metrics(step, pending, state, train_iter, writer, extra)
       pending = []
       stop_if_diverged(s, ckpt, step, state, train_iter, skipped)
     if due(step, config.eval_every) or (step == last and config.eval_every > 0):
