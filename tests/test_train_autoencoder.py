@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from configs import psvae as psvae_config
 from configs import svae as svae_config
@@ -52,6 +53,11 @@ def test_stage1_workdir_contract(svae_dir):
   assert (stage1_dir / "checkpoints" / "6").exists()
   assert any(p.name.startswith("events.out.tfevents") for p in stage1_dir.iterdir())
   assert list((stage1_dir / "samples").glob("reconstructions_*.png"))
+  assert (stage1_dir / "data.json").exists()  # the splits it trained on (resume checks them)
+  events = event_accumulator.EventAccumulator(str(stage1_dir))
+  events.Reload()
+  tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+  assert {"train/lr", "perf/eta_seconds", "train/loss"} <= tags, sorted(tags)
 
 
 def test_stage2_sigterm_then_resume(svae_dir, tmp_path):

@@ -44,6 +44,15 @@ def label_params(params: Any, groups: Mapping[str, str]) -> Any:
   return jax.tree_util.tree_map_with_path(one, params)
 
 
+def learning_rates(cfg: ml_collections.ConfigDict, total_steps: int, step: int) -> dict[str, float]:
+  """{"lr": default group's learning rate, "lr_<group>": each lr_groups entry's} at `step` (the
+  values the optimizer applies there; logged as train/lr*)."""
+  rate = lambda lr: float(schedule(lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)(step))
+  out = {"lr": rate(cfg.lr)}
+  out.update({f"lr_{label}": rate(lr) for label, lr in cfg.lr_groups.items()})
+  return out
+
+
 def make_optimizer(
     cfg: ml_collections.ConfigDict, total_steps: int, labels: Callable[[Any], Any] | Any
 ) -> optax.GradientTransformation:
