@@ -100,3 +100,25 @@ def test_feature_net_learns_held_out_classes(tmp_path):
   assert names == meta["class_names"]
   pred = np.argmax(np.asarray(logits(_class_images(range(K), size=12, seed=5))), -1)
   np.testing.assert_array_equal(pred, np.arange(K))
+
+
+def test_figures_never_change_meaning_under_one_name(tmp_path):
+  """evaluate overwrote fid_proxy/fid with a figure of other settings under the same name."""
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  config = ml_collections.ConfigDict(dict(proxy_weights="p.safetensors"))
+  evals = {"fid": {"type": "fid", "num_samples": 8}}
+  names = runner.write_results(str(tmp_path), 5, {"fid/fid": 10.0}, evals, config)
+  assert names == {"fid": "fid"}
+  again = runner.write_results(str(tmp_path), 6, {"fid/fid": 11.0}, evals, config)
+  assert again == {"fid": "fid"}  # same settings: the same name, updated
+  other = {"fid": {"type": "fid", "num_samples": 64}}
+  renamed = runner.write_results(str(tmp_path), 7, {"fid/fid": 30.0}, other, config)
+  key = renamed["fid"]
+  assert key.startswith("fid@")
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["fid/fid"] == 11.0 and metrics[f"{key}/fid"] == 30.0
+  assert '"num_samples": 64' in metrics[f"{key}/settings"]
+  lines = (tmp_path / "evaluations.jsonl").read_text().splitlines()
+  assert len(lines) == 3

@@ -10,8 +10,9 @@ Reads `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`, `t10k-imag
   DIR/train/<class>/<index>.png   DIR/test/<class>/<index>.png   DIR/classes.json
 <class> is `N_name` ("7_sneaker"; ids zero-padded past 10 classes), so the sorted folder names
 are the label order and read well in logs and grids; `--label=sneaker`, `--label=7_sneaker` and
-`--label=7` all name it. Without --names the folders are the ids ("7"). DIR/idx_args.json records the arguments: a rerun with the same ones
-does nothing, with others it refuses (remove DIR first).
+`--label=7` all name it. Without --names the folders are the ids ("7"). DIR/idx_args.json
+records the arguments: a rerun with the same ones does nothing, with others it refuses (remove
+DIR first).
 """
 
 from __future__ import annotations

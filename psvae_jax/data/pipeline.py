@@ -21,9 +21,9 @@ Bad records never stop training: they are skipped or repaired, and counted
 see `decode.py` and `text.py` for the kinds. Records without a usable caption are kept
 with caption "" ("kept_caption_*") or skipped ("skipped_caption_*") per
 `data.empty_captions` ("keep" | "skip"); a source that has no captions at all (class
-folders without caption files: `has_captions` False) keeps them uncounted. A source with no usable record fails at
-construction (`data.probe_records` random records are checked until one is usable),
-and the iterator raises if a whole pass over the shard yields none.
+folders without caption files: `has_captions` False) keeps them uncounted. A source with
+no usable record fails at construction (`data.probe_records` random records are checked until
+one is usable), and the iterator raises if a whole pass over the shard yields none.
 
 The iterator is checkpointable: `get_state()` / `set_state()` restore the exact batch
 sequence (and the counters); `iterator_checkpoint_args` gives grain's Orbax args.

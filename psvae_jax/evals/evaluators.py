@@ -20,6 +20,7 @@ sampling defaults (configs/common.py SAMPLE).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import jax
@@ -326,10 +327,22 @@ def eval_images_needed(evals: dict[str, Any]) -> dict[str, int]:
   return out
 
 
-def run_all(evals: dict[str, Any], ctx: EvalContext) -> dict[str, Any]:
-  """{"<name>/<key>": value} for every configured evaluator (numbers and strings)."""
+def run_all(evals: dict[str, Any], ctx: EvalContext, progress=None) -> dict[str, Any]:
+  """{"<name>/<key>": value} for every configured evaluator (numbers and strings).
+
+  progress: optional callable(str), told when each evaluator starts and finishes (with its
+  seconds and the time left at the pace so far).
+  """
   out = {}
-  for name, cfg in sorted(dict(evals).items()):
+  items = sorted(dict(evals).items())
+  t0 = time.time()
+  for i, (name, cfg) in enumerate(items):
+    t = time.time()
+    if progress:
+      progress(f"[{i + 1}/{len(items)}] {name} ({dict(cfg)['type']}) ...")
     for k, v in get_evaluator(dict(cfg)).run(ctx).items():
       out[f"{name}/{k}"] = v
+    if progress:
+      left = (time.time() - t0) / (i + 1) * (len(items) - i - 1)
+      progress(f"[{i + 1}/{len(items)}] {name}: {time.time() - t:.1f} s (about {left:.0f} s left)")
   return out

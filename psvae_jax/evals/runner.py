@@ -11,12 +11,15 @@ text summaries) and are merged into DIR/metrics.json as `"<name>/<key>": value`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from psvae_jax import api
 from psvae_jax import autoencoders
@@ -30,6 +33,7 @@ from psvae_jax.evals import evaluators
 from psvae_jax.evals import feature_net
 from psvae_jax.evals import features
 from psvae_jax.weights import lpips
+
 
 class EvalInputError(ValueError):
   """Evaluation inputs that cannot serve the configured evaluators (one line: what to change)."""
@@ -81,6 +85,25 @@ def _load(workdir: str, mesh):
       labels=labels,
   )
   return run_cfg, pipe.gen.ae, generate
+
+
+def default_variant(workdir: str) -> str:
+  """The configs/eval.py variant that fits a workdir: "demo" for the shapes demo's data, "classes"
+  for a class-conditioned DiT, else "inception" (reads only config.json)."""
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    run = json.load(f)
+  data = run.get("data", {})
+  if data.get("source") == "latents" and data.get("path"):
+    try:
+      with open(os.path.join(data["path"], "meta.json"), encoding="utf-8") as f:
+        data = json.load(f).get("data", data)
+    except OSError:
+      pass
+  if data.get("source") == "shapes":
+    return "demo"
+  if run.get("stage") == "dit" and run.get("model", {}).get("cond_type") == "class":
+    return "classes"
+  return "inception"
 
 
 def eval_data_config(ae_data, data_spec: str, image_size: int):
@@ -150,6 +173,12 @@ def build_context(workdir: str, config, data_spec: str = ""):
     path = config.proxy_weights or os.path.join(
         os.path.dirname(os.path.abspath(workdir)), "fid_proxy.safetensors"
     )
+    if not os.path.isfile(path):
+      raise EvalInputError(
+          f"The shapes proxy features need {path} (the demo writes it beside its workdirs): pass "
+          "--config.proxy_weights=FILE, or another eval config (--config=configs/eval.py:classes "
+          "or :inception)."
+      )
     ctx.feature_nets["proxy"] = features.feature_net("proxy", path, ae.image_size)
   if feature_net.KIND in kinds:
     if not config.classifier_weights:
@@ -178,8 +207,52 @@ def build_context(workdir: str, config, data_spec: str = ""):
   return ctx, run_cfg
 
 
-def write_results(workdir: str, step: int, results: dict) -> None:
-  """CLU scalars/texts under eval/<name>/<key>, and DIR/metrics.json (process 0 writes)."""
+def settings_of(name: str, evals, config, data_spec: str) -> str:
+  """What a figure of evaluator `name` depends on besides the model: its evaluator config, the
+  held-out data, the feature / LPIPS weight files (JSON, sorted keys)."""
+  files = {
+      k: config.get(k, "")
+      for k in ("proxy_weights", "inception_weights", "classifier_weights", "lpips_vgg")
+  }
+  return json.dumps(
+      {"evaluator": dict(evals[name]), "data": data_spec or "workdir", **files}, sort_keys=True
+  )
+
+
+def write_results(
+    workdir: str, step: int, results: dict, evals=None, config=None, data_spec: str = ""
+) -> dict:
+  """CLU scalars/texts under eval/<name>/<key>, DIR/metrics.json and DIR/evaluations.jsonl
+  (process 0 writes). Returns {evaluator name: the name its figures were stored under}.
+
+  A figure never changes meaning under one name: metrics.json keeps each evaluator's settings
+  (`<name>/settings`); a run with other settings for a stored name is written under
+  `<name>@<hash of the settings>` instead (said in a warning). evaluations.jsonl gets one line
+  per run (step, settings, results) and is never rewritten.
+  """
+  names = {}
+  if evals is not None:
+    path = epath.Path(workdir) / "metrics.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    renamed = {}
+    for name in evals:
+      settings = settings_of(name, evals, config, data_spec)
+      key = name
+      if stored.get(f"{name}/settings", settings) != settings:
+        key = f"{name}@{hashlib.sha1(settings.encode()).hexdigest()[:6]}"
+        logging.warning(
+            "%s: settings differ from the stored %r figures: written as %r.", name, name, key
+        )
+      names[name] = key
+      renamed[f"{key}/settings"] = settings
+    for k, v in results.items():
+      name, _, rest = k.partition("/")
+      renamed[f"{names.get(name, name)}/{rest}" if rest else k] = v
+    results = renamed
+    if jax.process_index() == 0:
+      line = {"eval_step": step, "time": time.time(), "results": results}
+      with (epath.Path(workdir) / "evaluations.jsonl").open("a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
   writer = writers.create_writer(workdir)
   nums = {f"eval/{k}": float(v) for k, v in results.items() if not isinstance(v, str)}
   texts = {f"eval/{k}": v for k, v in results.items() if isinstance(v, str)}
@@ -188,20 +261,24 @@ def write_results(workdir: str, step: int, results: dict) -> None:
     writer.write_texts(step, texts)
   writer.flush()
   writers.write_metrics_json(workdir, results, eval_step=step)
+  return names
 
 
-def evaluate(workdir: str, config, data_spec: str = "") -> dict:
+def evaluate(workdir: str, config, data_spec: str = "", progress=None) -> dict:
   """Runs config.evals on a trained workdir, writes them (write_results) and returns them.
 
   data_spec: `KIND:ARGS` held-out data to evaluate on (default: the workdir's own). The eval
   images every evaluator needs are read and counted before anything is generated.
+  progress: optional callable(str) told what runs (the CLI prints it).
   """
   ctx, run_cfg = build_context(workdir, config, data_spec)
   evals = dict(config.evals)
   if ctx.generate is None:  # autoencoder workdir: reconstruction evaluators only
     evals = {k: v for k, v in evals.items() if dict(v)["type"] not in GENERATION_TYPES}
+  if progress:
+    progress(f"loaded {workdir}; reading the held-out images ...")
   needed = check_eval_data(evals, ctx.eval_data)
-  results = evaluators.run_all(evals, ctx)
+  results = evaluators.run_all(evals, ctx, progress)
   for name, n in needed.items():
     results.setdefault(f"{name}/num_eval_images", n)
   step = config.step
@@ -212,7 +289,8 @@ def evaluate(workdir: str, config, data_spec: str = "") -> dict:
         ).latest_step()
         or 0
     )
-  write_results(workdir, step, results)
+  names = write_results(workdir, step, results, evals, config, data_spec)
   results["eval_step"] = step
+  results["stored_as"] = names
   logging.info("stage %s step %d: %s", run_cfg.stage, step, json.dumps(results, indent=1))
   return results
