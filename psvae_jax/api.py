@@ -28,6 +28,7 @@ from psvae_jax import editing
 from psvae_jax import generation
 from psvae_jax import latent_stats
 from psvae_jax import parallel
+from psvae_jax import paths
 from psvae_jax import pixels
 from psvae_jax.data import sources
 
@@ -37,8 +38,16 @@ _SAMPLE = common.SAMPLE  # the sampling defaults
 class Pipeline:
   """A trained DiT with its frozen PS-VAE and text encoder, sharded over a mesh."""
 
-  def __init__(self, workdir: str, mesh: jax.sharding.Mesh | None = None):
+  def __init__(
+      self,
+      workdir: str,
+      mesh: jax.sharding.Mesh | None = None,
+      autoencoder: str | None = None,
+      text_encoder: str | None = None,
+  ):
     config = autoencoders.read_config(workdir)
+    # A moved demo folder: the recorded relative paths, or the overrides (psvae_jax/paths.py).
+    paths.relocate(config, workdir, autoencoder=autoencoder, text_encoder=text_encoder)
     if config.stage != "dit":
       raise ValueError(
           f"{workdir} holds a {config.stage!r} run; api.load wants a stage-3 (dit) workdir."
@@ -343,9 +352,15 @@ def read_class_names(workdir: str) -> list[str]:
   return list(json.loads(path.read_text()).get("class_names", [])) if path.exists() else []
 
 
-def load(dit_dir: str, mesh: jax.sharding.Mesh | None = None) -> Pipeline:
-  """Loads a stage-3 workdir (its config names the autoencoder and text encoder dirs)."""
-  return Pipeline(dit_dir, mesh)
+def load(
+    dit_dir: str,
+    mesh: jax.sharding.Mesh | None = None,
+    autoencoder: str | None = None,
+    text_encoder: str | None = None,
+) -> Pipeline:
+  """Loads a stage-3 workdir (its config names the autoencoder and text encoder dirs; give them
+  to override, e.g. after moving them; a folder moved as a whole is found by itself)."""
+  return Pipeline(dit_dir, mesh, autoencoder=autoencoder, text_encoder=text_encoder)
 
 
 __all__ = ["Pipeline", "load"]

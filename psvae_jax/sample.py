@@ -64,6 +64,12 @@ _SHIFT = flags.DEFINE_float(
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUT = flags.DEFINE_string("out", None, "Output grid PNG.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write one PNG per image here instead.")
+_AUTOENCODER = flags.DEFINE_string(
+    "autoencoder", None, "The PS-VAE workdir (default: the one the DiT trained with)."
+)
+_TEXT_ENCODER = flags.DEFINE_string(
+    "text_encoder", None, "The text encoder directory (default: the one the DiT trained with)."
+)
 _INIT = flags.DEFINE_string("init_image", None, "Edit this image (SDEdit / inpainting).")
 _STRENGTH = flags.DEFINE_float(
     "strength", None, "SDEdit strength in [0, 1] (default 0.6 for edits, 1.0 with --mask)."
@@ -242,7 +248,7 @@ def _generate(label, init, mask, strength):
   from psvae_jax import writers  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()
-  pipe = api.load(_WORKDIR.value)
+  pipe = api.load(_WORKDIR.value, autoencoder=_AUTOENCODER.value, text_encoder=_TEXT_ENCODER.value)
   print(f"sample: loaded {_WORKDIR.value} in {time.time() - t0:.1f} s", flush=True)
   t0 = time.time()
   n = _NUM.value

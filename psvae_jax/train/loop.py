@@ -28,6 +28,7 @@ from etils import epath
 from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
+from psvae_jax import paths
 from psvae_jax import runtime
 from psvae_jax.data import pipeline
 from psvae_jax.data import sources
@@ -173,6 +174,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   task = tasks.get_task(config, mesh, str(workdir))
   if jax.process_index() == 0:  # after get_task, which may resolve config fields
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    paths.record(config, str(workdir))  # the runs it points at, relative to it (moved folders)
   tx = optim.make_optimizer(
       config.optim,
       config.num_train_steps,
