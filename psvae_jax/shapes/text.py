@@ -33,6 +33,9 @@ from __future__ import annotations
 import itertools
 import os
 
+from absl import app
+from absl import flags
+
 import numpy as np
 
 from psvae_jax.shapes import world
@@ -198,3 +201,16 @@ def build_demo_text_encoder(
   # "format": "pt" marks the usual transformers layout (older releases insist).
   save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   return out_dir
+
+
+def main(argv: list[str]) -> None:
+  """`python -m psvae_jax.shapes.text --out=DIR`: the demo's text encoder, for stage 3 by hand."""
+  del argv
+  out = build_demo_text_encoder(flags.FLAGS.out, shapes_vocabulary())
+  print(f"wrote the demo text encoder (random CLIP-shaped, shapes vocabulary) to {out}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("out", None, "Output directory (tokenizer + model.safetensors).")
+  flags.mark_flag_as_required("out")
+  app.run(main)
