@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import time
 from typing import Any
 
 from absl import app
@@ -137,6 +138,7 @@ def _encoded_batches(
   encode = _encode_fn(ae, mesh, store, seed)
   spec = parallel.batch_sharding(mesh, 4).spec
   size = ae.image_size
+  t0 = time.time()
   for step in range(num_steps):
     chunk = [r for _, r in zip(range(local), records)]
     images = np.zeros((local, size, size, 3), np.float32)  # (b, S, S, 3); padding stays 0.
@@ -147,8 +149,15 @@ def _encoded_batches(
         np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, spec))
         for a in encode(ae.params, x, step)
     )
-    if step % 50 == 0:
-      logging.info("cache: step %d/%d.", step + 1, num_steps)
+    if step % 50 == 0 or step + 1 == num_steps:
+      rate = (step + 1) / max(time.time() - t0, 1e-9)
+      logging.info(
+          "cache: batch %d/%d, %.1f batches/s, about %.0f s left.",
+          step + 1,
+          num_steps,
+          rate,
+          (num_steps - step - 1) / rate,
+      )
     yield chunk, mu[: len(chunk)], second[: len(chunk)]
 
 
