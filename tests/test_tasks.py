@@ -16,7 +16,7 @@ ATTRIBUTES = sorted(base.Task.__annotations__)
 
 def test_protocol_lists_what_the_loop_calls():
   assert METHODS == ["constants", "evaluate", "finish", "init", "loss", "make_frozen", "warm_start"]
-  assert ATTRIBUTES == ["param_groups"]
+  assert ATTRIBUTES == ["grid_notes", "param_groups"]
 
 
 def _parameter_names(fn):

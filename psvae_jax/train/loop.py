@@ -267,9 +267,14 @@ def run_eval(s: Setup, state: TrainState, step: int, writer) -> dict[str, float]
   scalars, images = s.task.evaluate(state, s.consts, s.mesh, step)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
   writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
+  notes = dict(getattr(s.task, "grid_notes", {}) or {})  # what made each grid (prompts, labels)
+  if notes:
+    writer.write_texts(step, {f"eval/{k}_prompts": v for k, v in notes.items() if k in images})
   if jax.process_index() == 0:
     for k, v in images.items():
       writers.save_png(str(s.workdir / "samples" / f"{k}_{step:07d}.png"), v)
+      if k in notes:
+        (s.workdir / "samples" / f"{k}_{step:07d}.txt").write_text(notes[k] + "\n")
   writers.write_metrics_json(str(s.workdir), scalars)
   logging.info("eval step %d: %s", step, json.dumps({k: round(v, 4) for k, v in scalars.items()}))
   return scalars

@@ -66,10 +66,12 @@ class AutoencoderTask:
   """The S-VAE / PS-VAE stage, chosen by config.stage ("svae" | "psvae")."""
 
   param_groups: dict[str, str]
+  grid_notes: dict[str, str]
 
   def __init__(self, config):
     inherit_stage1_model(config)
     self.config = config
+    self.grid_notes = {}  # reconstruction grids: the held-out images themselves
     self.stage2 = config.stage == "psvae"
     self.dtype = jnp.dtype(config.dtype)
     self.model: PSVAE = builders.build_psvae(config.model, dtype=self.dtype)

@@ -24,6 +24,10 @@ class Task(Protocol):
   param_groups: Mapping[str, str]
   """{regex over "/"-joined param paths: optimizer group label}; "frozen" is never updated."""
 
+  grid_notes: Mapping[str, str]
+  """{image name of the last `evaluate`: what made it} (a sample grid's prompts or labels per
+  tile, row-major, and the sampling settings); written beside the PNG and as TensorBoard text."""
+
   def init(self, rng: jax.Array) -> tuple[PyTree, PyTree]:
     """(params, frozen) from scratch; pure: traced by jax.eval_shape and jax.jit."""
 

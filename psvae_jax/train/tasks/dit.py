@@ -29,6 +29,7 @@ class DiTTask:
   """Stage 3 (config.stage == "dit")."""
 
   param_groups: dict[str, str]
+  grid_notes: dict[str, str]
 
   def __init__(self, config, mesh, ae: autoencoders.Autoencoder, text=(None, None, None)):
     """ae: the frozen PS-VAE (autoencoders.load_autoencoder); text: (module, params, tokenizer)
@@ -36,6 +37,7 @@ class DiTTask:
     self.config = config
     self.mesh = mesh
     self.ae = ae
+    self.grid_notes = {}
     self.latent_mean, self.latent_std = autoencoders.latent_normalization(config, ae)
     self.text, self._text_params, tokenizer = text
     generation.resolve_flow_shift(config, ae.latent_shape)  # before config.json is written
@@ -128,6 +130,15 @@ class DiTTask:
         scalars["adherence" + suffix] = eval_checkers.adherence(out, captions, checker)
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = writers.grid(out[:k])
+      conds = [f"label {int(x)}" for x in labels[:k]] if labels is not None else captions[:k]
+      self.grid_notes["samples" + suffix] = "\n".join(
+          [
+              f"steps={s.steps} guidance_scale={scale:g} eta={s.eta:g} "
+              f"guidance_interval={tuple(s.get('guidance_interval', (0.0, 1.0)))} "
+              f"seed={self.config.seed + 12345}; tiles row-major:"
+          ]
+          + [f"{i}: {c}" for i, c in enumerate(conds)]
+      )
     logging.info(
         "sample settings: steps=%d guidance_scale=%g eta=%g guidance_interval=%s n=%d",
         s.steps,
