@@ -1,5 +1,6 @@
 """Stage 3 end to end: the API and CLI sample with one compile; same seed, same images."""
 
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +78,13 @@ def test_sample_cli(trained_dit, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(out).size[0] > 32
   assert len(list((tmp_path / "each").glob("*.png"))) == 2
+  settings = json.loads((tmp_path / "grid.png.json").read_text())  # what made the grid
+  assert settings["prompt"] == PROMPTS[0] and settings["steps"] == 5 and settings["shift"] == 2.5
+  assert "sample: wrote" in r.stdout
+
+
+def test_training_grids_record_their_prompts(trained_dit):
+  notes = sorted((trained_dit / "dit" / "samples").glob("samples_*.txt"))
+  assert notes, list((trained_dit / "dit" / "samples").iterdir())
+  text = notes[-1].read_text()
+  assert "guidance_scale=" in text and "\n0: " in text, text
