@@ -9,10 +9,12 @@ pointer to --help, and exit status 1, before anything starts.
 
 from __future__ import annotations
 
+import logging as logging_std
 import sys
 from typing import Callable, Sequence
 
 from absl import flags
+from absl import logging as absl_logging
 
 
 def one_line(e: BaseException) -> str:
@@ -27,6 +29,25 @@ def quiet_by_default() -> None:
   """Logs WARNING and above unless --verbosity / -v asks for more (absl's INFO default floods a
   user tool with Orbax and JAX lines); the tool prints what a user needs to stdout itself."""
   flags.FLAGS.set_default("verbosity", -1)
+
+
+_CHATTY = ("/orbax/", "/clu/metric_writers/", "/clu/periodic_actions", "/clu/platform/")
+
+
+class _DropLibraryInfo(logging_std.Filter):
+  """Drops INFO records of Orbax and CLU (checkpoint manager internals, CLU's copy of every
+  scalar): the run's own step, eval and checkpoint lines stay in view."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(
+        part in record.pathname for part in _CHATTY
+    )
+
+
+def quiet_libraries() -> None:
+  """Hides the libraries' INFO lines unless --verbosity >= 1 (-v 1); call after flag parsing."""
+  if flags.FLAGS.verbosity < 1:
+    absl_logging.get_absl_logger().addFilter(_DropLibraryInfo())
 
 
 def flags_parser(prog: str) -> Callable[[Sequence[str]], list[str]]:

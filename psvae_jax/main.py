@@ -46,6 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  cli.quiet_libraries()  # Orbax / CLU INFO lines only with -v 1
   try:
     preflight.check(_CONFIG.value)
   except preflight.ConfigError as e:

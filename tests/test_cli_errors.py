@@ -104,3 +104,15 @@ def test_entry_point_flag_errors_are_one_line(tmp_path, module, args, message):
   assert r.returncode == 1, r.stderr[-2000:]
   assert len(lines) == 1 and message in lines[0] and "error" in lines[0], lines
   assert not workdir.exists()  # nothing created
+
+
+def test_library_info_lines_are_dropped_unless_verbose():
+  import logging  # pylint: disable=g-import-not-at-top
+  from psvae_jax import cli  # pylint: disable=g-import-not-at-top
+
+  f = cli._DropLibraryInfo()  # pylint: disable=protected-access
+  rec = lambda path, level: logging.LogRecord("absl", level, path, 1, "m", (), None)
+  assert not f.filter(rec("/x/site-packages/orbax/checkpoint/_src/a.py", logging.INFO))
+  assert not f.filter(rec("/x/site-packages/clu/metric_writers/logging_writer.py", logging.INFO))
+  assert f.filter(rec("/x/site-packages/orbax/checkpoint/_src/a.py", logging.WARNING))
+  assert f.filter(rec("/repo/psvae_jax/train/loop.py", logging.INFO))
