@@ -211,7 +211,7 @@ def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, train_iter) -> Trai
     step, (state, data_state) = checkpoint.newest_restorable(
         steps, lambda step: ckpt.restore(step, target), f"{s.workdir}/checkpoints", ckpt.set_aside
     )
-    logging.info("Resumed from %s/checkpoints/%d", s.workdir, step)
+    logging.info("Resuming from %s/checkpoints/%d", s.workdir, step)
     if data_state:
       train_iter.set_state(data_state)
     return state
