@@ -31,12 +31,17 @@ def quiet_by_default() -> None:
   flags.FLAGS.set_default("verbosity", -1)
 
 
-_CHATTY = ("/orbax/", "/clu/metric_writers/", "/clu/periodic_actions", "/clu/platform/")
+_CHATTY = (
+    "/orbax/",
+    "/clu/metric_writers/",
+    "/clu/periodic_actions",
+    "/clu/platform/",
+)
 
 
 class _DropLibraryInfo(logging_std.Filter):
-  """Drops INFO records of Orbax and CLU (checkpoint manager internals, CLU's copy of every
-  scalar): the run's own step, eval and checkpoint lines stay in view."""
+  """Drops INFO records of Orbax, CLU (checkpoint manager internals, CLU's copy of every scalar)
+  and JAX's backend probing: the run's own step, eval and checkpoint lines stay in view."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
     return record.levelno >= logging_std.WARNING or not any(
@@ -48,6 +53,8 @@ def quiet_libraries() -> None:
   """Hides the libraries' INFO lines unless --verbosity >= 1 (-v 1); call after flag parsing."""
   if flags.FLAGS.verbosity < 1:
     absl_logging.get_absl_logger().addFilter(_DropLibraryInfo())
+    # JAX's backend probe ("Unable to initialize backend 'tpu'") on every host without one.
+    logging_std.getLogger("jax._src.xla_bridge").setLevel(logging_std.WARNING)
 
 
 def flags_parser(prog: str) -> Callable[[Sequence[str]], list[str]]:

@@ -65,7 +65,10 @@ def main(argv):
   from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
 
   shapes_plugin.register()
-  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except preflight.ConfigError as e:  # found once the data or the stage-1 run are opened
+    sys.exit(f"error: {e}")
   logging.info("Done: %s", result)
 
 

@@ -89,6 +89,21 @@ def test_prompt_warnings_name_unknown_words_truncation_and_empty():
         ("main", ["--config=configs/psvae.py:tiny"], "--workdir must have a value"),
         ("sample", ["--num_images=abc"], "--num_images=abc"),
         ("evaluate", ["--config=configs/eval.py:nope", "--workdir={w}"], "Unknown eval variant"),
+        (
+            "main",
+            [
+                "--config=configs/svae.py:tiny",
+                "--workdir={w}",
+                "--config.data.source=folder",
+                "--config.data.path=/no/such/folder",
+            ],
+            "does not exist",
+        ),
+        (
+            "data.cache",
+            ["--autoencoder={w}", "--data=folder:path=/x", "--out=" + ROOT + "/tests"],
+            "is not a trained workdir",
+        ),
     ],
 )
 def test_entry_point_flag_errors_are_one_line(tmp_path, module, args, message):

@@ -15,19 +15,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
 
-# Parses a module's flags as `python -m MODULE ARGS` would, without running it.
+# Parses a module's flags as `python -m MODULE ARGS` would, without running it: the module runs as
+# __main__ (flags some modules define only there count) with absl's app.run replaced by a parse.
 _PARSE = """
-import importlib, sys
-from absl import flags
-importlib.import_module(sys.argv[1])
-flags.FLAGS([sys.argv[1], *sys.argv[2:]])
-for name in flags.FLAGS:  # config files load lazily: load them (and apply the overrides) now
-  report = getattr(flags.FLAGS[name].value, "_ReportError", None)
-  if report is not None:
-    report()
-  value = flags.FLAGS[name].value
-  if hasattr(value, "to_dict"):
-    value.to_dict()
+import runpy, sys
+from absl import app, flags
+
+def _parse_only(main, argv=None, flags_parser=None, **kwargs):
+  del main, argv, flags_parser, kwargs
+  flags.FLAGS(sys.argv)
+  for name in flags.FLAGS:  # config files load lazily: load them (and apply the overrides) now
+    report = getattr(flags.FLAGS[name].value, "_ReportError", None)
+    if report is not None:
+      report()
+    value = flags.FLAGS[name].value
+    if hasattr(value, "to_dict"):
+      value.to_dict()
+
+app.run = _parse_only
+module = sys.argv[1]
+sys.argv = [module, *sys.argv[2:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from configs import common
 from psvae_jax import autoencoders
+from psvae_jax import cli
 from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax import runtime
@@ -299,8 +301,21 @@ def main(argv: list[str]) -> None:
   del argv
   runtime.initialize()
   f = flags.FLAGS
+  # Input errors before any work, in one line: an existing cache, a missing autoencoder or data.
+  if (pathlib.Path(f.out).expanduser() / latents.META_FILE).exists():
+    sys.exit(
+        f"cache: error: {f.out} already holds a latent cache; remove it or pick another --out."
+    )
+  if not (pathlib.Path(f.autoencoder).expanduser() / "config.json").is_file():
+    sys.exit(
+        f"cache: error: --autoencoder={f.autoencoder} is not a trained workdir (no config.json)."
+    )
   ae = autoencoders.load_autoencoder(f.autoencoder)
-  data_cfg = parse_data_spec(f.data, ae.image_size)
+  try:
+    data_cfg = parse_data_spec(f.data, ae.image_size)
+    sources.get_source(data_cfg, f.split)  # the data exist and can be listed
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"cache: error: {e}")
   write_cache(
       ae,
       data_cfg,
@@ -321,4 +336,4 @@ if __name__ == "__main__":
 
   shapes_plugin.register()
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("cache"))

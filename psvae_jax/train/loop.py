@@ -161,7 +161,10 @@ class Setup:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Checks the config, makes the workdir, mesh, task, optimizer, state shardings, constants."""
   preflight.check(config)  # before the workdir exists: a config that cannot run refuses here
-  data = sources.describe_splits(config.data)  # the data can be read, the splits agree
+  try:
+    data = sources.describe_splits(config.data)  # the data can be read, the splits agree
+  except (ValueError, FileNotFoundError) as e:
+    raise preflight.ConfigError(f"--config.data: {e}") from None
   preflight.resolve_classes(config, data["class_names"])
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
