@@ -112,7 +112,7 @@ def test_cache_matches_direct_encoding(ae, ae_dir, cache_dir):
   assert meta["autoencoder"] == os.path.abspath(ae_dir)
   source = latents.LatentCacheSource(cache_dir)
   assert len(source) == 40
-  images, captions = zip(*(world.generate(i, 32, 3) for i in range(40)))
+  images, captions = zip(*(world.generate(i, 32, 3, split="train") for i in range(40)))
   x = pixels.to_float(np.stack(images))  # (40, 32, 32, 3)
   mu, logvar = map(np.asarray, ae.encode(jnp.asarray(x)))
   for i in (0, 17, 39):
@@ -155,8 +155,9 @@ def test_latent_iterator_sampling_and_resume(cache_dir):
     assert list(got["caption"]) == list(expected["caption"])
   eval_set = pipeline.build_eval_set(dict(cfg, num_eval=8, image_size=32), 4)
   assert eval_set["caption"] == [
-      world.generate(shapes_source.EVAL_INDEX_OFFSET + i, 32, 3)[1] for i in range(4)
-  ]  # The shapes' held-out split.
+      world.generate(shapes_source.EVAL_INDEX_OFFSET + i, 32, 3, split=("train", "val")[i % 2])[1]
+      for i in range(4)
+  ]  # The shapes' validation split: new scenes, alternately seen and held-out compositions.
   parts = [
       latents.build_latent_iterator(
           cfg, global_batch_size=4, seed=1, process_index=p, process_count=2

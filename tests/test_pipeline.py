@@ -223,10 +223,10 @@ def test_eval_set_is_deterministic_and_held_out():
   assert all(isinstance(c, str) for c in a["caption"])
   np.testing.assert_array_equal(a["image"], b["image"])
   assert a["caption"] == b["caption"]
-  expected, caption = world.generate(shapes_source.EVAL_INDEX_OFFSET, 32, seed=0)
+  expected, caption = world.generate(shapes_source.EVAL_INDEX_OFFSET, 32, seed=0, split="train")
   assert caption == a["caption"][0]
   np.testing.assert_allclose(a["image"][0], expected / 127.5 - 1, atol=1e-6)
-  train, _ = world.generate(0, 32, seed=0)
+  train, _ = world.generate(0, 32, seed=0, split="train")
   assert not np.array_equal(train, expected)
 
 

@@ -31,6 +31,7 @@ import pathlib
 import re
 import sys
 import tempfile
+import time
 from typing import Any, Iterator
 
 from absl import app
@@ -78,6 +79,9 @@ def check_image(data: bytes, verify: bool) -> str | None:
   except decode.BadImage as e:
     return e.kind
   return None
+
+
+_PROGRESS_EVERY_S = 5.0  # seconds between progress lines
 
 
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -134,7 +138,19 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, source: Any, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     # Each split folder numbers its own classes: map them to the union's indices.
     remap = {i: self._class_names.index(n) for i, n in enumerate(source.class_names)}
-    for index in range(len(source)):
+    total, t0, shown = len(source), time.time(), time.time()
+    for index in range(total):
+      if time.time() - shown >= _PROGRESS_EVERY_S:  # progress with rate and time left
+        shown = time.time()
+        rate = index / max(shown - t0, 1e-9)
+        logging.info(
+            "prepare: %s %d/%d images, %.0f images/s, about %.0f s left.",
+            split,
+            index,
+            total,
+            rate,
+            (total - index) / max(rate, 1e-9),
+        )
       record = source[index]
       path = record["path"]
       data = pathlib.Path(path).read_bytes()

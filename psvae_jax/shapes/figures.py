@@ -1,100 +1,244 @@
-"""The demo's editing figures: SDEdit and inpainting of held-out shapes, scored by the checker.
+"""The demo's report figures, measured on held-out "test" compositions only (world.py's split).
 
-  figures = demo_figures(api.load("runs/demo/dit"), "runs/demo/edits")
+  report = test_figures(api.load("runs/demo/dit"), "runs/demo/report_figures")
 
-writes before/after grids and captions to the output folder and returns edit_adherence,
-inpaint_keep_psnr and inpaint_adherence (what `python -m psvae_jax.demo` reports).
+Three measurements, each a fraction with its standard error sqrt(p (1 - p) / n) and count n:
+
+- generation: prompt adherence (the checker accepts every object of the caption) of new scenes in
+  four groups: seen / unseen compositions x one / two objects. "seen" prompts name compositions
+  the training data holds (new noise, never used for tuning); "unseen" ones name a "test"
+  composition that no training caption of any stage holds. At the sampling defaults and at
+  guidance scale 1.
+- inpainting (two-object scenes): the half holding the first object is masked and regenerated
+  as a different shape and colour. `inpaint_object` scores the new object alone (its own
+  one-object caption, on the composited output); `inpaint_kept` scores the other object, and
+  `inpaint_keep_psnr` the unmasked half, on the raw decode *before* compositing (compositing
+  copies the input there, which would make both a tautology). `recon_keep_psnr` is the same
+  region of the plain autoencoder reconstruction: the ceiling for the raw decode.
+- editing (SDEdit): the first object's colour changed. `edit_adherence` is the new caption;
+  `edit_preservation` that the rest stayed: the edited object's shape at its position (in any
+  colour) and the other object as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import numpy as np
 
-from configs import common
 from psvae_jax import editing
 from psvae_jax import writers
 from psvae_jax.shapes import checker
 from psvae_jax.shapes import world
 
-
-def _edit_prompt(objects, rng: np.random.Generator) -> tuple[str, list]:
-  """A new caption for a scene: the first object's colour changed."""
-  first = objects[0]
-  colors = [c for c in world.COLORS if c != first.color]
-  new = dataclasses.replace(first, color=colors[int(rng.integers(len(colors)))])
-  return world.caption([new, *objects[1:]]), [new, *objects[1:]]
+TEST_INDEX_OFFSET = 30_000_000  # generator indices of the report's scenes (no other split's)
 
 
-def demo_figures(
+def rate(hits: Sequence[bool]) -> dict[str, float]:
+  """{"mean", "se", "n"} of a list of outcomes (se: the binomial standard error)."""
+  x = np.asarray(hits, np.float64)
+  n = int(x.size)
+  p = float(x.mean()) if n else float("nan")
+  return {"mean": p, "se": float(np.sqrt(p * (1 - p) / n)) if n else float("nan"), "n": n}
+
+
+def test_scenes(
+    num: int, split: str, num_objects: int | None, image_size: int, seed: int, offset: int = 0
+) -> tuple[np.ndarray, list[list[world.ShapeObject]]]:
+  """`num` new scenes of a composition split: images uint8 (num, S, S, 3) and their objects."""
+  images, scenes = [], []
+  for i in range(num):
+    rng = np.random.default_rng([seed, TEST_INDEX_OFFSET + offset + i])
+    background = tuple(int(c) for c in rng.integers(0, 41, 3))
+    objects = world.sample_scene_in(rng, split, num_objects)
+    images.append(world.render(objects, image_size, background))
+    scenes.append(objects)
+  return np.stack(images), scenes
+
+
+def _one(obj: world.ShapeObject) -> str:
+  return world.caption([obj])
+
+
+def _any_color(image: np.ndarray, obj: world.ShapeObject) -> bool:
+  """The object's shape at its position, in whatever colour."""
+  return any(checker.score(image, _one(dataclasses.replace(obj, color=c))) for c in world.COLORS)
+
+
+def _grid_with_captions(path: str, images: np.ndarray, captions: Sequence[str], cols: int = 4):
+  writers.save_png(path, writers.grid(np.asarray(images), cols=cols))
+  with open(os.path.splitext(path)[0] + ".txt", "w", encoding="utf-8") as f:
+    f.write("tiles row-major:\n" + "".join(f"{i}: {c}\n" for i, c in enumerate(captions)))
+
+
+def generation_figures(
+    pipe, out_dir: str, per_group: int = 64, seed: int = 0, scales: Sequence[float] = ()
+) -> dict:
+  """Adherence on the four test groups, at the default guidance scale and at 1 (or `scales`)."""
+  size = pipe.image_size
+  groups = {}
+  for k, (split, n_obj) in enumerate([("train", 1), ("train", 2), ("test", 1), ("test", 2)]):
+    _, scenes = test_scenes(per_group, split, n_obj, size, seed, offset=k * 10**6)
+    name = f"{'seen' if split == 'train' else 'unseen'}_{'single' if n_obj == 1 else 'two'}"
+    groups[name] = [world.caption(s) for s in scenes]
+  prompts = [c for caps in groups.values() for c in caps]
+  default = pipe.config.sample.guidance_scale
+  out = {}
+  for scale in tuple(scales) or (default, 1.0):
+    images = pipe.generate(prompts, guidance_scale=scale, seed=seed)
+    hits = checker.score_batch(images, prompts)
+    tag = "" if scale == default else f"_cfg{scale:g}"
+    i = 0
+    for name, caps in groups.items():
+      out[f"adherence_{name}{tag}"] = rate(hits[i : i + len(caps)])
+      i += len(caps)
+    seen = np.concatenate([hits[:per_group], hits[per_group : 2 * per_group]])
+    unseen = hits[2 * per_group :]
+    out[f"adherence_seen{tag}"] = rate(seen)
+    out[f"adherence_unseen{tag}"] = rate(unseen)
+    out[f"adherence_single{tag}"] = rate(np.concatenate([hits[:per_group], unseen[:per_group]]))
+    out[f"adherence_two{tag}"] = rate(np.concatenate([seen[per_group:], unseen[per_group:]]))
+    if scale == default:  # the grids: 16 unseen two-object prompts, 16 unseen single ones
+      two = slice(3 * per_group, 3 * per_group + 16)
+      one = slice(2 * per_group, 2 * per_group + 16)
+      _grid_with_captions(
+          os.path.join(out_dir, "unseen_two_objects.png"), images[two], prompts[two]
+      )
+      _grid_with_captions(
+          os.path.join(out_dir, "unseen_single_object.png"), images[one], prompts[one]
+      )
+  out["generation_settings"] = dict(
+      per_group=per_group, seed=seed, steps=pipe.config.sample.steps, guidance_scale=default
+  )
+  return out
+
+
+def inpaint_figures(
     pipe,
     out_dir: str,
-    num: int = 32,
-    strength: float = 0.7,
-    steps: int = 25,
-    guidance_scale: float = common.SAMPLE.guidance_scale,
+    num: int = 128,
     seed: int = 0,
-    first_index: int = 10**6,
-) -> dict[str, float]:
-  """Edits and inpaints `num` held-out shapes images; writes before/after grids; returns figures.
-
-  - edit_adherence: the checker accepts the edit (strength `strength`) for a caption with the
-    first object's colour changed;
-  - inpaint: the half of the image holding the first object is masked (white) and regenerated
-    with a caption naming a different shape/colour there: inpaint_keep_psnr is the PSNR outside
-    the mask vs the input, inpaint_adherence the checker's acceptance of the new caption.
-  Edits and inpaints share one compiled sampler (same batch size).
-  """
+    guidance_scale: float | None = None,
+) -> dict:
+  """Inpainting of the first object of two-object scenes (half training compositions, half test)."""
   size = pipe.image_size
-  rng = np.random.default_rng(seed)
-  images, edit_caps, inpaint_caps, masks = [], [], [], []
-  for i in range(num):
-    r = np.random.default_rng([seed, first_index + i])
-    bg = tuple(int(c) for c in r.integers(0, 41, 3))
-    objects = world.sample_scene(r)
-    images.append(world.render(objects, size, bg))
-    edit_caps.append(_edit_prompt(objects, rng)[0])
+  guidance_scale = pipe.config.sample.guidance_scale if guidance_scale is None else guidance_scale
+  half = num // 2
+  im_a, sc_a = test_scenes(half, "train", 2, size, seed, offset=5 * 10**6)
+  im_b, sc_b = test_scenes(num - half, "test", 2, size, seed, offset=6 * 10**6)
+  images, scenes = np.concatenate([im_a, im_b]), sc_a + sc_b
+  rng = np.random.default_rng([seed, 7])
+  new_objects, captions, masks = [], [], []
+  for objects in scenes:
     first = objects[0]
     new = dataclasses.replace(
         first,
         shape=[s for s in world.SHAPES if s != first.shape][int(rng.integers(2))],
         color=[c for c in world.COLORS if c != first.color][int(rng.integers(6))],
     )
-    inpaint_caps.append(world.caption([new, *objects[1:]]))
-    masks.append(_half_mask(first.position, size))
-  images = np.stack(images)
+    new_objects.append(new)
+    captions.append(world.caption([new, *objects[1:]]))
+    masks.append(half_mask(first.position, size))
   masks = np.stack(masks)
-  full = np.ones_like(masks)
-  edited = pipe.edit(
-      images, edit_caps, strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed
+  raw = pipe.inpaint(
+      images, masks, captions, guidance_scale=guidance_scale, seed=seed, composite=False
   )
-  inpainted = pipe.inpaint(
-      images, masks, inpaint_caps, steps=steps, guidance_scale=guidance_scale, seed=seed
-  )
-  keep = [editing.psnr(inpainted[i], images[i], masks[i] < 0.5) for i in range(num)]
-  figures = {
-      "edit_adherence": float(np.mean(checker.score_batch(edited, edit_caps))),
-      "inpaint_keep_psnr": float(np.mean(np.minimum(keep, 100.0))),
-      "inpaint_adherence": float(np.mean(checker.score_batch(inpainted, inpaint_caps))),
-      "edit_settings": dict(num=num, strength=strength, steps=steps, guidance_scale=guidance_scale),
+  final = np.stack([editing.composite(r, o, m, 1.0) for r, o, m in zip(raw, images, masks)])
+  recon = pipe.edit(images, captions, strength=0.0, seed=seed)
+  keep = masks < 0.5
+  out = {
+      "inpaint_object": rate([checker.score(final[i], _one(new_objects[i])) for i in range(num)]),
+      "inpaint_kept": rate([checker.score(raw[i], _one(scenes[i][1])) for i in range(num)]),
+      "inpaint_keep_psnr": _mean_se(
+          [min(editing.psnr(raw[i], images[i], keep[i]), 100.0) for i in range(num)]
+      ),
+      "recon_keep_psnr": _mean_se(
+          [min(editing.psnr(recon[i], images[i], keep[i]), 100.0) for i in range(num)]
+      ),
+      "inpaint_unseen_captions": float(
+          np.mean([world.composition_split(world.parse_caption(c)) != "train" for c in captions])
+      ),
+      "inpaint_settings": dict(num=num, guidance_scale=guidance_scale, seed=seed),
   }
-  grid = lambda *rows: writers.grid(
-      np.stack([im for row in zip(*rows) for im in row]), cols=len(rows) * 4
-  )
+  k = 16
   mask_rgb = (masks[..., None] * 255).astype(np.uint8).repeat(3, axis=-1)
-  writers.save_png(os.path.join(out_dir, "edit_before_after.png"), grid(images, edited))
-  writers.save_png(
-      os.path.join(out_dir, "inpaint_before_mask_after.png"), grid(images, mask_rgb, inpainted)
-  )
-  with open(os.path.join(out_dir, "captions.txt"), "w") as f:
-    for i in range(num):
-      f.write(f"{i}\tedit: {edit_caps[i]}\tinpaint: {inpaint_caps[i]}\n")
-  return figures
+  rows = np.stack([im for t in zip(images[:k], mask_rgb[:k], raw[:k], final[:k]) for im in t])
+  writers.save_png(os.path.join(out_dir, "inpaint_input_mask_raw_final.png"), writers.grid(rows, 8))
+  with open(os.path.join(out_dir, "inpaint_captions.txt"), "w", encoding="utf-8") as f:
+    f.write("rows of (input, mask, raw decode, composited), two per grid row:\n")
+    f.write("".join(f"{i}: {c}\n" for i, c in enumerate(captions[:k])))
+  return out
 
 
-def _half_mask(position: str, size: int) -> np.ndarray:
+def edit_figures(
+    pipe,
+    out_dir: str,
+    num: int = 128,
+    strength: float = 0.7,
+    seed: int = 0,
+    guidance_scale: float | None = None,
+) -> dict:
+  """SDEdit of new scenes (training compositions, half one object, half two): first object's
+  colour changed."""
+  size = pipe.image_size
+  guidance_scale = pipe.config.sample.guidance_scale if guidance_scale is None else guidance_scale
+  half = num // 2
+  im_a, sc_a = test_scenes(half, "train", 1, size, seed, offset=8 * 10**6)
+  im_b, sc_b = test_scenes(num - half, "train", 2, size, seed, offset=9 * 10**6)
+  images, scenes = np.concatenate([im_a, im_b]), sc_a + sc_b
+  rng = np.random.default_rng([seed, 11])
+  captions, edited_first = [], []
+  for objects in scenes:
+    first = objects[0]
+    colors = [c for c in world.COLORS if c != first.color]
+    new = dataclasses.replace(first, color=colors[int(rng.integers(len(colors)))])
+    edited_first.append(new)
+    captions.append(world.caption([new, *objects[1:]]))
+  edited = pipe.edit(images, captions, strength=strength, guidance_scale=guidance_scale, seed=seed)
+  adherent = checker.score_batch(edited, captions)
+  kept = [
+      _any_color(edited[i], edited_first[i])
+      and all(checker.score(edited[i], _one(o)) for o in scenes[i][1:])
+      for i in range(num)
+  ]
+  out = {
+      "edit_adherence": rate(adherent),
+      "edit_preservation": rate(kept),
+      "edit_unseen_captions": float(
+          np.mean([world.composition_split(world.parse_caption(c)) != "train" for c in captions])
+      ),
+      "edit_settings": dict(num=num, strength=strength, guidance_scale=guidance_scale, seed=seed),
+  }
+  k = 16
+  rows = np.stack([im for t in zip(images[:k], edited[:k]) for im in t])
+  writers.save_png(os.path.join(out_dir, "edit_before_after.png"), writers.grid(rows, 8))
+  with open(os.path.join(out_dir, "edit_captions.txt"), "w", encoding="utf-8") as f:
+    f.write("pairs of (input, edited), four per grid row:\n")
+    f.write("".join(f"{i}: {c}\n" for i, c in enumerate(captions[:k])))
+  return out
+
+
+def test_figures(pipe, out_dir: str, per_group: int = 64, num_edits: int = 128) -> dict:
+  """All three on the test split; grids and their captions in `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  out = generation_figures(pipe, out_dir, per_group)
+  out.update(inpaint_figures(pipe, out_dir, num_edits))
+  out.update(edit_figures(pipe, out_dir, num_edits))
+  return out
+
+
+def _mean_se(values: Sequence[float]) -> dict[str, float]:
+  x = np.asarray(values, np.float64)
+  return {
+      "mean": float(x.mean()),
+      "se": float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan"),
+      "n": int(x.size),
+  }
+
+
+def half_mask(position: str, size: int) -> np.ndarray:
   """{0, 1} (size, size): the half of the image that holds an object at `position`."""
   m = np.zeros((size, size), np.float32)
   half = size // 2
@@ -110,3 +254,12 @@ def _half_mask(position: str, size: int) -> np.ndarray:
     q = size // 4
     m[q : size - q, q : size - q] = 1
   return m
+
+
+def summary_table(figures: dict) -> str:
+  """The test figures as lines "name  mean ± se  (n)", in the order they were measured."""
+  lines = ["held-out test compositions (mean ± standard error, n):"]
+  for name, v in figures.items():
+    if isinstance(v, dict) and {"mean", "se", "n"} <= set(v):
+      lines.append(f"  {name:34s} {v['mean']:.3f} ± {v['se']:.3f}  (n={v['n']})")
+  return "\n".join(lines)

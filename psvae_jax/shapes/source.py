@@ -2,7 +2,10 @@
 
 `plugin.register()` registers `get_source` as data.source="shapes"
 (`psvae_jax.data.sources.register_source`). The train split is generator indices
-[0, num_train), the held-out eval split [EVAL_INDEX_OFFSET, EVAL_INDEX_OFFSET + num_eval).
+[0, num_train) drawn from the training compositions only (`world.composition_split`); the eval
+split, [EVAL_INDEX_OFFSET, EVAL_INDEX_OFFSET + num_eval), is the validation set: new scenes,
+alternately of training compositions ("seen") and of the "val" held-out ones ("unseen"). The
+"test" compositions appear in no split here: the demo's report draws them (figures.py).
 """
 
 from __future__ import annotations
@@ -19,19 +22,28 @@ Record = dict[str, Any]
 class ShapesSource:
   """Synthetic captioned shapes, generated on the fly and deterministically.
 
-  Record i is `world.generate(index_offset + i, image_size, seed)`: the records are i.i.d.
-  draws already, so eval sets read them in order (`random_order`, data/pipeline.eval_order).
+  Record i is `world.generate(index_offset + i, image_size, seed, split=splits[i % len(splits)])`:
+  the records are i.i.d. draws already (per split), so eval sets read them in order
+  (`random_order`, data/pipeline.eval_order) and a prefix alternates the splits evenly.
   """
 
   random_order = True
 
-  def __init__(self, num_records: int, image_size: int, seed: int, index_offset: int = 0):
+  def __init__(
+      self,
+      num_records: int,
+      image_size: int,
+      seed: int,
+      index_offset: int = 0,
+      splits: tuple[str, ...] = ("train",),
+  ):
     if num_records <= 0:
       raise ValueError(f"num_records must be positive, got {num_records}.")
     self._num_records = int(num_records)
     self._image_size = int(image_size)
     self._seed = int(seed)
     self._index_offset = int(index_offset)
+    self._splits = tuple(splits)
 
   def __len__(self) -> int:
     return self._num_records
@@ -40,14 +52,17 @@ class ShapesSource:
     index = int(index)
     if not 0 <= index < self._num_records:
       raise IndexError(f"Index {index} out of range [0, {self._num_records}).")
-    image, caption = world.generate(self._index_offset + index, self._image_size, self._seed)
+    split = self._splits[index % len(self._splits)]
+    image, caption = world.generate(
+        self._index_offset + index, self._image_size, self._seed, split=split
+    )
     return {"image": image, "caption": caption, "label": -1}
 
   def __repr__(self) -> str:
     return (
         f"ShapesSource(num_records={self._num_records}, "
         f"image_size={self._image_size}, seed={self._seed}, "
-        f"index_offset={self._index_offset})"
+        f"index_offset={self._index_offset}, splits={self._splits})"
     )
 
 
@@ -66,4 +81,5 @@ def get_source(cfg: Any, split: str) -> ShapesSource:
       image_size=int(cfg.image_size),
       seed=int(cfg.seed),
       index_offset=0 if train else EVAL_INDEX_OFFSET,
+      splits=("train",) if train else ("train", "val"),
   )

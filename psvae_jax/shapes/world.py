@@ -7,11 +7,20 @@ dark background. Two-object scenes always use an opposite pair of positions
 image_size, seed)` is deterministic; `caption` and `parse_caption` map scenes to
 captions such as "a red circle on the left and a blue square on the right" and
 back. The prompt-adherence checker is in `checker.py`.
+
+Compositions are split three ways (`composition_split`), so that generalisation is measured,
+not assumed: "val" and "test" each hold out 10 of the 105 (colour, shape, position) objects
+(every colour-shape, colour-position and shape-position pair still occurs in training) and an
+eighth of the two-object pairings of the remaining objects. No training scene of any stage
+shows a held-out composition (`generate(..., split="train")`); tuning reads "val", and the
+demo's report.json reads "test" only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import re
 from typing import Sequence
 
@@ -94,6 +103,67 @@ def sample_scene(rng: np.random.Generator) -> list[ShapeObject]:
   return objects
 
 
+# ---- the composition split: train / val / test ------------------------------------------
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_HELD_OUT_PER_SPLIT = 10  # (shape, colour, position) objects held out per split ("val", "test")
+_PAIR_HOLD_OUT = 8  # one in this many two-object pairings of kept objects is held out
+
+
+def _held_out_objects() -> dict[tuple[str, str, str], str]:
+  """(shape, colour, position) -> "val" | "test": a fixed, seeded choice in which each
+  colour-shape pair is held out at most once (so every pair of attributes stays in training)."""
+  triples = list(itertools.product(SHAPES, COLORS, POSITIONS))
+  order = np.random.default_rng(20261204).permutation(len(triples))
+  chosen, used = [], set()
+  for i in order:
+    shape, color, position = triples[i]
+    if (shape, color) in used:
+      continue
+    used.add((shape, color))
+    chosen.append(triples[i])
+    if len(chosen) == 2 * _HELD_OUT_PER_SPLIT:
+      break
+  return {t: SPLITS[1 + k % 2] for k, t in enumerate(chosen)}
+
+
+HELD_OUT_OBJECTS: dict[tuple[str, str, str], str] = _held_out_objects()
+
+
+def _pair_split(a: tuple[str, str, str], b: tuple[str, str, str]) -> str:
+  """The split of a two-object pairing of kept objects (order-free, stable across runs)."""
+  key = "|".join(sorted(("/".join(a), "/".join(b)))).encode()
+  h = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+  if h % _PAIR_HOLD_OUT:
+    return "train"
+  return SPLITS[1 + (h // _PAIR_HOLD_OUT) % 2]
+
+
+def composition_split(objects: Sequence[ShapeObject]) -> str:
+  """ "train", "val" or "test": where a scene's composition belongs (a scene showing any "test"
+  composition is "test", else any "val" one "val")."""
+  keys = [o.key() for o in objects]
+  found = {HELD_OUT_OBJECTS.get(k, "train") for k in keys}
+  if len(keys) == 2 and found == {"train"}:
+    found.add(_pair_split(*keys))
+  return "test" if "test" in found else "val" if "val" in found else "train"
+
+
+def sample_scene_in(
+    rng: np.random.Generator, split: str, num_objects: int | None = None
+) -> list[ShapeObject]:
+  """`sample_scene` restricted to a composition split, by rejection, with 1 or 2 objects (default:
+  either, half and half as in the world, so no split is short of two-object scenes)."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+  if num_objects is None:  # the world's half single, half two-object scenes, in every split
+    num_objects = 1 if rng.random() < 0.5 else 2
+  for _ in range(100_000):
+    objects = sample_scene(rng)
+    if composition_split(objects) == split and num_objects in (None, len(objects)):
+      return objects
+  raise RuntimeError(f"no scene of split {split!r} with {num_objects} objects")  # unreachable
+
+
 def render(
     objects: Sequence[ShapeObject], image_size: int, background: tuple[int, int, int] = (0, 0, 0)
 ) -> np.ndarray:
@@ -166,9 +236,19 @@ def parse_caption(text: str) -> list[ShapeObject]:
   return objects
 
 
-def generate(index: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, str]:
-  """Deterministic (image uint8 (S, S, 3), caption) for (seed, index)."""
+def generate(
+    index: int,
+    image_size: int,
+    seed: int = 0,
+    split: str | None = None,
+    num_objects: int | None = None,
+) -> tuple[np.ndarray, str]:
+  """Deterministic (image uint8 (S, S, 3), caption) for (seed, index): any composition, or one of
+  `split` ("train", "val", "test"; `composition_split`) with `num_objects` objects."""
   rng = np.random.default_rng([seed, index])
   background = tuple(int(c) for c in rng.integers(0, _MAX_BACKGROUND + 1, 3))
-  objects = sample_scene(rng)
+  if split is None and num_objects is None:
+    objects = sample_scene(rng)
+  else:
+    objects = sample_scene_in(rng, split or "train", num_objects)
   return render(objects, image_size, background), caption(objects)

@@ -259,8 +259,11 @@ def log_train_metrics(
   if hasattr(train_iter, "counters"):  # skipped / repaired input records, by kind
     scalars.update({f"data/{k}": v for k, v in train_iter.counters().items()})
   writer.write_scalars(step, scalars)
+  # The log line: losses and rates; data counters (and skipped_steps) only once they are non-zero
+  # (TensorBoard keeps them all).
+  shown = {k: v for k, v in scalars.items() if not (k.startswith("data/") or "skipped" in k) or v}
   logging.info(
-      "step %d: %s", step, " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in scalars.items())
+      "step %d: %s", step, " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in shown.items())
   )
   return skipped
 
