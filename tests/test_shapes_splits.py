@@ -47,8 +47,9 @@ def test_pair_split_is_order_free_and_holds_out_some_pairings():
   kept = [t for t in kept if t not in world.HELD_OUT_OBJECTS]
   lefts = [t for t in kept if t[2] == "left"]
   rights = [t for t in kept if t[2] == "right"]
-  splits = [world._pair_split(a, b) for a in lefts for b in rights]  # pylint: disable=protected-access
-  assert splits == [world._pair_split(b, a) for a in lefts for b in rights]  # pylint: disable=protected-access
+  pair_split = world._pair_split  # pylint: disable=protected-access
+  splits = [pair_split(a, b) for a in lefts for b in rights]
+  assert splits == [pair_split(b, a) for a in lefts for b in rights]
   frac = {s: splits.count(s) / len(splits) for s in world.SPLITS}
   assert 0.8 < frac["train"] < 0.95 and frac["val"] > 0.02 and frac["test"] > 0.02, frac
 
