@@ -25,10 +25,16 @@ def one_line(e: BaseException) -> str:
   return " ".join(text.split())
 
 
+_QUIET = [False]
+
+
 def quiet_by_default() -> None:
   """Logs WARNING and above unless --verbosity / -v asks for more (absl's INFO default floods a
-  user tool with Orbax and JAX lines); the tool prints what a user needs to stdout itself."""
-  flags.FLAGS.set_default("verbosity", -1)
+  user tool with Orbax and JAX lines); the tool prints what a user needs to stdout itself.
+
+  Applied by `flags_parser` after parsing: absl 2.5's app.run ignores a changed default of
+  --verbosity (set_default left every INFO line in view)."""
+  _QUIET[0] = True
 
 
 _CHATTY = (
@@ -63,6 +69,8 @@ def flags_parser(prog: str) -> Callable[[Sequence[str]], list[str]]:
   def parse(argv: Sequence[str]) -> list[str]:
     try:
       rest = flags.FLAGS(argv)
+      if _QUIET[0] and not flags.FLAGS["verbosity"].present:
+        flags.FLAGS.verbosity = -1
       for name in flags.FLAGS:  # config_flags defers a config file's load error: raise it now
         report = getattr(flags.FLAGS[name].value, "_ReportError", None)
         if report is not None:

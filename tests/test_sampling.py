@@ -81,6 +81,8 @@ def test_sample_cli(trained_dit, tmp_path):
   settings = json.loads((tmp_path / "grid.png.json").read_text())  # what made the grid
   assert settings["prompt"] == PROMPTS[0] and settings["steps"] == 5 and settings["shift"] == 2.5
   assert "sample: wrote" in r.stdout
+  # The default output is the tool's own lines: no Orbax / JAX INFO logs (issue 15).
+  assert len((r.stdout + r.stderr).splitlines()) <= 10, r.stderr[-3000:]
 
 
 def test_training_grids_record_their_prompts(trained_dit):

@@ -299,6 +299,7 @@ def _finish(
 
 def main(argv: list[str]) -> None:
   del argv
+  cli.quiet_libraries()  # Orbax INFO lines only with -v 1; the cache's progress lines stay
   runtime.initialize()
   f = flags.FLAGS
   # Input errors before any work, in one line: an existing cache, a missing autoencoder or data.
