@@ -17,8 +17,10 @@ import ml_collections
 
 from configs import common
 
-# The generating evaluators sample with the library's defaults (configs/common.py SAMPLE).
-_SAMPLING = dict(steps=common.SAMPLE.steps, guidance_scale=common.SAMPLE.guidance_scale, seed=0)
+# The generating evaluators sample with the library's default steps (configs/common.py SAMPLE)
+# and, unless an evaluator sets guidance_scale, the model's own guidance scale (its config's
+# sample.guidance_scale; psvae_jax/evals/runner.evaluate fills it in and records it).
+_SAMPLING = dict(steps=common.SAMPLE.steps, seed=0)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -76,6 +76,12 @@ class Pipeline:
         consts, parallel.param_shardings(consts, self.mesh, min_size=config.shard_min_size)
     )
 
+  def guidance_scale(self, value: float | None = None) -> float:
+    """`value`, or the model config's sample.guidance_scale when None (older workdirs: 7.5)."""
+    if value is not None:
+      return float(value)
+    return float(self.config.get("sample", {}).get("guidance_scale", _SAMPLE.guidance_scale))
+
   @property
   def image_size(self) -> int:
     return self.ae.image_size
@@ -84,7 +90,7 @@ class Pipeline:
       self,
       prompts: Sequence[str] | None = None,
       steps: int = _SAMPLE.steps,
-      guidance_scale: float = _SAMPLE.guidance_scale,
+      guidance_scale: float | None = None,
       eta: float = _SAMPLE.eta,
       seed: int = 0,
       labels: Sequence[int | str] | None = None,
@@ -96,8 +102,9 @@ class Pipeline:
 
     labels: class ids or class names ("sneaker"; `self.class_names`, saved at training start).
 
-    steps, guidance_scale, eta default to the sampling defaults (configs/common.py SAMPLE).
-    guidance_scale: the classifier-free guidance scale (1 = no guidance).
+    steps, eta default to the sampling defaults (configs/common.py SAMPLE).
+    guidance_scale: the classifier-free guidance scale (1 = no guidance); None: the model
+      config's sample.guidance_scale (the value chosen for that model: 4 for the demo's).
     guidance_rescale: guidance rescale phi (None: the model config's sample.guidance_rescale).
     guidance_interval: (lo, hi) noise levels (1 = pure noise) where guidance_scale applies, scale
       1 elsewhere (None: the model config's sample.guidance_interval; (0, 1) = every step).
@@ -117,7 +124,7 @@ class Pipeline:
         prompts=prompts,
         labels=labels,
         steps=steps,
-        guidance_scale=guidance_scale,
+        guidance_scale=self.guidance_scale(guidance_scale),
         eta=eta,
         seed=seed,
         guidance_rescale=guidance_rescale,
@@ -174,7 +181,7 @@ class Pipeline:
       prompts,
       strength: float = 0.7,
       steps: int = _SAMPLE.steps,
-      guidance_scale: float = _SAMPLE.guidance_scale,
+      guidance_scale: float | None = None,
       eta: float = _SAMPLE.eta,
       seed: int = 0,
       *,
@@ -217,7 +224,7 @@ class Pipeline:
       masks,
       prompts,
       steps: int = _SAMPLE.steps,
-      guidance_scale: float = _SAMPLE.guidance_scale,
+      guidance_scale: float | None = None,
       eta: float = _SAMPLE.eta,
       seed: int = 0,
       *,
@@ -326,7 +333,7 @@ class Pipeline:
         lat_mask,
         strength=strength,
         steps=steps,
-        guidance_scale=guidance_scale,
+        guidance_scale=self.guidance_scale(guidance_scale),
         eta=eta,
         seed=seed,
         guidance_rescale=guidance_rescale,

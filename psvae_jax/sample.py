@@ -2,7 +2,7 @@
 
   python -m psvae_jax.sample --workdir=runs/demo/dit \
       --prompt="a red circle on the left and a blue square on the right" \
-      --num_images=4 --steps=50 --guidance_scale=7.5 --seed=0 --out=grid.png
+      --num_images=4 --steps=50 --seed=0 --out=grid.png
   ... --out_dir=DIR   writes one PNG per image instead of a grid.
   ... --shift=3       the Euler sampler's timestep shift (flow models; default: the model
                       config's sample.shift), separate from the training shift
@@ -14,7 +14,8 @@ outside [0, 1], a mask without an image, a shift <= 0) exit with a one-line mess
 
 Same seed, same images. The sampler compiles once per batch size; steps, guidance_scale, eta,
 shift, seed and prompt do not recompile. `--cfg` is an alias of `--guidance_scale` (its old name).
-Defaults: configs/common.py SAMPLE.
+Defaults: configs/common.py SAMPLE; guidance scale, interval and shift: the model config's sample
+settings (what was chosen for that model).
 """
 
 import json
@@ -42,8 +43,9 @@ _NUM = flags.DEFINE_integer("num_images", 4, "Images to generate.")
 _STEPS = flags.DEFINE_integer("steps", common.SAMPLE.steps, "Sampler steps.")
 _GUIDANCE_SCALE = flags.DEFINE_float(
     "guidance_scale",
-    common.SAMPLE.guidance_scale,
-    "Classifier-free guidance scale (1 = no guidance).",
+    None,
+    "Classifier-free guidance scale (1 = no guidance). Default: the model config's "
+    "sample.guidance_scale.",
 )
 flags.DEFINE_alias("cfg", "guidance_scale")  # the flag's old name
 _ETA = flags.DEFINE_float("eta", common.SAMPLE.eta, "DDIM eta (0 = deterministic).")
@@ -135,16 +137,18 @@ def _check_flags() -> tuple[dict, int | None]:
     raise _Usage(f"--num_images={_NUM.value} must be >= 1.")
   if not 1 <= _STEPS.value <= common.MAX_SAMPLE_STEPS:
     raise _Usage(f"--steps={_STEPS.value} must be in [1, {common.MAX_SAMPLE_STEPS}].")
-  if not (math.isfinite(_GUIDANCE_SCALE.value) and _GUIDANCE_SCALE.value >= 0):
-    raise _Usage(
-        f"--guidance_scale={_GUIDANCE_SCALE.value:g} must be >= 0 (1 = no guidance, "
-        f"default {common.SAMPLE.guidance_scale:g})."
-    )
+  scale = _GUIDANCE_SCALE.value
+  if scale is not None and not (math.isfinite(scale) and scale >= 0):
+    raise _Usage(f"--guidance_scale={scale:g} must be >= 0 (1 = no guidance).")
   if not (math.isfinite(_ETA.value) and _ETA.value >= 0):
     raise _Usage(f"--eta={_ETA.value:g} must be >= 0.")
   if _SHIFT.value is not None and not (math.isfinite(_SHIFT.value) and _SHIFT.value > 0):
     raise _Usage(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
   config = _run_config(_WORKDIR.value)
+  if scale is None:  # the model's own setting, recorded in the settings JSON as used
+    flags.FLAGS.guidance_scale = float(
+        config.get("sample", {}).get("guidance_scale", common.SAMPLE.guidance_scale)
+    )
   cond = config.get("model", {}).get("cond_type", "text")
   label = None
   if cond == "class":

@@ -104,6 +104,7 @@ def test_dit_loss_bf16_matches_fp32_and_stores_frozen_text_in_bf16(trained_dit):
   losses, dots = {}, {}
   for dtype in ("float32", "bfloat16"):
     config = dit_config.get_config("tiny")
+    config.train_text_encoder = False  # a frozen text encoder: stored in text_encoder_dtype
     config.autoencoder, config.text_encoder = str(trained_dit / "psvae"), text_dir
     config.dtype = config.text_encoder_dtype = dtype
     task = dit_task.DiTTask(config, mesh, *tasks.dit_pieces(config, mesh))

@@ -27,6 +27,7 @@ from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
+from configs import common
 from psvae_jax.data import sources
 from psvae_jax.data import specs
 from psvae_jax.evals import evaluators
@@ -275,6 +276,12 @@ def evaluate(workdir: str, config, data_spec: str = "", progress=None) -> dict:
   evals = dict(config.evals)
   if ctx.generate is None:  # autoencoder workdir: reconstruction evaluators only
     evals = {k: v for k, v in evals.items() if dict(v)["type"] not in GENERATION_TYPES}
+  else:  # an unset guidance scale is the model's own (its config's sample.guidance_scale)
+    own = float(run_cfg.get("sample", {}).get("guidance_scale", common.SAMPLE.guidance_scale))
+    evals = {
+        k: {"guidance_scale": own, **dict(v)} if dict(v)["type"] in GENERATION_TYPES else v
+        for k, v in evals.items()
+    }
   if progress:
     progress(f"loaded {workdir}; reading the held-out images ...")
   needed = check_eval_data(evals, ctx.eval_data)

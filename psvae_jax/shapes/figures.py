@@ -74,12 +74,18 @@ def _grid_with_captions(path: str, images: np.ndarray, captions: Sequence[str], 
 
 
 def generation_figures(
-    pipe, out_dir: str, per_group: int = 64, seed: int = 0, scales: Sequence[float] = ()
+    pipe,
+    out_dir: str,
+    per_group: int = 64,
+    seed: int = 0,
+    scales: Sequence[float] = (),
+    held_out: str = "test",
 ) -> dict:
-  """Adherence on the four test groups, at the default guidance scale and at 1 (or `scales`)."""
+  """Adherence on the four groups (seen / `held_out` compositions x one / two objects), at the
+  default guidance scale and at 1 (or `scales`). held_out="val" is for tuning decisions."""
   size = pipe.image_size
   groups = {}
-  for k, (split, n_obj) in enumerate([("train", 1), ("train", 2), ("test", 1), ("test", 2)]):
+  for k, (split, n_obj) in enumerate([("train", 1), ("train", 2), (held_out, 1), (held_out, 2)]):
     _, scenes = test_scenes(per_group, split, n_obj, size, seed, offset=k * 10**6)
     name = f"{'seen' if split == 'train' else 'unseen'}_{'single' if n_obj == 1 else 'two'}"
     groups[name] = [world.caption(s) for s in scenes]
@@ -121,13 +127,15 @@ def inpaint_figures(
     num: int = 128,
     seed: int = 0,
     guidance_scale: float | None = None,
+    held_out: str = "test",
 ) -> dict:
-  """Inpainting of the first object of two-object scenes (half training compositions, half test)."""
+  """Inpainting of the first object of two-object scenes (half training compositions, half
+  `held_out` ones)."""
   size = pipe.image_size
   guidance_scale = pipe.config.sample.guidance_scale if guidance_scale is None else guidance_scale
   half = num // 2
   im_a, sc_a = test_scenes(half, "train", 2, size, seed, offset=5 * 10**6)
-  im_b, sc_b = test_scenes(num - half, "test", 2, size, seed, offset=6 * 10**6)
+  im_b, sc_b = test_scenes(num - half, held_out, 2, size, seed, offset=6 * 10**6)
   images, scenes = np.concatenate([im_a, im_b]), sc_a + sc_b
   rng = np.random.default_rng([seed, 7])
   new_objects, captions, masks = [], [], []
@@ -220,12 +228,20 @@ def edit_figures(
   return out
 
 
-def test_figures(pipe, out_dir: str, per_group: int = 64, num_edits: int = 128) -> dict:
-  """All three on the test split; grids and their captions in `out_dir`."""
+def test_figures(
+    pipe,
+    out_dir: str,
+    per_group: int = 64,
+    num_edits: int = 128,
+    held_out: str = "test",
+    seed: int = 0,
+) -> dict:
+  """All three on the test split (the report; held_out="val" with another seed: for tuning);
+  grids and their captions in `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
-  out = generation_figures(pipe, out_dir, per_group)
-  out.update(inpaint_figures(pipe, out_dir, num_edits))
-  out.update(edit_figures(pipe, out_dir, num_edits))
+  out = generation_figures(pipe, out_dir, per_group, seed=seed, held_out=held_out)
+  out.update(inpaint_figures(pipe, out_dir, num_edits, seed=seed, held_out=held_out))
+  out.update(edit_figures(pipe, out_dir, num_edits, seed=seed))
   return out
 
 
@@ -256,9 +272,10 @@ def half_mask(position: str, size: int) -> np.ndarray:
   return m
 
 
-def summary_table(figures: dict) -> str:
-  """The test figures as lines "name  mean ± se  (n)", in the order they were measured."""
-  lines = ["held-out test compositions (mean ± standard error, n):"]
+def summary_table(figures: dict, held_out: str = "test") -> str:
+  """The figures as lines "name  mean ± se  (n)", in the order they were measured ("unseen":
+  the `held_out` split's compositions)."""
+  lines = [f"unseen = held-out {held_out!r} compositions (mean ± standard error, n):"]
   for name, v in figures.items():
     if isinstance(v, dict) and {"mean", "se", "n"} <= set(v):
       lines.append(f"  {name:34s} {v['mean']:.3f} ± {v['se']:.3f}  (n={v['n']})")
