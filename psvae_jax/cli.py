@@ -10,6 +10,7 @@ pointer to --help, and exit status 1, before anything starts.
 from __future__ import annotations
 
 import logging as logging_std
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -63,6 +64,20 @@ def quiet_libraries() -> None:
     logging_std.getLogger("jax._src.xla_bridge").setLevel(logging_std.WARNING)
 
 
+def _config_error(text: str) -> str:
+  """A config file's load error as its cause alone (ml_collections wraps a missing file, or a
+  traceback of get_config, into one long message)."""
+  missing = re.search(r"Attempted \[[^]]*\]: (\S+) \[Errno 2\]", text)
+  if missing:
+    return f"--config: no config file {missing.group(1)}."
+  if "Traceback (most recent call last)" in text:
+    causes = list(re.finditer(r"\b[A-Z]\w*(Error|Exception): ", text))
+    if causes:
+      flag = re.match(r"flag (--\S+): ", text)
+      return (f"{flag.group(1)}: " if flag else "") + text[causes[-1].start() :]
+  return text
+
+
 def flags_parser(prog: str) -> Callable[[Sequence[str]], list[str]]:
   """An absl `flags_parser` that turns every flag / config override error into one line."""
 
@@ -77,6 +92,6 @@ def flags_parser(prog: str) -> Callable[[Sequence[str]], list[str]]:
           report()
       return rest
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-      sys.exit(f"{prog}: error: {one_line(e)} (--help lists the flags)")
+      sys.exit(f"{prog}: error: {_config_error(one_line(e))} (--help lists the flags)")
 
   return parse

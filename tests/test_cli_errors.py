@@ -79,7 +79,16 @@ def test_prompt_warnings_name_unknown_words_truncation_and_empty():
 @pytest.mark.parametrize(
     "module,args,message",
     [
-        ("main", ["--config=configs/nope.py", "--workdir={w}"], "No such file or directory"),
+        (
+            "main",
+            ["--config=configs/nope.py", "--workdir={w}"],
+            "--config: no config file configs/",
+        ),
+        (
+            "main",
+            ["--config=configs/svae.py:nope", "--workdir={w}"],
+            "--config=configs/svae.py:nope: ValueError: Unknown config variant 'nope'",
+        ),
         (
             "main",
             ["--config=configs/psvae.py:tiny", "--workdir={w}", "--config.optim.lrr=1"],

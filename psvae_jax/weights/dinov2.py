@@ -24,6 +24,8 @@ Deliberately ignored source keys (see :data:`IGNORED_SUFFIXES`):
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from typing import Any, Mapping
 
@@ -195,3 +197,97 @@ def load_dinov2(hf_dir: str, dtype: Any = jnp.float32) -> tuple[DinoV2, dict]:
   return module, common.load_hf_params(
       hf_dir, module, convert_dinov2_state_dict, (dummy,), "DINOv2 checkpoint"
   )
+
+
+# On-disk (legacy) Hugging Face names of the flax submodules: what `save_pretrained` writes.
+_EXPORT_LINEAR = {
+    "q_proj": "attention.attention.query",
+    "k_proj": "attention.attention.key",
+    "v_proj": "attention.attention.value",
+    "o_proj": "attention.output.dense",
+    "fc1": "mlp.fc1",
+    "fc2": "mlp.fc2",
+}
+
+
+def export_dinov2_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The inverse of `convert_dinov2_state_dict` for plain-MLP DINOv2s (no registers, no
+  SwiGLU): a flax param tree -> Hugging Face `Dinov2Model` tensors (on-disk names), with a zero
+  `embeddings.mask_token` so that transformers loads the file without a missing key."""
+  out: dict[str, np.ndarray] = {}
+  for key, value in common.flatten(params).items():
+    value = np.asarray(value, np.float32)
+    parts = key.split("/")
+    if key == "cls_token":
+      out["embeddings.cls_token"] = value
+      out["embeddings.mask_token"] = np.zeros((1, value.shape[-1]), np.float32)
+    elif key == "pos_embed":
+      out["embeddings.position_embeddings"] = value
+    elif key == "patch_embed/kernel":
+      out["embeddings.patch_embeddings.projection.weight"] = value.transpose(3, 2, 0, 1)
+    elif key == "patch_embed/bias":
+      out["embeddings.patch_embeddings.projection.bias"] = value
+    elif parts[0] == "norm":
+      out["layernorm." + ("weight" if parts[1] == "scale" else "bias")] = value
+    elif parts[0].startswith("layer_"):
+      prefix = f"encoder.layer.{parts[0][len('layer_'):]}."
+      if parts[1] in ("layer_scale1", "layer_scale2"):
+        out[prefix + parts[1] + ".lambda1"] = value
+      elif parts[1] in ("norm1", "norm2"):
+        out[prefix + parts[1] + "." + ("weight" if parts[2] == "scale" else "bias")] = value
+      elif parts[1] in _EXPORT_LINEAR:
+        name = prefix + _EXPORT_LINEAR[parts[1]]
+        if parts[2] == "kernel":
+          out[name + ".weight"] = np.ascontiguousarray(value.T)
+        else:
+          out[name + ".bias"] = value
+      else:
+        raise ValueError(f"export_dinov2_state_dict: no Hugging Face name for {key!r}.")
+    else:
+      raise ValueError(f"export_dinov2_state_dict: no Hugging Face name for {key!r}.")
+  return out
+
+
+def save_dinov2(out_dir: str, module: DinoV2, params: Mapping[str, Any], image_size: int) -> str:
+  """Writes `module` / `params` as a Hugging Face Dinov2 directory (config.json and
+  model.safetensors) that `load_dinov2` and transformers' `Dinov2Model.from_pretrained` read.
+
+  image_size: the input side the model was trained at (its position grid is image_size /
+  patch_size, which must equal the module's `pos_grid`)."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
+  if module.num_register_tokens or module.use_swiglu:
+    raise ValueError("save_dinov2 writes plain DINOv2s (no registers, no SwiGLU).")
+  if image_size // module.patch_size != module.pos_grid:
+    raise ValueError(
+        f"image_size={image_size} / patch_size={module.patch_size} != pos_grid={module.pos_grid}."
+    )
+  config = {
+      "architectures": ["Dinov2Model"],
+      "model_type": "dinov2",
+      "hidden_size": module.hidden_size,
+      "num_hidden_layers": module.num_layers,
+      "num_attention_heads": module.num_heads,
+      "mlp_ratio": module.mlp_ratio,
+      "hidden_act": "gelu",
+      "image_size": image_size,
+      "patch_size": module.patch_size,
+      "num_channels": 3,
+      "qkv_bias": True,
+      "layerscale_value": 1.0 if module.layerscale_init is None else module.layerscale_init,
+      "layer_norm_eps": module.layer_norm_eps,
+      "use_swiglu_ffn": False,
+      "drop_path_rate": 0.0,
+      "hidden_dropout_prob": 0.0,
+      "attention_probs_dropout_prob": 0.0,
+      "initializer_range": 0.02,
+  }
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=2)
+  save_file(
+      export_dinov2_state_dict(params),
+      os.path.join(out_dir, "model.safetensors"),
+      metadata={"format": "pt"},
+  )
+  return out_dir
