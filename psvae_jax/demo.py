@@ -26,6 +26,12 @@ from psvae_jax import cli
 _OUTDIR = flags.DEFINE_string("outdir", "runs/demo", "Output directory.")
 _STEPS_SCALE = flags.DEFINE_float("steps_scale", 1.0, "Multiplies every stage's steps (tests).")
 _CACHE_IMAGES = flags.DEFINE_integer("cache_images", 12800, "Shapes images in the latent cache.")
+_ENCODER = flags.DEFINE_string(
+    "encoder_weights",
+    "",
+    "Stage 1's representation encoder: a Hugging Face Dinov2 directory (e.g. the one "
+    "python -m psvae_jax.shapes.rep_encoder trains); default: the tiny config's random ViT.",
+)
 _DATA = flags.DEFINE_enum(
     "data", "shapes", ["shapes", "fashion_mnist", "folder"], "What the demo trains on."
 )
@@ -122,6 +128,9 @@ def main(argv):
   report = {}
 
   c1 = _scaled(svae_config.get_config("tiny"), _STEPS_SCALE.value)
+  if _ENCODER.value:  # stage 2 restores the encoder (and its frozen copy) from stage 1
+    c1.model.encoder.weights = _ENCODER.value
+  report["encoder_weights"] = _ENCODER.value or "random"
   m1 = loop.train_and_evaluate(c1, f"{out}/svae")
   report["stage1"] = m1
   report["seconds_stage1"] = time.time() - t0

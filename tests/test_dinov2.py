@@ -160,3 +160,26 @@ def test_tiny_config_and_block_shapes():
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(bvars))
   out = jax.eval_shape(block.apply, bvars, y)
   assert out.shape == (2, 5, 32) and out.dtype == jnp.bfloat16
+
+
+def test_export_is_read_by_transformers_and_back(tmp_path):
+  # A flax DinoV2 (every parameter perturbed: a mis-mapped or mis-laid-out tensor changes the
+  # output) saved as a Hugging Face directory: transformers' Dinov2Model reads it without a
+  # missing or unexpected key and gives the same features; our importer gives the same params.
+  module = vit.DinoV2(**dict(vit.dinov2_config("tiny"), pos_grid=10))
+  params = module.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype), params)
+  out = str(tmp_path / "exported")
+  dinov2_weights.save_dinov2(out, module, params, image_size=40)
+  model, info = transformers.Dinov2Model.from_pretrained(out, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  model.eval()
+  assert _compare(model, module, params, (40, 40), num_registers=0) <= _TOL
+  again_module, again = dinov2_weights.load_dinov2(out)
+  assert again_module == module
+  flat, flat_again = (dinov2_weights.common.flatten(p) for p in (params, again))
+  for k, v in flat.items():
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(flat_again[k]), err_msg=k)
+  with pytest.raises(ValueError, match="pos_grid"):
+    dinov2_weights.save_dinov2(out, module, params, image_size=32)

@@ -268,7 +268,10 @@ def save_dinov2(out_dir: str, module: DinoV2, params: Mapping[str, Any], image_s
       "hidden_size": module.hidden_size,
       "num_hidden_layers": module.num_layers,
       "num_attention_heads": module.num_heads,
-      "mlp_ratio": module.mlp_ratio,
+      # transformers 5 validates the field as an int
+      "mlp_ratio": int(module.mlp_ratio)
+      if float(module.mlp_ratio).is_integer()
+      else module.mlp_ratio,
       "hidden_act": "gelu",
       "image_size": image_size,
       "patch_size": module.patch_size,
@@ -285,8 +288,10 @@ def save_dinov2(out_dir: str, module: DinoV2, params: Mapping[str, Any], image_s
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(config, f, indent=2)
+  # Contiguous copies: safetensors writes an array's buffer, so a transposed view would be
+  # saved in its memory order, not its logical one.
   save_file(
-      export_dinov2_state_dict(params),
+      {k: np.ascontiguousarray(v) for k, v in export_dinov2_state_dict(params).items()},
       os.path.join(out_dir, "model.safetensors"),
       metadata={"format": "pt"},
   )
