@@ -38,7 +38,8 @@ def test_probe_reads_informative_features_and_not_noise():
       x[:, :5] += 3.0 * np.eye(5)[y]
     return x, y
 
-  good = rep_encoder._probe(make(400, True), make(200, True), make(400, True))  # pylint: disable=protected-access
-  noise = rep_encoder._probe(make(400, False), make(200, False), make(400, False))  # pylint: disable=protected-access
+  probe = rep_encoder._probe  # pylint: disable=protected-access
+  good = probe(make(400, True), make(200, True), make(400, True))
+  noise = probe(make(400, False), make(200, False), make(400, False))
   assert good["mean"] > 0.9 and good["n"] == 400
   assert noise["mean"] < 0.35  # chance: 0.2

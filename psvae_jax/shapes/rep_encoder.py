@@ -198,17 +198,20 @@ def build(out_dir: str, steps: int = 1200, seed: int = 0) -> dict:
   return report
 
 
-_OUT = flags.DEFINE_string("out", None, "Directory to write (config.json, model.safetensors).")
-_STEPS = flags.DEFINE_integer("steps", 1200, "Training steps (batch 64).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+def define_flags() -> None:
+  """The CLI's flags (defined when run as a program only: importing must not claim --out)."""
+  flags.DEFINE_string("out", None, "Directory to write (config.json, model.safetensors).")
+  flags.DEFINE_integer("steps", 1200, "Training steps (batch 64).")
+  flags.DEFINE_integer("seed", 0, "Seed.")
 
 
 def main(argv: list[str]) -> None:
   del argv
-  if not _OUT.value:
+  f = flags.FLAGS
+  if not f.out:
     raise app.UsageError("--out is required.")
-  report = build(_OUT.value, _STEPS.value, _SEED.value)
-  print(f"rep_encoder: wrote {_OUT.value} ({report['training']['train_seconds']:.0f} s)")
+  report = build(f.out, f.steps, f.seed)
+  print(f"rep_encoder: wrote {f.out} ({report['training']['train_seconds']:.0f} s)")
   for attr in ("shape", "colour", "position"):
     t, r = report["trained"][attr], report["random"][attr]
     print(
@@ -218,4 +221,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
