@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psvae_jax import cli
 from psvae_jax.models import vit
 from psvae_jax.shapes import world
 from psvae_jax.weights import dinov2 as dinov2_weights
@@ -100,7 +102,11 @@ def train(steps: int = 1200, batch_size: int = 64, num_images: int = 8192, seed:
   k1, k2 = jax.random.split(jax.random.key(seed))
   params = {"enc": module.init(k1, x[:1])["params"]}
   params["head"] = head.init(k2, module.apply({"params": params["enc"]}, x[:1]))["params"]
-  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 50, steps), weight_decay=1e-4)
+  if steps < 1:
+    raise ValueError(f"steps={steps} must be >= 1.")
+  warmup = min(50, steps // 10)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, warmup, max(steps, warmup + 1))
+  tx = optax.adamw(schedule, weight_decay=1e-4)
   opt = tx.init(params)
 
   def loss_fn(p, xb, sb, cb):
@@ -208,8 +214,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
-  if not f.out:
-    raise app.UsageError("--out is required.")
+  if not f.out or f.steps < 1:
+    sys.exit("rep_encoder: error: give --out=DIR and --steps >= 1. (--help lists the flags)")
   report = build(f.out, f.steps, f.seed)
   print(f"rep_encoder: wrote {f.out} ({report['training']['train_seconds']:.0f} s)")
   for attr in ("shape", "colour", "position"):
@@ -222,4 +228,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.quiet_by_default()
+  app.run(main, flags_parser=cli.flags_parser("rep_encoder"))
