@@ -50,9 +50,7 @@ def test_scenes(
   """`num` new scenes of a composition split: images uint8 (num, S, S, 3) and their objects."""
   images, scenes = [], []
   for i in range(num):
-    rng = np.random.default_rng([seed, TEST_INDEX_OFFSET + offset + i])
-    background = tuple(int(c) for c in rng.integers(0, 41, 3))
-    objects = world.sample_scene_in(rng, split, num_objects)
+    background, objects = world.scene(TEST_INDEX_OFFSET + offset + i, seed, split, num_objects)
     images.append(world.render(objects, image_size, background))
     scenes.append(objects)
   return np.stack(images), scenes

@@ -66,9 +66,7 @@ def scenes(num: int, seed: int, split: str = "train", num_objects: int | None = 
   g = IMAGE_SIZE // encoder_module().patch_size
   images, shapes, colors, objs = [], [], [], []
   for i in range(num):
-    rng = np.random.default_rng([seed, i])
-    background = tuple(int(c) for c in rng.integers(0, 41, 3))
-    objects = world.sample_scene_in(rng, split, num_objects)
+    background, objects = world.scene(i, seed, split, num_objects)
     images.append(world.render(objects, IMAGE_SIZE, background))
     s, c = np.zeros((g, g), np.int32), np.zeros((g, g), np.int32)
     for o in objects:

@@ -245,10 +245,16 @@ def generate(
 ) -> tuple[np.ndarray, str]:
   """Deterministic (image uint8 (S, S, 3), caption) for (seed, index): any composition, or one of
   `split` ("train", "val", "test"; `composition_split`) with `num_objects` objects."""
+  background, objects = scene(index, seed, split, num_objects)
+  return render(objects, image_size, background), caption(objects)
+
+
+def scene(
+    index: int, seed: int = 0, split: str | None = None, num_objects: int | None = None
+) -> tuple[tuple[int, int, int], list[ShapeObject]]:
+  """(background RGB, objects) of `generate(index, ..., seed, split, num_objects)`, unrendered."""
   rng = np.random.default_rng([seed, index])
   background = tuple(int(c) for c in rng.integers(0, _MAX_BACKGROUND + 1, 3))
   if split is None and num_objects is None:
-    objects = sample_scene(rng)
-  else:
-    objects = sample_scene_in(rng, split or "train", num_objects)
-  return render(objects, image_size, background), caption(objects)
+    return background, sample_scene(rng)
+  return background, sample_scene_in(rng, split or "train", num_objects)
