@@ -144,6 +144,18 @@ def sample_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(SAMPLE)
 
 
+def model_guidance_scale(config) -> float:
+  """A stage-3 run's own guidance scale (what an unset guidance scale means in the API, the sample
+  CLI and evaluate): its config's sample.guidance_scale (a ConfigDict or a stored config.json
+  dict; one written before the rename has it as sample.cfg), else SAMPLE's."""
+  sample = config.get("sample") or {}
+  legacy = [old for old, new in LEGACY_SAMPLE_KEYS.items() if new == "guidance_scale"]
+  for key in ("guidance_scale", *legacy):
+    if key in sample:
+      return float(sample[key])
+  return float(SAMPLE.guidance_scale)
+
+
 def rename_legacy_sample_keys(raw: dict) -> dict:
   """A stored config dict with its `sample` keys renamed per LEGACY_SAMPLE_KEYS (a new key wins)."""
   sample = raw.get("sample")

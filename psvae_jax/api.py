@@ -77,10 +77,10 @@ class Pipeline:
     )
 
   def guidance_scale(self, value: float | None = None) -> float:
-    """`value`, or the model config's sample.guidance_scale when None (older workdirs: 7.5)."""
+    """`value`, or the model's own (`common.model_guidance_scale`) when None."""
     if value is not None:
       return float(value)
-    return float(self.config.get("sample", {}).get("guidance_scale", _SAMPLE.guidance_scale))
+    return common.model_guidance_scale(self.config)
 
   @property
   def image_size(self) -> int:

@@ -146,9 +146,7 @@ def _check_flags() -> tuple[dict, int | None]:
     raise _Usage(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
   config = _run_config(_WORKDIR.value)
   if scale is None:  # the model's own setting, recorded in the settings JSON as used
-    flags.FLAGS.guidance_scale = float(
-        config.get("sample", {}).get("guidance_scale", common.SAMPLE.guidance_scale)
-    )
+    flags.FLAGS.guidance_scale = common.model_guidance_scale(config)
   cond = config.get("model", {}).get("cond_type", "text")
   label = None
   if cond == "class":

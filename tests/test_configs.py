@@ -74,3 +74,13 @@ def test_stored_config_with_old_sample_keys_loads_renamed(tmp_path):
   assert (sample.guidance_scale, sample.guidance_rescale, sample.steps) == (6.5, 0.3, 20)
   assert "cfg" not in sample and "cfg_rescale" not in sample
   assert dict(common.sample_config()) == dict(common.SAMPLE)  # a fresh config has the defaults
+
+
+def test_model_guidance_scale_is_the_runs_own():
+  from configs import dit  # pylint: disable=g-import-not-at-top
+
+  assert common.model_guidance_scale(dit.get_config("tiny")) == 4.0  # tuned on validation
+  assert common.model_guidance_scale(dit.get_config("tiny_class")) == 7.5
+  assert common.model_guidance_scale({"sample": {"guidance_scale": 3.0}}) == 3.0
+  assert common.model_guidance_scale({"sample": {"cfg": 5.0}}) == 5.0  # before the rename
+  assert common.model_guidance_scale({}) == common.SAMPLE.guidance_scale

@@ -21,13 +21,14 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from configs import common
+
 from psvae_jax import api
 from psvae_jax import autoencoders
 from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax.data import pipeline
-from configs import common
 from psvae_jax.data import sources
 from psvae_jax.data import specs
 from psvae_jax.evals import evaluators
@@ -277,7 +278,7 @@ def evaluate(workdir: str, config, data_spec: str = "", progress=None) -> dict:
   if ctx.generate is None:  # autoencoder workdir: reconstruction evaluators only
     evals = {k: v for k, v in evals.items() if dict(v)["type"] not in GENERATION_TYPES}
   else:  # an unset guidance scale is the model's own (its config's sample.guidance_scale)
-    own = float(run_cfg.get("sample", {}).get("guidance_scale", common.SAMPLE.guidance_scale))
+    own = common.model_guidance_scale(run_cfg)
     evals = {
         k: {"guidance_scale": own, **dict(v)} if dict(v)["type"] in GENERATION_TYPES else v
         for k, v in evals.items()
