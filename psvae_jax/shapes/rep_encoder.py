@@ -37,13 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax import cli
+from psvae_jax.models import autoencoder
 from psvae_jax.models import vit
 from psvae_jax.shapes import world
 from psvae_jax.weights import dinov2 as dinov2_weights
 
 IMAGE_SIZE = 32
-_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_STD = np.array([0.229, 0.224, 0.225], np.float32)
 NUM_SHAPE, NUM_COLOR = len(world.SHAPES) + 1, len(world.COLORS) + 1  # + "nothing there"
 
 
@@ -56,7 +55,8 @@ def encoder_module() -> vit.DinoV2:
 
 def normalize(images: np.ndarray) -> np.ndarray:
   """uint8 (B, S, S, 3) -> ImageNet-normalised float32, as the autoencoder feeds its encoder."""
-  return (images.astype(np.float32) / 255.0 - _MEAN) / _STD
+  mean, std = np.asarray(autoencoder.IMAGENET_MEAN), np.asarray(autoencoder.IMAGENET_STD)
+  return (images.astype(np.float32) / 255.0 - mean) / std
 
 
 def scenes(num: int, seed: int, split: str = "train", num_objects: int | None = None):
