@@ -74,6 +74,9 @@ class _FakePipe:
   def __init__(self, mode):
     self.mode = mode
 
+  def guidance_scale(self, value=None):  # api.Pipeline.guidance_scale
+    return self.config.sample.guidance_scale if value is None else value
+
   def _draw(self, captions):
     return np.stack([world.render(world.parse_caption(c), 32) for c in captions])
 

@@ -130,10 +130,12 @@ def train(steps: int = 1200, batch_size: int = 64, num_images: int = 8192, seed:
   return module, params["enc"], info
 
 
-def features(module: vit.DinoV2, params: Any, images: np.ndarray) -> np.ndarray:
-  """Frozen patch features: uint8 (B, S, S, 3) -> float64 (B, h, w, D)."""
-  fn = jax.jit(lambda p, x: module.apply({"params": p}, x))
-  out = [np.asarray(fn(params, normalize(images[i : i + 256]))) for i in range(0, len(images), 256)]
+def features(apply: Any, params: Any, images: np.ndarray) -> np.ndarray:
+  """Frozen patch features: uint8 (B, S, S, 3) -> float64 (B, h, w, D); `apply(params, x)` is
+  the encoder's jitted forward (made once per probe: each new jit compiles again)."""
+  out = [
+      np.asarray(apply(params, normalize(images[i : i + 256]))) for i in range(0, len(images), 256)
+  ]
   return np.concatenate(out).astype(np.float64)
 
 
@@ -169,10 +171,11 @@ def linear_probe(
   shape / colour: per token, of the object covering it (object tokens only), one read-out for
   all tokens (samples: tokens; the s.e. treats them as independent, so it is optimistic);
   position: per single-object image, from the mean-pooled tokens. {name: {mean, se, n}}."""
+  apply = jax.jit(lambda p, x: module.apply({"params": p}, x))
   sets = {}
   for name, n, s in (("fit", num_fit, 1), ("val", 256, 2), ("test", num_test, 3)):
     images, shapes, colors, objs = scenes(n, seed=seed * 100 + s + 2000)
-    f = features(module, params, images)
+    f = features(apply, params, images)
     on = shapes > 0
     single = np.array([len(o) == 1 for o in objs])
     sets[name] = {
