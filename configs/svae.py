@@ -28,7 +28,7 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   c = common.base_config(stage)
   c.variant = variant  # everything but "tiny" is paper-size: needs weight files to start
   c.init_from = ""  # stage 2: the stage-1 workdir
-  c.latent_stats_images = 50_000  # stage 2: images for the per-channel latent statistics
+  c.latent_stats_images = 50_000  # images for the per-channel latent statistics (end of stage)
   c.model = ml_collections.ConfigDict(
       dict(
           encoder=ml_collections.ConfigDict(

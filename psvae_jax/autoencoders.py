@@ -96,7 +96,7 @@ class Autoencoder:
     """Per-channel (mean, std), float32 (C,): of sampled z if `sample`, else of mu."""
     if self.stats is None:
       raise ValueError(
-          "This autoencoder workdir has no latent_stats.npz (stage 2 writes it at "
+          "This autoencoder workdir has no latent_stats.npz (stages 1 and 2 write it at "
           "the end of training)."
       )
     return self.stats.select(sample)

@@ -53,36 +53,19 @@ def _scaled(config, scale: float):
   return config
 
 
-def _proxy_figures(outdir: str, num_samples: int = 64, num_images: int = 128) -> dict:
+def _proxy_figures(outdir: str) -> dict:
   """The demo's fid_proxy / rfid_proxy: trains the proxy into OUTDIR/fid_proxy.safetensors,
   then runs the fid and rfid evaluators of configs/eval.py:demo on OUTDIR/dit (figures also
   land in OUTDIR/dit/metrics.json and its TensorBoard events)."""
-  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
   from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
-  from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(outdir, "fid_proxy.safetensors")
   t0 = time.time()
   info = proxy.train_proxy(path, steps=60, num_images=768)
-  cfg = eval_config.get_config("demo")
-  cfg.proxy_weights = path
-  for k in ("psnr", "ssim", "lpips", "adherence"):  # the demo reports these already
-    del cfg.evals[k]
-  cfg.evals.fid_proxy.num_samples = num_samples
-  cfg.evals.fid_proxy.num_reference = 4 * num_samples
-  cfg.evals.rfid_proxy.num_images = num_images
-  r = runner.evaluate(os.path.join(outdir, "dit"), cfg)
-  return {
-      "fid_proxy": r["fid_proxy/fid"],
-      "rfid_proxy": r["rfid_proxy/rfid"],
-      "fid_proxy_settings": {
-          k.split("/", 1)[1]: v
-          for k, v in r.items()
-          if k.startswith("fid_proxy/") and k != "fid_proxy/fid"
-      },
-      "proxy_accuracy": info["proxy_accuracy"],
-      "seconds_fid_proxy": time.time() - t0,
-  }
+  out = proxy.fid_figures(os.path.join(outdir, "dit"), path)
+  out["proxy_accuracy"] = info["proxy_accuracy"]
+  out["seconds_fid_proxy"] = time.time() - t0
+  return out
 
 
 def _class_demo(out: str) -> None:

@@ -1,4 +1,5 @@
-"""Metric writers (CLU: TensorBoard + logs, process 0 only), image grids and metrics.json."""
+"""Metric writers (CLU: TensorBoard + logs, process 0 only), image grids, metrics.json and
+eval_history.jsonl."""
 
 from __future__ import annotations
 
@@ -59,3 +60,32 @@ def write_metrics_json(
   if eval_step is not None:
     current["eval_step"] = eval_step
   path.write_text(json.dumps(current, indent=2, sort_keys=True))
+
+
+HISTORY_FILE = "eval_history.jsonl"
+
+
+def append_eval_history(workdir: str, step: int, metrics: Mapping[str, float | str]) -> None:
+  """Appends one line {"step", "figures"} to DIR/eval_history.jsonl (process 0 only): every
+  periodic eval of a run, for curves read without TensorBoard (`read_eval_history`)."""
+  if jax.process_index() != 0:
+    return
+  figures = {k: (v if isinstance(v, str) else float(v)) for k, v in metrics.items()}
+  line = json.dumps({"step": int(step), "figures": figures}, sort_keys=True)
+  with (epath.Path(workdir) / HISTORY_FILE).open("a") as f:
+    f.write(line + "\n")
+
+
+def read_eval_history(workdir: str) -> dict[int, dict[str, float | str]]:
+  """{step: figures} of DIR/eval_history.jsonl, ascending; a step evaluated again (a resumed run)
+  keeps its last figures; a torn last line (a run killed while writing) is skipped."""
+  path = epath.Path(workdir) / HISTORY_FILE
+  out = {}
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      out[int(row["step"])] = row["figures"]
+  return dict(sorted(out.items()))

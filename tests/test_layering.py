@@ -7,7 +7,13 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Entry points: they may use the shapes world (and define absl flags when imported).
-ENTRY_POINTS = ("psvae_jax.main", "psvae_jax.demo", "psvae_jax.evaluate", "psvae_jax.sample")
+ENTRY_POINTS = (
+    "psvae_jax.main",
+    "psvae_jax.demo",
+    "psvae_jax.ablation",
+    "psvae_jax.evaluate",
+    "psvae_jax.sample",
+)
 # The contract name of the shapes world (DESIGN.md): an alias module over psvae_jax/shapes/.
 ALIASES = ("psvae_jax.data.shapes",)
 

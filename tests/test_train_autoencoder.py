@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from configs import psvae as psvae_config
 from configs import svae as svae_config
 from psvae_jax import checkpoint
+from psvae_jax import writers
 from psvae_jax.train import loop
 from psvae_jax.train import optim
 from psvae_jax.train.tasks import autoencoder
@@ -54,6 +55,9 @@ def test_stage1_workdir_contract(svae_dir):
   assert any(p.name.startswith("events.out.tfevents") for p in stage1_dir.iterdir())
   assert list((stage1_dir / "samples").glob("reconstructions_*.png"))
   assert (stage1_dir / "data.json").exists()  # the splits it trained on (resume checks them)
+  assert (stage1_dir / "latent_stats.npz").exists()  # a DiT can train on the S-VAE latent too
+  history = writers.read_eval_history(str(stage1_dir))  # every periodic eval, for curves
+  assert list(history) == [6] and "psnr" in history[6], history
   events = event_accumulator.EventAccumulator(str(stage1_dir))
   events.Reload()
   tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -166,23 +166,43 @@ def _probe(fit, val, test) -> dict[str, float]:
 def linear_probe(
     module: vit.DinoV2, params: Any, num_fit: int = 512, num_test: int = 512, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-  """Linear read-outs of the frozen features on scenes of training compositions.
+  """Linear read-outs of a ViT's frozen features (`probe_features`; position from the
+  mean-pooled tokens)."""
+  apply = jax.jit(lambda p, x: module.apply({"params": p}, x))
+  return probe_features(
+      lambda images: features(apply, params, images), num_fit, num_test, seed, pool=True
+  )
 
+
+def probe_features(
+    feature_fn: Callable[[np.ndarray], np.ndarray],
+    num_fit: int = 512,
+    num_test: int = 512,
+    seed: int = 0,
+    pool: bool = True,
+) -> dict[str, dict[str, float]]:
+  """Linear read-outs of frozen features on scenes of training compositions.
+
+  feature_fn: uint8 images (B, 32, 32, 3) -> features (B, 8, 8, D) on the 4 px token grid (an
+  encoder's patch tokens, or an autoencoder's latent: psvae_jax/ablation.py).
   shape / colour: per token, of the object covering it (object tokens only), one read-out for
   all tokens (samples: tokens; the s.e. treats them as independent, so it is optimistic);
-  position: per single-object image, from the mean-pooled tokens. {name: {mean, se, n}}."""
-  apply = jax.jit(lambda p, x: module.apply({"params": p}, x))
+  position: per single-object image, from the mean-pooled tokens (`pool`) or all of them
+  flattened (a latent, whose layout is the position). {name: {mean, se, n}}."""
   sets = {}
   for name, n, s in (("fit", num_fit, 1), ("val", 256, 2), ("test", num_test, 3)):
     images, shapes, colors, objs = scenes(n, seed=seed * 100 + s + 2000)
-    f = features(apply, params, images)
+    f = np.asarray(feature_fn(images), np.float64)
+    if f.shape[:3] != shapes.shape:
+      raise ValueError(f"features {f.shape} are not on the {shapes.shape[1:]} token grid")
     on = shapes > 0
     single = np.array([len(o) == 1 for o in objs])
+    whole = f[single].mean((1, 2)) if pool else f[single].reshape(int(single.sum()), -1)
     sets[name] = {
         "shape": (f[on], shapes[on] - 1),
         "colour": (f[on], colors[on] - 1),
         "position": (
-            f[single].mean((1, 2)),
+            whole,
             np.array([world.POSITIONS.index(o[0].position) for o, one in zip(objs, single) if one]),
         ),
     }

@@ -269,7 +269,8 @@ def log_train_metrics(
 
 
 def run_eval(s: Setup, state: TrainState, step: int, writer) -> dict[str, float]:
-  """The task's evaluation: scalars and images to the writer, PNGs and DIR/metrics.json."""
+  """The task's evaluation: scalars and images to the writer, PNGs, DIR/metrics.json and a line
+  of DIR/eval_history.jsonl."""
   scalars, images = s.task.evaluate(state, s.consts, s.mesh, step)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
   writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
@@ -282,6 +283,7 @@ def run_eval(s: Setup, state: TrainState, step: int, writer) -> dict[str, float]
       if k in notes:
         (s.workdir / "samples" / f"{k}_{step:07d}.txt").write_text(notes[k] + "\n")
   writers.write_metrics_json(str(s.workdir), scalars)
+  writers.append_eval_history(str(s.workdir), step, scalars)
   logging.info("eval step %d: %s", step, json.dumps({k: round(v, 4) for k, v in scalars.items()}))
   return scalars
 

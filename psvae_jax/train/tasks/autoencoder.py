@@ -227,13 +227,13 @@ class AutoencoderTask:
     return self.model.apply({"params": params}, x, method=PSVAE.encode)
 
   def finish(self, state, consts, mesh, workdir, train_iter):
-    """Stage 2 writes DIR/latent_stats.npz for stage 3 (over config.latent_stats_images).
+    """Writes DIR/latent_stats.npz for stage 3 (over config.latent_stats_images): stage 2's is
+    what the method diffuses in; stage 1's lets a DiT train on the S-VAE latent too (the
+    ablation, psvae_jax/ablation.py).
 
     A re-run keeps a file that already describes this step over as many images.
     """
     del consts
-    if not self.stage2:
-      return
     num_images = self.config.latent_stats_images
     step = int(jax.device_get(state.step))
     if latent_stats.is_current(workdir, num_images, step):

@@ -1,0 +1,355 @@
+"""The paper's central claim at CPU scale: which latent makes diffusion learn, side by side.
+
+  launch/ablation.sh OUT            (python -m psvae_jax.ablation --outdir=OUT; ~25-30 min on 2
+                                     CPU cores; --dit_steps, --variants to change the budget)
+
+PS-VAE's claim is a trade-off: a pixel VAE reconstructs well but its latent is hard to generate
+from; a semantic latent (S-VAE) is easy to generate from but weak at pixels; PS-VAE gets both.
+On the shapes world (the demo's data), with the demo's tiny architectures, this trains four
+autoencoders on the same data with the same autoencoder step budget, then the same DiT (config,
+seed, steps) in each latent:
+
+  pixel_vae     the PS-VAE architecture with the semantic loss off (loss.sem = 0), encoder
+                trained from scratch at the decoder's learning rate: a plain KL-VAE;
+  svae          stage 1 on the project-trained representation encoder (psvae_jax/shapes/
+                rep_encoder.py, a Hugging Face Dinov2 directory): semantic + KL, the pixel decoder
+                on the detached latent, for the whole budget;
+  psvae         stage 1 then stage 2 on that encoder (the method; the demo's step split);
+  psvae_random  the same on a random ViT (the demo's default encoder): what the semantics buy.
+
+Per variant (OUT/ablation.json, OUT/ablation.md, OUT/ablation.png, TensorBoard in OUT/tb):
+reconstruction PSNR / SSIM / checker adherence on held-out scenes; linear probes of the latent
+(per latent token: shape and colour of the object there; per image: its position from the
+flattened latent; rep_encoder.probe_features); generation adherence on held-out "test"
+compositions (unseen) and training ones (seen) at the default guidance scale and at 1
+(shapes/figures.generation_figures); fid_proxy / rfid_proxy (the shapes-trained feature net,
+shapes/proxy.py: NOT Inception FID); and adherence vs DiT step on the validation prompts (the
+DiT's periodic eval, DIR/eval_history.jsonl): the convergence curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from psvae_jax import cli
+
+VARIANTS = ("pixel_vae", "svae", "psvae", "psvae_random")
+_COLORS = {  # plot colours
+    "pixel_vae": (230, 80, 60),
+    "svae": (70, 140, 230),
+    "psvae": (60, 180, 90),
+    "psvae_random": (200, 170, 60),
+}
+
+
+def _scaled(config, scale: float, steps: int | None = None):
+  if steps is not None:
+    config.num_train_steps = steps
+  if scale != 1.0:
+    config.num_train_steps = max(2, int(round(config.num_train_steps * scale)))
+  n = config.num_train_steps
+  config.eval_every = config.ckpt_every = n
+  config.log_every = max(1, min(config.log_every, n // 2))
+  return config
+
+
+# Stage-2 steps of the psvae variants: every variant trains stage 1's steps (configs/svae.py:tiny)
+# + these (700 in all; the demo's stage 2 trains 900: four autoencoders at that budget would not
+# fit the ablation's ~30 minutes).
+STAGE2_STEPS = 450
+
+
+def autoencoder_runs(
+    variant: str, encoder_dir: str, scale: float = 1.0, stage2_steps: int = STAGE2_STEPS
+) -> list[tuple[str, object]]:
+  """[(workdir name, config)] that train `variant`'s autoencoder, in order; the last is it.
+
+  Every variant gets the same number of autoencoder steps: stage 1's + `stage2_steps`."""
+  from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top
+  from configs import svae as svae_config  # pylint: disable=g-import-not-at-top
+
+  s1, s2 = svae_config.get_config("tiny"), psvae_config.get_config("tiny")
+  s2.num_train_steps = stage2_steps
+  budget = s1.num_train_steps + s2.num_train_steps
+  if variant in ("psvae", "psvae_random"):
+    c1, c2 = _scaled(s1, scale), _scaled(s2, scale)
+    stage1 = f"{variant}_stage1"
+    c1.model.encoder.weights = encoder_dir if variant == "psvae" else ""
+    c2.init_from = stage1  # a workdir name: `main` makes it OUT/ae/<name>
+    return [(stage1, c1), (variant, c2)]
+  if variant == "svae":
+    c1 = _scaled(s1, scale, budget)
+    c1.model.encoder.weights = encoder_dir
+    return [("svae", c1)]
+  if variant == "pixel_vae":
+    c = _scaled(s2, scale, budget)
+    c.loss.sem = 0.0  # no semantic target: a KL-VAE of the same architecture
+    c.init_from = ""
+    c.model.encoder.weights = ""  # random init, trained from scratch ...
+    c.optim.lr = s1.optim.lr  # ... at stage 1's (from-scratch) learning rate, encoder included
+    c.optim.lr_groups.encoder = s1.optim.lr
+    c.optim.warmup_steps = s1.optim.warmup_steps
+    return [("pixel_vae", c)]
+  raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
+
+
+def latent_probe(ae) -> dict:
+  """Linear probes of the autoencoder's posterior mean on the 8x8 token grid."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import rep_encoder  # pylint: disable=g-import-not-at-top
+
+  def feats(images):
+    out = []
+    for i in range(0, len(images), 256):
+      x = jnp.asarray(images[i : i + 256], jnp.float32) / 127.5 - 1.0
+      out.append(np.asarray(ae.encode(x)[0]))
+    return np.concatenate(out)
+
+  return rep_encoder.probe_features(feats, pool=False)
+
+
+def _plot(curves: dict[str, dict[int, dict]], keys: tuple[str, ...], path: str) -> np.ndarray:
+  """Adherence vs DiT step, one panel per key, one line per variant: uint8 image, saved."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+
+  pw, ph, m = 420, 300, 48
+  img = Image.new("RGB", (pw * len(keys), ph + 60), (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  max_step = max([s for c in curves.values() for s in c] + [1])
+  for k, key in enumerate(keys):
+    x0, y0, w, h = k * pw + m, 20, pw - m - 16, ph - 60
+    d.rectangle([x0, y0, x0 + w, y0 + h], outline=(0, 0, 0))
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+      y = y0 + h - v * h
+      d.line([x0 - 4, y, x0, y], fill=(0, 0, 0))
+      d.line([x0, y, x0 + w, y], fill=(225, 225, 225))
+      d.text((x0 - 34, y - 6), f"{v:.2f}", fill=(0, 0, 0))
+    for s in sorted({s for c in curves.values() for s in c}):
+      x = x0 + s / max_step * w
+      d.line([x, y0 + h, x, y0 + h + 4], fill=(0, 0, 0))
+      d.text((x - 12, y0 + h + 6), str(s), fill=(0, 0, 0))
+    d.text((x0, y0 + h + 22), f"DiT step  ({key})", fill=(0, 0, 0))
+    for name, curve in curves.items():
+      pts = [
+          (x0 + s / max_step * w, y0 + h - float(f[key]) * h) for s, f in curve.items() if key in f
+      ]
+      color = _COLORS.get(name, (0, 0, 0))
+      if len(pts) > 1:
+        d.line(pts, fill=color, width=2)
+      for x, y in pts:
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+  for i, name in enumerate(curves):
+    x = 16 + i * 150
+    d.rectangle([x, ph + 30, x + 12, ph + 42], fill=_COLORS.get(name, (0, 0, 0)))
+    d.text((x + 18, ph + 30), name, fill=(0, 0, 0))
+  out = np.asarray(img, np.uint8)
+  from psvae_jax import writers  # pylint: disable=g-import-not-at-top
+
+  writers.save_png(path, out)
+  return out
+
+
+def _fmt(v) -> str:
+  if isinstance(v, dict):
+    return f"{v['mean']:.3f} ± {v['se']:.3f}"
+  return "—" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+  """The ablation's table (one row per variant)."""
+  cols = [
+      ("PSNR", "psnr"),
+      ("SSIM", "ssim"),
+      ("recon adh.", "recon_adherence"),
+      ("probe shape", "probe_shape"),
+      ("probe colour", "probe_colour"),
+      ("probe position", "probe_position"),
+      ("adh. unseen", "adherence_unseen"),
+      ("adh. unseen cfg1", "adherence_unseen_cfg1"),
+      ("adh. seen", "adherence_seen"),
+      ("adh. seen cfg1", "adherence_seen_cfg1"),
+      ("fid_proxy", "fid_proxy"),
+      ("rfid_proxy", "rfid_proxy"),
+  ]
+  lines = [
+      "| variant | " + " | ".join(c for c, _ in cols) + " |",
+      "|---|" + "---|" * len(cols),
+  ]
+  for name, r in results.items():
+    lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k)) for _, k in cols) + " |")
+  curve_lines = ["", "Adherence (default guidance / cfg 1) vs DiT step, validation prompts:", ""]
+  steps = sorted({int(s) for r in results.values() for s in r.get("curve", {})})
+  curve_lines.append("| variant | " + " | ".join(str(s) for s in steps) + " |")
+  curve_lines.append("|---|" + "---|" * len(steps))
+  for name, r in results.items():
+    c = {int(s): f for s, f in r.get("curve", {}).items()}
+    cells = [
+        (
+            f"{c[s].get('adherence', float('nan')):.2f} / {c[s].get('adherence_cfg1', float('nan')):.2f}"
+            if s in c
+            else "—"
+        )
+        for s in steps
+    ]
+    curve_lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines + curve_lines) + "\n"
+
+
+def define_flags() -> None:
+  """The CLI's flags (defined when run as a program only: importing must not claim --outdir,
+  which the demo's CLI defines too)."""
+  flags.DEFINE_string("outdir", "runs/ablation", "Output directory.")
+  flags.DEFINE_list("variants", list(VARIANTS), f"Which of {VARIANTS} to run.")
+  flags.DEFINE_integer("dit_steps", 1000, "DiT training steps per variant.")
+  flags.DEFINE_integer("curve_points", 4, "DiT evals per run (the curve's points).")
+  flags.DEFINE_integer("curve_prompts", 128, "Validation prompts per curve point.")
+  flags.DEFINE_float(
+      "steps_scale", 1.0, "Multiplies the autoencoder and rep-encoder steps (tests)."
+  )
+  flags.DEFINE_integer("cache_images", 8192, "Training images in each latent cache.")
+  flags.DEFINE_integer("per_group", 64, "Prompts per group of the final figures.")
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  cli.quiet_libraries()
+  from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.initialize("off")
+  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+  from psvae_jax import api  # pylint: disable=g-import-not-at-top
+  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  from psvae_jax import writers  # pylint: disable=g-import-not-at-top
+  from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import rep_encoder  # pylint: disable=g-import-not-at-top
+  from psvae_jax.shapes import text as shapes_text  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+  variants = list(f.variants)
+  bad = [v for v in variants if v not in VARIANTS]
+  if bad:
+    raise app.UsageError(f"--variants: unknown {bad}; choose from {list(VARIANTS)}")
+  if f.dit_steps < f.curve_points or f.curve_points < 1:
+    raise app.UsageError("--dit_steps must be >= --curve_points >= 1")
+  shapes_plugin.register()
+  out = os.path.abspath(f.outdir)
+  os.makedirs(out, exist_ok=True)
+  t0 = time.time()
+  seconds = {}
+  report = {"settings": {}, "variants": {}, "seconds": seconds}
+
+  # The representation encoder that means something (shared by svae and psvae).
+  enc_dir = os.path.join(out, "rep_encoder")
+  if not os.path.exists(os.path.join(enc_dir, "probe.json")):
+    rep_encoder.build(enc_dir, steps=max(1, int(round(1200 * f.steps_scale))))
+  with open(os.path.join(enc_dir, "probe.json"), encoding="utf-8") as fh:
+    report["rep_encoder_probe"] = json.load(fh)
+  seconds["rep_encoder"] = time.time() - t0
+
+  text_dir = shapes_text.build_demo_text_encoder(
+      os.path.join(out, "text_encoder"), shapes_text.shapes_vocabulary()
+  )
+  proxy_path = os.path.join(out, "fid_proxy.safetensors")
+  if not os.path.exists(proxy_path):
+    report["proxy"] = proxy.train_proxy(proxy_path, steps=60, num_images=768)
+
+  every = f.dit_steps // f.curve_points
+  tb = writers.create_writer(os.path.join(out, "tb"))
+  for variant in variants:
+    t = time.time()
+    r = report["variants"][variant] = {}
+    runs = autoencoder_runs(variant, enc_dir, f.steps_scale)
+    r["autoencoder_steps"] = sum(c.num_train_steps for _, c in runs)
+    for name, c in runs:
+      if c.get("init_from"):
+        c.init_from = os.path.join(out, "ae", c.init_from)
+      m = loop.train_and_evaluate(c, os.path.join(out, "ae", name))
+    ae_dir = os.path.join(out, "ae", runs[-1][0])
+    for k in ("psnr", "ssim", "recon_adherence", "semantic_cos"):
+      r[k] = m.get(k)
+    ae = autoencoders.load_autoencoder(ae_dir)
+    for k, v in latent_probe(ae).items():
+      r[f"probe_{k}"] = v
+    seconds[f"{variant}_autoencoder"] = time.time() - t
+
+    t = time.time()
+    cache_dir = os.path.join(out, "latents", variant)
+    if not os.path.exists(os.path.join(cache_dir, "meta.json")):
+      cache.write_cache(
+          ae,
+          cache.parse_data_spec(f"shapes:num={f.cache_images}", ae.image_size),
+          cache_dir,
+          batch_size=256,
+          autoencoder_dir=ae_dir,
+      )
+    c3 = dit_config.get_config("tiny")
+    c3.autoencoder, c3.text_encoder = ae_dir, text_dir
+    c3.data.source, c3.data.path = "latents", cache_dir
+    c3.num_train_steps = f.dit_steps
+    c3.eval_every = c3.ckpt_every = every
+    c3.eval.num_images = f.curve_prompts
+    c3.eval.batch_size = min(c3.eval.batch_size, f.curve_prompts)
+    dit_dir = os.path.join(out, "dit", variant)
+    loop.train_and_evaluate(c3, dit_dir)
+    r["curve"] = {str(s): f for s, f in writers.read_eval_history(dit_dir).items()}
+    for s, figs in r["curve"].items():
+      tb.write_scalars(
+          int(s),
+          {f"{variant}/{k}": v for k, v in figs.items() if k in ("adherence", "adherence_cfg1")},
+      )
+    seconds[f"{variant}_dit"] = time.time() - t
+
+    t = time.time()
+    pipe = api.load(dit_dir)
+    gen = figures.generation_figures(
+        pipe, os.path.join(out, "figures", variant), per_group=f.per_group
+    )
+    r.update({k: v for k, v in gen.items() if k.startswith("adherence")})
+    r["generation_settings"] = gen["generation_settings"]
+    r.update(proxy.fid_figures(dit_dir, proxy_path))
+    seconds[f"{variant}_figures"] = time.time() - t
+    _write(out, report, tb)  # after each variant: a stopped run keeps what it measured
+    logging.info("ablation: %s done (%.0f s so far)", variant, time.time() - t0)
+
+  report["settings"] = dict(
+      dit_steps=f.dit_steps,
+      curve_every=every,
+      curve_prompts=f.curve_prompts,
+      cache_images=f.cache_images,
+      per_group=f.per_group,
+      steps_scale=f.steps_scale,
+  )
+  seconds["total"] = time.time() - t0
+  _write(out, report, tb)
+  tb.flush()
+  print(open(os.path.join(out, "ablation.md"), encoding="utf-8").read())
+  print(
+      f"ablation: wrote {out}/ablation.json, ablation.md, ablation.png, tb/ ({seconds['total']:.0f} s)"
+  )
+
+
+def _write(out: str, report: dict, tb) -> None:
+  with open(os.path.join(out, "ablation.json"), "w", encoding="utf-8") as fh:
+    json.dump(report, fh, indent=2, sort_keys=True)
+  results = report["variants"]
+  with open(os.path.join(out, "ablation.md"), "w", encoding="utf-8") as fh:
+    fh.write("# PS-VAE ablation at CPU scale (mean ± s.e.)\n\n" + markdown_table(results))
+  curves = {k: {int(s): f for s, f in r.get("curve", {}).items()} for k, r in results.items()}
+  png = _plot(curves, ("adherence", "adherence_cfg1"), os.path.join(out, "ablation.png"))
+  tb.write_images(0, {"ablation/curves": png[None]})
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=cli.flags_parser("ablation"))
