@@ -20,9 +20,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, svae.VARIANTS, "dinov2_b")
   c = svae.autoencoder_config("psvae", variant)
   if variant == "tiny":
-    c.num_train_steps = 450
-    c.ckpt_every = 150
-    c.eval_every = 450
+    # 900 steps (issue 16; measured on the validation split, same stage 1, same DiT config): at
+    # 450 the pixel decoder rounded squares and triangles (checker on held-out reconstructions
+    # 0.912 one object / 0.836 two; PSNR 23.5 dB) and the DiT trained on that latent reached val
+    # adherence 0.832 (cfg 1: 0.723); at 900: 0.992 / 0.992, 25.3 dB, and 0.918 (0.871), for
+    # ~90 s more. The DiT's 3000 steps stay: at 2000 on the 900-step latent, 0.664.
+    c.num_train_steps = 900
+    c.ckpt_every = 300
+    c.eval_every = 900
     c.optim.lr = 5e-4
     c.optim.warmup_steps = 20
   return c
