@@ -190,9 +190,10 @@ def markdown_table(results: dict[str, dict]) -> str:
   curve_lines.append("|---|" + "---|" * len(steps))
   for name, r in results.items():
     c = {int(s): f for s, f in r.get("curve", {}).items()}
+    nan = float("nan")
     cells = [
         (
-            f"{c[s].get('adherence', float('nan')):.2f} / {c[s].get('adherence_cfg1', float('nan')):.2f}"
+            f"{c[s].get('adherence', nan):.2f} / {c[s].get('adherence_cfg1', nan):.2f}"
             if s in c
             else "—"
         )
@@ -334,9 +335,8 @@ def main(argv):
   _write(out, report, tb)
   tb.flush()
   print(open(os.path.join(out, "ablation.md"), encoding="utf-8").read())
-  print(
-      f"ablation: wrote {out}/ablation.json, ablation.md, ablation.png, tb/ ({seconds['total']:.0f} s)"
-  )
+  took = seconds["total"]
+  print(f"ablation: wrote {out}/ablation.json, ablation.md, ablation.png, tb/ ({took:.0f} s)")
 
 
 def _write(out: str, report: dict, tb) -> None:
