@@ -271,17 +271,60 @@ def _as_dict(state: Any) -> Any:
   return state
 
 
+EXPORTED_PARAMS = "ema_params.safetensors"  # an exported run (psvae_jax/export.py)
+
+
+def flat_key(path) -> str:
+  """ "a/b/kernel" of a pytree key path (dict keys joined by "/"): the safetensors tensor name."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def restore_exported(path: str, target: Any) -> Any:
+  """The params of an exported EMA file (safetensors, one tensor per "a/b/kernel" leaf) in the
+  structure, dtypes and shardings of `target`; names or shapes that differ raise with both."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  tensors = load_file(path)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+  want = {flat_key(p): leaf for p, leaf in leaves}
+  missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+  if missing or extra:
+    raise IncompatibleCheckpointError(
+        f"{path} does not match the model: missing {missing[:5]} ({len(missing)}), "
+        f"unexpected {extra[:5]} ({len(extra)})."
+    )
+  out = []
+  for p, leaf in leaves:
+    name, value = flat_key(p), tensors[flat_key(p)]
+    if tuple(value.shape) != tuple(leaf.shape):
+      raise IncompatibleCheckpointError(
+          f"{path}: {name} has shape {value.shape}, the model wants {tuple(leaf.shape)}."
+      )
+    value = value.astype(leaf.dtype)
+    sharding = getattr(leaf, "sharding", None)
+    out.append(jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def restore_params(
     workdir: str, target: Any, *, key: str = "ema_params", step: int | None = None
 ) -> Any:
-  """Restores one entry (e.g. the EMA params) of another run's latest checkpoint.
+  """Restores one entry (e.g. the EMA params) of another run's latest checkpoint, or the
+  EMA params of an exported run (DIR/ema_params.safetensors, no checkpoints/).
 
   Args:
-    workdir: the other run's workdir (holding `checkpoints/`).
+    workdir: the other run's workdir (holding `checkpoints/`), or an export's directory.
     target: abstract (ShapeDtypeStruct with sharding) or concrete tree to restore into.
     key: the TrainState field to read.
     step: the step to read (default: latest).
   """
+  exported = epath.Path(workdir) / EXPORTED_PARAMS
+  if exported.exists() and not (epath.Path(workdir) / "checkpoints").exists():
+    if key != "ema_params" or step is not None:
+      raise IncompatibleCheckpointError(
+          f"{workdir} is an export: it holds the EMA params only, not {key!r} at step {step}."
+      )
+    return restore_exported(str(exported), target)
   directory = epath.Path(workdir) / "checkpoints"
   mngr = ocp.CheckpointManager(  # every item the training wrote, so none is "unknown"
       directory,
