@@ -115,6 +115,11 @@ def latent_probe(ae) -> dict:
   return rep_encoder.probe_features(feats, pool=False)
 
 
+def curve_points(curve: dict, key: str) -> list[tuple[int, float]]:
+  """[(step, figure)] of one curve, by step (a JSON file's keys come in string order)."""
+  return sorted((int(s), float(f[key])) for s, f in curve.items() if key in f)
+
+
 def _plot(curves: dict[str, dict[int, dict]], keys: tuple[str, ...], path: str) -> np.ndarray:
   """Adherence vs DiT step, one panel per key, one line per variant: uint8 image, saved."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
@@ -122,24 +127,27 @@ def _plot(curves: dict[str, dict[int, dict]], keys: tuple[str, ...], path: str) 
   pw, ph, m = 420, 300, 48
   img = Image.new("RGB", (pw * len(keys), ph + 60), (255, 255, 255))
   d = ImageDraw.Draw(img)
+  curves = {name: {int(s): f for s, f in c.items()} for name, c in curves.items()}
   max_step = max([s for c in curves.values() for s in c] + [1])
+  top = max(
+      [float(f[k]) for c in curves.values() for f in c.values() for k in keys if k in f] + [0]
+  )
+  top = min(1.0, max(0.25, np.ceil(top * 4) / 4))  # the y axis: 0 to the next quarter above all
   for k, key in enumerate(keys):
     x0, y0, w, h = k * pw + m, 20, pw - m - 16, ph - 60
     d.rectangle([x0, y0, x0 + w, y0 + h], outline=(0, 0, 0))
-    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
-      y = y0 + h - v * h
+    for v in np.linspace(0.0, top, 5):
+      y = y0 + h - v / top * h
       d.line([x0 - 4, y, x0, y], fill=(0, 0, 0))
       d.line([x0, y, x0 + w, y], fill=(225, 225, 225))
-      d.text((x0 - 34, y - 6), f"{v:.2f}", fill=(0, 0, 0))
+      d.text((x0 - 40, y - 6), f"{v:.4g}", fill=(0, 0, 0))
     for s in sorted({s for c in curves.values() for s in c}):
       x = x0 + s / max_step * w
       d.line([x, y0 + h, x, y0 + h + 4], fill=(0, 0, 0))
       d.text((x - 12, y0 + h + 6), str(s), fill=(0, 0, 0))
     d.text((x0, y0 + h + 22), f"DiT step  ({key})", fill=(0, 0, 0))
     for name, curve in curves.items():
-      pts = [
-          (x0 + s / max_step * w, y0 + h - float(f[key]) * h) for s, f in curve.items() if key in f
-      ]
+      pts = [(x0 + s / max_step * w, y0 + h - v / top * h) for s, v in curve_points(curve, key)]
       color = _COLORS.get(name, (0, 0, 0))
       if len(pts) > 1:
         d.line(pts, fill=color, width=2)

@@ -74,3 +74,6 @@ def test_table_and_plot(tmp_path):
   assert ys[xs > xs.mean()].mean() < ys[xs < xs.mean()].mean()
   assert red[: img.shape[0] - 60, :left].any()  # a one-point curve still shows its point
   json.dumps(res)  # the report is JSON as it stands
+  # Steps as a JSON file with sorted keys has them ("1000" before "250") are drawn in order.
+  curve = {"1000": {"a": 0.5}, "250": {"a": 0.1}, "500": {"b": 1.0}, "750": {"a": 0.3}}
+  assert ablation.curve_points(curve, "a") == [(250, 0.1), (750, 0.3), (1000, 0.5)]
