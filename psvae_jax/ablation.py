@@ -274,6 +274,14 @@ def main(argv):
     report["proxy"] = proxy.train_proxy(proxy_path, steps=60, num_images=768)
 
   every = f.dit_steps // f.curve_points
+  report["settings"] = dict(
+      dit_steps=f.dit_steps,
+      curve_every=every,
+      curve_prompts=f.curve_prompts,
+      cache_images=f.cache_images,
+      per_group=f.per_group,
+      steps_scale=f.steps_scale,
+  )
   tb = writers.create_writer(os.path.join(out, "tb"))
   for variant in variants:
     t = time.time()
@@ -294,14 +302,13 @@ def main(argv):
 
     t = time.time()
     cache_dir = os.path.join(out, "latents", variant)
-    if not os.path.exists(os.path.join(cache_dir, "meta.json")):
-      cache.write_cache(
-          ae,
-          cache.parse_data_spec(f"shapes:num={f.cache_images}", ae.image_size),
-          cache_dir,
-          batch_size=256,
-          autoencoder_dir=ae_dir,
-      )
+    cache.ensure_cache(
+        ae,
+        cache.parse_data_spec(f"shapes:num={f.cache_images}", ae.image_size),
+        cache_dir,
+        batch_size=256,
+        autoencoder_dir=ae_dir,
+    )
     c3 = dit_config.get_config("tiny")
     c3.autoencoder, c3.text_encoder = ae_dir, text_dir
     c3.data.source, c3.data.path = "latents", cache_dir
@@ -331,14 +338,6 @@ def main(argv):
     _write(out, report, tb)  # after each variant: a stopped run keeps what it measured
     logging.info("ablation: %s done (%.0f s so far)", variant, time.time() - t0)
 
-  report["settings"] = dict(
-      dit_steps=f.dit_steps,
-      curve_every=every,
-      curve_prompts=f.curve_prompts,
-      cache_images=f.cache_images,
-      per_group=f.per_group,
-      steps_scale=f.steps_scale,
-  )
   seconds["total"] = time.time() - t0
   _write(out, report, tb)
   tb.flush()

@@ -144,14 +144,13 @@ def main(argv):
 
   ae = autoencoders.load_autoencoder(f"{out}/psvae")
   cache_dir = f"{out}/latents"
-  if not os.path.exists(os.path.join(cache_dir, "meta.json")):
-    cache.write_cache(
-        ae,
-        cache.parse_data_spec(f"shapes:num={_CACHE_IMAGES.value}", ae.image_size),
-        cache_dir,
-        batch_size=256,
-        autoencoder_dir=f"{out}/psvae",
-    )
+  cache.ensure_cache(
+      ae,
+      cache.parse_data_spec(f"shapes:num={_CACHE_IMAGES.value}", ae.image_size),
+      cache_dir,
+      batch_size=256,
+      autoencoder_dir=f"{out}/psvae",
+  )
   c3 = _scaled(dit_config.get_config("tiny"), _STEPS_SCALE.value)
   c3.autoencoder, c3.text_encoder = f"{out}/psvae", text_dir
   c3.data.source, c3.data.path = "latents", cache_dir

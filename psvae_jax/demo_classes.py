@@ -80,14 +80,13 @@ def run(out: str, data_dir: str, steps_scale: float = 1.0) -> dict:
   t = time.time()
   ae = autoencoders.load_autoencoder(f"{out}/psvae")
   cache_dir = f"{out}/latents"
-  if not os.path.exists(os.path.join(cache_dir, "meta.json")):
-    cache.write_cache(
-        ae,
-        specs.parse_data_spec(f"folder:path={data_dir}", ae.image_size),
-        cache_dir,
-        batch_size=250,
-        autoencoder_dir=f"{out}/psvae",
-    )
+  cache.ensure_cache(
+      ae,
+      specs.parse_data_spec(f"folder:path={data_dir}", ae.image_size),
+      cache_dir,
+      batch_size=250,
+      autoencoder_dir=f"{out}/psvae",
+  )
   report["seconds_cache"] = time.time() - t
 
   t = time.time()

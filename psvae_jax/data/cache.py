@@ -163,6 +163,14 @@ def _encoded_batches(
     yield chunk, mu[: len(chunk)], second[: len(chunk)]
 
 
+def ensure_cache(ae: Any, data_cfg: Any, out_dir: str, **kwargs: Any) -> bool:
+  """`write_cache` unless `out_dir` already holds a cache (a re-run keeps it): True if written."""
+  if (pathlib.Path(out_dir).expanduser() / latents.META_FILE).exists():
+    return False
+  write_cache(ae, data_cfg, out_dir, **kwargs)
+  return True
+
+
 def write_cache(
     ae: Any,
     data_cfg: Any,
