@@ -67,15 +67,23 @@ STAGE2_STEPS = 450
 
 
 def autoencoder_runs(
-    variant: str, encoder_dir: str, scale: float = 1.0, stage2_steps: int = STAGE2_STEPS
+    variant: str,
+    encoder_dir: str,
+    scale: float = 1.0,
+    stage2_steps: int = STAGE2_STEPS,
+    data_dir: str = "",
 ) -> list[tuple[str, object]]:
   """[(workdir name, config)] that train `variant`'s autoencoder, in order; the last is it.
 
-  Every variant gets the same number of autoencoder steps: stage 1's + `stage2_steps`."""
+  Every variant gets the same number of autoencoder steps: stage 1's + `stage2_steps`.
+  data_dir: a labelled folder (train/ + test/ class folders) in place of the shapes."""
   from configs import psvae as psvae_config  # pylint: disable=g-import-not-at-top
   from configs import svae as svae_config  # pylint: disable=g-import-not-at-top
 
   s1, s2 = svae_config.get_config("tiny"), psvae_config.get_config("tiny")
+  if data_dir:
+    for c in (s1, s2):
+      c.data.update(source="folder", path=data_dir, num_train=0, num_eval=0)
   s2.num_train_steps = stage2_steps
   budget = s1.num_train_steps + s2.num_train_steps
   if variant in ("psvae", "psvae_random"):
@@ -170,9 +178,15 @@ def _fmt(v) -> str:
   return "—" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
 
 
-def markdown_table(results: dict[str, dict]) -> str:
-  """The ablation's table (one row per variant)."""
-  cols = [
+def markdown_table(
+    results: dict[str, dict],
+    cols: list[tuple[str, str]] | None = None,
+    curve_keys: tuple[str, str] = ("adherence", "adherence_cfg1"),
+    curve_name: str = "Adherence",
+) -> str:
+  """The ablation's table (one row per variant; `cols`: (header, result key), default the
+  shapes world's) and its curve table (`curve_keys`: default guidance, guidance 1)."""
+  cols = cols or [
       ("PSNR", "psnr"),
       ("SSIM", "ssim"),
       ("recon adh.", "recon_adherence"),
@@ -192,7 +206,7 @@ def markdown_table(results: dict[str, dict]) -> str:
   ]
   for name, r in results.items():
     lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k)) for _, k in cols) + " |")
-  curve_lines = ["", "Adherence (default guidance / cfg 1) vs DiT step, validation prompts:", ""]
+  curve_lines = ["", f"{curve_name} (default guidance / cfg 1) vs DiT step:", ""]
   steps = sorted({int(s) for r in results.values() for s in r.get("curve", {})})
   curve_lines.append("| variant | " + " | ".join(str(s) for s in steps) + " |")
   curve_lines.append("|---|" + "---|" * len(steps))
@@ -201,7 +215,7 @@ def markdown_table(results: dict[str, dict]) -> str:
     nan = float("nan")
     cells = [
         (
-            f"{c[s].get('adherence', nan):.2f} / {c[s].get('adherence_cfg1', nan):.2f}"
+            f"{c[s].get(curve_keys[0], nan):.2f} / {c[s].get(curve_keys[1], nan):.2f}"
             if s in c
             else "—"
         )
@@ -211,19 +225,216 @@ def markdown_table(results: dict[str, dict]) -> str:
   return "\n".join(lines + curve_lines) + "\n"
 
 
+class _Shapes:
+  """The shapes world: text-conditioned DiTs, judged by the shapes checker (adherence)."""
+
+  name = "shapes"
+  curve_keys = ("adherence", "adherence_cfg1")
+  columns = None  # markdown_table's default
+
+  def __init__(self, f, out: str):
+    from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+    from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
+    from psvae_jax.shapes import text as shapes_text  # pylint: disable=g-import-not-at-top
+
+    shapes_plugin.register()
+    self.f, self.out, self.data_dir, self.info = f, out, "", {}
+    self.curve_name = f"Adherence on {f.curve_prompts} validation prompts"
+    self.text_dir = shapes_text.build_demo_text_encoder(
+        os.path.join(out, "text_encoder"), shapes_text.shapes_vocabulary()
+    )
+    self.proxy_path = os.path.join(out, "fid_proxy.safetensors")
+    if not os.path.exists(self.proxy_path):
+      self.info["proxy"] = proxy.train_proxy(self.proxy_path, steps=60, num_images=768)
+
+  def build_encoder(self, enc_dir: str, steps: int) -> None:
+    from psvae_jax.shapes import rep_encoder  # pylint: disable=g-import-not-at-top
+
+    rep_encoder.build(enc_dir, steps=steps)
+
+  def cache_spec(self, image_size: int):
+    from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
+
+    return cache.parse_data_spec(f"shapes:num={self.f.cache_images}", image_size)
+
+  def latent_probe(self, ae) -> dict:
+    return latent_probe(ae)
+
+  def dit_config(self, every: int):
+    from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+
+    c3 = dit_config.get_config("tiny")
+    c3.text_encoder = self.text_dir
+    c3.eval.num_images = self.f.curve_prompts
+    c3.eval.batch_size = min(c3.eval.batch_size, self.f.curve_prompts)
+    return c3
+
+  def curve(self, history: dict) -> dict:
+    return {str(s): f for s, f in history.items()}
+
+  def figures(self, dit_dir: str, variant: str) -> dict:
+    from psvae_jax import api  # pylint: disable=g-import-not-at-top
+    from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
+    from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
+
+    pipe = api.load(dit_dir)
+    gen = figures.generation_figures(
+        pipe, os.path.join(self.out, "figures", variant), per_group=self.f.per_group
+    )
+    r = {k: v for k, v in gen.items() if k.startswith("adherence")}
+    r["generation_settings"] = gen["generation_settings"]
+    r.update(proxy.fid_figures(dit_dir, self.proxy_path))
+    return r
+
+
+CLASS_COLUMNS = [
+    ("PSNR", "psnr"),
+    ("SSIM", "ssim"),
+    ("probe class", "probe_class"),
+    ("class acc.", "class_accuracy"),
+    ("class acc. cfg1", "class_accuracy_cfg1"),
+    ("FID (classifier)", "fid_classifier"),
+    ("rFID (classifier)", "rfid_classifier"),
+]
+
+
+class _Classes:
+  """A labelled image folder (Fashion-MNIST): class-conditioned DiTs, judged by a classifier
+  trained on the folder (psvae_jax/evals/feature_net.py): its accuracy on class-balanced samples
+  and FID / rFID on its features."""
+
+  name = "fashion_mnist"
+  curve_keys = ("class_accuracy", "class_accuracy_cfg1")
+  columns = CLASS_COLUMNS
+
+  def __init__(self, f, out: str):
+    from psvae_jax import demo_classes  # pylint: disable=g-import-not-at-top
+    from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+    from psvae_jax.evals import feature_net  # pylint: disable=g-import-not-at-top
+
+    self.f, self.out, self.info = f, out, {}
+    self.curve_name = f"Classifier accuracy of {f.curve_prompts} class-balanced samples"
+    self.data_dir = demo_classes.prepare_fashion_mnist(out, f.idx_dir)
+    self.spec = f"folder:path={self.data_dir}"
+    self.data = representation.read_labelled(self.spec)
+    self.classifier = os.path.join(out, "classifier.safetensors")
+    if not os.path.exists(feature_net.sidecar_path(self.classifier)):
+      feature_net.train(
+          self.spec,
+          self.classifier,
+          image_size=representation.IMAGE_SIZE,
+          steps=max(20, int(round(demo_classes.STEPS["classifier"] * f.steps_scale))),
+      )
+    with open(feature_net.sidecar_path(self.classifier), encoding="utf-8") as fh:
+      meta = json.load(fh)
+    self.info["classifier"] = {
+        k: meta[k] for k in ("test_accuracy", "test_accuracy_se", "num_test", "num_train")
+    }
+
+  def build_encoder(self, enc_dir: str, steps: int) -> None:
+    from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+
+    representation.build_for_classes(enc_dir, self.spec, steps=steps)
+
+  def cache_spec(self, image_size: int):
+    from psvae_jax.data import specs  # pylint: disable=g-import-not-at-top
+
+    return specs.parse_data_spec(self.spec, image_size)
+
+  def latent_probe(self, ae) -> dict:
+    """The class, read linearly from the flattened posterior mean."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+
+    fn = lambda images: ae.encode(jnp.asarray(images, jnp.float32) / 127.5 - 1.0)[0]
+    return {"class": representation.class_probe(fn, self.data)}
+
+  def dit_config(self, every: int):
+    from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+    import ml_collections  # pylint: disable=g-import-not-at-top
+
+    del every
+    c3 = dit_config.get_config("tiny_class")
+    c3.eval.num_images = 16  # the grids; the curve is the classifier's
+    c3.eval.num_grid = 16
+    acc = dict(
+        type="class_accuracy",
+        weights=self.classifier,
+        num_samples=self.f.curve_prompts,
+        steps=c3.sample.steps,
+        seed=0,
+    )
+    c3.evals = ml_collections.ConfigDict(
+        dict(
+            class_accuracy={**acc, "guidance_scale": c3.sample.guidance_scale},
+            class_accuracy_cfg1={**acc, "guidance_scale": 1.0},
+        )
+    )
+    return c3
+
+  def curve(self, history: dict) -> dict:
+    return {
+        str(s): {k: v[f"{k}/accuracy"] for k in self.curve_keys if f"{k}/accuracy" in v}
+        for s, v in history.items()
+    }
+
+  def figures(self, dit_dir: str, variant: str) -> dict:
+    from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+    from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
+
+    del variant
+    cfg = eval_config.get_config("classes")
+    cfg.classifier_weights = self.classifier
+    n = self.f.eval_samples
+    for name in ("fid", "class_accuracy", "class_accuracy_cfg1"):
+      cfg.evals[name].num_samples = n
+    cfg.evals.fid.num_reference = min(n, len(self.data["test_labels"]))
+    for name in ("rfid", "psnr", "ssim"):
+      cfg.evals[name].num_images = len(self.data["test_labels"])
+    r = runner.evaluate(dit_dir, cfg)
+    out = {
+        "fid_classifier": r["fid/fid"],
+        "rfid_classifier": r["rfid/rfid"],
+        "fid_num_samples": r["fid/num_samples"],
+    }
+    for k in ("class_accuracy", "class_accuracy_cfg1"):
+      out[k] = {
+          "mean": r[f"{k}/accuracy"],
+          "se": r[f"{k}/accuracy_se"],
+          "n": r[f"{k}/num_samples"],
+          "guidance_scale": r[f"{k}/guidance_scale"],
+      }
+    return out
+
+
 def define_flags() -> None:
   """The CLI's flags (defined when run as a program only: importing must not claim --outdir,
   which the demo's CLI defines too)."""
   flags.DEFINE_string("outdir", "runs/ablation", "Output directory.")
+  flags.DEFINE_enum(
+      "data",
+      "shapes",
+      ["shapes", "fashion_mnist"],
+      "shapes: text-conditioned, adherence; fashion_mnist: class-conditioned, classifier "
+      "accuracy and FID (Debian's dataset-fashion-mnist, --idx_dir).",
+  )
+  flags.DEFINE_string(
+      "idx_dir", "/usr/share/datasets/fashion-mnist", "Fashion-MNIST's *-ubyte.gz files."
+  )
   flags.DEFINE_list("variants", list(VARIANTS), f"Which of {VARIANTS} to run.")
   flags.DEFINE_integer("dit_steps", 1000, "DiT training steps per variant.")
   flags.DEFINE_integer("curve_points", 4, "DiT evals per run (the curve's points).")
-  flags.DEFINE_integer("curve_prompts", 128, "Validation prompts per curve point.")
+  flags.DEFINE_integer(
+      "curve_prompts", 128, "Validation prompts (fashion_mnist: samples) per curve point."
+  )
   flags.DEFINE_float(
       "steps_scale", 1.0, "Multiplies the autoencoder and rep-encoder steps (tests)."
   )
-  flags.DEFINE_integer("cache_images", 8192, "Training images in each latent cache.")
-  flags.DEFINE_integer("per_group", 64, "Prompts per group of the final figures.")
+  flags.DEFINE_integer("cache_images", 8192, "Training images in each latent cache (shapes).")
+  flags.DEFINE_integer("per_group", 64, "Prompts per group of the final figures (shapes).")
+  flags.DEFINE_integer(
+      "eval_samples", 500, "Class-balanced samples of the final FID and accuracy (fashion_mnist)."
+  )
 
 
 def main(argv):
@@ -233,16 +444,9 @@ def main(argv):
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
   runtime.initialize("off")
-  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
-  from psvae_jax import api  # pylint: disable=g-import-not-at-top
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
   from psvae_jax import writers  # pylint: disable=g-import-not-at-top
   from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import rep_encoder  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import text as shapes_text  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   variants = list(f.variants)
@@ -251,42 +455,38 @@ def main(argv):
     raise app.UsageError(f"--variants: unknown {bad}; choose from {list(VARIANTS)}")
   if f.dit_steps < f.curve_points or f.curve_points < 1:
     raise app.UsageError("--dit_steps must be >= --curve_points >= 1")
-  shapes_plugin.register()
   out = os.path.abspath(f.outdir)
   os.makedirs(out, exist_ok=True)
   t0 = time.time()
   seconds = {}
   report = {"settings": {}, "variants": {}, "seconds": seconds}
+  world = (_Classes if f.data == "fashion_mnist" else _Shapes)(f, out)
 
   # The representation encoder that means something (shared by svae and psvae).
   enc_dir = os.path.join(out, "rep_encoder")
   if not os.path.exists(os.path.join(enc_dir, "probe.json")):
-    rep_encoder.build(enc_dir, steps=max(1, int(round(1200 * f.steps_scale))))
+    world.build_encoder(enc_dir, steps=max(1, int(round(1200 * f.steps_scale))))
   with open(os.path.join(enc_dir, "probe.json"), encoding="utf-8") as fh:
     report["rep_encoder_probe"] = json.load(fh)
   seconds["rep_encoder"] = time.time() - t0
-
-  text_dir = shapes_text.build_demo_text_encoder(
-      os.path.join(out, "text_encoder"), shapes_text.shapes_vocabulary()
-  )
-  proxy_path = os.path.join(out, "fid_proxy.safetensors")
-  if not os.path.exists(proxy_path):
-    report["proxy"] = proxy.train_proxy(proxy_path, steps=60, num_images=768)
+  report.update(world.info)
 
   every = f.dit_steps // f.curve_points
   report["settings"] = dict(
+      data=world.name,
       dit_steps=f.dit_steps,
       curve_every=every,
       curve_prompts=f.curve_prompts,
       cache_images=f.cache_images,
       per_group=f.per_group,
+      eval_samples=f.eval_samples,
       steps_scale=f.steps_scale,
   )
   tb = writers.create_writer(os.path.join(out, "tb"))
   for variant in variants:
     t = time.time()
     r = report["variants"][variant] = {}
-    runs = autoencoder_runs(variant, enc_dir, f.steps_scale)
+    runs = autoencoder_runs(variant, enc_dir, f.steps_scale, data_dir=world.data_dir)
     r["autoencoder_steps"] = sum(c.num_train_steps for _, c in runs)
     for name, c in runs:
       if c.get("init_from"):
@@ -296,64 +496,54 @@ def main(argv):
     for k in ("psnr", "ssim", "recon_adherence", "semantic_cos"):
       r[k] = m.get(k)
     ae = autoencoders.load_autoencoder(ae_dir)
-    for k, v in latent_probe(ae).items():
+    for k, v in world.latent_probe(ae).items():
       r[f"probe_{k}"] = v
     seconds[f"{variant}_autoencoder"] = time.time() - t
 
     t = time.time()
     cache_dir = os.path.join(out, "latents", variant)
     cache.ensure_cache(
-        ae,
-        cache.parse_data_spec(f"shapes:num={f.cache_images}", ae.image_size),
-        cache_dir,
-        batch_size=256,
-        autoencoder_dir=ae_dir,
+        ae, world.cache_spec(ae.image_size), cache_dir, batch_size=256, autoencoder_dir=ae_dir
     )
-    c3 = dit_config.get_config("tiny")
-    c3.autoencoder, c3.text_encoder = ae_dir, text_dir
+    c3 = world.dit_config(every)
+    c3.autoencoder = ae_dir
     c3.data.source, c3.data.path = "latents", cache_dir
     c3.num_train_steps = f.dit_steps
     c3.eval_every = c3.ckpt_every = every
-    c3.eval.num_images = f.curve_prompts
-    c3.eval.batch_size = min(c3.eval.batch_size, f.curve_prompts)
     dit_dir = os.path.join(out, "dit", variant)
     loop.train_and_evaluate(c3, dit_dir)
-    r["curve"] = {str(s): f for s, f in writers.read_eval_history(dit_dir).items()}
+    r["curve"] = world.curve(writers.read_eval_history(dit_dir))
     for s, figs in r["curve"].items():
       tb.write_scalars(
-          int(s),
-          {f"{variant}/{k}": v for k, v in figs.items() if k in ("adherence", "adherence_cfg1")},
+          int(s), {f"{variant}/{k}": v for k, v in figs.items() if k in world.curve_keys}
       )
     seconds[f"{variant}_dit"] = time.time() - t
 
     t = time.time()
-    pipe = api.load(dit_dir)
-    gen = figures.generation_figures(
-        pipe, os.path.join(out, "figures", variant), per_group=f.per_group
-    )
-    r.update({k: v for k, v in gen.items() if k.startswith("adherence")})
-    r["generation_settings"] = gen["generation_settings"]
-    r.update(proxy.fid_figures(dit_dir, proxy_path))
+    r.update(world.figures(dit_dir, variant))
     seconds[f"{variant}_figures"] = time.time() - t
-    _write(out, report, tb)  # after each variant: a stopped run keeps what it measured
+    _write(out, report, tb, world)  # after each variant: a stopped run keeps what it measured
     logging.info("ablation: %s done (%.0f s so far)", variant, time.time() - t0)
 
   seconds["total"] = time.time() - t0
-  _write(out, report, tb)
+  _write(out, report, tb, world)
   tb.flush()
   print(open(os.path.join(out, "ablation.md"), encoding="utf-8").read())
   took = seconds["total"]
   print(f"ablation: wrote {out}/ablation.json, ablation.md, ablation.png, tb/ ({took:.0f} s)")
 
 
-def _write(out: str, report: dict, tb) -> None:
+def _write(out: str, report: dict, tb, world) -> None:
   with open(os.path.join(out, "ablation.json"), "w", encoding="utf-8") as fh:
     json.dump(report, fh, indent=2, sort_keys=True)
   results = report["variants"]
   with open(os.path.join(out, "ablation.md"), "w", encoding="utf-8") as fh:
-    fh.write("# PS-VAE ablation at CPU scale (mean ± s.e.)\n\n" + markdown_table(results))
+    fh.write(
+        f"# PS-VAE ablation at CPU scale, {world.name} (mean ± s.e.)\n\n"
+        + markdown_table(results, world.columns, world.curve_keys, world.curve_name)
+    )
   curves = {k: {int(s): f for s, f in r.get("curve", {}).items()} for k, r in results.items()}
-  png = _plot(curves, ("adherence", "adherence_cfg1"), os.path.join(out, "ablation.png"))
+  png = _plot(curves, world.curve_keys, os.path.join(out, "ablation.png"))
   tb.write_images(0, {"ablation/curves": png[None]})
 
 

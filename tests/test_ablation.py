@@ -77,3 +77,36 @@ def test_table_and_plot(tmp_path):
   # Steps as a JSON file with sorted keys has them ("1000" before "250") are drawn in order.
   curve = {"1000": {"a": 0.5}, "250": {"a": 0.1}, "500": {"b": 1.0}, "750": {"a": 0.3}}
   assert ablation.curve_points(curve, "a") == [(250, 0.1), (750, 0.3), (1000, 0.5)]
+
+
+def test_folder_variants_train_on_the_folder():
+  for v in ablation.VARIANTS:
+    for _, c in ablation.autoencoder_runs(v, "/enc", data_dir="/data"):
+      assert (c.data.source, c.data.path, c.data.num_train) == ("folder", "/data", 0), v
+
+
+def test_class_representation_encoder_learns_the_classes(tmp_path):
+  """--data=fashion_mnist's encoder (representation.build_for_classes) on a tiny labelled folder
+  whose class is a bright bar's place (top, bottom, across, down: classes that survive the
+  training's horizontal flips): saved as a Dinov2 directory, probed."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+  from psvae_jax.weights import dinov2  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 160), ("test", 40)):
+    for c in range(4):
+      d = tmp_path / "d" / split / f"c{c}"
+      d.mkdir(parents=True)
+      for i in range(n // 4):
+        x = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
+        x[[np.s_[2:10, 8:24], np.s_[22:30, 8:24], np.s_[14:18, :], np.s_[:, 14:18]][c]] = 230
+        Image.fromarray(x).save(d / f"{i}.png")
+  spec = f"folder:path={tmp_path / 'd'}"
+  rep = representation.build_for_classes(str(tmp_path / "enc"), spec, steps=60)
+  assert rep["trained"]["class"]["n"] == 40
+  assert rep["trained"]["class"]["mean"] >= 0.9, rep
+  module, params = dinov2.load_dinov2(str(tmp_path / "enc"))
+  data = representation.read_labelled(spec)
+  probe = representation.class_probe(representation.pooled_features(module, params), data)
+  assert probe == rep["trained"]["class"]  # the probe reads what the autoencoder will load

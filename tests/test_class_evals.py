@@ -101,6 +101,27 @@ def test_feature_net_learns_held_out_classes(tmp_path):
   pred = np.argmax(np.asarray(logits(_class_images(range(K), size=12, seed=5))), -1)
   np.testing.assert_array_equal(pred, np.arange(K))
 
+  # The periodic eval of a class DiT (runner.in_training) judges its samples with this file.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  config = ml_collections.ConfigDict(
+      dict(
+          eval=dict(batch_size=8),
+          data=dict(image_size=12),
+          model=dict(cond_type="class", num_classes=K),
+          evals=dict(acc=dict(type="class_accuracy", weights=out, num_samples=8)),
+      )
+  )
+  for shift, want in ((0, 1.0), (1, 0.0)):
+    gen = lambda c, steps, guidance_scale, seed, labels=None, s=shift: _class_images(
+        (np.asarray(labels) + s) % K, size=12, seed=9
+    )
+    res = runner.in_training(config, parallel.make_mesh(-1, 1), None, generate=gen)
+    assert res["acc/accuracy"] == want and res["acc/num_samples"] == 8, res
+  del config.evals.acc["weights"]
+  with pytest.raises(ValueError, match="evals.acc: feature 'classifier' in training needs"):
+    runner.in_training(config, parallel.make_mesh(-1, 1), None, generate=gen)
+
 
 def test_figures_never_change_meaning_under_one_name(tmp_path):
   """evaluate overwrote fid_proxy/fid with a figure of other settings under the same name."""

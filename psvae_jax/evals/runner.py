@@ -57,12 +57,18 @@ def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dic
       reconstruct=reconstruct,
       generate=generate,
   )
-  for e in config.evals.values():
+  model = config.get("model") or {}
+  if model.get("cond_type") == "class":  # class_balanced=-1 and class_accuracy need the count
+    ctx.num_classes = int(model.get("num_classes", 0))
+  for name, e in config.evals.items():
     e = dict(e)
-    if e.get("feature") and e["feature"] not in ctx.feature_nets:
-      ctx.feature_nets[e["feature"]] = features.feature_net(
-          e["feature"], e["weights"], config.data.image_size
-      )
+    kind = e.get("feature") or (feature_net.KIND if e["type"] == "class_accuracy" else "")
+    if kind and "weights" not in e:
+      raise ValueError(f"config.evals.{name}: feature {kind!r} in training needs its 'weights'.")
+    if kind and kind not in ctx.feature_nets:
+      ctx.feature_nets[kind] = features.feature_net(kind, e["weights"], config.data.image_size)
+    if e["type"] == "class_accuracy" and kind not in ctx.classifiers:
+      ctx.classifiers[kind] = feature_net.load_logits(e["weights"])
   evals = {
       k: v
       for k, v in config.evals.items()

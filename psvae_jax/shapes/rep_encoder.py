@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax import cli
-from psvae_jax.models import autoencoder
+from psvae_jax import representation
 from psvae_jax.models import vit
 from psvae_jax.shapes import world
 from psvae_jax.weights import dinov2 as dinov2_weights
@@ -47,16 +47,11 @@ NUM_SHAPE, NUM_COLOR = len(world.SHAPES) + 1, len(world.COLORS) + 1  # + "nothin
 
 
 def encoder_module() -> vit.DinoV2:
-  """The `tiny` autoencoder encoder's shape (configs/svae.py: 64 wide, 3 blocks, 2 heads)."""
-  kw = vit.dinov2_config("tiny")
-  kw.update(num_layers=3, pos_grid=IMAGE_SIZE // kw["patch_size"])
-  return vit.DinoV2(**kw)
+  """The `tiny` autoencoder encoder's shape (representation.tiny_vit)."""
+  return representation.tiny_vit(IMAGE_SIZE)
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
-  """uint8 (B, S, S, 3) -> ImageNet-normalised float32, as the autoencoder feeds its encoder."""
-  mean, std = np.asarray(autoencoder.IMAGENET_MEAN), np.asarray(autoencoder.IMAGENET_STD)
-  return (images.astype(np.float32) / 255.0 - mean) / std
+normalize = representation.normalize
 
 
 def scenes(num: int, seed: int, split: str = "train", num_objects: int | None = None):
@@ -139,30 +134,6 @@ def features(apply: Any, params: Any, images: np.ndarray) -> np.ndarray:
   return np.concatenate(out).astype(np.float64)
 
 
-def _ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-  """Ridge regression (n, d) -> one-hot (n, k), primal form: (weights (d, k), feature mean)."""
-  mean = x.mean(0)
-  xc = x - mean
-  w = np.linalg.solve(xc.T @ xc + lam * len(xc) * np.eye(xc.shape[1]), xc.T @ y)
-  return w, mean
-
-
-def _probe(fit, val, test) -> dict[str, float]:
-  """(x, y) of three sets -> accuracy on `test` of the ridge read-out chosen on `val`."""
-  k = int(max(fit[1].max(), val[1].max(), test[1].max())) + 1
-  scale = float((fit[0] ** 2).sum(1).mean() / fit[0].shape[1])
-  best = None
-  for lam in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
-    w, mean = _ridge_fit(fit[0], np.eye(k)[fit[1]], lam * scale)
-    acc = np.mean(np.argmax((val[0] - mean) @ w, 1) == val[1])
-    if best is None or acc > best[0]:
-      best = (acc, w, mean)
-  _, w, mean = best
-  hits = np.argmax((test[0] - mean) @ w, 1) == test[1]
-  p = float(hits.mean())
-  return {"mean": p, "se": float(np.sqrt(p * (1 - p) / len(hits))), "n": int(len(hits))}
-
-
 def linear_probe(
     module: vit.DinoV2, params: Any, num_fit: int = 512, num_test: int = 512, seed: int = 0
 ) -> dict[str, dict[str, float]]:
@@ -206,7 +177,10 @@ def probe_features(
             np.array([world.POSITIONS.index(o[0].position) for o, one in zip(objs, single) if one]),
         ),
     }
-  return {k: _probe(sets["fit"][k], sets["val"][k], sets["test"][k]) for k in sets["fit"]}
+  return {
+      k: representation.ridge_probe(sets["fit"][k], sets["val"][k], sets["test"][k])
+      for k in sets["fit"]
+  }
 
 
 def build(out_dir: str, steps: int = 1200, seed: int = 0) -> dict:
