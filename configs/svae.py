@@ -6,7 +6,8 @@
       --config.data.path=/data/imagenet/train
 
 Variants: `dinov2_b` (the PS-VAE paper: DINOv2-B, 224 in, 256 out, C=96, conv decoder),
-`dinov2_l` (the seed: DINOv2-L, d=1024), `tiny` (CPU demo and tests: 32 px shapes, a
+`dinov2_l` (the seed: DINOv2-L, d=1024), `siglip2_so400m` (the paper's second encoder:
+`--config.model.encoder.weights=` a SigLIP2-so400m-patch14-224 directory), `tiny` (CPU demo and tests: 32 px shapes, a
 small random-init ViT with 4 px patches, 8x8x16 latent, small conv decoder).
 
 The paper-size variants refuse to start without `--config.model.encoder.weights` (a
@@ -20,7 +21,7 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("dinov2_b", "dinov2_l", "tiny")
+VARIANTS = ("dinov2_b", "dinov2_l", "siglip2_so400m", "tiny")
 
 
 def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
@@ -33,10 +34,15 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
       dict(
           encoder=ml_collections.ConfigDict(
               dict(
-                  size="B",  # S | B | L | g | tiny
+                  # dinov2 (vit.DinoV2) | siglip2 (models/siglip.SiglipVision: a SigLIP or
+                  # SigLIP2 vision tower; input normalised with mean / std 0.5, not ImageNet's)
+                  kind="dinov2",
+                  size="B",  # dinov2: S | B | L | g | tiny; siglip2: B | so400m | tiny
                   registers=False,
-                  # a Hugging Face DINOv2 checkpoint directory, or "random" (random init; tests,
-                  # benchmarks). "" (unset) is random init for `tiny` and refused for paper sizes.
+                  # a Hugging Face checkpoint directory of that kind (Dinov2Model; SiglipModel,
+                  # SiglipVisionModel, Siglip2Model or Siglip2VisionModel), or "random" (random
+                  # init; tests, benchmarks). "" (unset) is random init for `tiny` and refused
+                  # for paper sizes; a directory of the other kind is refused.
                   weights="",
                   image_size=224,  # encoder input side (images are resized to it)
                   hidden_size=0,
@@ -76,6 +82,10 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
 
   if variant == "dinov2_l":
     c.model.encoder.size = "L"
+  if variant == "siglip2_so400m":
+    # The paper's second encoder: google/siglip2-so400m-patch14-224 (1152 wide, 27 blocks,
+    # patch 14: 16 x 16 tokens at 224 px, the DINOv2 latent grid).
+    c.model.encoder.kind, c.model.encoder.size = "siglip2", "so400m"
   if variant == "tiny":
     c.dtype = "float32"  # XLA:CPU runs bf16 no faster; the demo's figures were measured in fp32
     c.seed = 0

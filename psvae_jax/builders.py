@@ -17,10 +17,12 @@ from absl import logging
 
 from psvae_jax.models import dit as dit_lib
 from psvae_jax.models import pixel_decoder
+from psvae_jax.models import siglip
 from psvae_jax.models import vit
 from psvae_jax.models.autoencoder import PSVAE, SemanticDecoder, SemanticEncoder
 from psvae_jax.weights import clip
 from psvae_jax.weights import dinov2 as dinov2_weights
+from psvae_jax.weights import siglip as siglip_weights
 from psvae_jax.weights import lpips as lpips_weights
 from psvae_jax.weights import t5
 
@@ -28,22 +30,57 @@ RANDOM = "random"  # `model.encoder.weights` value that asks for a random-init e
 
 
 def encoder_weights_dir(enc_cfg) -> str:
-  """The HF DINOv2 directory to load, or "" for a random encoder ("" or "random")."""
+  """The HF encoder directory to load, or "" for a random encoder ("" or "random")."""
   return "" if enc_cfg.weights in ("", RANDOM) else enc_cfg.weights
 
 
-def encoder_kwargs(enc_cfg) -> dict[str, Any]:
-  """DinoV2 kwargs: from the HF checkpoint's config if weights are given, else the size table."""
-  if encoder_weights_dir(enc_cfg):
-    module = dinov2_weights.dinov2_module_from_hf_config(
-        dinov2_weights.read_config(enc_cfg.weights)
+ENCODER_KINDS = ("dinov2", "siglip2")
+
+
+def encoder_kind(enc_cfg) -> str:
+  """`model.encoder.kind`: "dinov2" (default; also configs written before the field) or
+  "siglip2" (a SigLIP / SigLIP2 vision tower, psvae_jax/models/siglip.py)."""
+  kind = enc_cfg.get("kind", "dinov2") or "dinov2"
+  if kind not in ENCODER_KINDS:
+    raise ValueError(f"--config.model.encoder.kind={kind!r}: one of {list(ENCODER_KINDS)}")
+  return kind
+
+
+def _module_fields(module) -> dict[str, Any]:
+  return {
+      f.name: getattr(module, f.name)
+      for f in dataclasses.fields(module)
+      if f.name not in ("parent", "name", "dtype")
+  }
+
+
+def _check_weights_kind(enc_cfg, kind: str) -> dict:
+  """The weights directory's config.json; ValueError (one line) when it is another kind's."""
+  cfg = dinov2_weights.read_config(enc_cfg.weights)
+  model_type = cfg.get("model_type", "")
+  is_siglip = model_type in siglip_weights.MODEL_TYPES
+  if (kind == "siglip2") != is_siglip:
+    want = "siglip2" if is_siglip else "dinov2"
+    raise ValueError(
+        f"--config.model.encoder.weights={enc_cfg.weights} holds a {model_type!r} model but "
+        f"model.encoder.kind={kind!r}: set --config.model.encoder.kind={want}"
     )
-    return {
-        f.name: getattr(module, f.name)
-        for f in dataclasses.fields(module)
-        if f.name not in ("parent", "name", "dtype")
-    }
-  kw = vit.dinov2_config(enc_cfg.size, registers=enc_cfg.registers)
+  return cfg
+
+
+def encoder_kwargs(enc_cfg) -> dict[str, Any]:
+  """The encoder module's kwargs (vit.DinoV2 or siglip.SiglipVision, by `encoder_kind`): from
+  the HF checkpoint's config if weights are given, else the size table."""
+  kind = encoder_kind(enc_cfg)
+  if encoder_weights_dir(enc_cfg):
+    cfg = _check_weights_kind(enc_cfg, kind)
+    if kind == "siglip2":
+      return _module_fields(siglip_weights.siglip_module_from_hf_config(cfg))
+    return _module_fields(dinov2_weights.dinov2_module_from_hf_config(cfg))
+  if kind == "siglip2":
+    kw = siglip.siglip_config(enc_cfg.size)
+  else:
+    kw = vit.dinov2_config(enc_cfg.size, registers=enc_cfg.registers)
   for field in ("hidden_size", "num_layers", "num_heads", "patch_size"):
     if enc_cfg[field]:
       kw[field] = enc_cfg[field]
@@ -52,20 +89,30 @@ def encoder_kwargs(enc_cfg) -> dict[str, Any]:
   return kw
 
 
+def build_encoder(enc_cfg, dtype=jnp.float32):
+  """The representation encoder of `model.encoder` (its kind, size or weights' config)."""
+  kw = encoder_kwargs(enc_cfg)
+  if encoder_kind(enc_cfg) == "siglip2":
+    return siglip.SiglipVision(**kw, dtype=dtype)
+  return vit.DinoV2(**kw, dtype=dtype)
+
+
 def build_psvae(model_cfg, dtype=jnp.float32) -> PSVAE:
-  kw = encoder_kwargs(model_cfg.encoder)
-  d, heads = kw["hidden_size"], kw["num_heads"]
+  enc = build_encoder(model_cfg.encoder, dtype)
+  d, heads = enc.hidden_size, enc.num_heads
   return PSVAE(
-      encoder=vit.DinoV2(**kw, dtype=dtype),
-      sem_enc=SemanticEncoder(
+      encoder=enc,
+      sem_enc=SemanticEncoder(  # E_s's blocks are the encoder's (their copies, by default)
           hidden_size=d,
           num_heads=heads,
           num_blocks=model_cfg.num_sem_blocks,
           latent_channels=model_cfg.latent_channels,
-          mlp_ratio=kw["mlp_ratio"],
-          layerscale_init=kw["layerscale_init"],
-          use_swiglu=kw["use_swiglu"],
-          layer_norm_eps=kw["layer_norm_eps"],
+          mlp_ratio=enc.mlp_ratio,
+          layerscale_init=enc.layerscale_init,
+          use_swiglu=enc.use_swiglu,
+          layer_norm_eps=enc.layer_norm_eps,
+          gelu_approximate=getattr(enc, "gelu_approximate", False),
+          mlp_dim=getattr(enc, "mlp_dim", 0),
           dtype=dtype,
       ),
       sem_dec=SemanticDecoder(
@@ -73,6 +120,7 @@ def build_psvae(model_cfg, dtype=jnp.float32) -> PSVAE:
       ),
       pix_dec=pixel_decoder.make_pixel_decoder(model_cfg.pixel_decoder, dtype=dtype),
       encoder_image_size=model_cfg.encoder.image_size,
+      encoder_norm="siglip" if encoder_kind(model_cfg.encoder) == "siglip2" else "imagenet",
   )
 
 
@@ -94,10 +142,14 @@ def sem_blocks_from_encoder(params: dict) -> dict:
   return {**params, "sem_enc": sem}
 
 
-def load_encoder_params(hf_dir: str, target: Any) -> Any:
-  """Loads DINOv2 weights from a HF directory into arrays sharded like `target`."""
-  _, loaded = dinov2_weights.load_dinov2(hf_dir)
-  logging.info("Loaded DINOv2 weights from %s", hf_dir)
+def load_encoder_params(hf_dir: str, target: Any, kind: str = "dinov2") -> Any:
+  """Loads DINOv2 (or, kind "siglip2", SigLIP) weights from a HF directory into arrays
+  sharded like `target`."""
+  if kind == "siglip2":
+    _, loaded = siglip_weights.load_siglip(hf_dir)
+  else:
+    _, loaded = dinov2_weights.load_dinov2(hf_dir)
+  logging.info("Loaded %s weights from %s", kind, hf_dir)
   return place_like(loaded, target)
 
 

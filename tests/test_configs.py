@@ -21,9 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ("svae", "tiny"),
         ("svae", "dinov2_b"),
         ("svae", "dinov2_l"),
+        ("svae", "siglip2_so400m"),
         ("psvae", "tiny"),
         ("psvae", "dinov2_b"),
         ("psvae", "dinov2_l"),
+        ("psvae", "siglip2_so400m"),
     ],
 )
 def test_variants_build(module, variant):

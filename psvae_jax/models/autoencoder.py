@@ -39,6 +39,8 @@ class SemanticEncoder(nn.Module):
   layerscale_init: float | None = 1.0
   use_swiglu: bool = False
   layer_norm_eps: float = 1e-6
+  gelu_approximate: bool = False
+  mlp_dim: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -53,6 +55,8 @@ class SemanticEncoder(nn.Module):
           layerscale_init=self.layerscale_init,
           use_swiglu=self.use_swiglu,
           layer_norm_eps=self.layer_norm_eps,
+          gelu_approximate=self.gelu_approximate,
+          mlp_dim=self.mlp_dim,
           dtype=self.dtype,
           name=f"block{i}",
       )(x)
@@ -100,9 +104,11 @@ class PSVAE(nn.Module):
   """Holds the four parts; each method touches only the params it needs.
 
   Attributes:
-    encoder: the representation encoder (DinoV2), input normalised by ImageNet stats.
+    encoder: the representation encoder (vit.DinoV2 or siglip.SiglipVision).
     sem_enc, sem_dec, pix_dec: E_s, D_s, D_p.
     encoder_image_size: encoder input side (e.g. 224); images are resized to it.
+    encoder_norm: the encoder's input normalisation: "imagenet" (DINOv2's mean / std) or
+      "siglip" (mean 0.5, std 0.5: pixels in [-1, 1]).
   """
 
   encoder: nn.Module
@@ -110,6 +116,7 @@ class PSVAE(nn.Module):
   sem_dec: nn.Module
   pix_dec: nn.Module
   encoder_image_size: int
+  encoder_norm: str = "imagenet"
 
   def _encoder_input(self, images: jax.Array) -> jax.Array:  # (B, H, W, 3) in [-1, 1]
     b, h, w, c = images.shape
@@ -117,6 +124,10 @@ class PSVAE(nn.Module):
     x = images.astype(jnp.float32)
     if (h, w) != (s, s):
       x = jax.image.resize(x, (b, s, s, c), method="bilinear", antialias=True)
+    if self.encoder_norm == "siglip":
+      return x  # ((x + 1) / 2 - 0.5) / 0.5
+    if self.encoder_norm != "imagenet":
+      raise ValueError(f"encoder_norm={self.encoder_norm!r}: imagenet or siglip")
     return ((x + 1.0) * 0.5 - IMAGENET_MEAN) / IMAGENET_STD
 
   def features(self, images: jax.Array) -> jax.Array:

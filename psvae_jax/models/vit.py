@@ -29,6 +29,9 @@ class Block(nn.Module):
     layerscale_init: initial LayerScale value; ``None`` disables LayerScale.
     use_swiglu: use the SwiGLU feed-forward of DINOv2-g instead of the GELU MLP.
     layer_norm_eps: LayerNorm epsilon.
+    gelu_approximate: the MLP's GELU in its tanh form (SigLIP's gelu_pytorch_tanh).
+    mlp_dim: the MLP's hidden width when it is not a whole multiple of D (SigLIP-so400m's
+      4304 for 1152); 0 = ``int(D * mlp_ratio)``.
     dtype: compute dtype; parameters are always float32.
   """
 
@@ -38,6 +41,8 @@ class Block(nn.Module):
   layerscale_init: float | None = 1.0
   use_swiglu: bool = False
   layer_norm_eps: float = 1e-6
+  gelu_approximate: bool = False
+  mlp_dim: int = 0
   dtype: Any = jnp.float32
 
   def _dense(self, features: int, name: str) -> nn.Dense:
@@ -91,7 +96,7 @@ class Block(nn.Module):
 
     # Feed-forward.
     h = self._norm("norm2")(x)
-    hidden = int(d * self.mlp_ratio)
+    hidden = self.mlp_dim or int(d * self.mlp_ratio)
     if self.use_swiglu:
       # Dinov2SwiGLUFFN: two thirds of the MLP width, rounded up to a multiple of 8.
       hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
@@ -100,7 +105,7 @@ class Block(nn.Module):
       h = self._dense(d, "down_proj")(jax.nn.silu(gate) * up)  # (B, N, D)
     else:
       h = self._dense(hidden, "fc1")(h)  # (B, N, F)
-      h = jax.nn.gelu(h, approximate=False)
+      h = jax.nn.gelu(h, approximate=self.gelu_approximate)
       h = self._dense(d, "fc2")(h)  # (B, N, D)
     return x + self._layer_scale(h, "layer_scale2")
 
@@ -114,8 +119,16 @@ def _cubic(x: np.ndarray, a: float) -> np.ndarray:
   return np.where(x < 1, near, np.where(x < 2, far, 0)).astype(np.float32)
 
 
+def _triangle(x: np.ndarray) -> np.ndarray:
+  """The bilinear (triangle) kernel, in float32 like torch."""
+  x = np.abs(np.asarray(x, np.float32))
+  return np.where(x < 1, np.float32(1) - x, 0).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=64)
-def _torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
+def _torch_bicubic_matrix(
+    in_size: int, out_size: int, antialias: bool, mode: str = "bicubic"
+) -> np.ndarray:
   """``(out_size, in_size)`` matrix of torch's 1-D bicubic resampling weights.
 
   Reproduces ``torch.nn.functional.interpolate(mode="bicubic",
@@ -129,7 +142,11 @@ def _torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool) -> np.nd
   * ``antialias=True`` (``_upsample_bicubic2d_aa``, PIL-style): Keys kernel
     with ``a = -0.5`` stretched by ``max(scale, 1)`` (support ``2 * max(scale,
     1)``), taps outside the input dropped and the weights renormalised to one.
+    With ``mode="bilinear"`` (``_upsample_bilinear2d_aa``, Siglip2's position
+    resize) the same with the triangle kernel and half the support.
   """
+  if mode not in ("bicubic", "bilinear") or (mode == "bilinear" and not antialias):
+    raise ValueError(f"unsupported resize: mode={mode!r} antialias={antialias}")
   f32 = np.float32
   scale = f32(in_size) / f32(out_size)
   mat = np.zeros((out_size, in_size), np.float32)
@@ -142,7 +159,8 @@ def _torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool) -> np.nd
       for off, c in zip(range(-1, 3), coeffs):
         mat[i, min(max(base + off, 0), in_size - 1)] += c
     return mat
-  support = f32(2.0 * scale) if scale >= 1 else f32(2.0)
+  half = 2.0 if mode == "bicubic" else 1.0  # torch: interp_size / 2
+  support = f32(half * scale) if scale >= 1 else f32(half)
   invscale = f32(1.0 / scale) if scale >= 1 else f32(1.0)
   for i in range(out_size):
     center = f32(float(scale) * (i + 0.5))
@@ -151,7 +169,7 @@ def _torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool) -> np.nd
     xmax = min(int(float(center + support) + 0.5), in_size)
     js = np.arange(xmin, xmax)
     x = ((js - center).astype(np.float32).astype(np.float64) + 0.5) * float(invscale)
-    w = _cubic(x.astype(np.float32), -0.5)
+    w = _cubic(x.astype(np.float32), -0.5) if mode == "bicubic" else _triangle(x)
     total = f32(w.sum(dtype=np.float32))
     if total != 0:
       w = (w / total).astype(np.float32)
@@ -160,7 +178,7 @@ def _torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool) -> np.nd
 
 
 def interpolate_pos_embed_bicubic(
-    grid: jax.Array, out_hw: tuple[int, int], antialias: bool = False
+    grid: jax.Array, out_hw: tuple[int, int], antialias: bool = False, mode: str = "bicubic"
 ) -> jax.Array:
   """Resizes a position-embedding grid like torch's bicubic ``interpolate``.
 
@@ -176,13 +194,14 @@ def interpolate_pos_embed_bicubic(
     grid: ``(Gh, Gw, D)`` embeddings on the stored grid.
     out_hw: target ``(gh, gw)``.
     antialias: torch's ``antialias`` flag.
+    mode: "bicubic", or "bilinear" (with ``antialias``: Siglip2's resize).
 
   Returns:
     ``(gh, gw, D)`` float32 embeddings.
   """
   gh_in, gw_in, _ = grid.shape
-  wy = jnp.asarray(_torch_bicubic_matrix(gh_in, int(out_hw[0]), antialias))
-  wx = jnp.asarray(_torch_bicubic_matrix(gw_in, int(out_hw[1]), antialias))
+  wy = jnp.asarray(_torch_bicubic_matrix(gh_in, int(out_hw[0]), antialias, mode))
+  wx = jnp.asarray(_torch_bicubic_matrix(gw_in, int(out_hw[1]), antialias, mode))
   grid = grid.astype(jnp.float32)
   return jnp.einsum(
       "yi,xj,ijd->yxd", wy, wx, grid, precision=jax.lax.Precision.HIGHEST

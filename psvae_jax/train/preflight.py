@@ -24,13 +24,18 @@ def is_paper_size(config: ml_collections.ConfigDict) -> bool:
   return config.get("variant", "tiny") != "tiny"
 
 
+def _weights_dir_name(config) -> str:
+  return "HF_SIGLIP2_DIR" if config.model.encoder.get("kind") == "siglip2" else "HF_DINOV2_DIR"
+
+
 def _encoder_weights(config) -> str | None:
   """Stage 1 at paper size must not train on a random ViT unless told so."""
   if config.stage != "svae" or not is_paper_size(config) or config.model.encoder.weights:
     return None
   return (
       f"stage 1 ({config.variant}) needs pretrained encoder weights: set "
-      "--config.model.encoder.weights=HF_DINOV2_DIR (or =random, for tests and benchmarks)"
+      f"--config.model.encoder.weights={_weights_dir_name(config)} (or =random, for tests "
+      "and benchmarks)"
   )
 
 
@@ -42,7 +47,8 @@ def _stage2_init(config) -> str | None:
     return None
   return (
       f"stage 2 ({config.variant}) starts from stage 1: set --config.init_from=STAGE1_WORKDIR "
-      "(or --config.model.encoder.weights=HF_DINOV2_DIR|random to start without stage 1)"
+      f"(or --config.model.encoder.weights={_weights_dir_name(config)}|random to start without "
+      "stage 1)"
   )
 
 

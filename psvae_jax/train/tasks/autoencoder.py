@@ -113,7 +113,12 @@ class AutoencoderTask:
     if not weights and not self.config.model.sem_init_from_encoder:
       return None
     if weights:
-      params = {**params, "encoder": builders.load_encoder_params(weights, params["encoder"])}
+      params = {
+          **params,
+          "encoder": builders.load_encoder_params(
+              weights, params["encoder"], builders.encoder_kind(self.config.model.encoder)
+          ),
+      }
     else:
       logging.warning(
           "Encoder with RANDOM weights (model.encoder.weights=%r).",
