@@ -141,11 +141,16 @@ def load_autoencoder(
   mesh = mesh or parallel.make_mesh(-1, 1)
   model = builders.build_psvae(config.model, dtype=jnp.dtype(config.dtype))
   s = config.data.image_size
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"]
+  dummy = jnp.zeros((1, s, s, 3))
+  abstract = jax.eval_shape(model.init, jax.random.key(0), dummy)["params"]
+  disc = builders.build_discriminator(config)  # trained beside it (loss.adv > 0): not loaded
+  if disc is not None and not checkpoint.is_export(workdir):
+    abstract["disc"] = jax.eval_shape(disc.init, jax.random.key(0), dummy)["params"]
   shardings = parallel.param_shardings(abstract, mesh, min_size=min_shard_size)
   params = checkpoint.restore_params(
       workdir, parallel.with_shardings(abstract, shardings), key="ema_params"
   )
+  params.pop("disc", None)
   stats_dir = stats_dir or workdir
   return Autoencoder(model, params, config, latent_stats.load(stats_dir), str(stats_dir))
 

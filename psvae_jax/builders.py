@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from psvae_jax.models import discriminator
 from psvae_jax.models import dit as dit_lib
 from psvae_jax.models import pixel_decoder
 from psvae_jax.models import siglip
@@ -122,6 +123,14 @@ def build_psvae(model_cfg, dtype=jnp.float32) -> PSVAE:
       encoder_image_size=model_cfg.encoder.image_size,
       encoder_norm="siglip" if encoder_kind(model_cfg.encoder) == "siglip2" else "imagenet",
   )
+
+
+def build_discriminator(config):
+  """The PatchGAN of stage 2's adversarial loss (config.adv), or None when loss.adv is 0."""
+  if config.loss.get("adv", 0.0) <= 0:
+    return None
+  a = config.adv
+  return discriminator.PatchGAN(ndf=a.ndf, n_layers=a.n_layers, dtype=jnp.dtype(config.dtype))
 
 
 def sem_blocks_from_encoder(params: dict) -> dict:

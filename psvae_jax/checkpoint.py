@@ -306,6 +306,12 @@ def restore_exported(path: str, target: Any) -> Any:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def is_export(workdir: str) -> bool:
+  """Whether DIR is an export (psvae_jax/export.py: EMA params as safetensors, no checkpoints/)."""
+  d = epath.Path(workdir)
+  return (d / EXPORTED_PARAMS).exists() and not (d / "checkpoints").exists()
+
+
 def restore_params(
     workdir: str, target: Any, *, key: str = "ema_params", step: int | None = None
 ) -> Any:
@@ -319,7 +325,7 @@ def restore_params(
     step: the step to read (default: latest).
   """
   exported = epath.Path(workdir) / EXPORTED_PARAMS
-  if exported.exists() and not (epath.Path(workdir) / "checkpoints").exists():
+  if is_export(workdir):
     if key != "ema_params" or step is not None:
       raise IncompatibleCheckpointError(
           f"{workdir} is an export: it holds the EMA params only, not {key!r} at step {step}."

@@ -31,3 +31,21 @@ def pixel_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
 def kl_loss(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mu, sigma^2) || N(0, I)), averaged per latent element."""
   return jnp.mean(-0.5 * (1.0 + logvar - jnp.square(mu) - jnp.exp(logvar)))
+
+
+def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+  """The discriminator's hinge loss (taming / LDM): ½ (mean relu(1 - real) + mean relu(1 +
+  fake))."""
+  return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+
+
+def generator_adv_loss(logits_fake: jax.Array) -> jax.Array:
+  """The generator's adversarial loss: -mean D(x_hat)."""
+  return -jnp.mean(logits_fake)
+
+
+def adaptive_weight(nll_grad: jax.Array, adv_grad: jax.Array, max_weight: float = 1e4):
+  """LDM's adaptive adversarial weight: ||d nll / d W|| / (||d adv / d W|| + 1e-4), clipped to
+  [0, max_weight] and not differentiated (W: the pixel decoder's last layer's kernel)."""
+  w = jnp.linalg.norm(nll_grad.ravel()) / (jnp.linalg.norm(adv_grad.ravel()) + 1e-4)
+  return jax.lax.stop_gradient(jnp.clip(w, 0.0, max_weight))

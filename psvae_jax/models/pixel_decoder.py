@@ -137,6 +137,15 @@ class ViTDecoder(nn.Module):
     return x.astype(jnp.float32)
 
 
+def last_layer(pix_params) -> str:
+  """The name of a pixel decoder's last layer (the adversarial weight's W): `conv_out` (the
+  conv decoder, a ViT decoder with a refine block) or `proj_out` (a plain ViT decoder)."""
+  for name in ("conv_out", "proj_out"):
+    if name in pix_params:
+      return name
+  raise ValueError(f"no conv_out / proj_out among the pixel decoder's {sorted(pix_params)}")
+
+
 def make_pixel_decoder(cfg, dtype=jnp.float32) -> nn.Module:
   """From config: cfg.type in {"conv", "vit"} plus that type's fields."""
   if cfg.type == "conv":

@@ -113,7 +113,7 @@ def train_step(
   """One optimizer step; a non-finite loss or gradient leaves the state unchanged (counted)."""
   rng = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-  (loss, metrics), grads = grad_fn(state.params, state.frozen, consts, batch, rng)
+  (loss, metrics), grads = grad_fn(state.params, state.frozen, consts, batch, rng, state.step)
   if config.get("inject_nonfinite_steps"):  # a fault drill: poison this step's gradients
     bad = jnp.isin(state.step + 1, jnp.asarray(config.inject_nonfinite_steps, jnp.int32))
     grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)

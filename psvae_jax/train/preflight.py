@@ -69,6 +69,20 @@ def _lpips_files(config) -> str | None:
   )
 
 
+def _adversarial(config) -> str | None:
+  """The adversarial loss trains stage 2's pixel decoder with its encoder (as LDM's VAE)."""
+  if config.stage not in ("svae", "psvae") or config.loss.get("adv", 0.0) <= 0:
+    return None
+  if config.stage == "svae":
+    return (
+        f"--config.loss.adv={config.loss.adv} is a stage-2 option (configs/psvae.py): stage 1's "
+        "pixel decoder only judges the S-VAE; set --config.loss.adv=0"
+    )
+  if config.adv.start_step < 0:
+    return f"--config.adv.start_step={config.adv.start_step} must be >= 0"
+  return None
+
+
 def _stage3_inputs(config) -> str | None:
   """Stage 3 trains in a PS-VAE's latent, conditioned by a text encoder for text models."""
   if config.stage != "dit":
@@ -98,6 +112,7 @@ CHECKS: tuple[Callable[[ml_collections.ConfigDict], str | None], ...] = (
     _encoder_weights,
     _stage2_init,
     _lpips_files,
+    _adversarial,
     _stage3_inputs,
 )
 

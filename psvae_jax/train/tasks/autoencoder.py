@@ -27,6 +27,7 @@ from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import image_metrics
 from psvae_jax.evals import runner as eval_runner
+from psvae_jax.models import pixel_decoder
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
 
 
@@ -80,12 +81,17 @@ class AutoencoderTask:
     self._lpips = None
     if config.loss.lpips > 0:
       self._lpips = builders.build_lpips(config.lpips, config.data.image_size)
+    # The optional adversarial loss (stage 2, loss.adv > 0): a PatchGAN under params["disc"]
+    # (trained by the same optimizer, default group; not part of the autoencoder).
+    self.disc = builders.build_discriminator(config)
 
   # ---- init -----------------------------------------------------------------------------
   def init(self, rng: jax.Array):
     s = self.config.data.image_size
     dummy = jnp.zeros((1, s, s, 3), jnp.float32)
     params = self.model.init(rng, dummy)["params"]
+    if self.disc is not None:
+      params["disc"] = self.disc.init(jax.random.fold_in(rng, 1), dummy)["params"]
     # E_s's copy of the encoder's last blocks is made in warm_start, once the encoder's
     # weights are loaded (here the encoder is still random).
     return params, self.make_frozen(params)
@@ -108,7 +114,9 @@ class AutoencoderTask:
         logging.warning("Stage 2 without --config.init_from: starting from scratch.")
       else:
         logging.info("Initialising from stage-1 workdir %s", self.config.init_from)
-        return checkpoint.restore_params(self.config.init_from, params, key="ema_params")
+        ae = {k: v for k, v in params.items() if k != "disc"}  # stage 1 has no discriminator
+        restored = checkpoint.restore_params(self.config.init_from, ae, key="ema_params")
+        return {**restored, **({"disc": params["disc"]} if "disc" in params else {})}
     weights = builders.encoder_weights_dir(self.config.model.encoder)
     if not weights and not self.config.model.sem_init_from_encoder:
       return None
@@ -129,7 +137,7 @@ class AutoencoderTask:
     return params
 
   # ---- training ---------------------------------------------------------------------------
-  def loss(self, params, frozen, consts, batch, rng):
+  def loss(self, params, frozen, consts, batch, rng, step=0):
     cfg = self.config.loss
     x = batch["image"]
     apply = functools.partial(self.model.apply, {"params": params})
@@ -143,7 +151,17 @@ class AutoencoderTask:
     z = reparameterize(rng, mu, logvar)
     f_hat = apply(z, method=PSVAE.decode_features)
     z_pix = z if self.stage2 else jax.lax.stop_gradient(z)
-    x_hat = apply(z_pix, method=PSVAE.decode)
+    if self.disc is not None:
+      # x_hat with the vjp of the decoder's last layer: the adaptive weight's gradient norms
+      last = pixel_decoder.last_layer(params["pix_dec"])
+
+      def decode(last_params):
+        p = {**params, "pix_dec": {**params["pix_dec"], last: last_params}}
+        return self.model.apply({"params": p}, z_pix, method=PSVAE.decode)
+
+      x_hat, last_vjp = jax.vjp(decode, params["pix_dec"][last])
+    else:
+      x_hat = apply(z_pix, method=PSVAE.decode)
 
     l_sem = losses.semantic_loss(f_hat, target, cfg.cos)
     l_kl = losses.kl_loss(mu, logvar)
@@ -160,9 +178,56 @@ class AutoencoderTask:
       l_lp = jnp.mean(self._lpips[0].apply(consts["lpips"], x_hat, x))
       total = total + cfg.lpips * l_lp
       metrics.update(loss=total, loss_lpips=l_lp)
+    if self.disc is not None:
+      adv, adv_metrics = self._adversarial(params, consts, x, x_hat, last_vjp, step)
+      total = total + adv
+      metrics.update(adv_metrics, loss=total)
     if self.stage2:
       metrics["semantic_cos"] = jnp.mean(losses.cosine(f, target))
     return total, metrics
+
+  def _reconstruction_nll(self, consts, x_hat, x):
+    """The pixel terms the adversarial weight balances against: γ·pixel + λ·LPIPS."""
+    cfg = self.config.loss
+    nll = cfg.pix * losses.pixel_loss(x_hat, x)
+    if self._lpips is not None:
+      nll = nll + cfg.lpips * jnp.mean(self._lpips[0].apply(consts["lpips"], x_hat, x))
+    return nll
+
+  def _adversarial(self, params, consts, x, x_hat, last_vjp, step):
+    """(loss term, metrics) of the PatchGAN (LDM's recipe) from `adv.start_step` on.
+
+    One differentiated scalar trains both players: the generator term -D(x_hat) reads the
+    discriminator through stop_gradient (so it moves only the autoencoder) and the hinge term
+    reads x_hat through stop_gradient (so it moves only the discriminator). The generator term is
+    weighted by loss.adv x the adaptive weight ||∇_W nll|| / ||∇_W g|| (W: the pixel decoder's
+    last kernel; from the decoder's vjp at this x_hat, not differentiated) when adv.adaptive.
+    """
+    a = self.config.adv
+    disc = lambda p, images: self.disc.apply({"params": p}, images)
+    frozen_disc = jax.lax.stop_gradient(params["disc"])
+    g_loss = losses.generator_adv_loss(disc(frozen_disc, x_hat))
+    x_fake = jax.lax.stop_gradient(x_hat)
+    logits_real, logits_fake = disc(params["disc"], x), disc(params["disc"], x_fake)
+    d_loss = losses.hinge_d_loss(logits_real, logits_fake)
+    if a.adaptive:
+      nll_x = jax.grad(lambda xh: self._reconstruction_nll(consts, xh, x))(x_fake)
+      g_x = jax.grad(lambda xh: losses.generator_adv_loss(disc(frozen_disc, xh)))(x_fake)
+      weight = losses.adaptive_weight(
+          last_vjp(nll_x)[0]["kernel"], last_vjp(g_x)[0]["kernel"], a.max_weight
+      )
+    else:
+      weight = jnp.ones((), jnp.float32)
+    on = (jnp.asarray(step) >= a.start_step).astype(jnp.float32)
+    term = on * (self.config.loss.adv * weight * g_loss + d_loss)
+    return term, {
+        "loss_adv_g": g_loss,
+        "loss_disc": d_loss,
+        "adv_weight": weight,
+        "adv_on": on,
+        "disc_logits_real": jnp.mean(logits_real),
+        "disc_logits_fake": jnp.mean(logits_fake),
+    }
 
   # ---- evaluation -------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=0)

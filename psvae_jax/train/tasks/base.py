@@ -44,8 +44,10 @@ class Task(Protocol):
       consts: PyTree,
       batch: Mapping[str, jax.Array],
       rng: jax.Array,
+      step: jax.Array | int = 0,
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(scalar loss, {name: scalar metric}) of one global batch; differentiated w.r.t. params."""
+    """(scalar loss, {name: scalar metric}) of one global batch; differentiated w.r.t. params.
+    `step`: the optimizer steps taken so far (schedules inside the loss: adv.start_step)."""
 
   def warm_start(self, params: PyTree) -> PyTree | None:
     """Params to start from instead of init's (e.g. stage 1's weights), or None to keep them."""

@@ -78,7 +78,8 @@ class DiTTask:
     z = reparameterize(rng, mu, logvar) if self.config.diffusion.latent_sample else mu
     return jax.lax.stop_gradient(self.gen.normalize(consts, z))
 
-  def loss(self, params, frozen, consts, batch, rng):
+  def loss(self, params, frozen, consts, batch, rng, step=0):
+    del step  # no schedule inside the DiT's loss
     del frozen
     r_enc, r_t, r_noise, r_drop = jax.random.split(rng, 4)
     z0 = self._latents(consts, batch, r_enc)
