@@ -95,9 +95,15 @@ def _guided(
     guidance_scale: jax.Array,
     guidance_rescale: float | jax.Array = 0.0,
     guidance_interval: Any = (0.0, 1.0),
+    image_guidance_scale: float | jax.Array = 1.0,
 ) -> Callable[..., jax.Array]:
   """(z, scalar model time, noise level) → float32 prediction; CFG as one 2B batch if ``uncond``
   is given.
+
+  Two-condition guidance (InstructPix2Pix, eq. 3: a source image I and an instruction T): with
+  ``uncond`` a pair (image-only condition, null condition), the three predictions run as one 3B
+  batch and combine as ε(∅,∅) + s_I (ε(I,∅) − ε(∅,∅)) + s_T (ε(I,T) − ε(I,∅)), s_T the
+  guidance scale and s_I ``image_guidance_scale`` (both inside ``guidance_interval``).
 
   ``guidance_interval`` = (lo, hi) applies the guidance scale only at noise levels lo ≤ level ≤
   hi (level: t/T for DDIM, flow time t; 1 = pure noise) and scale 1 (the conditional prediction)
@@ -118,11 +124,26 @@ def _guided(
 
     return pred
 
+  interval = jnp.asarray(guidance_interval, jnp.float32)  # (2,)
+  if isinstance(uncond, tuple):  # (image-only, null): two-condition guidance
+    image_only, null = uncond
+    three = jax.tree.map(lambda c, i, u: jnp.concatenate([c, i, u], axis=0), cond, image_only, null)
+    s_img = jnp.asarray(image_guidance_scale, jnp.float32)
+
+    def pred3(z, t, level):
+      z3 = jnp.concatenate([z, z, z], axis=0)  # (3B, ...)
+      out = model_fn(z3, jnp.full((z3.shape[0],), t, jnp.float32), three).astype(jnp.float32)
+      out_c, out_i, out_u = jnp.split(out, 3, axis=0)
+      on = (level >= interval[0]) & (level <= interval[1])
+      s_t = jnp.where(on, guidance_scale, 1.0)
+      s_i = jnp.where(on, s_img, 1.0)
+      return out_u + s_i * (out_i - out_u) + s_t * (out_c - out_i)
+
+    return pred3
+
   both = jax.tree.map(
       lambda c, u: jnp.concatenate([c, u], axis=0), cond, uncond
   )  # leaves (2B, ...)
-
-  interval = jnp.asarray(guidance_interval, jnp.float32)  # (2,)
 
   def pred(z, t, level):
     z2 = jnp.concatenate([z, z], axis=0)  # (2B, ...)
@@ -197,6 +218,7 @@ def ddim_sample(
     guidance_rescale: float | jax.Array = 0.0,
     guidance_interval: Any = (0.0, 1.0),
     resample: int | jax.Array = 0,
+    image_guidance_scale: float | jax.Array = 1.0,
 ) -> jax.Array:
   """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step``
   (ε-prediction).
@@ -212,7 +234,8 @@ def ddim_sample(
     sched: noise schedule.
     z_T: (B, ...) starting latents (noise, or ``ddim_start_latents`` for SDEdit).
     cond: conditioning pytree, leaves (B, ...).
-    uncond: null conditioning pytree like ``cond``, or None for no guidance.
+    uncond: null conditioning pytree like ``cond``, or None for no guidance, or a pair
+      (image-only, null) for two-condition guidance (``_guided``).
     timesteps: int (S,) from ``ddim_timesteps``: descending timesteps, then −1 padding.
     guidance_scale: guidance scale s (traced).
     eta: DDIM η (traced): 0 deterministic, 1 DDPM-like.
@@ -224,6 +247,7 @@ def ddim_sample(
     guidance_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
     guidance_interval: (lo, hi) noise levels t/T where the guidance scale applies (traced), see
       ``_guided``.
+    image_guidance_scale: s_I of two-condition guidance (traced; with a pair ``uncond``).
     resample: with ``inpaint``, RePaint resampling jumps per step (traced; 0 = none), see
       ``_resampled``: z_t = √(ᾱ_t/ᾱ_prev) z_prev + √(1 − ᾱ_t/ᾱ_prev) ε, then the step
       again.
@@ -242,6 +266,7 @@ def ddim_sample(
       jnp.asarray(guidance_scale, jnp.float32),
       guidance_rescale,
       guidance_interval,
+      image_guidance_scale,
   )
 
   def step(z, i, t):
@@ -318,6 +343,7 @@ def euler_sample(
     guidance_interval: Any = (0.0, 1.0),
     resample: int | jax.Array = 0,
     rng: jax.Array | None = None,
+    image_guidance_scale: float | jax.Array = 1.0,
 ) -> jax.Array:
   """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0
   (data).
@@ -326,7 +352,8 @@ def euler_sample(
     model_fn: ``(z, t_model, cond) -> v`` with t_model = 1000 · t, float32 (B,).
     z_1: (B, ...) noise (or (1 − t) z0 + t ε at t = grid[start_index] for SDEdit).
     cond: conditioning pytree, leaves (B, ...).
-    uncond: null conditioning like ``cond``, or None for no guidance.
+    uncond: null conditioning like ``cond``, or None for no guidance, or a pair (image-only,
+      null) for two-condition guidance (``_guided``).
     num_steps: number of Euler steps (traced when ``max_steps`` is given).
     shift: timestep shift s applied to the uniform grid (traced): the sampling shift (config
       ``sample.shift``), a setting of its own, not necessarily the training
@@ -360,6 +387,7 @@ def euler_sample(
       jnp.asarray(guidance_scale, jnp.float32),
       guidance_rescale,
       guidance_interval,
+      image_guidance_scale,
   )
 
   def step(z, i, t, t_next):

@@ -278,6 +278,8 @@ class DiT(nn.Module):
       pooled: jax.Array | None = None,
       labels: jax.Array | None = None,
       drop: jax.Array | None = None,
+      source: jax.Array | None = None,
+      drop_source: jax.Array | None = None,
   ) -> jax.Array:
     """Predicts ε (or v) for latents.
 
@@ -289,16 +291,27 @@ class DiT(nn.Module):
       pooled: pooled text vector (B, d_text) ("text", optional; pass it at init iff used later).
       labels: (B,) int class labels ("class").
       drop: (B,) bool; True rows use the null condition.
+      source: (B, h, w, C_s) a source image's normalised latent (instruction editing,
+        InstructPix2Pix): concatenated to x along channels before patching. A model trained with
+        it must always get it (its patch embedding reads C + C_s channels).
+      drop_source: (B,) bool; True rows get the null source (zeros: the mean latent).
 
     Returns:
-      (B, h, w, C_out) float32.
+      (B, h, w, C_out) float32 (C_out from x's C, not the source's).
     """
     b, h, w, ch = x.shape
+    out_ch = self.out_channels or (2 * ch if self.learn_sigma else ch)  # from x, not the source
+    if source is not None:
+      if source.shape[:3] != x.shape[:3]:
+        raise ValueError(f"source latent {source.shape} does not match the latents {x.shape}.")
+      if drop_source is not None:
+        source = jnp.where(drop_source[:, None, None, None], jnp.zeros_like(source), source)
+      x = jnp.concatenate([x, source.astype(x.dtype)], axis=-1)  # (B, h, w, C + C_s)
+      ch = x.shape[-1]
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"Latent {h}x{w} is not divisible by patch size {p}.")
     gh, gw = h // p, w // p
-    out_ch = self.out_channels or (2 * ch if self.learn_sigma else ch)
 
     patches = (
         x.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * ch)
