@@ -9,8 +9,9 @@ The model is the class-conditional DiT-S width (384, 6 heads), depth 4, patch 2 
 2B batch in every implementation; eta = 0. Implementations:
 
   scan      psvae_jax.diffusion.samplers.ddim_sample: the whole sampler (all steps) in one jit,
-            lax.scan over a timesteps array padded to 100 (so steps, guidance_scale, eta and seed
-            are traced: one compile for all)
+            lax.scan over a timesteps array padded to --scan-length (default: the library's bucket
+            for the steps, psvae_jax.generation.scan_length; steps, guidance_scale, eta and seed
+            are traced: one compile per bucket)
   loop      a Python loop over one jitted DDIM+CFG step
   diffusers diffusers' DDIMScheduler (linear betas, "leading" spacing) + DiTTransformer2DModel,
             torch eager
@@ -40,7 +41,7 @@ from bench import _common  # pylint: disable=g-import-not-at-top
 from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
 LATENT, CHANNELS, PATCH, WIDTH, HEADS, NUM_CLASSES, DEPTH = 16, 4, 2, 384, 6, 1000, 4
-MAX_STEPS, CFG = 100, 7.5
+CFG = 7.5
 
 
 def _inputs(batch: int, seed: int = 0):
@@ -161,6 +162,7 @@ def worker(args) -> dict:
   cond, uncond = {"labels": y}, {"labels": np.full_like(y, NUM_CLASSES)}
   sched = schedules.linear_schedule()
   n = args.num_steps
+  MAX_STEPS = args.scan_length  # pylint: disable=invalid-name
   out: dict = dict(impl=args.impl, batch=args.batch)
   if args.impl == "check":
     traces = []
@@ -251,6 +253,13 @@ def main():
   )
   ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
   ap.add_argument("--num-steps", type=int, default=50)
+  ap.add_argument(
+      "--scan-length",
+      type=int,
+      default=0,
+      help="the scan sampler's length (0: the library's bucket for --num-steps, "
+      "generation.scan_length; 1000 was the library's length for every request before buckets)",
+  )
   ap.add_argument("--reps", type=int, default=10, help="timed full samples per run (median)")
   ap.add_argument("--warmup", type=int, default=1)
   ap.add_argument("--rounds", type=int, default=3)
@@ -262,6 +271,10 @@ def main():
   ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
   _common.add_load_args(ap)
   args = ap.parse_args()
+  if not args.scan_length:
+    from psvae_jax import generation  # pylint: disable=g-import-not-at-top
+
+    args.scan_length = generation.scan_length(args.num_steps)
   if args.worker:
     _common.emit(worker(args))
     return
@@ -276,7 +289,8 @@ def main():
     )
   script = os.path.abspath(__file__)
   print(
-      f"DDIM-{args.num_steps} CFG {CFG}, DiT-S width depth {DEPTH}, patch {PATCH}, "
+      f"DDIM-{args.num_steps} CFG {CFG} (scan length {args.scan_length}), DiT-S width depth "
+      f"{DEPTH}, patch {PATCH}, "
       f"{LATENT}x{LATENT}x"
       f"{CHANNELS}; {args.reps} timed samples per run, {args.rounds} round(s); machine load now "
       f"{_common.machine_load():.0%}",
@@ -285,6 +299,8 @@ def main():
   summary = []
   for batch in args.batches:
     base = [
+        "--scan-length",
+        str(args.scan_length),
         "--batch",
         str(batch),
         "--num-steps",
