@@ -130,6 +130,10 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     p.refine_channels, p.groups = 16, 8
     # No VGG weights can ship with the demo, and random-VGG LPIPS is not perceptual.
     c.loss.lpips = 0.0
+    # The PatchGAN at 32 px (loss.adv > 0): 2 layers give 6x6 patch logits (3 give 2x2, and their
+    # 4x4 stride-1 conv's backward costs 527 ms at batch 32 on XLA:CPU, against 55 ms for all of
+    # the 2-layer one's forward + backward; measured on the 2-core machine).
+    c.adv.n_layers = 2
   return c
 
 

@@ -151,17 +151,7 @@ class AutoencoderTask:
     z = reparameterize(rng, mu, logvar)
     f_hat = apply(z, method=PSVAE.decode_features)
     z_pix = z if self.stage2 else jax.lax.stop_gradient(z)
-    if self.disc is not None:
-      # x_hat with the vjp of the decoder's last layer: the adaptive weight's gradient norms
-      last = pixel_decoder.last_layer(params["pix_dec"])
-
-      def decode(last_params):
-        p = {**params, "pix_dec": {**params["pix_dec"], last: last_params}}
-        return self.model.apply({"params": p}, z_pix, method=PSVAE.decode)
-
-      x_hat, last_vjp = jax.vjp(decode, params["pix_dec"][last])
-    else:
-      x_hat = apply(z_pix, method=PSVAE.decode)
+    x_hat = apply(z_pix, method=PSVAE.decode)
 
     l_sem = losses.semantic_loss(f_hat, target, cfg.cos)
     l_kl = losses.kl_loss(mu, logvar)
@@ -179,7 +169,7 @@ class AutoencoderTask:
       total = total + cfg.lpips * l_lp
       metrics.update(loss=total, loss_lpips=l_lp)
     if self.disc is not None:
-      adv, adv_metrics = self._adversarial(params, consts, x, x_hat, last_vjp, step)
+      adv, adv_metrics = self._adversarial(params, consts, x, x_hat, z_pix, step)
       total = total + adv
       metrics.update(adv_metrics, loss=total)
     if self.stage2:
@@ -194,14 +184,27 @@ class AutoencoderTask:
       nll = nll + cfg.lpips * jnp.mean(self._lpips[0].apply(consts["lpips"], x_hat, x))
     return nll
 
-  def _adversarial(self, params, consts, x, x_hat, last_vjp, step):
+  def _last_layer_vjp(self, params, z):
+    """The vjp of the decoder output w.r.t. its last layer at (params, z), both held constant
+    (one more decoder forward: differentiating the weight's own computation would make the
+    step second-order)."""
+    params, z = jax.lax.stop_gradient((params, z))
+    last = pixel_decoder.last_layer(params["pix_dec"])
+
+    def decode(last_params):
+      p = {**params, "pix_dec": {**params["pix_dec"], last: last_params}}
+      return self.model.apply({"params": p}, z, method=PSVAE.decode)
+
+    return jax.vjp(decode, params["pix_dec"][last])[1]
+
+  def _adversarial(self, params, consts, x, x_hat, z_pix, step):
     """(loss term, metrics) of the PatchGAN (LDM's recipe) from `adv.start_step` on.
 
     One differentiated scalar trains both players: the generator term -D(x_hat) reads the
     discriminator through stop_gradient (so it moves only the autoencoder) and the hinge term
     reads x_hat through stop_gradient (so it moves only the discriminator). The generator term is
     weighted by loss.adv x the adaptive weight ||∇_W nll|| / ||∇_W g|| (W: the pixel decoder's
-    last kernel; from the decoder's vjp at this x_hat, not differentiated) when adv.adaptive.
+    last kernel; from the decoder's vjp at this z, not differentiated) when adv.adaptive.
     """
     a = self.config.adv
     disc = lambda p, images: self.disc.apply({"params": p}, images)
@@ -211,6 +214,7 @@ class AutoencoderTask:
     logits_real, logits_fake = disc(params["disc"], x), disc(params["disc"], x_fake)
     d_loss = losses.hinge_d_loss(logits_real, logits_fake)
     if a.adaptive:
+      last_vjp = self._last_layer_vjp({k: v for k, v in params.items() if k != "disc"}, z_pix)
       nll_x = jax.grad(lambda xh: self._reconstruction_nll(consts, xh, x))(x_fake)
       g_x = jax.grad(lambda xh: losses.generator_adv_loss(disc(frozen_disc, xh)))(x_fake)
       weight = losses.adaptive_weight(
