@@ -132,12 +132,8 @@ SAMPLE = ml_collections.FrozenConfigDict(
     )
 )
 
-# The most sampler steps.
+# The most sampler steps (the sampler's scan length: any steps up to it reuse one compile).
 MAX_SAMPLE_STEPS = 1000
-# The sampler's scan lengths: a request for `steps` runs the smallest bucket >= steps (the
-# unused iterations are skipped by lax.cond), one compile per bucket used. Scanning 1000 for the
-# default 50 steps cost 950 no-op iterations (bench/sampler.py --scan-length).
-SAMPLE_SCAN_BUCKETS = (50, 100, 250, MAX_SAMPLE_STEPS)
 
 # Stored configs (a workdir's config.json) written before the rename: old sample key -> new.
 LEGACY_SAMPLE_KEYS = {"cfg": "guidance_scale", "cfg_rescale": "guidance_rescale"}

@@ -33,15 +33,7 @@ from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import schedules
 from psvae_jax.weights import clip
 
-MAX_STEPS = common.MAX_SAMPLE_STEPS
-
-
-def scan_length(steps: int) -> int:
-  """The sampler's scan length for `steps`: the smallest of common.SAMPLE_SCAN_BUCKETS that holds
-  them (all steps of one bucket share one compile)."""
-  if not 1 <= steps <= MAX_STEPS:
-    raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}.")
-  return min(b for b in common.SAMPLE_SCAN_BUCKETS if b >= steps)
+MAX_STEPS = common.MAX_SAMPLE_STEPS  # scan length; any steps <= MAX_STEPS reuse the compile
 
 
 def make_objective(diff_cfg):
@@ -230,7 +222,7 @@ class Generator:
         num_steps,
         shift,
         guidance_scale,
-        max_steps=timesteps.shape[0],  # static: the bucket's scan length
+        max_steps=MAX_STEPS,
         start_index=start_index,
         carry_sharding=sharding,
         inpaint=inp,
@@ -297,9 +289,11 @@ class Generator:
   def timesteps(self, steps: int) -> np.ndarray:
     if isinstance(self.objective, objectives.EpsilonObjective):
       return samplers.ddim_timesteps(
-          steps, self.objective.schedule.num_timesteps, max_steps=scan_length(steps)
+          steps, self.objective.schedule.num_timesteps, max_steps=MAX_STEPS
       )
-    ts = np.full((scan_length(steps),), -1, np.int32)
+    if not 1 <= steps <= MAX_STEPS:
+      raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}.")
+    ts = np.full((MAX_STEPS,), -1, np.int32)
     ts[:steps] = np.arange(steps)
     return ts
 

@@ -90,15 +90,3 @@ def test_training_grids_record_their_prompts(trained_dit):
   assert notes, list((trained_dit / "dit" / "samples").iterdir())
   text = notes[-1].read_text()
   assert "guidance_scale=" in text and "\n0: " in text, text
-
-
-def test_sampler_scan_length_buckets():
-  """The sampler scans the smallest bucket that holds the steps (one compile per bucket), not
-  1000 iterations for every request."""
-  from psvae_jax import generation  # pylint: disable=g-import-not-at-top
-
-  got = [generation.scan_length(s) for s in (1, 50, 51, 100, 101, 250, 251, 1000)]
-  assert got == [50, 50, 100, 100, 250, 250, 1000, 1000]
-  for bad in (0, 1001):
-    with pytest.raises(ValueError, match="steps must be in"):
-      generation.scan_length(bad)
