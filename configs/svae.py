@@ -6,9 +6,10 @@
       --config.data.path=/data/imagenet/train
 
 Variants: `dinov2_b` (the PS-VAE paper: DINOv2-B, 224 in, 256 out, C=96, conv decoder),
-`dinov2_l` (the seed: DINOv2-L, d=1024), `siglip2_so400m` (the paper's second encoder:
-`--config.model.encoder.weights=` a SigLIP2-so400m-patch14-224 directory), `tiny` (CPU demo and tests: 32 px shapes, a
-small random-init ViT with 4 px patches, 8x8x16 latent, small conv decoder).
+`dinov2_l` (the seed: DINOv2-L, d=1024), `siglip2_so400m` (the paper's second encoder;
+`--config.model.encoder.weights=` a SigLIP2-so400m-patch14-224 directory), `tiny` (CPU demo
+and tests: 32 px shapes, a small random-init ViT with 4 px patches, 8x8x16 latent, small conv
+decoder).
 
 The paper-size variants refuse to start without `--config.model.encoder.weights` (a
 random ViT only with an explicit `--config.model.encoder.weights=random`, for tests and

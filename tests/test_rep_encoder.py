@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from psvae_jax import representation
 from psvae_jax.shapes import rep_encoder
 from psvae_jax.shapes import world
 
@@ -38,7 +39,7 @@ def test_probe_reads_informative_features_and_not_noise():
       x[:, :5] += 3.0 * np.eye(5)[y]
     return x, y
 
-  probe = rep_encoder._probe  # pylint: disable=protected-access
+  probe = representation.ridge_probe
   good = probe(make(400, True), make(200, True), make(400, True))
   noise = probe(make(400, False), make(200, False), make(400, False))
   assert good["mean"] > 0.9 and good["n"] == 400
