@@ -310,7 +310,6 @@ class _Classes:
   def __init__(self, f, out: str):
     from psvae_jax import demo_classes  # pylint: disable=g-import-not-at-top
     from psvae_jax import representation  # pylint: disable=g-import-not-at-top
-    from psvae_jax.evals import feature_net  # pylint: disable=g-import-not-at-top
 
     self.f, self.out, self.info = f, out, {}
     self.curve_name = f"Classifier accuracy of {f.curve_prompts} class-balanced samples"
@@ -318,18 +317,9 @@ class _Classes:
     self.spec = f"folder:path={self.data_dir}"
     self.data = representation.read_labelled(self.spec)
     self.classifier = os.path.join(out, "classifier.safetensors")
-    if not os.path.exists(feature_net.sidecar_path(self.classifier)):
-      feature_net.train(
-          self.spec,
-          self.classifier,
-          image_size=representation.IMAGE_SIZE,
-          steps=max(20, int(round(demo_classes.STEPS["classifier"] * f.steps_scale))),
-      )
-    with open(feature_net.sidecar_path(self.classifier), encoding="utf-8") as fh:
-      meta = json.load(fh)
-    self.info["classifier"] = {
-        k: meta[k] for k in ("test_accuracy", "test_accuracy_se", "num_test", "num_train")
-    }
+    self.info["classifier"] = demo_classes.ensure_classifier(
+        self.classifier, self.data_dir, representation.IMAGE_SIZE, f.steps_scale
+    )
 
   def build_encoder(self, enc_dir: str, steps: int) -> None:
     from psvae_jax import representation  # pylint: disable=g-import-not-at-top

@@ -62,6 +62,23 @@ def _steps(config, steps: int, scale: float):
   return config
 
 
+def ensure_classifier(path: str, data_dir: str, image_size: int, steps_scale: float = 1.0) -> dict:
+  """Trains the judging classifier on DATA_DIR's train split into PATH unless its sidecar exists;
+  returns the sidecar's figures (accuracies, counts, best step)."""
+  if not os.path.exists(feature_net.sidecar_path(path)):
+    feature_net.train(
+        f"folder:path={data_dir}",
+        path,
+        image_size=image_size,
+        steps=max(20, int(round(STEPS["classifier"] * steps_scale))),
+    )
+  with open(feature_net.sidecar_path(path), encoding="utf-8") as f:
+    meta = json.load(f)
+  keys = ("test_accuracy", "test_accuracy_se", "num_test", "validation_accuracy")
+  keys += ("num_validation", "num_train", "best_step")
+  return {k: meta[k] for k in keys}
+
+
 def run(out: str, data_dir: str, steps_scale: float = 1.0) -> dict:
   """Trains the chain into OUT/{svae,psvae,latents,dit}, evaluates it; returns the report."""
   t0 = time.time()
@@ -99,27 +116,7 @@ def run(out: str, data_dir: str, steps_scale: float = 1.0) -> dict:
 
   t = time.time()
   clf = f"{out}/classifier.safetensors"
-  if not os.path.exists(feature_net.sidecar_path(clf)):
-    feature_net.train(
-        f"folder:path={data_dir}",
-        clf,
-        image_size=ae.image_size,
-        steps=max(20, int(round(STEPS["classifier"] * steps_scale))),
-    )
-  with open(feature_net.sidecar_path(clf), encoding="utf-8") as f:
-    meta = json.load(f)
-  report["classifier"] = {
-      k: meta[k]
-      for k in (
-          "test_accuracy",
-          "test_accuracy_se",
-          "num_test",
-          "validation_accuracy",
-          "num_validation",
-          "num_train",
-          "best_step",
-      )
-  }
+  report["classifier"] = ensure_classifier(clf, data_dir, ae.image_size, steps_scale)
   report["seconds_classifier"] = time.time() - t
 
   t = time.time()
