@@ -121,6 +121,8 @@ def data_config() -> ml_collections.ConfigDict:
 #   shift: the SAMPLING timestep shift of the Euler grid (flow models; traced, so changing it does
 #     not recompile), independent of diffusion.flow_shift. A workdir whose config.json predates it
 #     samples with its diffusion.flow_shift (psvae_jax/generation.sampling_shift).
+#   image_guidance_scale: s_I of two-condition guidance (instruction editing: models with
+#     model.source_condition; InstructPix2Pix's 1.5 by default; 1 = none on the source image).
 SAMPLE = ml_collections.FrozenConfigDict(
     dict(
         steps=50,
@@ -129,6 +131,7 @@ SAMPLE = ml_collections.FrozenConfigDict(
         guidance_rescale=0.0,
         guidance_interval=(0.0, 1.0),
         shift=1.0,
+        image_guidance_scale=1.5,
     )
 )
 

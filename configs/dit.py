@@ -9,8 +9,9 @@
 Variants: `<S|B|L|XL>_<text|class>` (DiT paper sizes, patch 1 on the 16x16xC latent, batch
 256, 400k steps), `paper`, `tiny` (CPU demo: width 128, depth 4, text with a jointly trained
 text encoder, guidance scale 4, 8x8x16 shapes latents)
-and `tiny_class` (the same, class-conditioned: the Fashion-MNIST demo, `launch/demo.sh OUT
---data=fashion_mnist`). Class models take their class count from the data (model.num_classes).
+`tiny_class` (the same, class-conditioned: the Fashion-MNIST demo, `launch/demo.sh OUT
+--data=fashion_mnist`) and `tiny_instruct` (the same, instruction editing on the shapes
+triples: `launch/instruct.sh OUT`). Class models take their class count from the data (model.num_classes).
 Objective: eps-prediction with the linear beta schedule (seed) or flow matching with
 logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
 
@@ -32,7 +33,12 @@ from configs import common
 
 SIZES = ("S", "B", "L", "XL")
 CONDS = ("text", "class")
-VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + ("paper", "tiny", "tiny_class")
+VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + (
+    "paper",
+    "tiny",
+    "tiny_class",
+    "tiny_instruct",
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -51,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, cond = {
       "tiny": ("tiny", "text"),
       "tiny_class": ("tiny", "class"),
+      "tiny_instruct": ("tiny", "text"),
       "paper": ("XL", "text"),
   }.get(variant, tuple(variant.split("_")))
   c.model = ml_collections.ConfigDict(
@@ -73,9 +80,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           remat=False,
           remat_policy="full",
           scan_blocks=False,
-          attention_impl="",
+          attention_impl="",  # "" = jax's default; "cudnn" | "xla"
+          # Instruction editing (InstructPix2Pix): the DiT also reads a source image's latent,
+          # concatenated on channels; the data must give pairs (records with a source image,
+          # or a latent cache of them) and "caption" is the instruction. Sampling with
+          # Generator.instruct / pipe.instruct / `sample --instruction`.
+          source_condition=False,
       )
-  )  # "" = jax's default; "cudnn" | "xla"
+  )
   # flow_shift: the TRAINING timestep shift s of flow matching (t' = s*t / (1 + (s-1)*t) on the
   # logit-normal t); flow_shift_base_dim > 0 replaces it at stage-3 start by the dimension-
   # dependent shift sqrt(h*w*C / flow_shift_base_dim) (SD3 section 5.3.2, RAE: base 4096;
@@ -89,7 +101,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           beta_end=0.02,
           flow_shift=1.0,
           flow_shift_base_dim=0,
-          p_uncond=0.1,
+          p_uncond=0.1,  # the text (or class) condition is dropped with this probability
+          # source_condition models: the source latent is dropped with p_drop_source, both
+          # conditions together with p_drop_both (<= either): InstructPix2Pix's 5% text only,
+          # 5% source only, 5% both at the defaults. Two-condition guidance needs all three.
+          p_drop_source=0.1,
+          p_drop_both=0.05,
           latent_sample=True,
       )
   )
@@ -116,7 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.flow_shift_base_dim = 4096  # training shift sqrt(h*w*C / 4096)
     c.sample.update(shift=3.0, guidance_scale=6.5)
 
-  if variant in ("tiny", "tiny_class"):
+  if variant in ("tiny", "tiny_class", "tiny_instruct"):
     c.dtype = c.text_encoder_dtype = "float32"  # XLA:CPU: bf16 is no faster
     # Measured on the 2-core CPU (shapes, 8x8x16 latent): flow matching reached adherence
     # 0.16 after 800 steps where eps-prediction reached 0.0, and 0.41 after 1600; patch 2
@@ -143,7 +160,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Plain CFG at 7.5 over-guides this small flow model at low noise (shapes grow, textures
     # appear): guidance applies on the noisier half of the trajectory only (t >= 0.5).
     c.sample.guidance_interval = (0.5, 1.0)
-  if variant == "tiny":
+  if variant in ("tiny", "tiny_instruct"):
     # Attribute binding ("a red circle on the left and a blue square on the right") needs a text
     # encoder whose token states say which colour and shape go with which position: the frozen
     # random CLIP does not. Measured on the validation split (issue 16; 128 prompts per group,
@@ -155,4 +172,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Chosen on the validation split only (512 prompts, paired seeds, interval (0.5, 1)): scale
     # 4 0.812, 7.5 0.764, 4 with shift 2 0.807, 4 on t >= 0.3 0.797 (s.e. about 0.018).
     c.sample.guidance_scale = 4.0
+  if variant == "tiny_instruct":
+    # Triples of the shapes world (psvae_jax/shapes/instruct.py), paired latents from a cache.
+    c.model.source_condition = True
+    c.data.source = "shapes_instruct"
   return c

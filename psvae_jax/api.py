@@ -8,6 +8,8 @@ again = pipe.decode(z)             # uint8 (B, H, W, 3)
 edited = pipe.edit(images, ["a blue circle on the left and a blue square on the right"],
                    strength=0.7)  # SDEdit; any input size, returned at that size
 filled = pipe.inpaint(images, masks, prompts)  # masks: white (>= 0.5) = regenerate
+# a model trained with model.source_condition (configs/dit.py:tiny_instruct) edits by instruction:
+out = api.load("runs/instruct/dit").instruct(images, "make the circle blue")
 """
 
 from __future__ import annotations
@@ -293,6 +295,55 @@ class Pipeline:
     ]
     return np.stack(blended) if isinstance(restored, np.ndarray) else blended
 
+  def instruct(
+      self,
+      images,
+      instructions,
+      steps: int = _SAMPLE.steps,
+      guidance_scale: float | None = None,
+      image_guidance_scale: float | None = None,
+      eta: float = _SAMPLE.eta,
+      seed: int = 0,
+      *,
+      fit: str = "crop",
+      guidance_rescale: float | None = None,
+      guidance_interval: tuple[float, float] | None = None,
+      shift: float | None = None,
+  ):
+    """Instruction editing (a model trained with model.source_condition): images (any size) and
+    one instruction each (or one for all) -> the edited images, at the input's size.
+
+    guidance_scale: the instruction's scale s_T (None: the model's sample.guidance_scale);
+    image_guidance_scale: the source image's s_I (None: the model's sample.image_guidance_scale;
+    higher keeps more of the source). The rest as in `generate`. Same seed, same edits."""
+    if not self.config.model.get("source_condition", False):
+      raise editing.EditInputError(
+          "This model was not trained for instruction editing (model.source_condition is off); "
+          "use edit() with a caption of the wanted result."
+      )
+    square, places = editing.prepare_images(images, self.image_size, fit)
+    n = square.shape[0]
+    if isinstance(instructions, str):
+      instructions = [instructions] * n
+    if len(instructions) != n:
+      raise editing.EditInputError(f"Got {n} images but {len(instructions)} instructions.")
+    self.warnings = self.prompt_warnings(instructions)
+    out = self.gen.instruct(
+        self.params,
+        self.consts,
+        pixels.to_float(square),
+        list(instructions),
+        steps=steps,
+        guidance_scale=self.guidance_scale(guidance_scale),
+        image_guidance_scale=image_guidance_scale,
+        eta=eta,
+        seed=seed,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        shift=shift,
+    )
+    return self._restore(images, out, places)
+
   def _edit(
       self,
       square,
@@ -316,6 +367,10 @@ class Pipeline:
       prompts = [prompts] * n
     if self.config.model.cond_type == "class":
       raise editing.EditInputError("edit/inpaint need a text-conditional model.")
+    if self.config.model.get("source_condition", False):
+      raise editing.EditInputError(
+          "This model edits by instruction (model.source_condition): use instruct()."
+      )
     if len(prompts) != n:
       raise editing.EditInputError(f"Got {n} images but {len(prompts)} prompts.")
     self.warnings = self.prompt_warnings(prompts)

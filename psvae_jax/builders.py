@@ -254,8 +254,10 @@ def init_dit_params(
   h, w, c = latent_shape
   x = jnp.zeros((1, h, w, c), jnp.float32)
   t = jnp.zeros((1,), jnp.float32)
+  # An instruction-editing DiT reads the source latent too (its patch embedding: 2C channels).
+  src = {"source": x} if config.model.get("source_condition", False) else {}
   if config.model.cond_type == "class":
-    return {"dit": model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32))["params"]}
+    return {"dit": model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32), **src)["params"]}
   ids = jnp.zeros((1, config.data.max_length), jnp.int32)
   hid, pooled = jax.eval_shape(text_module.apply, {"params": text_params}, ids, ids)
   params = {
@@ -266,6 +268,7 @@ def init_dit_params(
           context=jnp.zeros(hid.shape, jnp.float32),
           context_mask=jnp.ones(hid.shape[:2], bool),
           pooled=jnp.zeros(pooled.shape, jnp.float32),
+          **src,
       )["params"]
   }
   if trains_text_encoder(config):

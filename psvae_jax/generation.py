@@ -135,6 +135,26 @@ class Generator:
     The text encoder's weights are params["text"] when it trains jointly, else consts["text"]
     (frozen: no gradient flows into it).
     """
+    if self.config.model.get("source_condition", False):
+      return {**self._text_or_class(params, consts, batch), "source": self.source(consts, batch)}
+    return self._text_or_class(params, consts, batch)
+
+  def source(self, consts, batch) -> jax.Array:
+    """An instruction-editing batch's source latent, normalised (B, h, w, C): "source" (already
+    normalised: sampling), "source_latent" (the source's mu: a latent cache) or "source_image"
+    (pixels in [-1, 1]: encoded to mu by the frozen autoencoder)."""
+    if "source" in batch:
+      return batch["source"].astype(jnp.float32)
+    if "source_latent" in batch:
+      return self.normalize(consts, batch["source_latent"].astype(jnp.float32))
+    if "source_image" not in batch:
+      raise ValueError(
+          "model.source_condition is set but the batch has no source (source_image, "
+          "source_latent or source): the data must give pairs (data.source of pairs)."
+      )
+    return jax.lax.stop_gradient(self.encode(consts, batch["source_image"]))
+
+  def _text_or_class(self, params, consts, batch) -> dict[str, jax.Array]:
     if self.config.model.cond_type == "class":
       return {"labels": batch["label"].astype(jnp.int32)}
     trained = "text" in params
@@ -184,14 +204,23 @@ class Generator:
       guidance_interval=(0.0, 1.0),
       resample=0,
       shift=1.0,
+      image_guidance_scale=1.0,
       *,
       use_inpaint=False,
   ):
-    """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents."""
+    """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents.
+
+    A source-conditioned model guides on two conditions (samplers._guided): the unconditional
+    side is the pair (source without the text, neither), `image_guidance_scale` the source's
+    scale."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
-    c_on = {**cond, "drop": jnp.zeros((b,), bool)}
-    c_off = {**cond, "drop": jnp.ones((b,), bool)}
+    yes, no = jnp.zeros((b,), bool), jnp.ones((b,), bool)
+    c_on = {**cond, "drop": yes}
+    c_off = {**cond, "drop": no}
+    if "source" in cond:
+      c_on["drop_source"] = yes
+      c_off = ({**c_off, "drop_source": yes}, {**c_off, "drop_source": no})
     model_fn = lambda z, t, c: self.dit.apply({"params": params["dit"]}, z, t, **c)
     sharding = parallel.batch_sharding(self.mesh, z_start.ndim)
     inp = inpaint if use_inpaint else None
@@ -212,6 +241,7 @@ class Generator:
           guidance_rescale=guidance_rescale,
           guidance_interval=guidance_interval,
           resample=resample,
+          image_guidance_scale=image_guidance_scale,
       )
     num_steps = jnp.sum(timesteps >= 0)
     return samplers.euler_sample(
@@ -230,6 +260,7 @@ class Generator:
         guidance_interval=guidance_interval,
         resample=resample,
         rng=rng,
+        image_guidance_scale=image_guidance_scale,
     )
 
   @functools.partial(jax.jit, static_argnums=(0,))
@@ -314,10 +345,16 @@ class Generator:
       guidance_interval=None,
       resample=0,
       shift=None,
+      image_guidance_scale=None,
   ):
-    """Samples from z_start; guidance_rescale / guidance_interval / shift None take the config's
-    sample.* values (shift: `sampling_shift`; only the Euler sampler uses it)."""
+    """Samples from z_start; guidance_rescale / guidance_interval / shift / image_guidance_scale
+    None take the config's sample.* values (shift: `sampling_shift`; only the Euler sampler uses
+    it; image_guidance_scale: only source-conditioned models)."""
     shift = check_shift(sampling_shift(self.config) if shift is None else shift)
+    if image_guidance_scale is None:
+      image_guidance_scale = self.config.sample.get(
+          "image_guidance_scale", common.SAMPLE.image_guidance_scale
+      )
     if guidance_rescale is None:
       guidance_rescale = self.config.sample.get("guidance_rescale", common.SAMPLE.guidance_rescale)
     if guidance_interval is None:
@@ -352,6 +389,7 @@ class Generator:
         jnp.asarray([lo, hi], jnp.float32),
         jnp.int32(resample),
         jnp.float32(shift),
+        jnp.float32(image_guidance_scale),
         use_inpaint=inpaint is not None,
     )
 
@@ -417,6 +455,73 @@ class Generator:
         resample=resample,
         shift=shift,
     )
+
+  def instruct_latents(
+      self,
+      params,
+      consts,
+      source,
+      instructions: Sequence[str],
+      *,
+      steps=common.SAMPLE.steps,
+      guidance_scale=common.SAMPLE.guidance_scale,
+      image_guidance_scale=None,
+      eta=common.SAMPLE.eta,
+      seed=0,
+      guidance_rescale=None,
+      guidance_interval=None,
+      shift=None,
+  ) -> jax.Array:
+    """Instruction editing: normalised source latents (N, h, w, C) and one instruction each ->
+    clean latents (padded to the mesh: the first N rows are the edits).
+
+    From noise, as InstructPix2Pix samples: the source enters as the DiT's channel-concatenated
+    condition, guided by `image_guidance_scale` (s_I) and the instruction by `guidance_scale`
+    (s_T). Same seed, same edits; one compile per batch size (both scales are traced)."""
+    if not self.config.model.get("source_condition", False):
+      raise ValueError(
+          "This model was not trained for instruction editing (model.source_condition is off): "
+          "use edit (SDEdit) with a caption of the result instead."
+      )
+    n = len(instructions)
+    if n == 0 or source.shape[0] != n:
+      raise ValueError(f"Got {source.shape[0]} source images but {n} instructions.")
+    prompts = parallel.pad_to_multiple(list(instructions), self.mesh.size)
+    batch = {
+        **self.host_condition(prompts=prompts),
+        "source": parallel.pad_to_multiple(np.asarray(source, np.float32), self.mesh.size),
+    }
+    z_t = initial_noise(seed, np.arange(len(prompts)), self.latent_shape)
+    return self.run(
+        params,
+        consts,
+        batch,
+        z_t,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval,
+        shift=shift,
+        image_guidance_scale=image_guidance_scale,
+    )
+
+  @functools.partial(jax.jit, static_argnums=(0,))
+  def _encode_jit(self, consts, images):
+    return self.encode(consts, images)
+
+  def encode_images(self, consts, images: np.ndarray) -> jax.Array:
+    """Float [-1, 1] images (N, S, S, 3) -> normalised posterior means, padded to the mesh."""
+    x = parallel.pad_to_multiple(np.asarray(images, np.float32), self.mesh.size)
+    return self._encode_jit(consts, jax.device_put(x, parallel.batch_sharding(self.mesh, 4)))
+
+  def instruct(self, params, consts, images: np.ndarray, instructions: Sequence[str], **kw):
+    """Instruction editing of float [-1, 1] images (N, S, S, 3) -> uint8 (N, S, S, 3) edits
+    (`instruct_latents`' keywords)."""
+    n = len(images)
+    z = self.encode_images(consts, images)[:n]
+    return self.to_images(consts, self.instruct_latents(params, consts, z, instructions, **kw))[:n]
 
   def to_images(self, consts, z0) -> np.ndarray:
     return pixels.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes

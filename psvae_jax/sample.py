@@ -9,6 +9,9 @@
   ... --init_image=IMG --strength=0.6         SDEdit: edit IMG towards the prompt
   ... --init_image=IMG --mask=MASK.png        inpaint the white (>= 0.5) part of MASK
       [--dilation=1 --feather=1.0 --fit=crop|pad]
+  ... --init_image=IMG --instruction="make the circle blue" [--image_guidance_scale=1.5]
+                      instruction editing (a model trained with model.source_condition,
+                      configs/dit.py:tiny_instruct); no --prompt
 An edited image is written at the input image's size. Bad inputs (missing files, strength
 outside [0, 1], a mask without an image, a shift <= 0) exit with a one-line message.
 
@@ -89,6 +92,18 @@ _RESAMPLE = flags.DEFINE_integer(
     "(0 = none; N costs N + 1 model calls per step).",
 )
 _FEATHER = flags.DEFINE_float("feather", 1.0, "Composite edge softness (Gaussian sigma, px).")
+_INSTRUCTION = flags.DEFINE_string(
+    "instruction",
+    None,
+    "Instruction editing of --init_image (models trained with model.source_condition), e.g. "
+    '"make the circle blue".',
+)
+_IMAGE_GUIDANCE = flags.DEFINE_float(
+    "image_guidance_scale",
+    None,
+    "--instruction: the source image's guidance scale s_I (higher keeps more of the source). "
+    "Default: the model config's sample.image_guidance_scale.",
+)
 _FIT = flags.DEFINE_enum(
     "fit",
     "crop",
@@ -131,8 +146,11 @@ def _check_flags() -> tuple[dict, int | None]:
       raise _Usage(
           f"--out={_OUT.value}: no image format for {ext or 'no extension'!r} (.png, .jpg)."
       )
-  if _PROMPT.value is None and _LABEL.value is None:
-    raise _Usage("give --prompt (text models) or --label (class models).")
+  if _PROMPT.value is None and _LABEL.value is None and _INSTRUCTION.value is None:
+    raise _Usage(
+        "give --prompt (text models), --label (class models) or --init_image with --instruction "
+        "(instruction-editing models)."
+    )
   if _NUM.value < 1:
     raise _Usage(f"--num_images={_NUM.value} must be >= 1.")
   if not 1 <= _STEPS.value <= common.MAX_SAMPLE_STEPS:
@@ -144,7 +162,11 @@ def _check_flags() -> tuple[dict, int | None]:
     raise _Usage(f"--eta={_ETA.value:g} must be >= 0.")
   if _SHIFT.value is not None and not (math.isfinite(_SHIFT.value) and _SHIFT.value > 0):
     raise _Usage(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
+  image_scale = _IMAGE_GUIDANCE.value
+  if image_scale is not None and not (math.isfinite(image_scale) and image_scale >= 0):
+    raise _Usage(f"--image_guidance_scale={image_scale:g} must be >= 0 (1 = no guidance).")
   config = _run_config(_WORKDIR.value)
+  _check_instruction(config)
   if scale is None:  # the model's own setting, recorded in the settings JSON as used
     flags.FLAGS.guidance_scale = common.model_guidance_scale(config)
   cond = config.get("model", {}).get("cond_type", "text")
@@ -167,6 +189,33 @@ def _check_flags() -> tuple[dict, int | None]:
   elif _LABEL.value is not None:
     raise _Usage("--label is for class-conditioned models; this one takes --prompt.")
   return config, label
+
+
+def _check_instruction(config: dict) -> None:
+  """--instruction against the model: only for models trained on pairs, which need it."""
+  source_model = bool(config.get("model", {}).get("source_condition", False))
+  if _INSTRUCTION.value is not None:
+    if not source_model:
+      raise _Usage(
+          "--instruction: this model was not trained for instruction editing "
+          "(model.source_condition is off); edit with --init_image and --prompt (SDEdit)."
+      )
+    if not _INIT.value:
+      raise _Usage("--instruction needs --init_image (the image to edit).")
+    for name, value in (("prompt", _PROMPT.value), ("mask", _MASK.value)):
+      if value is not None:
+        raise _Usage(f"--instruction edits the whole image from --init_image: drop --{name}.")
+    if _STRENGTH.value is not None:
+      raise _Usage("--strength is SDEdit's; instruction editing starts from noise: drop it.")
+    if _IMAGE_GUIDANCE.value is None:  # the model's own, recorded in the settings JSON as used
+      sample = config.get("sample", {})
+      flags.FLAGS.image_guidance_scale = float(
+          sample.get("image_guidance_scale", common.SAMPLE.image_guidance_scale)
+      )
+  elif source_model:
+    raise _Usage('this model edits by instruction: give --init_image=IMG and --instruction="...".')
+  elif _IMAGE_GUIDANCE.value is not None:
+    raise _Usage("--image_guidance_scale is for --instruction (instruction-editing models).")
 
 
 def main(argv):
@@ -194,7 +243,7 @@ def _edit_inputs():
       strength = editing.check_strength(default if _STRENGTH.value is None else _STRENGTH.value)
       init = editing.load_image(_INIT.value)
       mask = editing.load_mask(_MASK.value) if _MASK.value else None
-      if _PROMPT.value is None:
+      if _PROMPT.value is None and _INSTRUCTION.value is None:
         raise editing.EditInputError("Editing needs --prompt (a text-conditional model).")
   except editing.EditInputError as e:
     raise _Usage(str(e)) from None
@@ -231,7 +280,9 @@ def _settings(label, strength) -> dict:
       "seed": _SEED.value,
       "init_image": _INIT.value,
       "mask": _MASK.value,
-      "strength": strength,
+      "strength": None if _INSTRUCTION.value is not None else strength,
+      "instruction": _INSTRUCTION.value,
+      "image_guidance_scale": _IMAGE_GUIDANCE.value,
       "order": "row-major, image i from seed and position i",
   }
 
@@ -265,7 +316,11 @@ def _generate(label, init, mask, strength):
         shift=_SHIFT.value,
     )
     try:
-      if mask is None:
+      if _INSTRUCTION.value is not None:
+        images = pipe.instruct(
+            [init] * n, [_INSTRUCTION.value] * n, image_guidance_scale=_IMAGE_GUIDANCE.value, **kw
+        )
+      elif mask is None:
         images = pipe.edit([init] * n, [_PROMPT.value] * n, strength=strength, **kw)
       else:
         images = pipe.inpaint(

@@ -132,7 +132,8 @@ def _encoded_batches(
     store: str,
     seed: int,
 ):
-  """Yields (records, mu, second) per step, the arrays host-local float32 (n, h, w, C).
+  """Yields (records, mu, second, source mu or None) per step, the arrays host-local float32
+  (n, h, w, C); the source's mu for paired records (their "source_image": instruction editing).
 
   Every process runs num_steps steps (padding with zero images once its records run
   out), as the sharded encode is one program over all processes.
@@ -141,16 +142,26 @@ def _encoded_batches(
   spec = parallel.batch_sharding(mesh, 4).spec
   size = ae.image_size
   t0 = time.time()
+  paired = None  # whether records carry a source image (known from the first one)
   for step in range(num_steps):
     chunk = [r for _, r in zip(range(local), records)]
-    images = np.zeros((local, size, size, 3), np.float32)  # (b, S, S, 3); padding stays 0.
+    if paired is None and chunk:
+      paired = "source_image" in chunk[0]
+    keys = ("image", "source_image") if paired else ("image",)
+    images = {k: np.zeros((local, size, size, 3), np.float32) for k in keys}  # padding: 0
     if chunk:
-      images[: len(chunk)] = pipeline.collate(chunk)["image"]
-    x = parallel.to_global({"image": images}, mesh)["image"]
-    mu, second = (
-        np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, spec))
-        for a in encode(ae.params, x, step)
-    )
+      batch = pipeline.collate(chunk)
+      for k in keys:
+        images[k][: len(chunk)] = batch[k]
+    out = {}
+    for k in keys:
+      x = parallel.to_global({"image": images[k]}, mesh)["image"]
+      out[k] = [
+          np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, spec))
+          for a in encode(ae.params, x, step)
+      ]
+    mu, second = out["image"]
+    source_mu = out["source_image"][0][: len(chunk)] if paired else None
     if step % 50 == 0 or step + 1 == num_steps:
       rate = (step + 1) / max(time.time() - t0, 1e-9)
       logging.info(
@@ -160,7 +171,7 @@ def _encoded_batches(
           rate,
           (num_steps - step - 1) / rate,
       )
-    yield chunk, mu[: len(chunk)], second[: len(chunk)]
+    yield chunk, mu[: len(chunk)], second[: len(chunk)], source_mu
 
 
 def ensure_cache(ae: Any, data_cfg: Any, out_dir: str, **kwargs: Any) -> bool:
@@ -219,11 +230,14 @@ def write_cache(
   writer = array_record_module.ArrayRecordWriter(
       str(out / latents.shard_file_name(index, count)), "group_size:1"
   )
-  moments, written, shape = latent_stats.Moments(), 0, None
-  for chunk, mu, second in batches:
+  moments, written, shape, paired = latent_stats.Moments(), 0, None, False
+  for chunk, mu, second, source_mu in batches:
+    paired = paired or source_mu is not None
     shape = mu.shape[1:]  # (h, w, C)
     for row, record in enumerate(chunk):
       arrays = {"mu": mu[row], "std": second[row]} if store == "mean_std" else {"z": second[row]}
+      if source_mu is not None:
+        arrays["source_mu"] = source_mu[row]
       writer.write(
           latents.serialize(arrays, record["caption"], record["label"], record["index"], dtype)
       )
@@ -247,6 +261,7 @@ def write_cache(
           seed=seed,
           autoencoder=os.path.abspath(autoencoder_dir) if autoencoder_dir else "",
           class_names=list(getattr(source, "class_names", []) or []),
+          paired=paired,  # records hold "source_mu" (instruction editing)
       ),
   )
 

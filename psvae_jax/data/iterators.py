@@ -38,6 +38,7 @@ COUNTERS = (
     "skipped_too_large",
     "skipped_caption_missing",
     "skipped_caption_empty",
+    "skipped_source_mismatch",
     "repaired_downscaled",
     "repaired_caption_encoding",
     "repaired_caption_truncated",

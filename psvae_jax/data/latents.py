@@ -4,16 +4,19 @@ A cache directory (written by `python -m psvae_jax.data.cache`) holds:
   latents-PPPPP-of-NNNNN.array_record  one file per writing process; one msgpack record
                                        per image: {"mu": bytes, "std": bytes} (store
                                        "mean_std") or {"z": bytes} (store "sample"), plus
-                                       "caption" (str), "label" (int), "index" (source index)
+                                       "caption" (str), "label" (int), "index" (source index);
+                                       paired records (instruction editing) also hold
+                                       "source_mu", the source image's mean latent
   meta.json                            {"format", "shape": [h, w, C], "dtype", "store",
                                        "count", "files", "counts", "autoencoder",
-                                       "class_names" (labels index them; [] if none), ...}
+                                       "class_names" (labels index them; [] if none),
+                                       "paired" (records hold "source_mu"), ...}
   latent_stats.npz                     per-channel statistics over the cache: "mean" / "std"
                                        of the sampled z (what training reads), "mu_mean" /
                                        "mu_std" of mu (psvae_jax/latent_stats.py)
 
 `build_latent_iterator` yields {"latent": float32 (b, h, w, C), "caption": object (b,),
-"label": int32 (b,)} (+ "input_ids" / "attention_mask" with data.tokenizer), reading
+"label": int32 (b,)} (+ "source_latent": the source's mu, for a cache of pairs) (+ "input_ids" / "attention_mask" with data.tokenizer), reading
 and decoding a whole batch at a time. For a mean_std cache, "latent" is a sample
 mu + std * eps whose noise comes from grain's generator for that batch position:
 deterministic given (seed, position in the shuffled stream), so it differs between
@@ -63,7 +66,7 @@ def deserialize(data: bytes, shape: Sequence[int], dtype: str) -> Record:
   fields = msgpack.unpackb(data, raw=False)
   out = {
       k: np.frombuffer(fields[k], dtype=DTYPES[dtype]).reshape(shape).astype(np.float32)
-      for k in ("mu", "std", "z")
+      for k in ("mu", "std", "z", "source_mu")
       if k in fields
   }
   out.update(caption=fields["caption"], label=fields["label"], index=fields["index"])
@@ -74,7 +77,7 @@ def deserialize_batch(records: Sequence[bytes], shape: Sequence[int], dtype: str
   """Record bytes -> stacked float32 (b, h, w, C) arrays, "caption" list, "label" array."""
   fields = [msgpack.unpackb(r, raw=False) for r in records]
   out: dict[str, Any] = {}
-  for key in ("mu", "std", "z"):
+  for key in ("mu", "std", "z", "source_mu"):
     if key in fields[0]:
       joined = b"".join(f[key] for f in fields)
       out[key] = (
@@ -181,6 +184,8 @@ class SampleBatch(grain.transforms.RandomMap):
     captions = np.empty(len(records), dtype=object)  # (b,) of str
     captions[:] = fields["caption"]
     batch = {"latent": latent, "caption": captions, "label": fields["label"]}
+    if "source_mu" in fields:
+      batch["source_latent"] = fields["source_mu"]  # (b, h, w, C)
     if self._tokenizer is not None:
       tokens = [self._tokenizer(c) for c in fields["caption"]]
       for key in ("input_ids", "attention_mask"):

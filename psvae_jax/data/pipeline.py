@@ -15,6 +15,15 @@ Batches are dicts of numpy arrays, b = global_batch_size // process_count:
   "label"           int32 (b,), -1 when unlabelled
   "input_ids"       int32 (b, L)                      only if data.tokenizer is set
   "attention_mask"  int32 (b, L)                      L = data.max_length
+  "source_image"    float32 (b, S, S, 3) in [-1, 1]   only for paired records (instruction
+  "source_image_enc" ...  (b, E, E, 3)                editing: the source of an edit; "image"
+  "target_caption"  object (b,) of str                is its target and "caption" the
+                                                      instruction)
+
+A paired record carries its source's pixels as "source_image" (array or encoded bytes) or
+"source_path" beside the target's: both get the same crop box and flip, so the source must
+have the target's height and width (a pair that does not is skipped as
+"skipped_source_mismatch"; an unreadable source is skipped with its decode kind).
 
 Bad records never stop training: they are skipped or repaired, and counted
 (`iterator.counters()`, e.g. {"skipped_corrupt": 1, "repaired_caption_truncated": 2});
@@ -50,7 +59,8 @@ from psvae_jax.data import text
 
 Record = dict[str, Any]
 Batch = dict[str, np.ndarray]
-_IMAGE_KEYS = ("image", "image_enc")
+_IMAGE_KEYS = ("image", "image_enc", "source_image", "source_image_enc")
+SKIPPED_SOURCE_MISMATCH = "skipped_source_mismatch"  # iterators.COUNTERS
 BatchIterator = iterators.BatchIterator
 
 
@@ -125,14 +135,31 @@ class Preprocess(grain.transforms.RandomMap):
           e,
       )
       return {iterators.SKIP: e.kind}
+    images = {"": image}
+    if "source_image" in element or "source_path" in element:  # a pair (module docstring)
+      try:
+        src, src_repairs = decode.load_rgb(
+            {"image": element.get("source_image"), "path": element.get("source_path")},
+            **self._decode_kwargs,
+        )
+      except decode.BadImage as e:
+        return {iterators.SKIP: e.kind}
+      if src.shape != image.shape:
+        return {iterators.SKIP: SKIPPED_SOURCE_MISMATCH}
+      images["source_"] = src
+      repairs = repairs + src_repairs
     box = decode.crop_box(image.shape[0], image.shape[1], self._crop, rng)
     flip = self._random_flip and rng is not None and rng.random() < 0.5
-    out = {"image": decode.resize_box(image, box, self._image_size)}
-    if self._encoder_image_size:
-      out["image_enc"] = decode.resize_box(image, box, self._encoder_image_size)
+    out = {}
+    for prefix, pixels_ in images.items():
+      out[prefix + "image"] = decode.resize_box(pixels_, box, self._image_size)
+      if self._encoder_image_size:
+        out[prefix + "image_enc"] = decode.resize_box(pixels_, box, self._encoder_image_size)
     if flip:
       out = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in out.items()}
     out.update(caption=caption, label=np.int32(element.get("label", -1)))
+    if "target_caption" in element:
+      out["target_caption"] = str(element["target_caption"])
     if self._tokenizer is not None:
       out.update(self._tokenizer(caption))
     out[iterators.KINDS_KEY] = kinds + repairs
@@ -158,8 +185,11 @@ def collate(records: Sequence[Record], as_float: bool = True) -> Batch:
       "caption": captions,
       "label": np.array([r["label"] for r in records], dtype=np.int32),
   }
-  if "image_enc" in records[0]:
-    batch["image_enc"] = np.stack([r["image_enc"] for r in records])  # (b, E, E, 3) uint8
+  for key in ("image_enc", "source_image", "source_image_enc"):
+    if key in records[0]:
+      batch[key] = np.stack([r[key] for r in records])  # (b, S or E, S or E, 3) uint8
+  if "target_caption" in records[0]:
+    batch["target_caption"] = np.array([r["target_caption"] for r in records], dtype=object)
   for key in ("input_ids", "attention_mask"):
     if key in records[0]:
       batch[key] = np.stack([r[key] for r in records])  # (b, L) int32
@@ -174,7 +204,7 @@ def preprocess_from_cfg(data_cfg: Any, train: bool = True, source: Any = None) -
   """
   cfg = config.resolve(data_cfg)
   random_flip = bool(cfg.random_flip) and train
-  if random_flip and cfg.source == "shapes":
+  if random_flip and cfg.source in ("shapes", "shapes_instruct"):
     raise ValueError("random_flip must be off for shapes: captions say left/right.")
   return Preprocess(
       image_size=int(cfg.image_size),
@@ -339,5 +369,7 @@ def read_split(data_cfg: Any, split: str, num_images: int = 0) -> dict[str, Any]
   if not records:
     raise ValueError(f"No good {split} images in {source!r}.")
   batch = collate(records)
-  batch["caption"] = list(batch["caption"])
+  for key in ("caption", "target_caption"):
+    if key in batch:
+      batch[key] = list(batch[key])
   return batch

@@ -115,9 +115,24 @@ class ImageFolderSource:
         [class_index[parts[0]] if len(parts) > 1 else -1 for parts in relative], np.int64
     )
     captions_file = captions_file or self._root / CAPTIONS_FILE
-    self._captions = (
-        read_captions_jsonl(captions_file) if pathlib.Path(captions_file).is_file() else {}
+    self._captions, self._sources = (
+        read_captions_jsonl(captions_file, with_sources=True)
+        if pathlib.Path(captions_file).is_file()
+        else ({}, {})
     )
+    if self._sources:  # an editing folder: its images are the targets of the jsonl's pairs
+      keep = np.asarray([f in self._sources for f in self._files])
+      missing = sorted(set(self._sources) - set(self._files))
+      if missing:
+        logging.warning(
+            "%d captions.jsonl targets are not images of the folder, e.g. %s.",
+            len(missing),
+            missing[0],
+        )
+      self._files = [f for f, k in zip(self._files, keep) if k]
+      self.labels = self.labels[keep]
+      if not self._files:
+        raise ValueError(f"No captions.jsonl pair of {str(self._root)!r} names an image.")
     self._captioner = None
     if label_captions:
       if not self.class_names:
@@ -153,7 +168,10 @@ class ImageFolderSource:
   def __getitem__(self, index: int) -> Record:
     path = self._files[int(index)]
     label = int(self.labels[int(index)])
-    return {"path": path, "caption": self._caption(path, label), "label": label}
+    record = {"path": path, "caption": self._caption(path, label), "label": label}
+    if self._sources:
+      record["source_path"] = self._sources[path]
+    return record
 
   @functools.cached_property
   def has_captions(self) -> bool:
@@ -173,13 +191,17 @@ class ImageFolderSource:
     return f"ImageFolderSource({str(self._root)!r}, n={len(self._files)})"
 
 
-def read_captions_jsonl(path: str | pathlib.Path) -> dict[str, Any]:
+def read_captions_jsonl(path: str | pathlib.Path, with_sources: bool = False) -> Any:
   """{absolute image path: caption (str, or bytes if not UTF-8) or list of them}.
 
   Malformed lines are logged and ignored (their images count as missing captions).
+  with_sources: also return {target path: source path} of the lines that name a "source"
+  image (an instruction-editing folder: `{"file": "out/1.png", "source": "in/1.png",
+  "caption": "make the sky red"}`; only those targets are then the folder's records).
   """
   path = pathlib.Path(path)
   captions: dict[str, Any] = {}
+  pairs: dict[str, str] = {}
   with path.open("rb") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
@@ -198,11 +220,13 @@ def read_captions_jsonl(path: str | pathlib.Path) -> dict[str, Any]:
         if isinstance(caption, str):
           caption = caption.encode("latin-1", errors="replace")
       key = os.path.normpath(path.parent / name)
+      if isinstance(entry, dict) and entry.get("source"):
+        pairs[key] = os.path.normpath(path.parent / str(entry["source"]))
       if key in captions:
         previous = captions[key]
         caption = (previous if isinstance(previous, list) else [previous]) + [caption]
       captions[key] = caption
-  return captions
+  return (captions, pairs) if with_sources else captions
 
 
 class SubsetSource:

@@ -55,6 +55,6 @@ def parse_data_spec(spec: str, image_size: int) -> ml_collections.ConfigDict:
     raise ValueError(
         f"--data image_size={cfg.image_size} differs from the autoencoder's " f"{image_size}."
     )
-  if kind == "shapes" and cfg.num_train <= 0:
-    raise ValueError("--data=shapes needs num=N (the number of images to cache).")
+  if kind in ("shapes", "shapes_instruct") and cfg.num_train <= 0:
+    raise ValueError(f"--data={kind} needs num=N (the number of images to cache).")
   return cfg

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from psvae_jax.shapes import checker
+from psvae_jax.shapes import text
 from psvae_jax.shapes import world
 
 OPS: tuple[str, ...] = ("recolor", "reshape", "move", "remove")
@@ -137,6 +138,17 @@ def triple(
     if max(splits, key=_SPLIT_ORDER.get) == split:
       return Triple(background, tuple(objects), instruction, tuple(target), op, i, key)
   raise RuntimeError(f"no triple of split {split!r}")  # unreachable
+
+
+def vocabulary() -> list[str]:
+  """The shapes captions' words (`text.shapes_vocabulary`) and every word of the instructions:
+  the demo text encoder's vocabulary for an instruction-editing DiT."""
+  words = text.shapes_vocabulary()
+  extra = ["make", "turn", "into", "a", "move", "remove", "object", "to"]
+  extra += list(world.SHAPES) + list(world.COLORS) + list(_PLACE_ADJ) + list(world.POSITIONS)
+  for phrase in _MOVE_PHRASE.values():
+    extra += phrase.split()
+  return words + [w for w in dict.fromkeys(extra) if w not in words]
 
 
 def _anything_at(image: np.ndarray, position: str) -> bool:

@@ -6,12 +6,18 @@
 split, [EVAL_INDEX_OFFSET, EVAL_INDEX_OFFSET + num_eval), is the validation set: new scenes,
 alternately of training compositions ("seen") and of the "val" held-out ones ("unseen"). The
 "test" compositions appear in no split here: the demo's report draws them (figures.py).
+
+The "shapes_instruct" source (`get_instruct_source`) serves instruction-editing triples
+(`instruct.triple`) as paired records: "source_image" (the scene before), "image" (after),
+"caption" (the instruction) and "target_caption"; the same train / eval index layout, its eval
+split alternating training triples and "val" held-out ones.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from psvae_jax.shapes import instruct
 from psvae_jax.shapes import world
 
 EVAL_INDEX_OFFSET = 10_000_000  # Shapes held-out split: generator indices.
@@ -82,4 +88,38 @@ def get_source(cfg: Any, split: str) -> ShapesSource:
       seed=int(cfg.seed),
       index_offset=0 if train else EVAL_INDEX_OFFSET,
       splits=("train",) if train else ("train", "val"),
+  )
+
+
+class InstructSource(ShapesSource):
+  """Instruction-editing triples (module docstring), generated on the fly like the scenes."""
+
+  def __getitem__(self, index: int) -> Record:
+    index = int(index)
+    if not 0 <= index < self._num_records:
+      raise IndexError(f"Index {index} out of range [0, {self._num_records}).")
+    split = self._splits[index % len(self._splits)]
+    t = instruct.triple(self._index_offset + index, self._seed, split=split)
+    src, tgt = t.images(self._image_size)
+    return {
+        "image": tgt,
+        "source_image": src,
+        "caption": t.instruction,
+        "target_caption": t.target_caption,
+        "label": -1,
+    }
+
+  def __repr__(self) -> str:
+    return "Instruct" + super().__repr__()
+
+
+def get_instruct_source(cfg: Any, split: str) -> InstructSource:
+  """`get_source` of the triples (data.source="shapes_instruct")."""
+  s = get_source(cfg, split)
+  return InstructSource(
+      num_records=len(s),
+      image_size=s._image_size,  # pylint: disable=protected-access
+      seed=s._seed,  # pylint: disable=protected-access
+      index_offset=s._index_offset,  # pylint: disable=protected-access
+      splits=s._splits,  # pylint: disable=protected-access
   )

@@ -12,17 +12,48 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from configs import common
 from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import generation
+from psvae_jax import pixels
 from psvae_jax import writers
+from psvae_jax.data import latents
 from psvae_jax.data import pipeline
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models.autoencoder import reparameterize
+
+
+def condition_drops(diff_cfg, rng, b: int, source: bool) -> dict[str, jax.Array]:
+  """The condition-dropout flags of a batch: {"drop"} (the text / class condition, with
+  probability p_uncond), and for source-conditioned models also {"drop_source"}, drawn from one
+  uniform u per example so that P(text dropped) = p_uncond, P(source dropped) = p_drop_source and
+  P(both) = p_drop_both exactly: text where u < p_uncond, source where p_uncond − p_drop_both
+  <= u < p_uncond − p_drop_both + p_drop_source."""
+  p_text = float(diff_cfg.p_uncond)
+  u = jax.random.uniform(rng, (b,))
+  out = {"drop": u < p_text}
+  if source:
+    p_src, p_both = float(diff_cfg.p_drop_source), float(diff_cfg.p_drop_both)
+    lo = p_text - p_both
+    out["drop_source"] = (u >= lo) & (u < lo + p_src)
+  return out
+
+
+def check_drops(diff_cfg) -> None:
+  """ValueError naming the flag when the three dropout probabilities cannot hold together."""
+  p_text = float(diff_cfg.p_uncond)
+  p_src = float(diff_cfg.get("p_drop_source", 0.0))
+  p_both = float(diff_cfg.get("p_drop_both", 0.0))
+  if not (0 <= p_both <= min(p_text, p_src) and p_text + p_src - p_both <= 1):
+    raise ValueError(
+        f"--config.diffusion.p_drop_both={p_both} must be in [0, min(p_uncond={p_text}, "
+        f"p_drop_source={p_src})] with p_uncond + p_drop_source - p_drop_both <= 1."
+    )
 
 
 class DiTTask:
@@ -46,6 +77,14 @@ class DiTTask:
     self.objective = self.gen.objective
     self.train_text = builders.trains_text_encoder(config)
     self.param_groups = {}
+    if config.model.get("source_condition", False):
+      check_drops(config.diffusion)
+      if config.data.source == "latents" and not latents.read_meta(config.data.path).get("paired"):
+        raise ValueError(
+            f"--config.model.source_condition needs pairs, but the latent cache "
+            f"{config.data.path} holds no source latents: write it from a paired source "
+            "(e.g. --data=shapes_instruct:num=N, or a folder whose captions.jsonl names sources)."
+        )
 
   def init(self, rng):
     """params = {"dit": ...} (+ "text" when the text encoder trains jointly)."""
@@ -85,13 +124,11 @@ class DiTTask:
     z0 = self._latents(consts, batch, r_enc)
     b = z0.shape[0]
     cond = self.gen.condition(params, consts, batch)
-    drop = jax.random.uniform(r_drop, (b,)) < self.config.diffusion.p_uncond
+    cond.update(condition_drops(self.config.diffusion, r_drop, b, "source" in cond))
     t = self.objective.sample_t(r_t, (b,))
     noise = jax.random.normal(r_noise, z0.shape, jnp.float32)
     z_t = self.objective.sample_x_t(z0, t, noise)
-    pred = self.model.apply(
-        {"params": params["dit"]}, z_t, self.objective.model_time(t), **cond, drop=drop
-    )
+    pred = self.model.apply({"params": params["dit"]}, z_t, self.objective.model_time(t), **cond)
     loss = jnp.mean(self.objective.loss(pred, self.objective.target(z0, noise, t)))
     return loss, {"loss": loss, "latent_std": jnp.std(z0)}
 
@@ -116,6 +153,8 @@ class DiTTask:
 
   def evaluate(self, state, consts, mesh, step):
     del step
+    if self.config.model.get("source_condition", False):
+      return self._evaluate_edits(state, consts)
     data = self.eval_prompts()
     captions = list(data["caption"])
     labels = data.get("label") if self.config.model.cond_type == "class" else None
@@ -165,6 +204,48 @@ class DiTTask:
               lambda n: pipeline.build_eval_set(self.config.data, n),
               generate=gen,
           )
+      )
+    return scalars, images
+
+  def _evaluate_edits(self, state, consts):
+    """Instruction editing on the eval pairs: "edit_adherence" (the checker on the target
+    captions, where a checker reads them: pairs whose target is empty are left out) per guidance
+    scale, and grids of (source, edit) tile pairs."""
+    data = self.eval_prompts()
+    s = self.config.sample
+    scales = tuple(self.config.eval.get("guidance_scales", ())) or (s.guidance_scale, 1.0)
+    targets = list(data.get("target_caption", [""] * len(data["caption"])))
+    scored = [i for i, c in enumerate(targets) if c]
+    checker = eval_checkers.for_captions([targets[i] for i in scored])
+    scalars, images = {}, {}
+    for scale in sorted(set(scales)):
+      out = self.gen.instruct(
+          state.ema_params,
+          consts,
+          data["source_image"],
+          list(data["caption"]),
+          steps=s.steps,
+          guidance_scale=scale,
+          eta=s.eta,
+          seed=self.config.seed + 12345,
+      )
+      suffix = "" if scale == s.guidance_scale else f"_cfg{scale:g}"
+      if checker is not None and scored:
+        scalars["edit_adherence" + suffix] = eval_checkers.adherence(
+            out[scored], [targets[i] for i in scored], checker
+        )
+      k = max(1, min(self.config.eval.num_grid, len(out)) // 2)
+      src = pixels.to_uint8(np.asarray(data["source_image"][:k]))
+      images["edits" + suffix] = writers.grid(
+          np.stack([src, out[:k]], 1).reshape(-1, *src.shape[1:])
+      )
+      self.grid_notes["edits" + suffix] = "\n".join(
+          [
+              f"steps={s.steps} guidance_scale={scale:g} image_guidance_scale="
+              f"{s.get('image_guidance_scale', common.SAMPLE.image_guidance_scale):g}; "
+              "tile pairs (source, edit), row-major:"
+          ]
+          + [f"{i}: {c}" for i, c in enumerate(data["caption"][:k])]
       )
     return scalars, images
 
