@@ -1,5 +1,6 @@
 """Shared benchmark plumbing: load checks from /proc/stat, fresh-process alternation, DiT <->
-diffusers weights, the production stage-3 train step without workdirs (production_dit_step).
+diffusers weights, the production stage-3 train step without workdirs (production_dit_step) and
+the production stage-2 step on random weights (production_stage2_step, stage2_flops_per_image).
 Importing it imports jax and psvae_jax (set JAX_PLATFORMS / XLA_FLAGS before).
 
 Timing on a shared CPU is only meaningful when nothing else runs: every worker measures the CPU time
@@ -300,6 +301,52 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
       functools.partial(optim.label_params, groups=task.param_groups),
   )
   return task, tx, functools.partial(loop.train_step, task=task, tx=tx, config=config)
+
+
+def production_stage2_step(variant: str, batch: int, dtype: str = "float32", mesh=None):
+  """(config, task, tx, step, batch shapes) of the production stage 2 (PS-VAE), random weights.
+
+  `variant` is a configs/psvae.py variant ("dinov2_b", "dinov2_l", "tiny"); the encoder, its
+  frozen copy and LPIPS' VGG are random (`weights=random`: the cost does not depend on values);
+  step = `loop.train_step(state, batch, consts)` with the PS-VAE task's loss (semantic + pixel +
+  LPIPS + KL), the production optimizer and EMA. Batch shapes: {"image": (B, S, S, 3)} (plus
+  "image_enc" when the config feeds the encoder separately)."""
+  from configs import psvae  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import tasks  # pylint: disable=g-import-not-at-top
+
+  config = psvae.get_config(variant)
+  if variant != "tiny":
+    config.model.encoder.weights = "random"
+    config.lpips.vgg = config.lpips.heads = "random"
+  config.batch_size, config.dtype = batch, dtype
+  task = tasks.get_task(config, mesh or parallel.make_mesh(-1, 1))
+  tx = optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
+  size = int(config.data.image_size)
+  shapes = {"image": (batch, size, size, 3)}
+  enc = int(config.data.get("encoder_image_size", 0) or 0)
+  if enc:
+    shapes["image_enc"] = (batch, enc, enc, 3)
+  step = functools.partial(loop.train_step, task=task, tx=tx, config=config)
+  return config, task, tx, step, shapes
+
+
+def stage2_flops_per_image(variant: str = "dinov2_b", batch: int = 8) -> float:
+  """XLA's FLOP count of one production stage-2 train step per image (lowered, not compiled:
+  abstract state, nothing allocated)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  _, task, tx, step, shapes = production_stage2_step(variant, batch)
+  state = jax.eval_shape(
+      functools.partial(loop.create_train_state, task=task, tx=tx), jax.random.key(0)
+  )
+  batch_abs = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()}
+  cost = jax.jit(step).lower(state, batch_abs, task.constants()).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0)) / batch
 
 
 def random_params(param_shapes: Any, seed: int = 0, scale: float = 0.05) -> Any:

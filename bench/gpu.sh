@@ -6,7 +6,8 @@
 #
 # Cases: DiT-B/2 and DiT-XL/2 bf16 train step (256 tokens, batch 128 and 256) with XLA vs cuDNN attention
 # (jax.nn.dot_product_attention(implementation=...)), remat none (B) / dots_saveable (XL); DDIM-50 CFG latency
-# (batch 1) and throughput (batch 32); DINOv2-L/14 encode and the conv pixel decoder's decode in images/s.
+# (batch 1) and throughput (batch 32); DINOv2-L/14 encode and the conv pixel decoder's decode in images/s;
+# the production stage-2 (PS-VAE dinov2_b, 256 px) train step at batch 32 and 64, img/s and MFU.
 # A case that fails (e.g. out of memory, or cuDNN attention unavailable) prints FAILED and the suite goes on.
 # Output is also written to runs/bench_gpu_<time>.log.
 set -uo pipefail
@@ -56,5 +57,7 @@ run sample --size XL --batch 1
 run sample --size XL --batch 32
 run encode --batch 64 --dtype bfloat16
 run decode --batch 64 --dtype bfloat16
+run stage2 --batch 32 --dtype bfloat16
+run stage2 --batch 64 --dtype bfloat16
 echo "[gpu.sh] done; full output in $LOG"
 grep -E "^RESULT" "$LOG"

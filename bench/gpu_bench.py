@@ -6,6 +6,7 @@ encode, pixel-decoder decode; prints img/s and MFU (bf16 peak table in bench/flo
   python bench/gpu_bench.py sample --size XL --batch 32
   python bench/gpu_bench.py encode --batch 64  # DINOv2-L/14 at 224 px
   python bench/gpu_bench.py decode --batch 64  # conv pixel decoder, 16x16x96 latent -> 256 px
+  python bench/gpu_bench.py stage2 --batch 32   # the production PS-VAE step (dinov2_b, 256 px)
   ... --dry-run   # tiny shapes, 2 steps: checks everything lowers, compiles and runs (CPU is fine)
 
 Weights are random (throughput does not depend on values); `train` times the production step
@@ -224,11 +225,46 @@ def decode(args):
   )
 
 
+def stage2(args):
+  """The production stage-2 step (loop.train_step + the PS-VAE task's loss: DINOv2-B encoder
+  trained, its frozen copy as target, E_s / D_s, the conv pixel decoder, LPIPS, KL; AdamW, EMA)
+  at the paper's dinov2_b config, random weights (tiny config with --dry-run)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+  variant = "tiny" if args.dry_run else args.variant
+  config, task, tx, step, shapes = _common.production_stage2_step(variant, args.batch, args.dtype)
+  rng = np.random.default_rng(0)
+  batch = {k: jnp.asarray(rng.uniform(-1, 1, v), jnp.float32) for k, v in shapes.items()}
+  consts = task.constants()
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
+  t0 = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, consts).compile()
+  compile_s = time.perf_counter() - t0
+  holder = [state]
+
+  def run():
+    holder[0], metrics = compiled(holder[0], batch, consts)
+    metrics["loss"].block_until_ready()
+
+  # MFU on XLA's FLOP count of the step (forward + backward of everything the step runs).
+  _report(
+      f"stage2 PS-VAE {variant} {args.dtype} batch {args.batch} ({config.data.image_size} px)",
+      compiled,
+      run,
+      args.batch,
+      args.steps,
+      args.warmup,
+      compile_s,
+  )
+
+
 def main():
   ap = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  ap.add_argument("what", choices=["train", "sample", "encode", "decode"])
+  ap.add_argument("what", choices=["train", "sample", "encode", "decode", "stage2"])
+  ap.add_argument("--variant", default="dinov2_b", help="stage2: configs/psvae.py variant")
   ap.add_argument("--size", default="B")
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--latent", type=int, default=32, help="latent side (32: 256 tokens at patch 2)")
@@ -244,7 +280,8 @@ def main():
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
   runtime.initialize("off")
-  {"train": train, "sample": sample, "encode": encode, "decode": decode}[args.what](args)
+  cases = {"train": train, "sample": sample, "encode": encode, "decode": decode, "stage2": stage2}
+  cases[args.what](args)
 
 
 if __name__ == "__main__":

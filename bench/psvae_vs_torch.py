@@ -1,0 +1,369 @@
+"""The stage-2 (PS-VAE) compute vs PyTorch eager on the same CPU: the DINOv2 encoder and the LDM
+conv pixel decoder, forward + backward, the same weights on both sides.
+
+  python bench/psvae_vs_torch.py                 # encoder S and B, decoder; 3 alternating rounds
+  python bench/psvae_vs_torch.py --quick         # smoke run: small sizes, few steps, one round
+  python bench/psvae_vs_torch.py --parts decoder --dec-ch 64
+
+Rows (fp32, batch --batch, default 8):
+  encoder-S / encoder-B  DINOv2 ViT-S/14 (384 wide, 6 heads) / ViT-B/14 (768, 12 heads), 12 blocks,
+         224 px (16 x 16 patches; positions resized from the stored 37 x 37 grid, as real DINOv2
+         checkpoints are), random weights saved by transformers' Dinov2Model and loaded by
+         psvae_jax.weights.dinov2.load_dinov2. Loss: the mean square of the patch features; the
+         gradient w.r.t. every parameter (stage 2 trains the encoder). torch: Dinov2Model, the same
+         loss on last_hidden_state[:, 1:], loss.backward().
+  decoder  psvae_jax.models.pixel_decoder.ConvDecoder (the paper's LDM decoder: ch_mult
+         (1, 1, 2, 2, 4), 2 ResBlocks per level, mid attention; 16 x 16 x 96 latent -> 256 px) at
+         base width --dec-ch (the paper's 128 costs minutes per step on 2 cores; the default 32
+         keeps the structure), against the same decoder re-created with torch.nn in this file
+         (NCHW, GroupNorm eps 1e-6, nearest upsampling, single-head attention), weights copied.
+         Loss: mean square of the image; gradients w.r.t. every parameter.
+
+Before timing, one process builds both sides with the same weights and checks that the loss and the
+global gradient norm agree (relative error <= 1e-4; the norm does not depend on the two layouts).
+Then each (row, implementation) runs in a fresh process, alternating jax / torch; each run takes
+the median of --steps timed steps after warm-up and reports the CPU share others used meanwhile
+(runs above --max-load are DISTURBED and left out). Prints a table and per row:
+
+  ratio torch/jax encoder-B batch=8: 1.31      (> 1: ours is faster)
+
+Not here yet: the whole stage-2 loss step against a PyTorch composition (it needs a torch mirror of
+E_s / D_s and LPIPS' VGG with the same weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from bench import _common  # pylint: disable=g-import-not-at-top
+
+ENCODERS = {"S": (384, 6), "B": (768, 12)}
+LATENT_HW, LATENT_C = 16, 96
+
+
+# ------------------------------------------------------------------------------------ encoder
+def _dinov2_dir(width: str, layers: int) -> str:
+  """A random Dinov2Model saved by transformers (cached per size in the temp dir)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  hidden, heads = ENCODERS[width]
+  path = os.path.join(tempfile.gettempdir(), f"psvae_bench_dinov2_{width}_{layers}")
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        patch_size=14,
+        image_size=518,
+    )
+    transformers.Dinov2Model(cfg).save_pretrained(path)
+  return path
+
+
+def _images(batch: int, size: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).standard_normal((batch, size, size, 3)).astype(np.float32)
+
+
+def _jax_encoder(args):
+  from psvae_jax.weights import dinov2  # pylint: disable=g-import-not-at-top
+
+  module, params = dinov2.load_dinov2(_dinov2_dir(args.width, args.layers))
+  x = jnp.asarray(_images(args.batch, args.image_size))
+
+  def loss(p, x):
+    return jnp.mean(jnp.square(module.apply({"params": p}, x)))
+
+  return jax.jit(jax.value_and_grad(loss)), params, x
+
+
+def _torch_encoder(args):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  model = transformers.Dinov2Model.from_pretrained(_dinov2_dir(args.width, args.layers))
+  model.train()  # dropout is 0 in DINOv2's config: train mode changes nothing but is honest
+  x = torch.from_numpy(_images(args.batch, args.image_size)).permute(0, 3, 1, 2).contiguous()
+
+  def step():
+    model.zero_grad(set_to_none=True)
+    out = model(pixel_values=x).last_hidden_state[:, 1:]
+    loss = out.square().mean()
+    loss.backward()
+    return loss
+
+  return model, step
+
+
+# ------------------------------------------------------------------------------------ decoder
+def _flax_decoder(args):
+  from psvae_jax.models import pixel_decoder  # pylint: disable=g-import-not-at-top
+
+  return pixel_decoder.ConvDecoder(ch=args.dec_ch, ch_mult=tuple(args.ch_mult), groups=32)
+
+
+def _latent(batch: int) -> np.ndarray:
+  rng = np.random.default_rng(1)
+  return rng.standard_normal((batch, LATENT_HW, LATENT_HW, LATENT_C)).astype(np.float32)
+
+
+def _jax_decoder(args):
+  module = _flax_decoder(args)
+  z = jnp.asarray(_latent(args.batch))
+  params = module.init(jax.random.key(0), z[:1])["params"]
+
+  def loss(p, z):
+    return jnp.mean(jnp.square(module.apply({"params": p}, z)))
+
+  return jax.jit(jax.value_and_grad(loss)), params, z
+
+
+def _torch_decoder_module(args):
+  """The ConvDecoder in torch.nn, submodules named as the flax params."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  def gn(c):
+    return nn.GroupNorm(min(32, c), c, eps=1e-6)
+
+  class ResBlock(nn.Module):
+
+    def __init__(self, cin, c):
+      super().__init__()
+      self.GroupNorm_0, self.Conv_0 = gn(cin), nn.Conv2d(cin, c, 3, padding=1)
+      self.GroupNorm_1, self.Conv_1 = gn(c), nn.Conv2d(c, c, 3, padding=1)
+      self.skip = nn.Conv2d(cin, c, 1) if cin != c else None
+
+    def forward(self, x):
+      h = self.Conv_0(F.silu(self.GroupNorm_0(x)))
+      h = self.Conv_1(F.silu(self.GroupNorm_1(h)))
+      return (self.skip(x) if self.skip is not None else x) + h
+
+  class Attn(nn.Module):
+
+    def __init__(self, c):
+      super().__init__()
+      self.GroupNorm_0 = gn(c)
+      self.q, self.k, self.v, self.proj = (nn.Linear(c, c) for _ in range(4))
+
+    def forward(self, x):
+      b, c, h, w = x.shape
+      t = self.GroupNorm_0(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+      o = F.scaled_dot_product_attention(
+          self.q(t)[:, None], self.k(t)[:, None], self.v(t)[:, None]
+      )[:, 0]
+      return x + self.proj(o).transpose(1, 2).reshape(b, c, h, w)
+
+  class Decoder(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      chans = [args.dec_ch * m for m in args.ch_mult]
+      self.chans = chans
+      self.conv_in = nn.Conv2d(LATENT_C, chans[-1], 3, padding=1)
+      self.mid_res1, self.mid_attn = ResBlock(chans[-1], chans[-1]), Attn(chans[-1])
+      self.mid_res2 = ResBlock(chans[-1], chans[-1])
+      c = chans[-1]
+      for level in reversed(range(len(chans))):
+        for i in range(2):
+          setattr(self, f"up{level}_res{i}", ResBlock(c, chans[level]))
+          c = chans[level]
+        if level > 0:
+          setattr(self, f"up{level}_conv", nn.Conv2d(c, c, 3, padding=1))
+      self.norm_out, self.conv_out = gn(chans[0]), nn.Conv2d(chans[0], 3, 3, padding=1)
+
+    def forward(self, z):
+      x = self.mid_res2(self.mid_attn(self.mid_res1(self.conv_in(z))))
+      for level in reversed(range(len(self.chans))):
+        for i in range(2):
+          x = getattr(self, f"up{level}_res{i}")(x)
+        if level > 0:
+          x = getattr(self, f"up{level}_conv")(F.interpolate(x, scale_factor=2, mode="nearest"))
+      return self.conv_out(F.silu(self.norm_out(x)))
+
+  torch.manual_seed(0)
+  return Decoder()
+
+
+def _copy_flax_to_torch(params, model) -> None:
+  """Flax ConvDecoder params -> the torch mirror (conv HWIO -> OIHW, dense IO -> OI)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  state = {}
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, value in flat:
+    names = [p.key for p in path]
+    leaf, v = names[-1], np.asarray(value)
+    if leaf == "kernel":
+      v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
+    key = ".".join(names[:-1] + ["bias" if leaf == "bias" else "weight"])
+    state[key] = torch.from_numpy(np.ascontiguousarray(v))
+  missing = set(model.state_dict()) ^ set(state)
+  if missing:
+    raise ValueError(f"flax / torch decoder names differ: {sorted(missing)[:8]}")
+  model.load_state_dict(state)
+
+
+def _torch_decoder(args, params=None):
+  import torch  # pylint: disable=g-import-not-at-top
+
+  model = _torch_decoder_module(args)
+  if params is not None:
+    _copy_flax_to_torch(params, model)
+  z = torch.from_numpy(_latent(args.batch)).permute(0, 3, 1, 2).contiguous()
+
+  def step():
+    model.zero_grad(set_to_none=True)
+    loss = model(z).square().mean()
+    loss.backward()
+    return loss
+
+  return model, step
+
+
+# ------------------------------------------------------------------------------------ workers
+def _build_jax(args):
+  return _jax_encoder(args) if args.part == "encoder" else _jax_decoder(args)
+
+
+def jax_worker(args) -> dict:
+  fn, params, x = _build_jax(args)
+  compiled = fn.lower(params, x).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get("flops", 0.0))
+  res = _common.time_steps(
+      lambda: jax.block_until_ready(compiled(params, x)), args.steps, args.warmup
+  )
+  res["step_gflop"] = flops / 1e9
+  return res
+
+
+def torch_worker(args) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(_common.NCPU)
+  if args.part == "encoder":
+    _, step = _torch_encoder(args)
+  else:
+    _, step = _torch_decoder(args)
+  return _common.time_steps(step, args.steps, args.warmup)
+
+
+def check_worker(args) -> dict:
+  """Loss and global gradient norm of both sides on the same weights and inputs."""
+  fn, params, x = _build_jax(args)
+  loss_j, grads = fn(params, x)
+  norm_j = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))))
+  if args.part == "encoder":
+    model, step = _torch_encoder(args)
+  else:
+    model, step = _torch_decoder(args, params)
+  loss_t = float(step().detach())
+  used = [p for p in model.parameters() if p.grad is not None]  # DINOv2's mask_token: unused
+  norm_t = float(sum(p.grad.double().square().sum() for p in used) ** 0.5)
+  n_j = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  n_t = sum(p.numel() for p in used)
+  return dict(
+      loss_jax=float(loss_j),
+      loss_torch=loss_t,
+      loss_rel=_common.relative(float(loss_j), loss_t),
+      grad_rel=_common.relative(norm_j, norm_t),
+      params_jax=n_j,
+      params_torch=n_t,
+  )
+
+
+def main():
+  ap = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  ap.add_argument("--parts", nargs="+", default=["encoder-S", "encoder-B", "decoder"])
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--steps", type=int, default=5, help="timed steps per run (median)")
+  ap.add_argument("--warmup", type=int, default=2)
+  ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--layers", type=int, default=12, help="encoder blocks")
+  ap.add_argument("--image-size", type=int, default=224)
+  ap.add_argument("--dec-ch", type=int, default=32, help="decoder base width (paper: 128)")
+  ap.add_argument("--ch-mult", type=int, nargs="+", default=[1, 1, 2, 2, 4])
+  ap.add_argument("--quick", action="store_true", help="smoke run: small, 2 steps, 1 round")
+  ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--impl", default="jax", help=argparse.SUPPRESS)
+  ap.add_argument("--part", default="encoder", help=argparse.SUPPRESS)
+  ap.add_argument("--width", default="S", help=argparse.SUPPRESS)
+  _common.add_load_args(ap)
+  args = ap.parse_args()
+  if args.worker:
+    fn = check_worker if args.check else {"jax": jax_worker}.get(args.impl, torch_worker)
+    _common.emit(fn(args))
+    return
+  if args.quick:
+    args.steps, args.warmup, args.rounds, args.idle_timeout = 2, 1, 1, 0.0
+    args.batch, args.layers, args.image_size, args.dec_ch = 2, 2, 112, 32
+    args.ch_mult = [1, 2, 2]
+  script = os.path.abspath(__file__)
+  base = [
+      "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+      "--layers", str(args.layers), "--image-size", str(args.image_size),
+      "--dec-ch", str(args.dec_ch), "--ch-mult", *[str(m) for m in args.ch_mult],
+  ]  # fmt: skip
+  print(
+      f"stage-2 parts vs PyTorch eager, fp32, batch {args.batch}, {args.steps} timed steps after "
+      f"{args.warmup} warm-up, {args.rounds} round(s); {_common.NCPU} CPU cores; machine load now "
+      f"{_common.machine_load():.0%}",
+      flush=True,
+  )
+  summary = []
+  for row in args.parts:
+    part, _, width = row.partition("-")
+    rargs = base + ["--part", part, "--width", width or "S"]
+    chk = _common.run_worker(script, rargs + ["--check"])
+    ok = max(chk["loss_rel"], chk["grad_rel"]) <= 1e-4
+    print(
+        f"{row} equality: params {chk['params_jax']:,} (jax) vs {chk['params_torch']:,} (torch), "
+        f"loss rel {chk['loss_rel']:.1e}, gradient norm rel {chk['grad_rel']:.1e} -> "
+        f"{'OK' if ok else 'MISMATCH'}",
+        flush=True,
+    )
+    if not ok:
+      raise SystemExit(f"{row}: the two sides differ; a ratio would be meaningless")
+    jobs = {
+        impl: (lambda i=impl, a=rargs: _common.run_worker(script, a + ["--impl", i]))
+        for impl in ("jax", "torch")
+    }
+    summary.append((row, _common.alternate(jobs, args.rounds, args.max_load, args.idle_timeout)))
+  print("\n| row | impl | median fwd+bwd ms (clean runs) | GFLOP/s (jax's count) |")
+  print("|---|---|---|---|")
+  for row, results in summary:
+    gflop = results["jax"][0].get("step_gflop", 0.0)
+    for impl, runs in results.items():
+      med, n = _common.clean_median(runs)
+      shown = med or sorted(r["median_s"] for r in runs)[len(runs) // 2]
+      tag = f"({n}/{len(runs)})" if med else "(all DISTURBED)"
+      print(f"| {row} | {impl} | {shown * 1e3:.1f} {tag} | {gflop / shown:.0f} |")
+  print()
+  for row, results in summary:
+    j, _ = _common.clean_median(results["jax"])
+    t, _ = _common.clean_median(results["torch"])
+    if j and t:
+      print(f"ratio torch/jax {row} batch={args.batch}: {t / j:.2f}")
+    else:
+      print(f"ratio torch/jax {row} batch={args.batch}: not measured (every run DISTURBED)")
+
+
+if __name__ == "__main__":
+  main()
