@@ -11,7 +11,8 @@ Variants: `<S|B|L|XL>_<text|class>` (DiT paper sizes, patch 1 on the 16x16xC lat
 text encoder, guidance scale 4, 8x8x16 shapes latents)
 `tiny_class` (the same, class-conditioned: the Fashion-MNIST demo, `launch/demo.sh OUT
 --data=fashion_mnist`) and `tiny_instruct` (the same, instruction editing on the shapes
-triples: `launch/instruct.sh OUT`). Class models take their class count from the data (model.num_classes).
+triples: `launch/instruct.sh OUT`). Class models take their class count from the data
+(model.num_classes).
 Objective: eps-prediction with the linear beta schedule (seed) or flow matching with
 logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
 

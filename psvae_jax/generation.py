@@ -283,6 +283,11 @@ class Generator:
       shift=None,
   ) -> np.ndarray:
     """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
+    if self.config.model.get("source_condition", False):
+      raise ValueError(
+          "This model edits by instruction (model.source_condition): it needs a source image "
+          "per sample; use instruct (pipe.instruct, sample --init_image --instruction)."
+      )
     n = len(prompts) if prompts is not None else len(labels)
     if n == 0:
       raise ValueError("Nothing to generate: no prompts or labels.")

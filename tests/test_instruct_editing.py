@@ -153,6 +153,8 @@ def test_trained_instruct_model_edits_through_api_and_cli(instruct_dit, tmp_path
   assert np.abs(s_i.astype(int) - a.astype(int)).max() > 0
   with pytest.raises(ValueError, match="instruct"):
     pipe.edit(src, ["a red circle on the left"] * 3, steps=4)
+  with pytest.raises(ValueError, match="instruct"):
+    pipe.generate(["a red circle on the left"], steps=4)
 
   Image.fromarray(src[0]).save(tmp_path / "in.png")
 

@@ -15,12 +15,12 @@ A cache directory (written by `python -m psvae_jax.data.cache`) holds:
                                        of the sampled z (what training reads), "mu_mean" /
                                        "mu_std" of mu (psvae_jax/latent_stats.py)
 
-`build_latent_iterator` yields {"latent": float32 (b, h, w, C), "caption": object (b,),
-"label": int32 (b,)} (+ "source_latent": the source's mu, for a cache of pairs) (+ "input_ids" / "attention_mask" with data.tokenizer), reading
-and decoding a whole batch at a time. For a mean_std cache, "latent" is a sample
-mu + std * eps whose noise comes from grain's generator for that batch position:
-deterministic given (seed, position in the shuffled stream), so it differs between
-epochs, is identical across runs and survives a resume.
+`build_latent_iterator` yields {"latent": float32 (b, h, w, C), "caption": object (b,), "label":
+int32 (b,)} (+ "source_latent": the source's mu, for a cache of pairs) (+ "input_ids" /
+"attention_mask" with data.tokenizer), reading and decoding a whole batch at a time. For a mean_std
+cache, "latent" is a sample mu + std * eps whose noise comes from grain's generator for that batch
+position: deterministic given (seed, position in the shuffled stream), so it differs between epochs,
+is identical across runs and survives a resume.
 """
 
 from __future__ import annotations
