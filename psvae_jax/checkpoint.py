@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import jax
@@ -160,7 +161,7 @@ class Checkpointer:
   """One CheckpointManager for a workdir's `checkpoints/`."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    self.directory = absolute(directory)
     self._remove_partial_steps()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
@@ -306,6 +307,13 @@ def restore_exported(path: str, target: Any) -> Any:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def absolute(path) -> epath.Path:
+  """A local path made absolute (Orbax refuses relative ones: "Checkpoint path should be
+  absolute"); cloud paths (gs://...) as they are."""
+  text = str(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def is_export(workdir: str) -> bool:
   """Whether DIR is an export (psvae_jax/export.py: EMA params as safetensors, no checkpoints/)."""
   d = epath.Path(workdir)
@@ -331,7 +339,7 @@ def restore_params(
           f"{workdir} is an export: it holds the EMA params only, not {key!r} at step {step}."
       )
     return restore_exported(str(exported), target)
-  directory = epath.Path(workdir) / "checkpoints"
+  directory = absolute(epath.Path(workdir) / "checkpoints")
   mngr = ocp.CheckpointManager(  # every item the training wrote, so none is "unknown"
       directory,
       item_names=("state", "data", "config"),
