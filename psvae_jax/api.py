@@ -14,7 +14,6 @@ out = api.load("runs/instruct/dit").instruct(images, "make the circle blue")
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Sequence
 
@@ -157,10 +156,6 @@ class Pipeline:
     x = parallel.pad_to_multiple(x, self.mesh.size)
     return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim)), n
 
-  @functools.partial(jax.jit, static_argnums=0)
-  def _encode(self, consts, x):
-    return self.gen.encode(consts, x)
-
   def encode(self, images: np.ndarray) -> np.ndarray:
     """uint8 (or [-1, 1] float) images at the model's resolution -> normalised latents."""
     x = np.asarray(images)
@@ -168,8 +163,7 @@ class Pipeline:
       x = pixels.to_float(x)
     if x.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f"Images must be {self.image_size}x{self.image_size}, got {x.shape[1:3]}.")
-    xs, n = self._put(x.astype(np.float32))
-    return np.asarray(jax.device_get(self._encode(self.consts, xs)))[:n]
+    return np.asarray(jax.device_get(self.gen.encode_images(self.consts, x)))[: x.shape[0]]
 
   def decode(self, latents: np.ndarray) -> np.ndarray:
     """Normalised latents (B, h, w, C) -> uint8 images."""
