@@ -123,16 +123,9 @@ def pipeline_rate(source: dict, image_size: int, workers: int) -> float:
 
 
 def _step_rate(step, state, batch, consts, batch_size: int) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
+  from bench import _common  # pylint: disable=g-import-not-at-top
 
-  step = jax.jit(step, donate_argnums=0)
-  holder = {"state": state}
-
-  def one_step():
-    holder["state"], metrics = step(holder["state"], batch, consts)
-    jax.block_until_ready(metrics)
-
-  return rate(one_step, batch_size, _SECONDS.value)
+  return rate(_common.StepRunner(step, state, batch, consts), batch_size, _SECONDS.value)
 
 
 def stage2_images_per_second() -> float:

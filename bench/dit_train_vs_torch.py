@@ -110,14 +110,8 @@ def jax_worker(args) -> dict:
   state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(
       jax.random.key(config.seed)
   )
-  t0 = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, consts).compile()
-  compile_s = time.perf_counter() - t0
-  holder = [state]
-
-  def run():
-    holder[0], metrics = compiled(holder[0], batch, consts)
-    metrics["loss"].block_until_ready()
+  run = _common.StepRunner(step, state, batch, consts)
+  compiled, compile_s = run.compiled, run.compile_s
 
   res = _common.time_steps(run, args.steps, args.warmup)
   flops = compiled.cost_analysis() or {}
@@ -129,7 +123,7 @@ def jax_worker(args) -> dict:
       batch=args.batch,
       step_gflop=float(flops.get("flops", 0.0)) / 1e9,
       threads=_common.NCPU,
-      skipped=int(holder[0].skipped),
+      skipped=int(run.state.skipped),
       xla_flags=os.environ.get("XLA_FLAGS", ""),
   )
   return res

@@ -109,14 +109,8 @@ def train(args):
   consts = task.constants()
   state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
 
-  t0 = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, consts).compile()
-  compile_s = time.perf_counter() - t0
-  holder = [state]
-
-  def run():
-    holder[0], metrics = compiled(holder[0], batch, consts)
-    metrics["loss"].block_until_ready()
+  run = _common.StepRunner(step, state, batch, consts)
+  compiled, compile_s = run.compiled, run.compile_s
 
   # MFU on model FLOPs: 3 x analytic forward (no remat recompute counted), as is customary.
   fwd = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * b
@@ -238,14 +232,8 @@ def stage2(args):
   batch = {k: jnp.asarray(rng.uniform(-1, 1, v), jnp.float32) for k, v in shapes.items()}
   consts = task.constants()
   state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
-  t0 = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, consts).compile()
-  compile_s = time.perf_counter() - t0
-  holder = [state]
-
-  def run():
-    holder[0], metrics = compiled(holder[0], batch, consts)
-    metrics["loss"].block_until_ready()
+  run = _common.StepRunner(step, state, batch, consts)
+  compiled, compile_s = run.compiled, run.compile_s
 
   # MFU on XLA's FLOP count of the step (forward + backward of everything the step runs).
   _report(
