@@ -4,6 +4,7 @@ conv pixel decoder, forward + backward, the same weights on both sides.
   python bench/psvae_vs_torch.py                 # encoder S and B, decoder; 3 alternating rounds
   python bench/psvae_vs_torch.py --quick         # smoke run: small sizes, few steps, one round
   python bench/psvae_vs_torch.py --parts decoder --dec-ch 64
+  python bench/psvae_vs_torch.py --parts attention-S attention-B --attention-impl xla  # jax.nn's
 
 Rows (fp32, batch --batch, default 8):
   encoder-S / encoder-B  DINOv2 ViT-S/14 (384 wide, 6 heads) / ViT-B/14 (768, 12 heads), 12 blocks,
@@ -12,6 +13,10 @@ Rows (fp32, batch --batch, default 8):
          psvae_jax.weights.dinov2.load_dinov2. Loss: the mean square of the patch features; the
          gradient w.r.t. every parameter (stage 2 trains the encoder). torch: Dinov2Model, the same
          loss on last_hidden_state[:, 1:], loss.backward().
+  attention-S / attention-B  the encoder rows' softmax attention alone (B, 257 tokens, 6 / 12
+         heads of 64): psvae_jax.models.attention.dot_product_attention (--attention-impl: ''
+         picks the CPU path on the CPU; 'xla' is jax.nn.dot_product_attention) vs torch's
+         scaled_dot_product_attention. Loss: mean square of the output; gradients w.r.t. q, k, v.
   decoder  psvae_jax.models.pixel_decoder.ConvDecoder (the paper's LDM decoder: ch_mult
          (1, 1, 2, 2, 4), 2 ResBlocks per level, mid attention; 16 x 16 x 96 latent -> 256 px) at
          base width --dec-ch (the paper's 128 costs minutes per step on 2 cores; the default 32
@@ -104,6 +109,41 @@ def _torch_encoder(args):
     return loss
 
   return model, step
+
+
+# ---------------------------------------------------------------------------------- attention
+def _qkv(args) -> list[np.ndarray]:
+  """DINOv2's attention inputs at --image-size: (B, 1 + patches, heads, 64) each."""
+  hidden, heads = ENCODERS[args.width]
+  tokens = 1 + (args.image_size // 14) ** 2
+  rng = np.random.default_rng(2)
+  shape = (args.batch, tokens, heads, hidden // heads)
+  return [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+
+
+def _jax_attention(args):
+  from psvae_jax.models import attention  # pylint: disable=g-import-not-at-top
+
+  def loss(p, x):
+    out = attention.dot_product_attention(*p, implementation=args.attention_impl or None)
+    return jnp.mean(jnp.square(out))
+
+  return jax.jit(jax.value_and_grad(loss)), [jnp.asarray(t) for t in _qkv(args)], None
+
+
+def _torch_attention(args):
+  import torch  # pylint: disable=g-import-not-at-top
+
+  qkv = [torch.from_numpy(t).transpose(1, 2).contiguous().requires_grad_() for t in _qkv(args)]
+
+  def step():
+    for t in qkv:
+      t.grad = None
+    loss = torch.nn.functional.scaled_dot_product_attention(*qkv).square().mean()
+    loss.backward()
+    return loss
+
+  return qkv, step
 
 
 # ------------------------------------------------------------------------------------ decoder
@@ -235,7 +275,15 @@ def _torch_decoder(args, params=None):
 
 # ------------------------------------------------------------------------------------ workers
 def _build_jax(args):
-  return _jax_encoder(args) if args.part == "encoder" else _jax_decoder(args)
+  return {"encoder": _jax_encoder, "attention": _jax_attention, "decoder": _jax_decoder}[args.part](
+      args
+  )
+
+
+def _build_torch(args, params=None):
+  if args.part == "decoder":
+    return _torch_decoder(args, params)
+  return {"encoder": _torch_encoder, "attention": _torch_attention}[args.part](args)
 
 
 def jax_worker(args) -> dict:
@@ -255,10 +303,7 @@ def torch_worker(args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(_common.NCPU)
-  if args.part == "encoder":
-    _, step = _torch_encoder(args)
-  else:
-    _, step = _torch_decoder(args)
+  _, step = _build_torch(args)
   return _common.time_steps(step, args.steps, args.warmup)
 
 
@@ -267,12 +312,10 @@ def check_worker(args) -> dict:
   fn, params, x = _build_jax(args)
   loss_j, grads = fn(params, x)
   norm_j = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))))
-  if args.part == "encoder":
-    model, step = _torch_encoder(args)
-  else:
-    model, step = _torch_decoder(args, params)
+  model, step = _build_torch(args, params)
   loss_t = float(step().detach())
-  used = [p for p in model.parameters() if p.grad is not None]  # DINOv2's mask_token: unused
+  tensors = model if isinstance(model, list) else list(model.parameters())
+  used = [p for p in tensors if p.grad is not None]  # DINOv2's mask_token: unused
   norm_t = float(sum(p.grad.double().square().sum() for p in used) ** 0.5)
   n_j = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   n_t = sum(p.numel() for p in used)
@@ -299,6 +342,9 @@ def main():
   ap.add_argument("--image-size", type=int, default=224)
   ap.add_argument("--dec-ch", type=int, default=32, help="decoder base width (paper: 128)")
   ap.add_argument("--ch-mult", type=int, nargs="+", default=[1, 1, 2, 2, 4])
+  ap.add_argument(
+      "--attention-impl", default="", help="psvae_jax attention implementation ('': by backend)"
+  )
   ap.add_argument("--quick", action="store_true", help="smoke run: small, 2 steps, 1 round")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
@@ -320,6 +366,7 @@ def main():
       "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
       "--layers", str(args.layers), "--image-size", str(args.image_size),
       "--dec-ch", str(args.dec_ch), "--ch-mult", *[str(m) for m in args.ch_mult],
+      "--attention-impl", args.attention_impl,
   ]  # fmt: skip
   print(
       f"stage-2 parts vs PyTorch eager, fp32, batch {args.batch}, {args.steps} timed steps after "

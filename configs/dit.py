@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           remat=False,
           remat_policy="full",
           scan_blocks=False,
-          attention_impl="",  # "" = jax's default; "cudnn" | "xla"
+          attention_impl="",  # "": the CPU path on CPU, else jax's; "cpu" | "cudnn" | "xla"
           # Instruction editing (InstructPix2Pix): the DiT also reads a source image's latent,
           # concatenated on channels; the data must give pairs (records with a source image,
           # or a latent cache of them) and "caption" is the instruction. Sampling with

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from psvae_jax.models import attention
 from psvae_jax.models import layers
 
 _XAVIER = nn.initializers.xavier_uniform()
@@ -129,7 +130,7 @@ class DiTBlock(nn.Module):
     )
 
   def _attend(self, q, k, v, mask=None):
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
+    return attention.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
 
   @nn.compact
   def __call__(
@@ -198,7 +199,8 @@ class DiT(nn.Module):
     remat_policy: with ``remat``: "full" (save only block inputs) or "dots_saveable" (keep matmul
       outputs, recompute the element-wise work;
       jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
-    attention_impl: ``implementation`` for ``jax.nn.dot_product_attention`` (None, "xla", "cudnn").
+    attention_impl: see ``attention.dot_product_attention`` ("" / None: the CPU path on the CPU,
+      jax's default elsewhere; "cpu", "xla", "cudnn").
     scan_blocks: run the blocks as one ``nn.scan`` (params stacked under ``blocks/block`` with a
       leading depth axis; not loadable from unscanned checkpoints): one traced block, for compile
       time of deep models.

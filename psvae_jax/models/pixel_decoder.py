@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from psvae_jax.models import attention
 from psvae_jax.models import vit
 from psvae_jax.models.layers import sincos_2d
 
@@ -55,7 +56,7 @@ class AttnBlock(nn.Module):
         b, hgt * wid, 1, c
     )
     q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
-    h = jax.nn.dot_product_attention(q, k, v).reshape(b, hgt, wid, c)
+    h = attention.dot_product_attention(q, k, v).reshape(b, hgt, wid, c)
     return x + nn.Dense(c, dtype=self.dtype, name="proj")(h)
 
 

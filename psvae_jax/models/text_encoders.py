@@ -13,7 +13,7 @@ timestep embedding.
 * T5 has no pooled output; pooled is the mean of the final states over the
   positions where ``attention_mask`` is 1.
 
-Attention runs through ``jax.nn.dot_product_attention`` with a boolean mask (CLIP:
+Attention runs through ``attention.dot_product_attention`` (jax.nn's contract) with a boolean mask (CLIP:
 causal AND padding; T5: padding) and, for T5, the shared relative position bias
 passed as ``bias`` with ``scale=1.0`` (T5 does not scale by 1/sqrt(d)). Parameters
 are float32; ``dtype`` sets the compute dtype. There is no dropout: the encoders
@@ -28,6 +28,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from psvae_jax.models import attention
 
 _INIT = nn.initializers.normal(stddev=0.02)
 
@@ -97,7 +99,7 @@ class SelfAttention(nn.Module):
     v = dense(inner, "v_proj")(x).reshape(shape)
     if bias is not None:
       bias = bias.astype(q.dtype)
-    out = jax.nn.dot_product_attention(
+    out = attention.dot_product_attention(
         q, k, v, bias=bias, mask=mask, scale=self.scale
     )  # (B, L, N, H)
     return dense(d, "o_proj")(out.reshape(b, l, inner))  # (B, L, D)

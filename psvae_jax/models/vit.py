@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psvae_jax.models import attention
+from psvae_jax.models import layers
+
 _DENSE_INIT = nn.initializers.truncated_normal(stddev=0.02)
 
 
@@ -87,10 +90,14 @@ class Block(nn.Module):
 
     # Self-attention.
     h = self._norm("norm1")(x)
-    q = self._dense(d, "q_proj")(h).reshape(b, n, heads, head_dim)  # (B, N, H, Dh)
-    k = self._dense(d, "k_proj")(h).reshape(b, n, heads, head_dim)  # (B, N, H, Dh)
-    v = self._dense(d, "v_proj")(h).reshape(b, n, heads, head_dim)  # (B, N, H, Dh)
-    a = jax.nn.dot_product_attention(q, k, v)  # (B, N, H, Dh)
+    qkv = [
+        layers.DenseParams(d, d, kernel_init=_DENSE_INIT, name=name)()
+        for name in ("q_proj", "k_proj", "v_proj")
+    ]  # nn.Dense's parameters, applied as one (D, 3D) GEMM
+    q, k, v = (
+        t.reshape(b, n, heads, head_dim) for t in layers.fused_dense(h, qkv, self.dtype)
+    )  # (B, N, H, Dh) each
+    a = attention.dot_product_attention(q, k, v)  # (B, N, H, Dh)
     a = self._dense(d, "o_proj")(a.reshape(b, n, d))  # (B, N, D)
     x = x + self._layer_scale(a, "layer_scale1")
 
@@ -105,7 +112,7 @@ class Block(nn.Module):
       h = self._dense(d, "down_proj")(jax.nn.silu(gate) * up)  # (B, N, D)
     else:
       h = self._dense(hidden, "fc1")(h)  # (B, N, F)
-      h = jax.nn.gelu(h, approximate=self.gelu_approximate)
+      h = layers.gelu(h, approximate=self.gelu_approximate)
       h = self._dense(d, "fc2")(h)  # (B, N, D)
     return x + self._layer_scale(h, "layer_scale2")
 
