@@ -1,7 +1,7 @@
 """The stage-2 (PS-VAE) compute vs PyTorch eager on the same CPU: the DINOv2 encoder and the LDM
 conv pixel decoder, forward + backward, the same weights on both sides.
 
-  python bench/psvae_vs_torch.py                 # encoder S and B, decoder; 3 alternating rounds
+  python bench/psvae_vs_torch.py                 # encoder S and B, decoder, stage2-S; 3 rounds
   python bench/psvae_vs_torch.py --quick         # smoke run: small sizes, few steps, one round
   python bench/psvae_vs_torch.py --parts decoder --dec-ch 64
   python bench/psvae_vs_torch.py --parts attention-S attention-B --attention-impl xla  # jax.nn's
@@ -20,9 +20,22 @@ Rows (fp32, batch --batch, default 8):
   decoder  psvae_jax.models.pixel_decoder.ConvDecoder (the paper's LDM decoder: ch_mult
          (1, 1, 2, 2, 4), 2 ResBlocks per level, mid attention; 16 x 16 x 96 latent -> 256 px) at
          base width --dec-ch (the paper's 128 costs minutes per step on 2 cores; the default 32
-         keeps the structure), against the same decoder re-created with torch.nn in this file
-         (NCHW, GroupNorm eps 1e-6, nearest upsampling, single-head attention), weights copied.
-         Loss: mean square of the image; gradients w.r.t. every parameter.
+         keeps the structure), against the same decoder re-created with torch.nn
+         (bench/_torch_mirrors.py: NCHW, GroupNorm eps 1e-6, nearest upsampling, single-head
+         attention), weights copied. Loss: mean square of the image; gradients w.r.t. every
+         parameter.
+  stage2-S / stage2-B  the whole stage-2 loss, forward + backward w.r.t. everything stage 2
+         trains (encoder, E_s, D_s, D_p): the frozen encoder copy's features as the semantic
+         target, E_s (3 blocks) on the encoder's pre-LayerNorm stream, z = mu + sigma * eps (eps
+         an input on both sides), D_s -> semantic MSE, D_p -> 256 px -> 1/2 L1 + 1/2 MSE and
+         LPIPS (VGG16, random weights written as torchvision / lpips .pth files and read by
+         psvae_jax.weights.lpips.load_lpips), KL; weights 1, 1, 0.1, 1e-4. JAX: the library's
+         modules and psvae_jax.losses. torch: Dinov2Model (+ a frozen copy under no_grad),
+         E_s / D_s as transformers' Dinov2Layer stacks with our weights, the decoder and LPIPS
+         mirrors. The encoder input is the 224 px tensor (no resize on either side). No
+         optimizer: the production step (+ AdamW, EMA, guards) is timed by gpu_bench.py stage2.
+         The jax parameter count is 2 x width higher: the encoder's final LayerNorm gets a zero
+         gradient in jax and none in torch (E_s reads the stream before it).
 
 Before timing, one process builds both sides with the same weights and checks that the loss and the
 global gradient norm agree (relative error <= 1e-4; the norm does not depend on the two layouts).
@@ -32,8 +45,6 @@ the median of --steps timed steps after warm-up and reports the CPU share others
 
   ratio torch/jax encoder-B batch=8: 1.31      (> 1: ours is faster)
 
-Not here yet: the whole stage-2 loss step against a PyTorch composition (it needs a torch mirror of
-E_s / D_s and LPIPS' VGG with the same weights).
 """
 
 from __future__ import annotations
@@ -50,9 +61,10 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench import _common  # pylint: disable=g-import-not-at-top
+from bench import _torch_mirrors  # pylint: disable=g-import-not-at-top
 
 ENCODERS = {"S": (384, 6), "B": (768, 12)}
-LATENT_HW, LATENT_C = 16, 96
+LATENT_HW, LATENT_C = _torch_mirrors.LATENT_HW, _torch_mirrors.LATENT_C
 
 
 # ------------------------------------------------------------------------------------ encoder
@@ -169,99 +181,12 @@ def _jax_decoder(args):
   return jax.jit(jax.value_and_grad(loss)), params, z
 
 
-def _torch_decoder_module(args):
-  """The ConvDecoder in torch.nn, submodules named as the flax params."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-
-  def gn(c):
-    return nn.GroupNorm(min(32, c), c, eps=1e-6)
-
-  class ResBlock(nn.Module):
-
-    def __init__(self, cin, c):
-      super().__init__()
-      self.GroupNorm_0, self.Conv_0 = gn(cin), nn.Conv2d(cin, c, 3, padding=1)
-      self.GroupNorm_1, self.Conv_1 = gn(c), nn.Conv2d(c, c, 3, padding=1)
-      self.skip = nn.Conv2d(cin, c, 1) if cin != c else None
-
-    def forward(self, x):
-      h = self.Conv_0(F.silu(self.GroupNorm_0(x)))
-      h = self.Conv_1(F.silu(self.GroupNorm_1(h)))
-      return (self.skip(x) if self.skip is not None else x) + h
-
-  class Attn(nn.Module):
-
-    def __init__(self, c):
-      super().__init__()
-      self.GroupNorm_0 = gn(c)
-      self.q, self.k, self.v, self.proj = (nn.Linear(c, c) for _ in range(4))
-
-    def forward(self, x):
-      b, c, h, w = x.shape
-      t = self.GroupNorm_0(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-      o = F.scaled_dot_product_attention(
-          self.q(t)[:, None], self.k(t)[:, None], self.v(t)[:, None]
-      )[:, 0]
-      return x + self.proj(o).transpose(1, 2).reshape(b, c, h, w)
-
-  class Decoder(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      chans = [args.dec_ch * m for m in args.ch_mult]
-      self.chans = chans
-      self.conv_in = nn.Conv2d(LATENT_C, chans[-1], 3, padding=1)
-      self.mid_res1, self.mid_attn = ResBlock(chans[-1], chans[-1]), Attn(chans[-1])
-      self.mid_res2 = ResBlock(chans[-1], chans[-1])
-      c = chans[-1]
-      for level in reversed(range(len(chans))):
-        for i in range(2):
-          setattr(self, f"up{level}_res{i}", ResBlock(c, chans[level]))
-          c = chans[level]
-        if level > 0:
-          setattr(self, f"up{level}_conv", nn.Conv2d(c, c, 3, padding=1))
-      self.norm_out, self.conv_out = gn(chans[0]), nn.Conv2d(chans[0], 3, 3, padding=1)
-
-    def forward(self, z):
-      x = self.mid_res2(self.mid_attn(self.mid_res1(self.conv_in(z))))
-      for level in reversed(range(len(self.chans))):
-        for i in range(2):
-          x = getattr(self, f"up{level}_res{i}")(x)
-        if level > 0:
-          x = getattr(self, f"up{level}_conv")(F.interpolate(x, scale_factor=2, mode="nearest"))
-      return self.conv_out(F.silu(self.norm_out(x)))
-
-  torch.manual_seed(0)
-  return Decoder()
-
-
-def _copy_flax_to_torch(params, model) -> None:
-  """Flax ConvDecoder params -> the torch mirror (conv HWIO -> OIHW, dense IO -> OI)."""
-  import torch  # pylint: disable=g-import-not-at-top
-
-  state = {}
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for path, value in flat:
-    names = [p.key for p in path]
-    leaf, v = names[-1], np.asarray(value)
-    if leaf == "kernel":
-      v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
-    key = ".".join(names[:-1] + ["bias" if leaf == "bias" else "weight"])
-    state[key] = torch.from_numpy(np.ascontiguousarray(v))
-  missing = set(model.state_dict()) ^ set(state)
-  if missing:
-    raise ValueError(f"flax / torch decoder names differ: {sorted(missing)[:8]}")
-  model.load_state_dict(state)
-
-
 def _torch_decoder(args, params=None):
   import torch  # pylint: disable=g-import-not-at-top
 
-  model = _torch_decoder_module(args)
+  model = _torch_mirrors.torch_decoder_module(args.dec_ch, args.ch_mult)
   if params is not None:
-    _copy_flax_to_torch(params, model)
+    _torch_mirrors.copy_flax_to_torch(params, model)
   z = torch.from_numpy(_latent(args.batch)).permute(0, 3, 1, 2).contiguous()
 
   def step():
@@ -275,6 +200,8 @@ def _torch_decoder(args, params=None):
 
 # ------------------------------------------------------------------------------------ workers
 def _build_jax(args):
+  if args.part == "stage2":
+    return _torch_mirrors.jax_stage2(_dinov2_dir(args.width, args.layers), args)
   return {"encoder": _jax_encoder, "attention": _jax_attention, "decoder": _jax_decoder}[args.part](
       args
   )
@@ -283,6 +210,8 @@ def _build_jax(args):
 def _build_torch(args, params=None):
   if args.part == "decoder":
     return _torch_decoder(args, params)
+  if args.part == "stage2":
+    return _torch_mirrors.torch_stage2(_dinov2_dir(args.width, args.layers), args, params)
   return {"encoder": _torch_encoder, "attention": _torch_attention}[args.part](args)
 
 
@@ -333,7 +262,7 @@ def main():
   ap = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  ap.add_argument("--parts", nargs="+", default=["encoder-S", "encoder-B", "decoder"])
+  ap.add_argument("--parts", nargs="+", default=["encoder-S", "encoder-B", "decoder", "stage2-S"])
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--steps", type=int, default=5, help="timed steps per run (median)")
   ap.add_argument("--warmup", type=int, default=2)

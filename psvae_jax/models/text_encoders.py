@@ -13,8 +13,8 @@ timestep embedding.
 * T5 has no pooled output; pooled is the mean of the final states over the
   positions where ``attention_mask`` is 1.
 
-Attention runs through ``attention.dot_product_attention`` (jax.nn's contract) with a boolean mask (CLIP:
-causal AND padding; T5: padding) and, for T5, the shared relative position bias
+Attention runs through ``attention.dot_product_attention`` (jax.nn's contract) with a boolean
+mask (CLIP: causal AND padding; T5: padding) and, for T5, the shared relative position bias
 passed as ``bias`` with ``scale=1.0`` (T5 does not scale by 1/sqrt(d)). Parameters
 are float32; ``dtype`` sets the compute dtype. There is no dropout: the encoders
 are used frozen.
