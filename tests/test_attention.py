@@ -98,3 +98,13 @@ def test_fused_dense_equals_separate_dense_layers():
   )
   for got, want in zip(Fused().apply(params, x), Separate().apply(params, x)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_2x2_matches_flax_values_and_gradients_on_odd_sizes():
+  x = jax.random.normal(jax.random.key(3), (2, 7, 10, 3))
+  ref = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), ref(x))
+  w = jax.random.normal(jax.random.key(4), ref(x).shape)
+  grad = jax.grad(lambda t: jnp.sum(layers.max_pool_2x2(t) * w))(x)
+  np.testing.assert_array_equal(grad, jax.grad(lambda t: jnp.sum(ref(t) * w))(x))
+  assert grad.shape == x.shape and not np.any(np.asarray(grad[:, 6])), "the floored row gets none"

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from psvae_jax.models import layers
+
 # torchvision vgg16 `features`: (index of the conv in the Sequential, out channels).
 # Each conv is followed by a ReLU at index + 1; max-pools sit at 4, 9, 16, 23, 30.
 VGG16_CONVS: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -56,7 +58,7 @@ class VGG16Features(nn.Module):
     h = x.astype(self.dtype)
     for stage, convs in enumerate(VGG16_CONVS):
       if stage > 0:
-        h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
+        h = layers.max_pool_2x2(h)
       for idx, ch in convs:
         h = nn.Conv(
             ch,
@@ -113,14 +115,16 @@ class LPIPS(nn.Module):
     """Returns LPIPS distances (B,) between x and y, both (B, H, W, 3) in [-1, 1]."""
     if x.shape != y.shape:
       raise ValueError(f"LPIPS inputs differ in shape: {x.shape} vs {y.shape}")
-    b = x.shape[0]
-    # One backbone pass over both batches: (2B, H, W, 3).
-    taps = self.features(jnp.concatenate([x, y], axis=0))
-    total = jnp.zeros((b,), jnp.float32)
-    for lin, tap in zip(self.lins, taps):
-      tap = normalize_channels(tap.astype(jnp.float32))
-      diff = jnp.square(tap[:b] - tap[b:])  # (B, h, w, C)
-      total = total + jnp.mean(lin(diff)[..., 0], axis=(1, 2))  # (B,)
+    # Two backbone passes, not one over the concatenated (2B) batch: the gradient w.r.t. x (the
+    # stage-2 loss) then runs the backbone's backward over B images, not 2B (the target's half is
+    # pruned by autodiff; with one pass it was computed and thrown away).
+    total = jnp.zeros((x.shape[0],), jnp.float32)
+    for lin, tx, ty in zip(self.lins, self.features(x), self.features(y)):
+      diff = jnp.square(
+          normalize_channels(tx.astype(jnp.float32)) - normalize_channels(ty.astype(jnp.float32))
+      )
+      # The head is linear without bias: the mean over (h, w) first, then the 1x1 conv.
+      total = total + lin(jnp.mean(diff, axis=(1, 2), keepdims=True))[:, 0, 0, 0]  # (B,)
     return total
 
 
