@@ -114,9 +114,11 @@ _VGG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512,
 _TAP_ENDS = (4, 9, 16, 23, 30)  # lpips' slice boundaries into vgg16.features
 
 
-def torch_lpips(seed: int = 0):
-  """(model, vgg .pth path, heads .pth path): lpips.LPIPS(net='vgg') re-created with torch.nn,
-  random He-normal convs and non-negative heads, saved as torchvision / lpips files."""
+def torch_lpips_module(seed: int = 0) -> "torch.nn.Module":
+  """lpips.LPIPS(net='vgg', lpips=True, version='0.1') re-created with torch.nn (torchvision's
+  ``features.N`` and lpips' ``linK.model.1`` names), random He-normal convs and non-negative
+  heads, in eval mode (the heads' dropout off, as lpips uses it). Also the reference of
+  tests/test_lpips.py's parity tests."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
 
@@ -133,7 +135,7 @@ def torch_lpips(seed: int = 0):
           layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
           conv = nn.Conv2d(c_in, v, kernel_size=3, padding=1)
-          nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+          nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # O(1) through 13 convs
           nn.init.uniform_(conv.bias, -0.1, 0.1)
           layers += [conv, nn.ReLU(inplace=True)]
           c_in = v
@@ -144,7 +146,7 @@ def torch_lpips(seed: int = 0):
         setattr(self, f"lin{k}", nn.Module())
         getattr(self, f"lin{k}").model = head
 
-    def taps(self, x):
+    def taps(self, x):  # NCHW in [-1, 1] -> relu1_2 .. relu5_3
       h, out, start = (x - shift) / scale, [], 0
       for end in _TAP_ENDS:
         h = self.features[start:end](h)
@@ -152,16 +154,27 @@ def torch_lpips(seed: int = 0):
         start = end
       return out
 
-    def forward(self, x, y):  # NCHW in [-1, 1] -> (B,)
+    def distance_from_taps(self, taps0, taps1):  # -> (B,)
       total = 0
-      for k, (f0, f1) in enumerate(zip(self.taps(x), self.taps(y))):
+      for k, (f0, f1) in enumerate(zip(taps0, taps1)):
         f0 = f0 / (torch.sqrt(torch.sum(f0**2, dim=1, keepdim=True)) + 1e-10)
         f1 = f1 / (torch.sqrt(torch.sum(f1**2, dim=1, keepdim=True)) + 1e-10)
         total = total + getattr(self, f"lin{k}").model((f0 - f1) ** 2).mean([2, 3], keepdim=True)
       return total[:, 0, 0, 0]
 
+    def forward(self, x, y):
+      return self.distance_from_taps(self.taps(x), self.taps(y))
+
   torch.manual_seed(seed)
-  model = LPIPS().eval()  # eval: the heads' dropout off, as lpips uses it
+  return LPIPS().eval()
+
+
+def torch_lpips(seed: int = 0):
+  """(frozen model, vgg .pth path, heads .pth path): ``torch_lpips_module`` saved as torchvision /
+  lpips files (for psvae_jax.weights.lpips.load_lpips)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  model = torch_lpips_module(seed)
   d = os.path.join(tempfile.gettempdir(), f"psvae_bench_lpips_{seed}")
   os.makedirs(d, exist_ok=True)
   vgg = {f"features.{k}": v for k, v in model.features.state_dict().items()}

@@ -1,4 +1,5 @@
-"""Parity tests: flax LPIPS (VGG) vs a torch.nn re-statement of torchvision + lpips."""
+"""Parity tests: flax LPIPS (VGG) vs a torch.nn re-statement of torchvision + lpips
+(bench/_torch_mirrors.torch_lpips_module, also the stage-2 bench's LPIPS)."""
 
 import functools
 
@@ -7,81 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from bench import _torch_mirrors
 from psvae_jax.models import lpips as lpips_model
 from psvae_jax.weights import convert as convert_lib
 from psvae_jax.weights import lpips as lpips_weights
 
-# torchvision vgg16 cfg "D"; "M" is a max-pool.
-_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-_TAP_ENDS = (4, 9, 16, 23, 30)  # lpips slice boundaries into `features`.
-_SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
-_SCALE = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
-
-
-def _torch_vgg_features() -> nn.Sequential:
-  """torchvision.models.vgg16().features, same module indices (features.N)."""
-  layers, c_in = [], 3
-  for v in _CFG:
-    if v == "M":
-      layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-    else:
-      layers += [nn.Conv2d(c_in, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-      c_in = v
-  features = nn.Sequential(*layers)
-  for m in features:
-    if isinstance(m, nn.Conv2d):  # He init keeps activations O(1) through 13 convs.
-      nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-      nn.init.uniform_(m.bias, -0.1, 0.1)
-  return features
-
-
-class _NetLinLayer(nn.Module):
-  """lpips.NetLinLayer(use_dropout=True): keys `model.1.weight`."""
-
-  def __init__(self, c_in):
-    super().__init__()
-    self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(c_in, 1, 1, bias=False))
-
-  def forward(self, x):
-    return self.model(x)
-
-
-class _TorchLPIPS(nn.Module):
-  """lpips.LPIPS(net='vgg', lpips=True, spatial=False, version='0.1') forward."""
-
-  def __init__(self, features):
-    super().__init__()
-    self.features = features
-    for k, c in enumerate((64, 128, 256, 512, 512)):
-      setattr(self, f"lin{k}", _NetLinLayer(c))
-      nn.init.uniform_(getattr(self, f"lin{k}").model[1].weight, 0.0, 0.1)
-
-  def taps(self, x):
-    h, out, start = (x - _SHIFT) / _SCALE, [], 0
-    for end in _TAP_ENDS:
-      h = self.features[start:end](h)
-      out.append(h)
-      start = end
-    return out
-
-  def distance_from_taps(self, taps0, taps1):
-    total = 0
-    for k, (f0, f1) in enumerate(zip(taps0, taps1)):
-      f0 = f0 / (torch.sqrt(torch.sum(f0**2, dim=1, keepdim=True)) + 1e-10)
-      f1 = f1 / (torch.sqrt(torch.sum(f1**2, dim=1, keepdim=True)) + 1e-10)
-      total = total + getattr(self, f"lin{k}")((f0 - f1) ** 2).mean([2, 3], keepdim=True)
-    return total[:, 0, 0, 0]
-
-  def forward(self, x, y):
-    return self.distance_from_taps(self.taps(x), self.taps(y))
-
 
 @pytest.fixture(scope="module")
 def torch_model_and_files(tmp_path_factory):
-  torch.manual_seed(0)
-  model = _TorchLPIPS(_torch_vgg_features()).eval()
+  model = _torch_mirrors.torch_lpips_module(seed=0)
   d = tmp_path_factory.mktemp("lpips")
   vgg_sd = {f"features.{k}": v for k, v in model.features.state_dict().items()}
   # The real torchvision file also holds the classifier: it must be ignored.
