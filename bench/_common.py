@@ -198,6 +198,61 @@ def clean_median(results: list[dict[str, Any]], key: str = "median_s") -> tuple[
   return (statistics.median(vals) if vals else None), len(vals)
 
 
+def _median_all(runs: list[dict[str, Any]], key: str) -> float:
+  return sorted(r.get(key, 0.0) for r in runs)[len(runs) // 2]
+
+
+def report(
+    summary: list[tuple[Any, dict[str, list[dict[str, Any]]]]],
+    row_header: str,
+    describe: Callable[[Any], str],
+    ratios: Sequence[tuple[str, str, str]],
+    key: str = "median_s",
+    value_header: str = "median step ms",
+) -> None:
+  """Prints the table of ``alternate``'s runs and one ratio line per (row, ratio).
+
+  Args:
+    summary: ``(row, alternate(...) result)`` pairs.
+    row_header: the first column's header ("depth", "batch", "row").
+    describe: row -> its text in a ratio line, e.g. ``"depth=12 batch=16"``.
+    ratios: ``(numerator impl, denominator impl, label)``; prints ``ratio {label} {describe(row)}:
+      x`` (x > 1: the denominator is faster) for each row that ran both. A ratio of disturbed runs
+      is printed with the DISTURBED tag, not as a measurement.
+    key: the timed quantity in each run's result (seconds).
+    value_header: its column header (shown in ms).
+  """
+  print(
+      f"\n| {row_header} | impl | {value_header} (clean runs) | compile s | others' CPU share "
+      "| GFLOP/s |"
+  )
+  print("|---|---|---|---|---|---|")
+  for row, results in summary:
+    for impl, runs in results.items():
+      med, n = clean_median(runs, key)
+      shown = med or _median_all(runs, key)
+      tag = f"({n}/{len(runs)})" if med else "(all DISTURBED)"
+      comp = f"{_median_all(runs, 'compile_s'):.2f}" if "compile_s" in runs[0] else ""
+      load = max(r.get("other_load", 0.0) for r in runs)
+      gflop = runs[0].get("step_gflop") or 0.0
+      rate = f"{gflop / shown:.0f}" if gflop else ""
+      print(f"| {row} | {impl} | {shown * 1e3:.1f} {tag} | {comp} | max {load:.0%} | {rate} |")
+  print()
+  for row, results in summary:
+    for num, den, label in ratios:
+      if num not in results or den not in results:
+        continue
+      a, b = clean_median(results[num], key)[0], clean_median(results[den], key)[0]
+      if a and b:
+        print(f"ratio {label} {describe(row)}: {a / b:.2f}")
+      else:
+        a, b = _median_all(results[num], key), _median_all(results[den], key)
+        print(
+            f"ratio {label} {describe(row)}: {a / b:.2f} (DISTURBED: the machine was busy, not a "
+            "valid measurement)"
+        )
+
+
 def add_load_args(parser) -> None:
   parser.add_argument(
       "--max-load",

@@ -389,39 +389,12 @@ def main():
     results = _common.alternate(jobs, args.rounds, args.max_load, args.idle_timeout)
     summary.append((depth, results))
 
-  print(
-      "\n| depth | impl | median step ms (clean runs) | compile s | others' CPU share | GFLOP/s |"
+  _common.report(
+      summary,
+      "depth",
+      lambda depth: f"depth={depth} batch={args.batch}",
+      [("torch", "jax", "torch/jax"), ("torch_compile", "jax", "torch.compile/jax")],
   )
-  print("|---|---|---|---|---|---|")
-  for depth, results in summary:
-    for impl, runs in results.items():
-      med, n = _common.clean_median(runs)
-      all_med = sorted(r["median_s"] for r in runs)[len(runs) // 2]
-      comp = sorted(r.get("compile_s", 0.0) for r in runs)[len(runs) // 2]
-      load = max(r["other_load"] for r in runs)
-      gflop = runs[0].get("step_gflop") or 0.0
-      shown = (
-          f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
-      )
-      rate = f"{gflop / (med or all_med):.0f}" if gflop else ""
-      print(f"| {depth} | {impl} | {shown} | {comp:.1f} | max {load:.0%} | {rate} |")
-  print()
-  for depth, results in summary:
-    jax_med, _ = _common.clean_median(results["jax"])
-    for impl, label in (("torch", "torch"), ("torch_compile", "torch.compile")):
-      if impl not in results:
-        continue
-      t_med, _ = _common.clean_median(results[impl])
-      if jax_med and t_med:
-        print(f"ratio {label}/jax depth={depth} batch={args.batch}: {t_med / jax_med:.2f}")
-      else:
-        a = sorted(r["median_s"] for r in results[impl])[len(results[impl]) // 2]
-        b = sorted(r["median_s"] for r in results["jax"])[len(results["jax"]) // 2]
-        print(
-            f"ratio {label}/jax depth={depth} batch={args.batch}: {a / b:.2f} "
-            f"(DISTURBED: machine was busy, "
-            f"not a valid measurement)"
-        )
 
 
 if __name__ == "__main__":

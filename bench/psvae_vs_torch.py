@@ -322,23 +322,13 @@ def main():
         for impl in ("jax", "torch")
     }
     summary.append((row, _common.alternate(jobs, args.rounds, args.max_load, args.idle_timeout)))
-  print("\n| row | impl | median fwd+bwd ms (clean runs) | GFLOP/s (jax's count) |")
-  print("|---|---|---|---|")
-  for row, results in summary:
-    gflop = results["jax"][0].get("step_gflop", 0.0)
-    for impl, runs in results.items():
-      med, n = _common.clean_median(runs)
-      shown = med or sorted(r["median_s"] for r in runs)[len(runs) // 2]
-      tag = f"({n}/{len(runs)})" if med else "(all DISTURBED)"
-      print(f"| {row} | {impl} | {shown * 1e3:.1f} {tag} | {gflop / shown:.0f} |")
-  print()
-  for row, results in summary:
-    j, _ = _common.clean_median(results["jax"])
-    t, _ = _common.clean_median(results["torch"])
-    if j and t:
-      print(f"ratio torch/jax {row} batch={args.batch}: {t / j:.2f}")
-    else:
-      print(f"ratio torch/jax {row} batch={args.batch}: not measured (every run DISTURBED)")
+  _common.report(
+      summary,
+      "row",
+      lambda row: f"{row} batch={args.batch}",
+      [("torch", "jax", "torch/jax")],
+      value_header="median fwd+bwd ms",
+  )
 
 
 if __name__ == "__main__":

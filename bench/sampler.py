@@ -329,34 +329,14 @@ def main():
     }
     summary.append((batch, _common.alternate(jobs, args.rounds, args.max_load, args.idle_timeout)))
 
-  print("\n| batch | impl | per-image ms (clean runs) | compile s | others' CPU share |")
-  print("|---|---|---|---|---|")
-  meds = {}
-  for batch, results in summary:
-    for impl, runs in results.items():
-      med, n = _common.clean_median(runs, "per_image_s")
-      all_med = sorted(r["per_image_s"] for r in runs)[len(runs) // 2]
-      meds[(batch, impl)] = (med, all_med)
-      comp = sorted(r.get("compile_s", 0.0) for r in runs)[len(runs) // 2]
-      shown = (
-          f"{med * 1e3:.1f} ({n}/{len(runs)})" if med else f"{all_med * 1e3:.1f} (all DISTURBED)"
-      )
-      print(
-          f"| {batch} | {impl} | {shown} | {comp:.2f} | "
-          f"max {max(r['other_load'] for r in runs):.0%} |"
-      )
-  print()
-  for batch, _ in summary:
-    for other in ("diffusers", "loop"):
-      (a, a_all), (s, s_all) = meds[(batch, other)], meds[(batch, "scan")]
-      if a and s:
-        print(f"ratio {other}/scan batch={batch}: {a / s:.2f}")
-      else:
-        print(
-            f"ratio {other}/scan batch={batch}: {a_all / s_all:.2f} "
-            f"(DISTURBED: machine was busy, not a "
-            f"valid measurement)"
-        )
+  _common.report(
+      summary,
+      "batch",
+      lambda batch: f"batch={batch}",
+      [("diffusers", "scan", "diffusers/scan"), ("loop", "scan", "loop/scan")],
+      key="per_image_s",
+      value_header="per-image ms",
+  )
 
 
 if __name__ == "__main__":
