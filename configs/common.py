@@ -159,6 +159,13 @@ def model_guidance_scale(config) -> float:
   return float(SAMPLE.guidance_scale)
 
 
+def edits_by_instruction(config) -> bool:
+  """Whether a stage-3 model was trained with model.source_condition (InstructPix2Pix pairs): it
+  takes a source image per sample and edits by instruction; it does not generate from text alone
+  nor run SDEdit. config: a ConfigDict or a stored config.json dict."""
+  return bool((config.get("model") or {}).get("source_condition", False))
+
+
 def rename_legacy_sample_keys(raw: dict) -> dict:
   """A stored config dict with its `sample` keys renamed per LEGACY_SAMPLE_KEYS (a new key wins)."""
   sample = raw.get("sample")

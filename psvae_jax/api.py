@@ -310,7 +310,7 @@ class Pipeline:
     guidance_scale: the instruction's scale s_T (None: the model's sample.guidance_scale);
     image_guidance_scale: the source image's s_I (None: the model's sample.image_guidance_scale;
     higher keeps more of the source). The rest as in `generate`. Same seed, same edits."""
-    if not self.config.model.get("source_condition", False):
+    if not common.edits_by_instruction(self.config):
       raise editing.EditInputError(
           "This model was not trained for instruction editing (model.source_condition is off); "
           "use edit() with a caption of the wanted result."
@@ -361,7 +361,7 @@ class Pipeline:
       prompts = [prompts] * n
     if self.config.model.cond_type == "class":
       raise editing.EditInputError("edit/inpaint need a text-conditional model.")
-    if self.config.model.get("source_condition", False):
+    if common.edits_by_instruction(self.config):
       raise editing.EditInputError(
           "This model edits by instruction (model.source_condition): use instruct()."
       )

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from configs import common
 from psvae_jax.models import discriminator
 from psvae_jax.models import dit as dit_lib
 from psvae_jax.models import pixel_decoder
@@ -255,7 +256,7 @@ def init_dit_params(
   x = jnp.zeros((1, h, w, c), jnp.float32)
   t = jnp.zeros((1,), jnp.float32)
   # An instruction-editing DiT reads the source latent too (its patch embedding: 2C channels).
-  src = {"source": x} if config.model.get("source_condition", False) else {}
+  src = {"source": x} if common.edits_by_instruction(config) else {}
   if config.model.cond_type == "class":
     return {"dit": model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32), **src)["params"]}
   ids = jnp.zeros((1, config.data.max_length), jnp.int32)

@@ -135,7 +135,7 @@ class Generator:
     The text encoder's weights are params["text"] when it trains jointly, else consts["text"]
     (frozen: no gradient flows into it).
     """
-    if self.config.model.get("source_condition", False):
+    if common.edits_by_instruction(self.config):
       return {**self._text_or_class(params, consts, batch), "source": self.source(consts, batch)}
     return self._text_or_class(params, consts, batch)
 
@@ -283,7 +283,7 @@ class Generator:
       shift=None,
   ) -> np.ndarray:
     """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
-    if self.config.model.get("source_condition", False):
+    if common.edits_by_instruction(self.config):
       raise ValueError(
           "This model edits by instruction (model.source_condition): it needs a source image "
           "per sample; use instruct (pipe.instruct, sample --init_image --instruction)."
@@ -483,7 +483,7 @@ class Generator:
     From noise, as InstructPix2Pix samples: the source enters as the DiT's channel-concatenated
     condition, guided by `image_guidance_scale` (s_I) and the instruction by `guidance_scale`
     (s_T). Same seed, same edits; one compile per batch size (both scales are traced)."""
-    if not self.config.model.get("source_condition", False):
+    if not common.edits_by_instruction(self.config):
       raise ValueError(
           "This model was not trained for instruction editing (model.source_condition is off): "
           "use edit (SDEdit) with a caption of the result instead."

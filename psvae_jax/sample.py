@@ -193,7 +193,7 @@ def _check_flags() -> tuple[dict, int | None]:
 
 def _check_instruction(config: dict) -> None:
   """--instruction against the model: only for models trained on pairs, which need it."""
-  source_model = bool(config.get("model", {}).get("source_condition", False))
+  source_model = common.edits_by_instruction(config)
   if _INSTRUCTION.value is not None:
     if not source_model:
       raise _Usage(

@@ -77,7 +77,7 @@ class DiTTask:
     self.objective = self.gen.objective
     self.train_text = builders.trains_text_encoder(config)
     self.param_groups = {}
-    if config.model.get("source_condition", False):
+    if common.edits_by_instruction(config):
       check_drops(config.diffusion)
       if config.data.source == "latents" and not latents.read_meta(config.data.path).get("paired"):
         raise ValueError(
@@ -153,7 +153,7 @@ class DiTTask:
 
   def evaluate(self, state, consts, mesh, step):
     del step
-    if self.config.model.get("source_condition", False):
+    if common.edits_by_instruction(self.config):
       return self._evaluate_edits(state, consts)
     data = self.eval_prompts()
     captions = list(data["caption"])
