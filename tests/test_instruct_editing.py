@@ -139,6 +139,10 @@ def test_trained_instruct_model_edits_through_api_and_cli(instruct_dit, tmp_path
 
   metrics = json.loads((instruct_dit / "metrics.json").read_text())
   assert "edit_adherence" in metrics and "edit_adherence_cfg1" in metrics, metrics
+  notes = sorted((instruct_dit / "samples").glob("edits_cfg1_*.txt"))  # what made each grid
+  assert notes, list((instruct_dit / "samples").iterdir())
+  text = notes[-1].read_text()
+  assert "guidance_scale=1 image_guidance_scale=" in text and "\n0: " in text, text
   pipe = api.load(str(instruct_dit))
   t = [instruct.triple(i, 0, "train") for i in range(3)]
   src = np.stack([x.images(pipe.image_size)[0] for x in t])

@@ -151,6 +151,19 @@ class DiTTask:
         seed=self.config.seed + 12345,
     )
 
+  def _eval_scales(self):
+    """(guidance scale, metric-name suffix) per evaluated scale. Metric names keep their
+    "_cfg<scale>" suffix (e.g. adherence_cfg1: report keys); the run's own scale has none."""
+    own = self.config.sample.guidance_scale
+    scales = tuple(self.config.eval.get("guidance_scales", ())) or (own, 1.0)
+    return [(x, "" if x == own else f"_cfg{x:g}") for x in sorted(set(scales))]
+
+  def _note(self, name, settings, conds):
+    """The text written beside grid `name`: the sampler settings, then one line per tile."""
+    s = self.config.sample
+    head = f"steps={s.steps} {settings} seed={self.config.seed + 12345}; tiles row-major:"
+    self.grid_notes[name] = "\n".join([head] + [f"{i}: {c}" for i, c in enumerate(conds)])
+
   def evaluate(self, state, consts, mesh, step):
     del step
     if common.edits_by_instruction(self.config):
@@ -160,24 +173,19 @@ class DiTTask:
     labels = data.get("label") if self.config.model.cond_type == "class" else None
     scalars, images = {}, {}
     s = self.config.sample
-    scales = tuple(self.config.eval.get("guidance_scales", ())) or (s.guidance_scale, 1.0)
     checker = eval_checkers.for_captions(captions)  # a registered one that reads these captions
-    for scale in sorted(set(scales)):
+    for scale, suffix in self._eval_scales():
       out = self.generate(state.ema_params, consts, captions, labels, scale)
-      # Metric names keep their "_cfg<scale>" suffix (e.g. adherence_cfg1): report keys.
-      suffix = "" if scale == s.guidance_scale else f"_cfg{scale:g}"
       if checker is not None:  # e.g. shapes data, directly or through a latent cache
         scalars["adherence" + suffix] = eval_checkers.adherence(out, captions, checker)
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = writers.grid(out[:k])
       conds = [f"label {int(x)}" for x in labels[:k]] if labels is not None else captions[:k]
-      self.grid_notes["samples" + suffix] = "\n".join(
-          [
-              f"steps={s.steps} guidance_scale={scale:g} eta={s.eta:g} "
-              f"guidance_interval={tuple(s.get('guidance_interval', (0.0, 1.0)))} "
-              f"seed={self.config.seed + 12345}; tiles row-major:"
-          ]
-          + [f"{i}: {c}" for i, c in enumerate(conds)]
+      interval = tuple(s.get("guidance_interval", common.SAMPLE.guidance_interval))
+      self._note(
+          "samples" + suffix,
+          f"guidance_scale={scale:g} eta={s.eta:g} guidance_interval={interval}",
+          conds,
       )
     logging.info(
         "sample settings: steps=%d guidance_scale=%g eta=%g guidance_interval=%s n=%d",
@@ -213,12 +221,11 @@ class DiTTask:
     scale, and grids of (source, edit) tile pairs."""
     data = self.eval_prompts()
     s = self.config.sample
-    scales = tuple(self.config.eval.get("guidance_scales", ())) or (s.guidance_scale, 1.0)
     targets = list(data.get("target_caption", [""] * len(data["caption"])))
     scored = [i for i, c in enumerate(targets) if c]
     checker = eval_checkers.for_captions([targets[i] for i in scored])
     scalars, images = {}, {}
-    for scale in sorted(set(scales)):
+    for scale, suffix in self._eval_scales():
       out = self.gen.instruct(
           state.ema_params,
           consts,
@@ -229,7 +236,6 @@ class DiTTask:
           eta=s.eta,
           seed=self.config.seed + 12345,
       )
-      suffix = "" if scale == s.guidance_scale else f"_cfg{scale:g}"
       if checker is not None and scored:
         scalars["edit_adherence" + suffix] = eval_checkers.adherence(
             out[scored], [targets[i] for i in scored], checker
@@ -239,13 +245,12 @@ class DiTTask:
       images["edits" + suffix] = writers.grid(
           np.stack([src, out[:k]], 1).reshape(-1, *src.shape[1:])
       )
-      self.grid_notes["edits" + suffix] = "\n".join(
-          [
-              f"steps={s.steps} guidance_scale={scale:g} image_guidance_scale="
-              f"{s.get('image_guidance_scale', common.SAMPLE.image_guidance_scale):g}; "
-              "tile pairs (source, edit), row-major:"
-          ]
-          + [f"{i}: {c}" for i, c in enumerate(data["caption"][:k])]
+      image_scale = s.get("image_guidance_scale", common.SAMPLE.image_guidance_scale)
+      self._note(
+          "edits" + suffix,
+          f"guidance_scale={scale:g} image_guidance_scale={image_scale:g} eta={s.eta:g} "
+          "(tile pairs: source, edit)",
+          data["caption"][:k],
       )
     return scalars, images
 
