@@ -371,7 +371,10 @@ class Generator:
       raise ValueError(
           "guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got " f"{guidance_interval}."
       )
-    put = lambda x: jax.device_put(np.asarray(x), parallel.batch_sharding(self.mesh, np.ndim(x)))
+    put = lambda x: jax.device_put(  # a global jax.Array (already on the mesh) stays there
+        x if isinstance(x, jax.Array) else np.asarray(x),
+        parallel.batch_sharding(self.mesh, np.ndim(x)),
+    )
     batch = {k: put(v) for k, v in batch.items()}
     z_start = jax.device_put(z_start, parallel.batch_sharding(self.mesh, z_start.ndim))
     inp = (
@@ -477,7 +480,8 @@ class Generator:
       guidance_interval=None,
       shift=None,
   ) -> jax.Array:
-    """Instruction editing: normalised source latents (N, h, w, C) and one instruction each ->
+    """Instruction editing: normalised source latents (N, h, w, C), or those rows already padded to
+    the mesh (as `encode_images` returns them, still on the devices), and one instruction each ->
     clean latents (padded to the mesh: the first N rows are the edits).
 
     From noise, as InstructPix2Pix samples: the source enters as the DiT's channel-concatenated
@@ -489,13 +493,12 @@ class Generator:
           "use edit (SDEdit) with a caption of the result instead."
       )
     n = len(instructions)
-    if n == 0 or source.shape[0] != n:
-      raise ValueError(f"Got {source.shape[0]} source images but {n} instructions.")
     prompts = parallel.pad_to_multiple(list(instructions), self.mesh.size)
-    batch = {
-        **self.host_condition(prompts=prompts),
-        "source": parallel.pad_to_multiple(np.asarray(source, np.float32), self.mesh.size),
-    }
+    if n == 0 or source.shape[0] not in (n, len(prompts)):
+      raise ValueError(f"Got {source.shape[0]} source images but {n} instructions.")
+    if source.shape[0] != len(prompts):
+      source = parallel.pad_to_multiple(np.asarray(source, np.float32), self.mesh.size)
+    batch = {**self.host_condition(prompts=prompts), "source": source}
     z_t = initial_noise(seed, np.arange(len(prompts)), self.latent_shape)
     return self.run(
         params,
@@ -525,7 +528,9 @@ class Generator:
     """Instruction editing of float [-1, 1] images (N, S, S, 3) -> uint8 (N, S, S, 3) edits
     (`instruct_latents`' keywords)."""
     n = len(images)
-    z = self.encode_images(consts, images)[:n]
+    if n != len(instructions):
+      raise ValueError(f"Got {n} source images but {len(instructions)} instructions.")
+    z = self.encode_images(consts, images)  # padded to the mesh, stays on the devices
     return self.to_images(consts, self.instruct_latents(params, consts, z, instructions, **kw))[:n]
 
   def to_images(self, consts, z0) -> np.ndarray:
