@@ -31,6 +31,7 @@ from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax import paths
 from psvae_jax import pixels
+from psvae_jax.data import provenance
 from psvae_jax.data import sources
 
 _SAMPLE = common.SAMPLE  # the sampling defaults
@@ -404,7 +405,7 @@ class Pipeline:
 
 def read_class_names(workdir: str) -> list[str]:
   """The class names a run trained with (DIR/data.json, written at its start; [] if none)."""
-  path = epath.Path(workdir) / sources.DATA_FILE
+  path = epath.Path(workdir) / provenance.DATA_FILE
   return list(json.loads(path.read_text()).get("class_names", [])) if path.exists() else []
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from psvae_jax import pixels
 from psvae_jax.data import pipeline
-from psvae_jax.data import sources
+from psvae_jax.data import provenance
 from psvae_jax.data import specs
 from psvae_jax.data import subsets
 from psvae_jax.models import autoencoder
@@ -86,7 +86,7 @@ def read_labelled(data_spec: str, image_size: int = IMAGE_SIZE) -> dict[str, np.
   labelled `KIND:ARGS` data spec (class folders); ValueError when it has no class labels."""
   cfg = specs.parse_data_spec(data_spec, image_size)
   train, test = pipeline.read_split(cfg, "train"), pipeline.read_split(cfg, "eval")
-  if not sources.describe_splits(cfg)["class_names"] or (train["label"] < 0).any():
+  if not provenance.describe_splits(cfg)["class_names"] or (train["label"] < 0).any():
     raise ValueError(f"{data_spec!r}: a class representation encoder needs class labels.")
   return {
       "train_images": pixels.to_uint8(train["image"]),

@@ -16,6 +16,7 @@ from configs import svae as svae_config
 from psvae_jax import editing
 from psvae_jax.data import pipeline
 from psvae_jax.data import prepare
+from psvae_jax.data import provenance
 from psvae_jax.data import sources
 from psvae_jax.train import loop
 from psvae_jax.train import preflight
@@ -79,13 +80,13 @@ def test_split_class_mismatch_fails(tmp_path):
 
 
 def test_describe_splits_and_recorded_change(split_folder):
-  data = sources.describe_splits(_cfg(split_folder))
+  data = provenance.describe_splits(_cfg(split_folder))
   assert data["class_names"] == list(CLASSES)
   assert data["train"]["num_records"] == 48 and data["eval"]["num_records"] == 24
-  sources.check_recorded(data, sources.describe_splits(_cfg(split_folder)), "W")
+  provenance.check_recorded(data, provenance.describe_splits(_cfg(split_folder)), "W")
   Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(split_folder / "train" / "bag" / "new.png")
   with pytest.raises(ValueError, match="train data differ"):
-    sources.check_recorded(data, sources.describe_splits(_cfg(split_folder)), "W")
+    provenance.check_recorded(data, provenance.describe_splits(_cfg(split_folder)), "W")
 
 
 def test_resolve_label():
@@ -122,12 +123,12 @@ def test_setup_records_the_data_and_refuses_changed_data(split_folder, tmp_path)
   config.data.update(_cfg(split_folder, num_train=0))
   config.data.image_size = 32
   workdir = tmp_path / "run"
-  loop.record_data(workdir_path(workdir), sources.describe_splits(config.data))
+  loop.record_data(workdir_path(workdir), provenance.describe_splits(config.data))
   recorded = json.loads((workdir / "data.json").read_text())
   assert recorded["class_names"] == list(CLASSES)
   (split_folder / "test" / "coat" / "000.png").unlink()
   with pytest.raises(ValueError, match="eval data differ"):
-    loop.record_data(workdir_path(workdir), sources.describe_splits(config.data))
+    loop.record_data(workdir_path(workdir), provenance.describe_splits(config.data))
 
 
 def workdir_path(path):

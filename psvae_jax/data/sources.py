@@ -283,19 +283,6 @@ def fingerprint(source: Any) -> str:
   return hashlib.sha1(f"{source!r}|{len(source)}".encode()).hexdigest()[:16]
 
 
-def describe(source: Any) -> dict[str, Any]:
-  """What a workdir records about a split's source (`check_recorded` compares it)."""
-  return {
-      "source": repr(source),
-      "num_records": len(source),
-      "class_names": list(getattr(source, "class_names", []) or []),
-      "fingerprint": fingerprint(source),
-  }
-
-
-DATA_FILE = "data.json"
-
-
 def eval_split_is_separate(data_cfg: Any) -> bool:
   """Whether the eval split is a split of its own (shapes' held-out indices, an eval/ or test/
   folder, a tfds split), so that `num_eval` is only a cap; False where the held-out images are
@@ -308,40 +295,6 @@ def eval_split_is_separate(data_cfg: Any) -> bool:
     root = pathlib.Path(cfg.path).expanduser()
     return any((root / n).is_dir() for n in _SPLIT_DIRS["eval"])
   return True
-
-
-def describe_splits(data_cfg: Any) -> dict[str, Any]:
-  """{"train": describe(...), "eval": describe(...), "class_names": [...]} of a data config.
-
-  Training writes it into the workdir (DATA_FILE) at its start and compares it on resume
-  (`check_recorded`); the class names are what `--label=NAME` resolves against.
-  """
-  cfg = config.resolve(data_cfg)
-  train, held_out = get_source(cfg, "train"), get_source(cfg, "eval")
-  return {
-      "train": describe(train),
-      "eval": describe(held_out),
-      "class_names": check_class_names(train, held_out, where=f"data.source={cfg.source!r}"),
-  }
-
-
-def check_recorded(recorded: dict[str, Any], now: dict[str, Any], workdir: str) -> None:
-  """ValueError when the data of a resumed run differs from what the workdir started with."""
-  for split in ("train", "eval"):
-    a, b = recorded.get(split, {}), now.get(split, {})
-    if a.get("fingerprint") != b.get("fingerprint") or a.get("num_records") != b.get("num_records"):
-      raise ValueError(
-          f"{workdir}: the {split} data differ from those the run started with ("
-          f"{a.get('num_records')} records, fingerprint {a.get('fingerprint')}; now "
-          f"{b.get('num_records')}, {b.get('fingerprint')}: {b.get('source')}). A resumed run "
-          f"must read the same records (see {workdir}/{DATA_FILE}); start a new workdir for "
-          "new data."
-      )
-  if recorded.get("class_names", []) != now.get("class_names", []):
-    raise ValueError(
-        f"{workdir}: the class names differ from those the run started with "
-        f"({recorded.get('class_names')} vs {now.get('class_names')})."
-    )
 
 
 resolve_label = labels.resolve_label  # a class id from an id or a class name

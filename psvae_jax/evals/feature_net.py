@@ -38,7 +38,7 @@ from safetensors.numpy import save_file
 from psvae_jax import parallel
 from psvae_jax import pixels
 from psvae_jax.data import pipeline
-from psvae_jax.data import sources
+from psvae_jax.data import provenance
 from psvae_jax.data import specs
 from psvae_jax.data import subsets
 from psvae_jax.weights import common
@@ -104,7 +104,7 @@ def train(
   data_cfg = specs.parse_data_spec(data_spec, image_size)
   train_set = pipeline.read_split(data_cfg, "train")
   test_set = pipeline.read_split(data_cfg, "eval")
-  class_names = sources.describe_splits(data_cfg)["class_names"]  # checked across the splits
+  class_names = provenance.describe_splits(data_cfg)["class_names"]  # checked across the splits
   if not class_names or (train_set["label"] < 0).any():
     raise ValueError(f"--data={data_spec!r}: a classifier needs class labels (class folders).")
   images = pixels.to_uint8(train_set["image"])

@@ -31,7 +31,7 @@ from psvae_jax import parallel
 from psvae_jax import paths
 from psvae_jax import runtime
 from psvae_jax.data import pipeline
-from psvae_jax.data import sources
+from psvae_jax.data import provenance
 from psvae_jax.train import optim
 from psvae_jax.train import preflight
 from psvae_jax.train import tasks
@@ -162,7 +162,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Checks the config, makes the workdir, mesh, task, optimizer, state shardings, constants."""
   preflight.check(config)  # before the workdir exists: a config that cannot run refuses here
   try:
-    data = sources.describe_splits(config.data)  # the data can be read, the splits agree
+    data = provenance.describe_splits(config.data)  # the data can be read, the splits agree
   except (ValueError, FileNotFoundError) as e:
     raise preflight.ConfigError(f"--config.data: {e}") from None
   preflight.resolve_classes(config, data["class_names"])
@@ -198,10 +198,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
 
 def record_data(workdir: epath.Path, data: dict) -> None:
   """Writes DIR/data.json (the splits' sizes, fingerprints, class names) at a run's start; a
-  resumed run must read the same records (`sources.check_recorded`)."""
-  path = workdir / sources.DATA_FILE
+  resumed run must read the same records (`provenance.check_recorded`)."""
+  path = workdir / provenance.DATA_FILE
   if path.exists():
-    sources.check_recorded(json.loads(path.read_text()), data, str(workdir))
+    provenance.check_recorded(json.loads(path.read_text()), data, str(workdir))
   elif jax.process_index() == 0:
     path.write_text(json.dumps(data, indent=2))
 
