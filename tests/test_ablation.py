@@ -9,6 +9,7 @@ import pytest
 
 from configs import svae as svae_config
 from psvae_jax import ablation
+from psvae_jax import ablation_report
 from psvae_jax import writers
 
 
@@ -58,16 +59,18 @@ def test_table_and_plot(tmp_path):
       },
       "pixel_vae": {"psnr": 27.5, "curve": {"200": {"adherence": 0.1, "adherence_cfg1": 0.05}}},
   }
-  md = ablation.markdown_table(res)
+  md = ablation_report.markdown_table(res)
   row = next(line for line in md.splitlines() if line.startswith("| psvae |"))
   assert "25.000" in row and "0.500 ± 0.050" in row
   curve_row = [line for line in md.splitlines() if line.startswith("| pixel_vae |")][-1]
   assert curve_row == "| pixel_vae | — | 0.10 / 0.05 |", curve_row
   curves = {k: {int(s): f for s, f in r["curve"].items()} for k, r in res.items()}
-  img = ablation._plot(curves, ("adherence", "adherence_cfg1"), str(tmp_path / "c.png"))
+  img = ablation_report.plot_curves(
+      curves, ("adherence", "adherence_cfg1"), str(tmp_path / "c.png")
+  )
   assert (tmp_path / "c.png").exists() and img.shape[-1] == 3
-  green = np.all(img == np.array(ablation._COLORS["psvae"], np.uint8), axis=-1)
-  red = np.all(img == np.array(ablation._COLORS["pixel_vae"], np.uint8), axis=-1)
+  green = np.all(img == np.array(ablation_report.COLORS["psvae"], np.uint8), axis=-1)
+  red = np.all(img == np.array(ablation_report.COLORS["pixel_vae"], np.uint8), axis=-1)
   left = img.shape[1] // 2
   # The psvae line rises: its points are drawn higher (smaller row) at step 200 than at 100.
   ys, xs = np.nonzero(green[: img.shape[0] - 60, :left])
@@ -76,7 +79,7 @@ def test_table_and_plot(tmp_path):
   json.dumps(res)  # the report is JSON as it stands
   # Steps as a JSON file with sorted keys has them ("1000" before "250") are drawn in order.
   curve = {"1000": {"a": 0.5}, "250": {"a": 0.1}, "500": {"b": 1.0}, "750": {"a": 0.3}}
-  assert ablation.curve_points(curve, "a") == [(250, 0.1), (750, 0.3), (1000, 0.5)]
+  assert ablation_report.curve_points(curve, "a") == [(250, 0.1), (750, 0.3), (1000, 0.5)]
 
 
 def test_folder_variants_train_on_the_folder():
