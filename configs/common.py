@@ -120,7 +120,7 @@ def data_config() -> ml_collections.ConfigDict:
 #     applies, scale 1 elsewhere ((0, 1): every step).
 #   shift: the SAMPLING timestep shift of the Euler grid (flow models; traced, so changing it does
 #     not recompile), independent of diffusion.flow_shift. A workdir whose config.json predates it
-#     samples with its diffusion.flow_shift (psvae_jax/generation.sampling_shift).
+#     samples with its diffusion.flow_shift (psvae_jax/diffusion/settings.sampling_shift).
 #   image_guidance_scale: s_I of two-condition guidance (instruction editing: models with
 #     model.source_condition; InstructPix2Pix's 1.5 by default; 1 = none on the source image).
 SAMPLE = ml_collections.FrozenConfigDict(

@@ -33,6 +33,7 @@ from psvae_jax import paths
 from psvae_jax import pixels
 from psvae_jax.data import provenance
 from psvae_jax.data import sources
+from psvae_jax.diffusion import settings
 
 _SAMPLE = common.SAMPLE  # the sampling defaults
 
@@ -65,7 +66,7 @@ class Pipeline:
     )
     latent_mean, latent_std = autoencoders.latent_normalization(config, self.ae)
     text, text_params, tokenizer = builders.load_text_encoder(config)
-    generation.resolve_flow_shift(config, self.ae.latent_shape)
+    settings.resolve_flow_shift(config, self.ae.latent_shape)
     dit = builders.build_dit(config)
     self.gen = generation.Generator(config, dit, text, tokenizer, self.ae, self.mesh)
     abstract = builders.dit_param_template(config, dit, self.ae.latent_shape, text, text_params)

@@ -6,16 +6,15 @@ The sampler compiles once per (batch size, resolution): the number of steps (up 
 eta, seeds and prompts are traced values.
 
 Two timestep shifts: the training shift `diffusion.flow_shift` (FlowObjective.sample_t; with
-`diffusion.flow_shift_base_dim` > 0 resolved from the latent's size by `resolve_flow_shift`
+`diffusion.flow_shift_base_dim` > 0 resolved from the latent's size by `settings.resolve_flow_shift`
 at stage-3 start) and the sampling shift `sample.shift` of the Euler grid and the SDEdit
-start time (`sampling_shift`; a workdir whose config has none samples with its training
+start time (`settings.sampling_shift`; a workdir whose config has none samples with its training
 shift, as before the two were separate).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 from absl import logging
@@ -30,62 +29,10 @@ from psvae_jax import writers
 from psvae_jax import pixels
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
-from psvae_jax.diffusion import schedules
+from psvae_jax.diffusion import settings
 from psvae_jax.weights import clip
 
 MAX_STEPS = common.MAX_SAMPLE_STEPS  # scan length; any steps <= MAX_STEPS reuse the compile
-
-
-def make_objective(diff_cfg):
-  if diff_cfg.objective == "eps":
-    sched = (
-        schedules.linear_schedule(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
-        if diff_cfg.schedule == "linear"
-        else schedules.cosine_schedule(diff_cfg.num_timesteps)
-    )
-    return objectives.EpsilonObjective(sched)
-  if diff_cfg.objective == "flow":
-    return objectives.FlowObjective(shift=diff_cfg.flow_shift)
-  raise ValueError(f"Unknown diffusion.objective {diff_cfg.objective!r} (eps | flow).")
-
-
-def resolve_flow_shift(config, latent_shape: tuple[int, ...]) -> float:
-  """Sets config.diffusion.flow_shift from the latent's size when flow_shift_base_dim > 0.
-
-  The dimension-dependent training shift √(h·w·C / flow_shift_base_dim)
-  (objectives.dimension_shift; SD3 §5.3.2, RAE). Called at stage-3 start before config.json is
-  written, so the resolved number is what the workdir's config records and sampling reads.
-  Returns the training shift in use.
-  """
-  d = config.diffusion
-  base = int(d.get("flow_shift_base_dim", 0))
-  if base > 0 and d.objective == "flow":
-    d.flow_shift = objectives.dimension_shift(latent_shape, base)
-    logging.info(
-        "diffusion.flow_shift = sqrt(%s / %d) = %.4f (dimension-dependent training shift)",
-        "x".join(str(v) for v in latent_shape),
-        base,
-        d.flow_shift,
-    )
-  return float(d.flow_shift)
-
-
-def sampling_shift(config) -> float:
-  """The Euler sampler's timestep shift: sample.shift,
-  else (an older workdir) diffusion.flow_shift."""
-  shift = config.sample.get("shift", None)
-  return float(config.diffusion.flow_shift if shift is None else shift)
-
-
-def check_shift(shift) -> float:
-  """A sampling shift must be a finite number > 0 (ValueError naming it otherwise)."""
-  try:
-    value = float(shift)
-  except (TypeError, ValueError):
-    value = float("nan")
-  if not (math.isfinite(value) and value > 0):
-    raise ValueError(f"shift must be a number > 0, got {shift!r}.")
-  return value
 
 
 def initial_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> jax.Array:
@@ -113,7 +60,7 @@ class Generator:
         ae,
     )
     self.mesh = mesh
-    self.objective = make_objective(config.diffusion)
+    self.objective = settings.make_objective(config.diffusion)
     self.latent_shape = ae.latent_shape  # (h, w, C)
 
   # ---- conditioning -----------------------------------------------------------------------
@@ -353,9 +300,9 @@ class Generator:
       image_guidance_scale=None,
   ):
     """Samples from z_start; guidance_rescale / guidance_interval / shift / image_guidance_scale
-    None take the config's sample.* values (shift: `sampling_shift`; only the Euler sampler uses
+    None take the config's sample.* values (shift: `settings.sampling_shift`; only the Euler sampler uses
     it; image_guidance_scale: only source-conditioned models)."""
-    shift = check_shift(sampling_shift(self.config) if shift is None else shift)
+    shift = settings.check_shift(settings.sampling_shift(self.config) if shift is None else shift)
     if image_guidance_scale is None:
       image_guidance_scale = self.config.sample.get(
           "image_guidance_scale", common.SAMPLE.image_guidance_scale
@@ -445,7 +392,7 @@ class Generator:
     noise = initial_noise(seed, np.arange(z0.shape[0]), self.latent_shape)
     z0 = jnp.asarray(z0, jnp.float32)
     mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), z0.shape)
-    shift = check_shift(sampling_shift(self.config) if shift is None else shift)
+    shift = settings.check_shift(settings.sampling_shift(self.config) if shift is None else shift)
     z_start = self.start_latents(z0, noise, steps, start, shift)
     return self.run(
         params,

@@ -18,6 +18,7 @@ from psvae_jax import parallel
 from psvae_jax import runtime
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
+from psvae_jax.diffusion import settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENT = (2, 2, 1)  # (h, w, C)
@@ -98,7 +99,7 @@ def test_sampling_shift_is_separate_from_training_shift(gen):
   assert counter.count == first, "a sampling-shift change recompiled the sampler"
   assert np.abs(out15 - out3).max() > 1e-2
   del gen.config.sample["shift"]  # an older workdir's config: its training shift samples
-  assert generation.sampling_shift(gen.config) == 5.0
+  assert settings.sampling_shift(gen.config) == 5.0
   np.testing.assert_allclose(run(), _reference(z1, labels, 6, 5.0, 2.0), atol=1e-5)
   gen.config.sample.shift = 3.0
   gen.config.diffusion.flow_shift = 1.0
@@ -133,11 +134,11 @@ def test_sdedit_start_uses_the_sampling_shift(gen):
 def test_training_objective_ignores_the_sampling_shift():
   cfg = _config(flow_shift=2.0, shift=3.0)
   key = jax.random.key(0)
-  t = generation.make_objective(cfg.diffusion).sample_t(key, (64,))
+  t = settings.make_objective(cfg.diffusion).sample_t(key, (64,))
   cfg.sample.shift = 7.0
-  np.testing.assert_array_equal(generation.make_objective(cfg.diffusion).sample_t(key, (64,)), t)
+  np.testing.assert_array_equal(settings.make_objective(cfg.diffusion).sample_t(key, (64,)), t)
   cfg.diffusion.flow_shift = 3.0
-  assert not np.allclose(generation.make_objective(cfg.diffusion).sample_t(key, (64,)), t)
+  assert not np.allclose(settings.make_objective(cfg.diffusion).sample_t(key, (64,)), t)
 
 
 def test_dimension_dependent_training_shift():
@@ -150,13 +151,13 @@ def test_dimension_dependent_training_shift():
     objectives.dimension_shift((16, 16, 96), 0)
   c = dit_config.get_config("paper")
   c.lock()  # as main.py's config_flags leave it
-  assert generation.resolve_flow_shift(c, (16, 16, 96)) == pytest.approx(math.sqrt(6.0))
+  assert settings.resolve_flow_shift(c, (16, 16, 96)) == pytest.approx(math.sqrt(6.0))
   assert c.diffusion.flow_shift == pytest.approx(math.sqrt(6.0))  # what config.json will record
   assert '"flow_shift": 2.449' in c.to_json()
-  assert generation.make_objective(c.diffusion).shift == pytest.approx(math.sqrt(6.0))
+  assert settings.make_objective(c.diffusion).shift == pytest.approx(math.sqrt(6.0))
   assert c.sample.shift == 3.0  # the sampling shift stays its own
   seed = dit_config.get_config("XL_text")  # base 0: flow_shift as given
-  assert generation.resolve_flow_shift(seed, (16, 16, 96)) == 1.0
+  assert settings.resolve_flow_shift(seed, (16, 16, 96)) == 1.0
 
 
 def test_presets():
@@ -164,11 +165,11 @@ def test_presets():
   assert (paper.model.size, paper.model.cond_type) == ("XL", "text")
   assert paper.diffusion.objective == "flow" and paper.diffusion.flow_shift_base_dim == 4096
   assert (paper.sample.steps, paper.sample.shift, paper.sample.guidance_scale) == (50, 3.0, 6.5)
-  assert isinstance(generation.make_objective(paper.diffusion), objectives.FlowObjective)
+  assert isinstance(settings.make_objective(paper.diffusion), objectives.FlowObjective)
   assert (seed.model.size, seed.model.cond_type) == ("XL", "text")
   assert seed.diffusion.objective == "eps" and seed.diffusion.schedule == "linear"
   assert (seed.sample.steps, seed.sample.guidance_scale, seed.sample.eta) == (50, 7.5, 0.0)
-  assert isinstance(generation.make_objective(seed.diffusion), objectives.EpsilonObjective)
+  assert isinstance(settings.make_objective(seed.diffusion), objectives.EpsilonObjective)
   for c in (paper, seed):  # the final eval's size: 64 prompts x 50 steps x (guidance_scale, 1.0)
     assert c.eval.num_images == 64 and tuple(c.eval.guidance_scales) == ()
 

@@ -23,6 +23,7 @@ from psvae_jax import pixels
 from psvae_jax import writers
 from psvae_jax.data import latents
 from psvae_jax.data import pipeline
+from psvae_jax.diffusion import settings
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import runner as eval_runner
 from psvae_jax.models.autoencoder import reparameterize
@@ -71,7 +72,7 @@ class DiTTask:
     self.grid_notes = {}
     self.latent_mean, self.latent_std = autoencoders.latent_normalization(config, ae)
     self.text, self._text_params, tokenizer = text
-    generation.resolve_flow_shift(config, ae.latent_shape)  # before config.json is written
+    settings.resolve_flow_shift(config, ae.latent_shape)  # before config.json is written
     self.model = builders.build_dit(config)
     self.gen = generation.Generator(config, self.model, self.text, tokenizer, ae, mesh)
     self.objective = self.gen.objective
