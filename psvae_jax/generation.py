@@ -300,8 +300,8 @@ class Generator:
       image_guidance_scale=None,
   ):
     """Samples from z_start; guidance_rescale / guidance_interval / shift / image_guidance_scale
-    None take the config's sample.* values (shift: `settings.sampling_shift`; only the Euler sampler uses
-    it; image_guidance_scale: only source-conditioned models)."""
+    None take the config's sample.* values (shift: `settings.sampling_shift`; only the Euler
+    sampler uses it; image_guidance_scale: only source-conditioned models)."""
     shift = settings.check_shift(settings.sampling_shift(self.config) if shift is None else shift)
     if image_guidance_scale is None:
       image_guidance_scale = self.config.sample.get(
