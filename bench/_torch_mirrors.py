@@ -286,7 +286,7 @@ def jax_stage2(dinov2_dir: str, args):
   frozen = jax.tree.map(jnp.copy, enc_params)
 
   def loss(p, x):
-    target = jax.lax.stop_gradient(encoder.apply({"params": frozen}, x["enc"]))
+    target = jax.lax.stop_gradient(encoder.apply({"params": x["frozen"]}, x["enc"]))
     _, stream = encoder.apply({"params": p["encoder"]}, x["enc"], with_stream=True)
     mu, logvar = sem_enc.apply({"params": p["sem_enc"]}, stream)
     z = mu + jnp.exp(0.5 * logvar) * x["eps"]
@@ -294,11 +294,15 @@ def jax_stage2(dinov2_dir: str, args):
     return (
         ALPHA * losses.semantic_loss(sem_dec.apply({"params": p["sem_dec"]}, z), target)
         + GAMMA * losses.pixel_loss(recon, x["image"])
-        + LAMBDA * jnp.mean(lpips_model.lpips_distance(lpips, lpips_vars, recon, x["image"]))
+        + LAMBDA * jnp.mean(lpips_model.lpips_distance(lpips, x["lpips"], recon, x["image"]))
         + BETA * losses.kl_loss(mu, logvar)
     )
 
+  # The frozen copy and LPIPS's weights are arguments, as in the production step (the PS-VAE
+  # task's `frozen` / `consts`), not constants closed over: XLA:CPU folded constant weights into
+  # fusions (two dots and GELU in one) that ran ~3x slower than the same layers as arguments.
   x = {k: jnp.asarray(v) for k, v in _inputs(args).items()}
+  x.update(frozen=frozen, lpips=lpips_vars)
   return jax.jit(jax.value_and_grad(loss)), params, x
 
 

@@ -9,7 +9,11 @@ this off). jaxlib 0.10 lowers convolutions to YNNPACK by default, which ran the 
 convolutions 2.3-2.7x slower than XLA's own (Eigen) ones on a 2-core x86 CPU (3x3, 32 channels at
 256 px, batch 8: forward 175 -> 76 ms, weight gradient 418 -> 155 ms; the decoder's fwd+bwd
 5296 -> 2923 ms; ``bench/psvae_vs_torch.py --parts decoder``). Dots and reductions stay on
-YNNPACK. The flags only touch the CPU compiler: GPU and TPU programs are unchanged.
+YNNPACK, each dot its own call (INDIVIDUAL_DOT): fusing dots with their neighbours (DOT) fused a
+no-gradient MLP's two GEMMs and GELU into one slow call, DDIM-50 at batch 8 0.497 (individual)
+vs 0.742 s per image (fused; jax's default 0.508), the DINOv2-S forward 589 vs 764 ms, train steps
+unchanged (2026-12-07, ``bench/sampler.py``). The flags only touch the CPU compiler: GPU and TPU
+programs are unchanged.
 """
 
 import importlib.metadata as _metadata
@@ -19,7 +23,9 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 CPU_XLA_FLAGS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    ),
 }
 # The jaxlib releases these flags were measured on (an unknown flag aborts XLA at start-up).
 _CPU_FLAGS_JAXLIB = ("0.10.",)
