@@ -12,9 +12,11 @@ convolutions 2.3-2.7x slower than XLA's own (Eigen) ones on a 2-core x86 CPU (3x
 YNNPACK. Open (2026-12-07): with LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT instead of DOT (each dot its
 own call, not fused with its neighbours) no-gradient programs ran faster (DDIM-50 at batch 8 0.497
 vs 0.742 s per image, the DINOv2-S forward 589 vs 764 ms; train steps equal, results equal to
-torch to 1e-6), but the demo's DiT, trained under it, reached val adherence 0.766 and 0.668 (two
-seeds) against 0.922 under DOT: not the default until that is understood. The flags only touch
-the CPU compiler: GPU and TPU programs are unchanged.
+torch to 1e-6). Not yet the default: the demo under it trained a PS-VAE of equal PSNR whose
+latent gave the DiT val adherence 0.766 (0.922 before); the DiT on that latent reached the same
+0.766 under DOT, so the spread is the demo's over its autoencoder's training, to be measured
+before the figures move. The flags only touch the CPU compiler: GPU and TPU programs are
+unchanged.
 """
 
 import importlib.metadata as _metadata
