@@ -149,7 +149,7 @@ class DiTTask:
         steps=s.steps,
         guidance_scale=guidance_scale,
         eta=s.eta,
-        seed=self.config.seed + 12345,
+        seed=self._eval_seed,
     )
 
   def _eval_scales(self):
@@ -159,10 +159,15 @@ class DiTTask:
     scales = tuple(self.config.eval.get("guidance_scales", ())) or (own, 1.0)
     return [(x, "" if x == own else f"_cfg{x:g}") for x in sorted(set(scales))]
 
-  def _note(self, name, settings, conds):
+  @property
+  def _eval_seed(self) -> int:
+    """The sampler seed of the periodic samples and edits (fixed per run: grids comparable)."""
+    return self.config.seed + 12345
+
+  def _note(self, name, sampler_settings, conds):
     """The text written beside grid `name`: the sampler settings, then one line per tile."""
     s = self.config.sample
-    head = f"steps={s.steps} {settings} seed={self.config.seed + 12345}; tiles row-major:"
+    head = f"steps={s.steps} {sampler_settings} seed={self._eval_seed}; tiles row-major:"
     self.grid_notes[name] = "\n".join([head] + [f"{i}: {c}" for i, c in enumerate(conds)])
 
   def evaluate(self, state, consts, mesh, step):
@@ -235,7 +240,7 @@ class DiTTask:
           steps=s.steps,
           guidance_scale=scale,
           eta=s.eta,
-          seed=self.config.seed + 12345,
+          seed=self._eval_seed,
       )
       if checker is not None and scored:
         scalars["edit_adherence" + suffix] = eval_checkers.adherence(
