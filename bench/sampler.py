@@ -84,7 +84,7 @@ def _scan_sampler(model_fn):
         rng,
     )
 
-  return jax.jit(sample)
+  return runtime.no_grad_jit(sample)  # as the library compiles its sampler
 
 
 def _loop_sampler(model_fn):

@@ -9,14 +9,17 @@ this off). jaxlib 0.10 lowers convolutions to YNNPACK by default, which ran the 
 convolutions 2.3-2.7x slower than XLA's own (Eigen) ones on a 2-core x86 CPU (3x3, 32 channels at
 256 px, batch 8: forward 175 -> 76 ms, weight gradient 418 -> 155 ms; the decoder's fwd+bwd
 5296 -> 2923 ms; ``bench/psvae_vs_torch.py --parts decoder``). Dots and reductions stay on
-YNNPACK. Open (2026-12-07): with LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT instead of DOT (each dot its
-own call, not fused with its neighbours) no-gradient programs ran faster (DDIM-50 at batch 8 0.497
-vs 0.742 s per image, the DINOv2-S forward 589 vs 764 ms; train steps equal, results equal to
-torch to 1e-6). Not yet the default: the demo under it trained a PS-VAE of equal PSNR whose
-latent gave the DiT val adherence 0.766 (0.922 before); the DiT on that latent reached the same
-0.766 under DOT, so the spread is the demo's over its autoencoder's training, to be measured
-before the figures move. The flags only touch the CPU compiler: GPU and TPU programs are
-unchanged.
+YNNPACK, fused with their neighbours (DOT): every training step compiles under it.
+
+Programs without gradients (the sampler, decoding, the evaluators' networks) compile with
+``CPU_NO_GRAD_OPTIONS`` instead (``runtime.no_grad_jit``): each dot its own YNNPACK call
+(INDIVIDUAL_DOT). Under DOT, XLA fused a no-gradient MLP's two GEMMs and GELU into one slow call
+(a train step keeps the hidden activation for its backward, so it is not fused there): DDIM-50
+at batch 8 0.742 -> 0.497 s per image, the DINOv2-S forward 764 -> 589 ms on a 2-core x86 CPU,
+results equal to torch to 1e-6. The train steps and the programs whose outputs a run trains on
+(the latent cache's encoder, the latent statistics) keep DOT, so training numerics are bitwise
+those of before. A flag the environment sets in ``XLA_FLAGS`` wins over both. The flags only
+touch the CPU compiler: GPU and TPU programs are unchanged.
 """
 
 import importlib.metadata as _metadata
@@ -28,6 +31,14 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 CPU_XLA_FLAGS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
+# Per-program compiler options of no-gradient programs on XLA:CPU (runtime.no_grad_jit).
+CPU_NO_GRAD_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    ),
+}
+# The CPU_XLA_FLAGS keys this import added (those the environment did not set itself).
+CPU_FLAGS_ADDED: list[str] = []
 # The jaxlib releases these flags were measured on (an unknown flag aborts XLA at start-up).
 _CPU_FLAGS_JAXLIB = ("0.10.",)
 
@@ -42,7 +53,9 @@ def _cpu_xla_flags() -> None:
   if not jaxlib.startswith(_CPU_FLAGS_JAXLIB):
     return
   flags = _os.environ.get("XLA_FLAGS", "")
-  extra = [f"--{k}={v}" for k, v in CPU_XLA_FLAGS.items() if f"--{k}" not in flags]
+  keys = [k for k in CPU_XLA_FLAGS if f"--{k}" not in flags]
+  extra = [f"--{k}={CPU_XLA_FLAGS[k]}" for k in keys]
+  CPU_FLAGS_ADDED.extend(keys)
   if extra:
     _os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 

@@ -33,6 +33,7 @@ from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import parallel
+from psvae_jax import runtime
 from psvae_jax.models.autoencoder import PSVAE
 
 
@@ -88,7 +89,7 @@ class Autoencoder:
   def decode_with(self, params, z):
     return self.model.apply({"params": params}, z, method=PSVAE.decode)
 
-  @functools.partial(jax.jit, static_argnums=0)
+  @functools.partial(runtime.no_grad_jit, static_argnums=0)
   def decode(self, z: jax.Array) -> jax.Array:
     return self.model.apply({"params": self.params}, z, method=PSVAE.decode)
 

@@ -27,6 +27,7 @@ from psvae_jax import autoencoders
 from psvae_jax import parallel
 from psvae_jax import writers
 from psvae_jax import pixels
+from psvae_jax import runtime
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import settings
@@ -134,7 +135,7 @@ class Generator:
     )
 
   # ---- sampling -----------------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("use_inpaint",))
+  @functools.partial(runtime.no_grad_jit, static_argnums=(0,), static_argnames=("use_inpaint",))
   def sample_latents(
       self,
       params,
@@ -210,7 +211,7 @@ class Generator:
         image_guidance_scale=image_guidance_scale,
     )
 
-  @functools.partial(jax.jit, static_argnums=(0,))
+  @functools.partial(runtime.no_grad_jit, static_argnums=(0,))
   def _decode_jit(self, consts, z):
     return self.decode(consts, z)
 
@@ -462,7 +463,7 @@ class Generator:
         image_guidance_scale=image_guidance_scale,
     )
 
-  @functools.partial(jax.jit, static_argnums=(0,))
+  @functools.partial(runtime.no_grad_jit, static_argnums=(0,))
   def _encode_jit(self, consts, images):
     return self.encode(consts, images)
 

@@ -13,7 +13,9 @@ in a collective.
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any, Callable
 
 from absl import logging
 
@@ -97,6 +99,70 @@ def preemption_service_active() -> bool:
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
 
   return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
+def no_grad_compiler_options() -> dict[str, str]:
+  """XLA options of a program without gradients on this process's backend: on XLA:CPU, each dot
+  its own YNNPACK call (psvae_jax.CPU_NO_GRAD_OPTIONS; the package docstring has the figures),
+  unless the environment set that flag itself or turned the package's defaults off; {} on GPU
+  and TPU."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  import psvae_jax  # pylint: disable=g-import-not-at-top
+
+  if jax.default_backend() != "cpu":
+    return {}
+  return {k: v for k, v in psvae_jax.CPU_NO_GRAD_OPTIONS.items() if k in psvae_jax.CPU_FLAGS_ADDED}
+
+
+class _NoGradJit:
+  """jax.jit whose compiler options are chosen at the first call or lower (not at import: the
+  backend is not known then). A descriptor, so it decorates methods as jax.jit does."""
+
+  def __init__(self, fun: Callable[..., Any], jit_kwargs: dict[str, Any]):
+    functools.update_wrapper(self, fun)
+    self._fun, self._kwargs, self._jitted = fun, jit_kwargs, None
+
+  def jitted(self):
+    if self._jitted is None:
+      options = no_grad_compiler_options()
+      extra = {"compiler_options": options} if options else {}
+      self._jitted = __import__("jax").jit(self._fun, **self._kwargs, **extra)
+    return self._jitted
+
+  def __call__(self, *args, **kwargs):
+    return self.jitted()(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    return self.jitted().lower(*args, **kwargs)
+
+  def __get__(self, obj, objtype=None):
+    if obj is None:
+      return self
+    return _BoundNoGradJit(self, obj)
+
+
+class _BoundNoGradJit:
+
+  def __init__(self, fn: _NoGradJit, obj: Any):
+    self._fn, self._obj = fn, obj
+
+  def __call__(self, *args, **kwargs):
+    return self._fn(self._obj, *args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    return self._fn.lower(self._obj, *args, **kwargs)
+
+
+def no_grad_jit(fun: Callable[..., Any] | None = None, **jit_kwargs):
+  """`jax.jit` for a program without gradients (sampling, decoding, evaluation): on XLA:CPU it
+  compiles with `no_grad_compiler_options()`; elsewhere it is jax.jit. Programs whose outputs a
+  run trains on (a latent cache's encoder, latent statistics) and every train step use plain
+  jax.jit, so training numerics do not depend on this setting. Usable as `no_grad_jit(f, **kw)`,
+  `@no_grad_jit` and `@functools.partial(no_grad_jit, static_argnums=0)`."""
+  if fun is None:
+    return functools.partial(no_grad_jit, **jit_kwargs)
+  return _NoGradJit(fun, jit_kwargs)
 
 
 def hide_gpus_from_tf() -> None:

@@ -31,6 +31,7 @@ from configs import common
 from psvae_jax import parallel
 from psvae_jax.evals import checkers
 from psvae_jax import pixels
+from psvae_jax import runtime
 from psvae_jax.evals import fid as fid_lib
 from psvae_jax.evals import image_metrics
 
@@ -88,8 +89,8 @@ class EvalContext:
     return self.cache[("recon", n)]
 
 
-_psnr = jax.jit(image_metrics.psnr)
-_ssim = jax.jit(image_metrics.ssim)
+_psnr = runtime.no_grad_jit(image_metrics.psnr)
+_ssim = runtime.no_grad_jit(image_metrics.ssim)
 
 
 class PSNR:
@@ -116,7 +117,9 @@ class LPIPS(PSNR):
       raise ValueError("lpips evaluator needs LPIPS weights in the context.")
     data, rec = ctx.recon(self.n)
     module, variables = ctx.lpips
-    fn = ctx.cache.setdefault("lpips_fn", jax.jit(lambda a, b: module.apply(variables, a, b)))
+    fn = ctx.cache.setdefault(
+        "lpips_fn", runtime.no_grad_jit(lambda a, b: module.apply(variables, a, b))
+    )
     out = {"lpips": float(np.mean(ctx.per_image(fn, rec, data["image"]))), "num_images": self.n}
     if ctx.lpips_label:
       out["weights"] = ctx.lpips_label

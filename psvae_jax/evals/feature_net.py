@@ -37,6 +37,7 @@ from safetensors.numpy import save_file
 
 from psvae_jax import parallel
 from psvae_jax import pixels
+from psvae_jax import runtime
 from psvae_jax.data import pipeline
 from psvae_jax.data import provenance
 from psvae_jax.data import specs
@@ -200,15 +201,17 @@ def load_feature_net(weights: str, image_size: int) -> tuple[Callable, int]:
   """(jitted uint8 images -> (B, 128) features, 128): the "classifier" feature net loader."""
   del image_size  # the classifier resizes to its own size
   module, params, _ = load(weights)
-  return jax.jit(functools.partial(lambda p, x: module.apply({"params": p}, x)[0], params)), (
-      FEATURE_DIM
-  )
+  return runtime.no_grad_jit(
+      functools.partial(lambda p, x: module.apply({"params": p}, x)[0], params)
+  ), (FEATURE_DIM)
 
 
 def load_logits(weights: str) -> tuple[Callable, list[str]]:
   """(jitted uint8 images -> (B, K) logits, class names) for the class_accuracy evaluator."""
   module, params, meta = load(weights)
-  fn = jax.jit(functools.partial(lambda p, x: module.apply({"params": p}, x)[1], params))
+  fn = runtime.no_grad_jit(
+      functools.partial(lambda p, x: module.apply({"params": p}, x)[1], params)
+  )
   return fn, list(meta["class_names"])
 
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax
-
+from psvae_jax import runtime
 from psvae_jax.evals import feature_net
 from psvae_jax.weights import inception
 
@@ -25,7 +24,7 @@ Loader = Callable[[str, int], tuple[Callable, int]]
 def _inception(weights: str, image_size: int) -> tuple[Callable, int]:
   del image_size  # pool3 features of any input size
   module, params = inception.load_inception(weights)
-  return jax.jit(lambda x: module.apply({"params": params}, x)), 2048
+  return runtime.no_grad_jit(lambda x: module.apply({"params": params}, x)), 2048
 
 
 _LOADERS: dict[str, Loader] = {

@@ -28,6 +28,7 @@ from psvae_jax import autoencoders
 from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
+from psvae_jax import runtime
 from psvae_jax.data import pipeline
 from psvae_jax.data import sources
 from psvae_jax.data import specs
@@ -159,7 +160,7 @@ def build_context(workdir: str, config, data_spec: str = ""):
       sets[n] = pipeline.build_eval_set(cfg, n)
     return sets[n]
 
-  recon_jit = jax.jit(
+  recon_jit = runtime.no_grad_jit(
       lambda p, x: jax.numpy.clip(ae.decode_with(p, ae.encode_with(p, x)[0]), -1, 1)
   )
   ctx = evaluators.EvalContext(

@@ -23,6 +23,7 @@ from psvae_jax import losses
 from psvae_jax import parallel
 from psvae_jax import writers
 from psvae_jax import pixels
+from psvae_jax import runtime
 from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import image_metrics
@@ -234,7 +235,7 @@ class AutoencoderTask:
     }
 
   # ---- evaluation -------------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=0)
+  @functools.partial(runtime.no_grad_jit, static_argnums=0)
   def _eval_batch(self, params, frozen, consts, x):
     apply = functools.partial(self.model.apply, {"params": params})
     f, stream = apply(x, method=PSVAE.encoder_outputs)
