@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench import _common  # pylint: disable=g-import-not-at-top
+from psvae_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
 from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
 
 # bf16 dense peak TFLOP/s per chip (vendor figures, no sparsity).
@@ -61,13 +62,8 @@ def peak_tflops(device_kind: str) -> float | None:
   return best[1] if best else None
 
 
-def analytic_flops(
-    width: int, depth: int, tokens: int, patch: int = 2, channels: int = 4, freq_dim: int = 256
-) -> float:
-  d, n = width, tokens
-  block = 12 * n * d * d + 2 * n * n * d + 6 * d * d
-  outside = n * patch * patch * channels * d * 2 + freq_dim * d + d * d + 2 * d * d
-  return 2.0 * (depth * block + outside)
+# The analytic count (the docstring's formula) lives beside the model: psvae_jax.aot uses it too.
+analytic_flops = dit_lib.analytic_flops
 
 
 def _model(size: str, dtype):

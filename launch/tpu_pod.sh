@@ -12,6 +12,11 @@
 #   --no-install         skip copying the repo and installing requirements
 #   --logdir DIR         per-worker logs (default runs/tpu_logs/NAME)
 #   --delete             delete the TPU (or queued resource) and exit
+#   --no-aot-check       skip the compile check below
+# Before it creates or uses the slice, a `python -m psvae_jax.main --config=...` command is
+# compiled for --type on this machine (launch/aot.sh --programs=train: the TPU compiler, no TPU
+# needed; minutes for a paper-size step): a config whose train step does not fit the chips' HBM
+# is refused in one line naming the program and the HBM it needs. PSVAE_AOT overrides the checker.
 # Example:
 #   launch/tpu_pod.sh --name psvae --type v4-32 --preemptible -- \
 #     python -m psvae_jax.main --config=configs/psvae.py:dinov2_b --workdir=gs://BUCKET/psvae \
@@ -26,6 +31,7 @@
 set -euo pipefail
 NAME="${TPU_NAME:-psvae}"; ZONE="${ZONE:-us-central2-b}"; TYPE="v4-32"
 VERSION="tpu-ubuntu2204-base"; PROJECT=""; PREEMPTIBLE=0; QUEUED=0; INSTALL=1; LOGDIR=""; DELETE=0
+AOT_CHECK=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) NAME="$2"; shift 2 ;;
@@ -38,6 +44,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --logdir) LOGDIR="$2"; shift 2 ;;
     --delete) DELETE=1; shift ;;
+    --no-aot-check) AOT_CHECK=0; shift ;;
     --) shift; break ;;
     *) echo "tpu_pod.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -57,6 +64,26 @@ if [ "$DELETE" = 1 ]; then
   exit 0
 fi
 [ $# -gt 0 ] || { echo "tpu_pod.sh: give the command after --" >&2; exit 2; }
+
+# The compile check (see the header): only for a training command of this project.
+if [ "$AOT_CHECK" = 1 ] && [[ " $* " == *" psvae_jax.main "* ]]; then
+  CONFIG_ARGS=()
+  for arg in "$@"; do
+    case "$arg" in --config=*|--config.*) CONFIG_ARGS+=("$arg") ;; esac
+  done
+  echo "[tpu_pod] compiling the train step for $TYPE on this machine (--no-aot-check skips)" >&2
+  set +e
+  AOT_OUT="$(${PSVAE_AOT:-bash "$ROOT/launch/aot.sh"} "${CONFIG_ARGS[@]}" --topology="$TYPE" \
+    --programs=train 2>&1)"
+  AOT_RC=$?
+  set -e
+  if [ "$AOT_RC" != 0 ]; then
+    LINE="$(grep '^error: ' <<<"$AOT_OUT" | head -1)"
+    echo "tpu_pod.sh: refusing to start on $TYPE: ${LINE:-compile check failed (exit $AOT_RC)} (--no-aot-check skips this check)" >&2
+    exit 2
+  fi
+  grep -E '^(train|per chip|program)' <<<"$AOT_OUT" >&2 || true
+fi
 
 state() { "${G[@]}" tpu-vm describe "$NAME" "${COMMON[@]}" --format='value(state)' 2>/dev/null || true; }
 if [ -n "$(state)" ]; then

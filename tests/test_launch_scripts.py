@@ -92,3 +92,26 @@ def test_tpu_pod_runs_on_every_worker_and_keeps_exit_codes(tmp_path):
   calls = (tmp_path / "calls").read_text().splitlines()
   assert sum("tpu-vm create" in c for c in calls) == 1  # the second run reused the VM
   assert "reusing t" in r.stderr
+
+
+def test_tpu_pod_refuses_a_config_that_does_not_fit(tmp_path):
+  """The compile check runs before any gcloud call; its one-line verdict is what the user sees.
+  (The checker is faked here: tests/test_aot.py runs the real one.)"""
+  env = _fake(tmp_path)
+  fake_aot = tmp_path / "fake_aot.sh"
+  fake_aot.write_text(
+      '#!/usr/bin/env bash\necho "$*" > "$FAKE_DIR/aot_args"\n'
+      'echo "error: train does not fit on v4-16: 41.3 GiB per chip (HBM 32.0 GiB)" >&2\nexit 2\n'
+  )
+  fake_aot.chmod(stat.S_IRWXU)
+  env["PSVAE_AOT"] = str(fake_aot)
+  cmd = ["python", "-m", "psvae_jax.main", "--config=configs/dit.py:paper", "--workdir=gs://b/d"]
+  r = _run(env, tmp_path / "logs", *cmd, "--config.batch_size=512")
+  assert r.returncode == 2, r.stderr
+  assert "refusing to start on v4-16: error: train does not fit on v4-16: 41.3 GiB" in r.stderr
+  args = (tmp_path / "aot_args").read_text()
+  assert "--config=configs/dit.py:paper --config.batch_size=512 --topology=v4-16" in args
+  assert "--workdir" not in args
+  assert (
+      not (tmp_path / "calls").exists() or "tpu-vm create" not in (tmp_path / "calls").read_text()
+  )

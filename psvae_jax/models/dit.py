@@ -52,6 +52,18 @@ def dit_config(size: str) -> dict[str, int]:
   return dict(_SIZES[size])
 
 
+def analytic_flops(
+    width: int, depth: int, tokens: int, patch: int = 2, channels: int = 4, freq_dim: int = 256
+) -> float:
+  """Forward FLOPs of one image (2 x multiply-accumulates; bench/flops.py checks it against
+  XLA's count and the DiT paper): per block 12 N D^2 + 2 N^2 D + 6 D^2 (adaLN), outside the
+  blocks patchify, timestep MLP, final adaLN and head. Cross-attention to text is not counted."""
+  d, n = width, tokens
+  block = 12 * n * d * d + 2 * n * n * d + 6 * d * d
+  outside = n * patch * patch * channels * d * 2 + freq_dim * d + d * d + 2 * d * d
+  return 2.0 * (depth * block + outside)
+
+
 def stack_blocks(params: dict) -> dict:
   """Unrolled DiT params (``blocks_0`` .. ``blocks_{d-1}``) -> the ``scan_blocks=True`` layout
   (``blocks/block/...`` with a leading depth axis), e.g. to continue an unrolled checkpoint in

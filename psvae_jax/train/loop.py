@@ -227,13 +227,19 @@ def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, train_iter) -> Trai
   return state
 
 
-def compile_step(s: Setup, state: TrainState, batch, writer, step: int):
-  """train_step compiled ahead of time for these shapes, once; logs perf/ scalars at `step`."""
-  step_fn = jax.jit(
-      functools.partial(train_step, task=s.task, tx=s.tx, config=s.config),
-      out_shardings=(s.shardings, parallel.replicated(s.mesh)),
+def jit_train_step(task: tasks.Task, tx, config, shardings: TrainState, mesh):
+  """The train step as the loop jits it (state donated, sharded as `shardings`; metrics
+  replicated): `compile_step` runs it, `psvae_jax.aot` compiles it for a TPU topology."""
+  return jax.jit(
+      functools.partial(train_step, task=task, tx=tx, config=config),
+      out_shardings=(shardings, parallel.replicated(mesh)),
       donate_argnums=0,
   )
+
+
+def compile_step(s: Setup, state: TrainState, batch, writer, step: int):
+  """train_step compiled ahead of time for these shapes, once; logs perf/ scalars at `step`."""
+  step_fn = jit_train_step(s.task, s.tx, s.config, s.shardings, s.mesh)
   t0 = time.time()
   compiled = step_fn.lower(state, batch, s.consts).compile()
   logging.info("Compiled train step in %.1f s.", time.time() - t0)
