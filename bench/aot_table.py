@@ -33,7 +33,7 @@ CONFIGS = {
     "dit_XL_text": "configs/dit.py:XL_text",
     "dit_paper": "configs/dit.py:paper",
 }
-TOPOLOGIES = ("v5e-16", "v5e-64", "v5p-8", "v5p-32", "v4-32", "v6e-8")
+TOPOLOGIES = ("v5e-16", "v5e-64", "v5p-8", "v5p-32", "v4-32", "v6e-8", "h100-8")
 
 
 def compile_row(name: str, topology: str, out: str, extra: list[str]) -> dict:
@@ -67,6 +67,7 @@ def compile_row(name: str, topology: str, out: str, extra: list[str]) -> dict:
 
 def table(results: dict) -> str:
   from configs import dit, psvae, svae  # pylint: disable=g-import-not-at-top
+  from psvae_jax import aot  # pylint: disable=g-import-not-at-top  (no JAX at import)
 
   steps = {}
   for name, spec in CONFIGS.items():
@@ -82,6 +83,14 @@ def table(results: dict) -> str:
       lines.append(f"| {name} | {topology} | | | | compile failed | | | | | |")
       continue
     r = res["rows"][0]
+    if "error" in r and not r.get("oom"):
+      r.update(aot.out_of_memory(r["error"]) or {})
+    if r.get("oom"):
+      lines.append(
+          f"| {name} | {topology} | {r['mesh']} | {r['batch']} | > {r['required_gib']:.1f} "
+          f"({r['available_gib']:.2f}) | **no** | {r.get('compile_s', 0):.0f} | | | | |"
+      )
+      continue
     if "error" in r:
       lines.append(f"| {name} | {topology} | {r['mesh']} | {r['batch']} | | error | | | | | |")
       continue

@@ -36,7 +36,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # state by 8 (0.35 GiB per device); bench/memory_plan.py has the paper-size rows.
   c.dtype = "bfloat16"
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: the remaining devices
+  # -1: the remaining devices. The paper-size configs (svae/psvae/dit) put every device on fsdp
+  # (data=1, fsdp=-1): the TPU compiler refused dit.py:paper on v5e-16 at fsdp=1 (its temporaries
+  # alone 28.6 GiB of the 15.75 a v5e chip gives) and fit it at fsdp=16 (9.5 GiB per chip;
+  # launch/aot.sh, docs/aot.md). The tiny CPU configs keep all devices on data.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   c.shard_min_size = 2**16  # arrays with fewer elements are replicated, larger ones fsdp-split
 
   c.optim = ml_collections.ConfigDict(

@@ -51,9 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Storage dtype of a FROZEN text encoder's params (a jointly trained one stays float32); they
   # are step constants, fsdp-sharded like params. XL_text + T5-XXL (bench/memory_plan.py, batch
   # 256, 8 devices), state + constants per device before activations: T5-XXL encoder (4.8B) 8.9
-  # GiB bf16 (17.7 fp32) + DiT-XL (0.83B) params, EMA, Adam 12.4 GiB fp32 = 21.3 GiB at the
-  # default mesh (fsdp=1, all replicated; 30.1 with fp32 T5): fits 80 GB GPUs / 95 GB TPU v5p.
-  # 16-32 GB chips (TPU v5e, v4) need --config.mesh.fsdp=8: 2.7 GiB per device.
+  # GiB bf16 (17.7 fp32) + DiT-XL (0.83B) params, EMA, Adam 12.4 GiB fp32 = 21.3 GiB with all of
+  # it replicated (--config.mesh.data=-1 --config.mesh.fsdp=1; 30.1 with fp32 T5). The paper-size
+  # variants shard it over every device (mesh data=1, fsdp=-1): the whole train step compiled
+  # for v5e-16 (launch/aot.sh) takes 9.5 GiB per chip, of which 1.3 arguments.
   c.text_encoder_dtype = "bfloat16"
   size, cond = {
       "tiny": ("tiny", "text"),
@@ -128,6 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # per latent), plus 2 x 64 decodes.
   c.eval.num_images = 64
   c.eval.guidance_scales = ()
+
+  if size != "tiny":  # every device on fsdp (configs/common.py says why)
+    c.mesh.data, c.mesh.fsdp = 1, -1
 
   if variant == "paper":
     c.diffusion.objective = "flow"

@@ -80,6 +80,9 @@ _AE_CONFIG = flags.DEFINE_string(
     "Stage 3 without an autoencoder workdir: the PS-VAE config (path:variant) whose shapes to use "
     "(default configs/psvae.py:dinov2_b; :tiny for tiny DiTs).",
 )
+HLO_DIR = flags.DEFINE_string(
+    "hlo_dir", None, "Write each compiled program's HLO here, and its HBM bytes by model scope."
+)
 flags.mark_flags_as_required(["config", "topology"])
 
 GIB = 2.0**30
@@ -387,13 +390,27 @@ def usable_hbm_gib(devices) -> float | None:
   return None
 
 
-def compile_program(p: Program, chip: topologies.Chip, num_chips: int, hbm_gib: float) -> dict:
+# XLA:GPU without a GPU cannot autotune, and its Triton GEMM tiling then failed on T5-XXL's
+# projections ("Couldn't find output tile sizes", dit.py:paper on h100-8): cuBLAS GEMMs instead.
+GPU_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def compile_program(
+    p: Program, chip: topologies.Chip, num_chips: int, hbm_gib: float, compiler_options=None
+) -> dict:
   """Lowers and compiles one program; its row (per-chip HBM, fit, FLOPs, roofline)."""
   t0 = time.time()
   lowered = p.jitted.lower(*p.args, **p.kwargs)
   t1 = time.time()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options or None)
   t2 = time.time()
+  if HLO_DIR.value:
+    os.makedirs(HLO_DIR.value, exist_ok=True)
+    text = compiled.as_text()
+    with open(os.path.join(HLO_DIR.value, f"{p.name}.hlo.txt"), "w") as f:
+      f.write(text)
+    by_scope = hlo_bytes_by_scope(text)
+    p.plan["hbm_bytes_by_scope"] = {k: v for k, v in list(by_scope.items())[:25]}
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
@@ -423,8 +440,10 @@ def compile_program(p: Program, chip: topologies.Chip, num_chips: int, hbm_gib: 
   row["bound"] = ("compute" if t_flops >= t_mem else "memory") if row["roofline_s"] else "-"
   useful = p.model_flops / num_chips if p.model_flops else flops
   row["model_flops_source"] = "analytic" if p.model_flops else "xla"
-  ok = flops and row["roofline_s"]
+  ok = cost and flops and row["roofline_s"]
   row["mfu_ceiling"] = (useful / chip.peak_bf16_flops) / row["roofline_s"] if ok else 0.0
+  if not cost:
+    row["bound"] = "flops only" if flops else "-"
   return row
 
 
@@ -460,6 +479,63 @@ def _needs(r: dict) -> str:
   if "total_gib" in r:
     return f"{r['total_gib']:.1f} GiB per chip"
   return r.get("error", "")
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4}
+_DTYPE_BYTES.update({"s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8})
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) (\w[\w-]*)\((.*)$")
+
+
+def _bytes_of(type_text: str) -> int:
+  total = 0
+  for dtype, dims in _SHAPE.findall(type_text):
+    n = 1
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    total += n * _DTYPE_BYTES.get(dtype, 4)
+  return total
+
+
+def _scope(op_name: str, depth: int) -> str:
+  """ "jit(train_step)/jvp(DiT)/blocks_3/mlp/fc1/dot_general" -> "DiT/blocks_3" (depth 2): the
+  model and its top submodules, with JAX's transformation wrappers (jvp, transpose) dropped."""
+  parts = []
+  for part in op_name.split("/")[1:]:
+    while "(" in part and part.endswith(")"):
+      part = part[part.index("(") + 1 : -1]
+    parts.append(part)
+  return "/".join(parts[:depth]) or "(other)"
+
+
+def hlo_bytes_by_scope(hlo_text: str, depth: int = 2) -> dict[str, float]:
+  """Bytes each top-level op of the compiled program's entry computation reads and writes (its
+  operands' and result's sizes, as XLA's cost analysis counts a fusion), summed by the model
+  scope in its metadata: where a memory-bound step's HBM traffic goes."""
+  sizes: dict[str, int] = {}
+  out: dict[str, float] = {}
+  in_entry = False
+  for line in hlo_text.splitlines():
+    if line.startswith("ENTRY "):
+      in_entry = True
+      continue
+    if in_entry and line.startswith("}"):
+      break
+    if not in_entry:
+      continue
+    m = _INSTR.match(line)
+    if not m:
+      continue
+    name, type_text, opcode, rest = m.groups()
+    sizes[name] = _bytes_of(type_text)
+    if opcode in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
+      continue
+    args = rest.split("), ", 1)[0]
+    operands = sum(sizes.get(a.strip().lstrip("%"), 0) for a in args.split(","))
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    key = _scope(op_name.group(1), depth) if op_name else f"({opcode})"
+    out[key] = out.get(key, 0.0) + sizes[name] + operands
+  return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def format_table(rows: list[dict], title: str) -> str:
@@ -544,14 +620,16 @@ def run(config, slice_: topologies.Slice, wanted=()) -> list[dict]:
 
   jax.config.update("jax_threefry_partitionable", True)  # as runtime.initialize sets it for runs
   devices = topology_devices(slice_)
-  hbm_gib = usable_hbm_gib(devices) or slice_.chip.hbm_bytes / GIB
+  probed = usable_hbm_gib(devices) if slice_.chip.platform == "tpu" else None
+  hbm_gib = probed or slice_.chip.hbm_bytes / GIB
   prepare_config(config)
   programs = build_programs(config, devices, wanted)
   rows = []
   for p in programs:
     t0 = time.time()
     try:
-      row = compile_program(p, slice_.chip, len(devices), hbm_gib)
+      options = GPU_OPTIONS if slice_.chip.platform == "cuda" else None
+      row = compile_program(p, slice_.chip, len(devices), hbm_gib, options)
     except Exception as e:  # pylint: disable=broad-except  (a compile error is a result here)
       if isinstance(e, BadInput):
         raise
@@ -647,6 +725,14 @@ def main(argv):
   if slice_.chip.platform == "cuda" and not _installed("jax_plugins.xla_cuda12"):
     sys.exit("error: no CUDA compiler plugin in this environment: run through launch/aot.sh")
   cli.quiet_libraries()
+  # "No CUDA driver" lines of the CUDA plugin and TensorFlow (imported by the train loop's
+  # writers) at import, on a machine without GPUs: kept from the screen.
+  with tempfile.TemporaryDirectory() as tmp:
+    with _stderr_to(os.path.join(tmp, "import.log")):
+      # pylint: disable=g-import-not-at-top,unused-import,redefined-outer-name
+      import jax  # noqa: F401
+      from psvae_jax.train import loop  # noqa: F401
+      from psvae_jax.train.tasks import dit  # noqa: F401
   try:
     if _SEARCH.value:
       rows = search(config, slice_)
@@ -701,4 +787,5 @@ def _config_name() -> str:
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()  # the table is the output; INFO lines with -v 1
   app.run(main, flags_parser=cli.flags_parser("aot"))

@@ -83,7 +83,9 @@ def test_aot_tiny_dit_compiles_for_v5e(tmp_path):
   planned = train["state_gib"] + batch_gib
   assert planned <= train["argument_gib"] <= planned * 1.05
   assert train["state_consts_gib"] > train["state_gib"]
-  assert train["state_gib"] <= train["alias_gib"] <= train["state_gib"] * 1.05  # the state is donated
+  assert (
+      train["state_gib"] <= train["alias_gib"] <= train["state_gib"] * 1.05
+  )  # the state is donated
 
 
 @pytest.mark.xdist_group("aot")
