@@ -37,8 +37,10 @@ CPU_NO_GRAD_OPTIONS = {
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
     ),
 }
-# The CPU_XLA_FLAGS keys this import added (those the environment did not set itself).
+# The CPU_XLA_FLAGS keys this import added (those the environment did not set itself), also
+# recorded in the environment for child processes.
 CPU_FLAGS_ADDED: list[str] = []
+_ADDED_ENV = "PSVAE_XLA_CPU_FLAGS_ADDED"
 # The jaxlib releases these flags were measured on (an unknown flag aborts XLA at start-up).
 _CPU_FLAGS_JAXLIB = ("0.10.",)
 
@@ -53,9 +55,14 @@ def _cpu_xla_flags() -> None:
   if not jaxlib.startswith(_CPU_FLAGS_JAXLIB):
     return
   flags = _os.environ.get("XLA_FLAGS", "")
+  # A child process of a psvae_jax process inherits the flags this added: they are still ours
+  # (not the user's), so its no-gradient programs still get CPU_NO_GRAD_OPTIONS.
+  inherited = set(_os.environ.get(_ADDED_ENV, "").split(","))
   keys = [k for k in CPU_XLA_FLAGS if f"--{k}" not in flags]
   extra = [f"--{k}={CPU_XLA_FLAGS[k]}" for k in keys]
-  CPU_FLAGS_ADDED.extend(keys)
+  ours = [k for k in CPU_XLA_FLAGS if k in inherited and f"--{k}={CPU_XLA_FLAGS[k]}" in flags]
+  CPU_FLAGS_ADDED.extend(keys + ours)
+  _os.environ[_ADDED_ENV] = ",".join(CPU_FLAGS_ADDED)
   if extra:
     _os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 

@@ -1,6 +1,10 @@
 """Programs without gradients compile with their own XLA:CPU options (runtime.no_grad_jit): the
 sampler, the decoder and the evaluators' networks; train steps keep the process's flags."""
 
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import pytest
 
@@ -56,3 +60,18 @@ def test_inference_programs_use_it():
     assert isinstance(program, runtime._NoGradJit), program  # pylint: disable=protected-access
   # What a run trains on keeps the process's flags: the latent cache's encoder.
   assert not isinstance(autoencoders.Autoencoder.__dict__["encode"], runtime._NoGradJit)
+
+
+def test_a_child_process_keeps_them_and_a_users_flag_wins():
+  """A psvae_jax process's children inherit its XLA_FLAGS (xdist workers, the benches' workers,
+  the demo's stages): the flag is still the package's, so the no-gradient options still apply; a
+  flag the user set (no marker) turns them off."""
+  code = (
+      "import psvae_jax; from psvae_jax import runtime; print(runtime.no_grad_compiler_options())"
+  )
+  env = dict(os.environ)  # this process imported psvae_jax: XLA_FLAGS has its flag
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert "INDIVIDUAL_DOT" in out.stdout, out.stderr[-2000:]
+  env.pop("PSVAE_XLA_CPU_FLAGS_ADDED")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert out.stdout.strip() == "{}", out.stderr[-2000:]
