@@ -96,10 +96,13 @@ def table(results: dict) -> str:
       continue
     hours = r["roofline_s"] * steps[name] / 3600
     fit = "yes" if r["fits"] else "**no**"
+    mfu = f"{r['mfu_ceiling'] * 100:.0f}%"
+    if r.get("cost_analysis"):  # a GPU compiled without a GPU: analytic FLOPs only
+      mfu = "-"
     lines.append(
         f"| {name} | {topology} | {r['mesh']} | {r['batch']} | {r['total_gib']:.1f} "
         f"({r['hbm_gib']:.1f}) | {fit} | {r['compile_s']:.0f} | {r['roofline_s'] * 1e3:.0f} ms "
-        f"| {r['bound']} | {r['mfu_ceiling'] * 100:.0f}% | {hours:.1f} ({steps[name] // 1000}K) |"
+        f"| {r['bound']} | {mfu} | {hours:.1f} ({steps[name] // 1000}K) |"
     )
   return "\n".join(lines)
 
