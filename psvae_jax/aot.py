@@ -22,7 +22,7 @@ per chip, the roofline lower bound of the step time (max of FLOPs / peak bf16 FL
 HBM bandwidth: psvae_jax/topologies.py has the figures and their sources) and the MFU ceiling it
 implies (the DiT's analytic model FLOPs where known, else XLA's own count). `--json=PATH` writes
 the same rows. `--search` compiles the train step over a small grid (fsdp, remat, per-chip batch)
-and prints the settings that fit, fastest roofline first, as --config flags.
+and prints the settings that fit, fastest roofline per example first, as --config flags.
 
 Only shapes matter: paper-size configs need no weight files here (weights=random is implied). A
 stage-3 config builds its frozen PS-VAE from `--config.autoencoder=DIR` when DIR holds a
@@ -696,12 +696,14 @@ def _flags(settings: dict) -> str:
 
 
 def format_search(rows: list[dict]) -> str:
-  fit = sorted((r for r in rows if r.get("fits")), key=lambda r: r["roofline_s"])
-  lines = [f"{len(fit)} of {len(rows)} settings fit (fastest roofline first):"]
+  # Settings of different batch sizes compare by the roofline time per example.
+  fit = sorted((r for r in rows if r.get("fits")), key=lambda r: r["roofline_s"] / r["batch"])
+  lines = [f"{len(fit)} of {len(rows)} settings fit (fastest roofline per example first):"]
   for r in fit:
     lines.append(
-        f"  {r['roofline_s'] * 1e3:8.1f} ms  {r['total_gib']:6.2f} GiB/chip  "
-        f"MFU ceiling {r['mfu_ceiling'] * 100:3.0f}%   {_flags(r['settings'])}"
+        f"  {r['roofline_s'] * 1e3 / r['batch']:8.3f} ms/example ({r['roofline_s'] * 1e3:.1f} ms "
+        f"per step)  {r['total_gib']:6.2f} GiB/chip  MFU ceiling {r['mfu_ceiling'] * 100:3.0f}%   "
+        f"{_flags(r['settings'])}"
     )
   for r in rows:
     if not r.get("fits"):
