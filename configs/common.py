@@ -36,10 +36,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # state by 8 (0.35 GiB per device); bench/memory_plan.py has the paper-size rows.
   c.dtype = "bfloat16"
 
-  # -1: the remaining devices. The paper-size configs (svae/psvae/dit) put every device on fsdp
-  # (data=1, fsdp=-1): the TPU compiler refused dit.py:paper on v5e-16 at fsdp=1 (its temporaries
-  # alone 28.6 GiB of the 15.75 a v5e chip gives) and fit it at fsdp=16 (9.5 GiB per chip;
-  # launch/aot.sh, docs/aot.md). The tiny CPU configs keep all devices on data.
+  # -1: the remaining devices. Data parallel by default; the paper-size DiT configs put every
+  # device on fsdp (data=1, fsdp=-1). Compiled for v5e-16 by the TPU compiler (launch/aot.sh,
+  # docs/aot.md), batch 256: dit.py:paper refused at fsdp=1 (temporaries 28.6 GiB of the 15.75 a
+  # v5e chip gives), 9.5 GiB at fsdp=16; psvae.py:dinov2_b 12.2 GiB and a 174 ms roofline at
+  # fsdp=1, but 16.5 GiB (temporaries 16.1) and 399 ms at fsdp=16: the autoencoders stay on data.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   c.shard_min_size = 2**16  # arrays with fewer elements are replicated, larger ones fsdp-split
 

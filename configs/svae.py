@@ -88,8 +88,6 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   c.batch_size = 256
   c.data.image_size = 256
 
-  if variant != "tiny":  # every device on fsdp (configs/common.py says why)
-    c.mesh.data, c.mesh.fsdp = 1, -1
   if variant == "dinov2_l":
     c.model.encoder.size = "L"
   if variant == "siglip2_so400m":
