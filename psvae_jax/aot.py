@@ -167,14 +167,6 @@ def prepare_config(config) -> None:
     config.init_from = ""  # stage 2's model fields are its own (no stage-1 workdir read)
 
 
-def _abstract(tree, shardings):
-  import jax  # pylint: disable=g-import-not-at-top
-
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
-  )
-
-
 def _batch(shapes: dict, mesh) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from psvae_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -280,8 +272,9 @@ def build_programs(config, devices, wanted=()) -> list[Program]:
   state = jax.eval_shape(init, jax.random.key(0))
   shardings = parallel.param_shardings(state, mesh, min_size=config.shard_min_size)
   consts = jax.eval_shape(task.constants)
-  consts = _abstract(consts, parallel.param_shardings(consts, mesh, min_size=config.shard_min_size))
-  state = _abstract(state, shardings)
+  consts_sh = parallel.param_shardings(consts, mesh, min_size=config.shard_min_size)
+  consts = parallel.with_shardings(consts, consts_sh)
+  state = parallel.with_shardings(state, shardings)
   b = int(config.batch_size)
   programs = []
   f32 = jnp.float32
