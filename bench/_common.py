@@ -35,7 +35,6 @@ from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top,wrong-
 from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train.tasks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
     dit as dit_task,
 )
@@ -366,11 +365,7 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
   ae = LatentOnlyAutoencoder(model=None, params={}, config=None, stats=stats)
   text = (None, None, None) if text_encoder is None else (*text_encoder, None)
   task = dit_task.DiTTask(config, mesh or parallel.make_mesh(-1, 1), ae, text)
-  tx = optim.make_optimizer(
-      config.optim,
-      config.num_train_steps,
-      functools.partial(optim.label_params, groups=task.param_groups),
-  )
+  tx = loop.make_tx(task, config)
   return task, tx, functools.partial(loop.train_step, task=task, tx=tx, config=config)
 
 
@@ -391,11 +386,7 @@ def production_stage2_step(variant: str, batch: int, dtype: str = "float32", mes
     config.lpips.vgg = config.lpips.heads = "random"
   config.batch_size, config.dtype = batch, dtype
   task = tasks.get_task(config, mesh or parallel.make_mesh(-1, 1))
-  tx = optim.make_optimizer(
-      config.optim,
-      config.num_train_steps,
-      functools.partial(optim.label_params, groups=task.param_groups),
-  )
+  tx = loop.make_tx(task, config)
   size = int(config.data.image_size)
   shapes = {"image": (batch, size, size, 3)}
   enc = int(config.data.get("encoder_image_size", 0) or 0)

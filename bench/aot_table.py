@@ -5,7 +5,8 @@
   python bench/aot_table.py --table-only           # print the table from what is done
 
 Each (config, slice) compiles the train step once through `launch/aot.sh --programs=train` (the
-TPU compiler in its own venv) and keeps its row in OUT/<config>@<slice>.json; a row already there is
+TPU compiler in its own venv) and keeps its row in OUT/<config>@<slice>.json (with the step's HBM
+traffic by model scope; its HLO in OUT/hlo/); a row already there is
 not compiled again, so an interrupted run resumes where it stopped (a paper-size step takes minutes
 to compile on a 2-core machine). Extra `--config.` flags after `--` apply to every config (the
 rows then go to another --out). The table: per-chip HBM of the step against the chip's, fits,
@@ -49,6 +50,7 @@ def compile_row(name: str, topology: str, out: str, extra: list[str]) -> dict:
       f"--topology={topology}",
       "--programs=train",
       f"--json={path}.tmp",
+      f"--hlo_dir={os.path.join(out, 'hlo', f'{name}@{topology}')}",  # HBM bytes by model scope
       *extra,
   ]
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -67,7 +69,7 @@ def compile_row(name: str, topology: str, out: str, extra: list[str]) -> dict:
 
 def table(results: dict) -> str:
   from configs import dit, psvae, svae  # pylint: disable=g-import-not-at-top
-  from psvae_jax import aot  # pylint: disable=g-import-not-at-top  (no JAX at import)
+  from psvae_jax.aot import compiler  # pylint: disable=g-import-not-at-top  (no JAX at import)
 
   steps = {}
   for name, spec in CONFIGS.items():
@@ -84,7 +86,7 @@ def table(results: dict) -> str:
       continue
     r = res["rows"][0]
     if "error" in r and not r.get("oom"):
-      r.update(aot.out_of_memory(r["error"]) or {})
+      r.update(compiler.out_of_memory(r["error"]) or {})
     if r.get("oom"):
       lines.append(
           f"| {name} | {topology} | {r['mesh']} | {r['batch']} | > {r['required_gib']:.1f} "

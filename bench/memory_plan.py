@@ -40,7 +40,6 @@ sys.path.insert(0, ROOT)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from bench import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import dit as dit_config  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -53,7 +52,6 @@ from psvae_jax.models import (  # pylint: disable=g-import-not-at-top,wrong-impo
     text_encoders,
 )
 from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train.tasks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
     autoencoder,
 )
@@ -87,11 +85,7 @@ def _psvae_step(name: str, mesh, batch: int, remat: str, dtype: str):
   config.lpips.vgg = "random"  # the LPIPS network is built (its cost counts); no weight files
   task = autoencoder.AutoencoderTask(config)
   task.loss = _remat(task.loss, remat)
-  tx = optim.make_optimizer(
-      config.optim,
-      config.num_train_steps,
-      functools.partial(optim.label_params, groups=task.param_groups),
-  )
+  tx = loop.make_tx(task, config)
   init_fn = functools.partial(loop.create_train_state, task=task, tx=tx)
   state = jax.eval_shape(init_fn, jax.random.key(0))
   consts = jax.eval_shape(task.constants)
@@ -161,20 +155,6 @@ def _dit_step(mesh, batch: int, remat: str, dtype: str):
   )
 
 
-def _bytes(tree, shardings):
-  """(total bytes, bytes on one device, largest whole array on a device, its size)."""
-  total = per_device = 0
-  largest_whole = 0
-  for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
-    nbytes = int(np.prod(a.shape, dtype=np.int64)) * a.dtype.itemsize
-    shard = int(np.prod(s.shard_shape(a.shape), dtype=np.int64)) * a.dtype.itemsize
-    total += nbytes
-    per_device += shard
-    if shard == nbytes:
-      largest_whole = max(largest_whole, nbytes)
-  return total, per_device, largest_whole
-
-
 def plan(
     name: str, batch: int, remat: str, compile_: bool, fsdp: int = -1, dtype: str = ""
 ) -> dict:
@@ -198,8 +178,8 @@ def plan(
   }
   gib = 2.0**30
   for group, (tree, shard) in groups.items():
-    total, per_device, whole = _bytes(tree, shard)
-    row[group] = (total / gib, per_device / gib, whole / gib)
+    f = parallel.footprint(tree, shard)  # psvae_jax.aot's count too
+    row[group] = (f.total / gib, f.per_device / gib, f.largest_whole / gib)
   total = sum(v[0] for k, v in row.items() if k in groups)
   per_device = sum(v[1] for k, v in row.items() if k in groups)
   row["total_gib"], row["per_device_gib"] = total, per_device

@@ -12,6 +12,11 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 STAMP="$VENV/.installed-$(basename "$REQS")-$(cat "$ROOT/$REQS" "$ROOT/requirements.txt" | sha1sum | cut -c1-12)"
+# The test requirements include the runtime ones: a venv installed for tests serves runtime scripts.
+TEST_STAMP="$VENV/.installed-requirements-test.txt-$(cat "$ROOT/requirements-test.txt" "$ROOT/requirements.txt" | sha1sum | cut -c1-12)"
+if [ "$REQS" = requirements.txt ] && [ -f "$TEST_STAMP" ]; then
+  STAMP="$TEST_STAMP"
+fi
 if [ ! -f "$STAMP" ]; then
   echo "[psvae] installing $REQS into $VENV (first run takes a few minutes)" >&2
   python -m pip install --quiet --upgrade pip >&2

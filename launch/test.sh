@@ -2,11 +2,12 @@
 # Installs the pinned test requirements into .venv (if needed) and runs the test suite.
 # Usage: launch/test.sh [pytest args...]
 set -euo pipefail
-# The TPU compiler's own venv (.venv-tpu) for tests/test_aot.py; PSVAE_TEST_TPU=0 skips both.
-if [ "${PSVAE_TEST_TPU:-1}" != "0" ]; then
-  bash "$(dirname "$0")/aot.sh" --install-only
-fi
 REQS=requirements-test.txt . "$(dirname "$0")/_env.sh"
+# The TPU compiler's venv (.venv-tpu: libtpu over .venv) for tests/test_aot.py; PSVAE_TEST_TPU=0
+# skips both.
+if [ "${PSVAE_TEST_TPU:-1}" != "0" ]; then
+  bash launch/aot.sh --install-only
+fi
 set +e
 # PSVAE_TEST_WORKERS (default 2: CI's 2 cores) pytest-xdist workers; 0 runs in this process.
 WORKERS="${PSVAE_TEST_WORKERS:-2}"

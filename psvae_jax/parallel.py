@@ -9,6 +9,7 @@ host and a TPU pod slice.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping, Sequence
 
@@ -159,6 +160,35 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+  """Bytes of a pytree of (abstract) arrays under their shardings."""
+
+  total: int  # all leaves, unsharded
+  per_device: int  # one device's shards
+  largest_whole: int  # the largest leaf left whole on every device (a sharding rule to fix)
+  largest_whole_path: str  # its path in the tree ("" when none is whole)
+
+
+def footprint(tree: Any, shardings: Any = None) -> Footprint:
+  """The bytes `tree` takes in all and on one device: each leaf sharded by `shardings` (a
+  matching tree of Shardings) or by its own `.sharding` (abstract arrays from with_shardings,
+  jax.Arrays). bench/memory_plan.py and psvae_jax.aot count with this, so their figures agree."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  sh = [a.sharding for _, a in leaves] if shardings is None else jax.tree.leaves(shardings)
+  if len(sh) != len(leaves):
+    raise ValueError(f"{len(leaves)} arrays but {len(sh)} shardings")
+  total = per_device = whole = 0
+  whole_path = ""
+  for (path, a), s in zip(leaves, sh):
+    nbytes = int(np.prod(a.shape, dtype=np.int64)) * a.dtype.itemsize
+    shard = int(np.prod(s.shard_shape(a.shape), dtype=np.int64)) * a.dtype.itemsize
+    total, per_device = total + nbytes, per_device + shard
+    if shard == nbytes and nbytes > whole:
+      whole, whole_path = nbytes, jax.tree_util.keystr(path)
+  return Footprint(total, per_device, whole, whole_path)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -92,3 +92,20 @@ def test_replication_report_lists_large_leaves_no_dim_divides(caplog):
   # Real arrays carry their own sharding.
   x = jax.device_put(np.zeros((300, 300), np.float32), shardings["odd"]["kernel"])
   assert [r["path"] for r in parallel.replication_report({"x": x}, min_size=2**16)] == ["x"]
+
+
+def test_footprint_counts_shards_and_names_the_largest_whole_array():
+  mesh = parallel.make_mesh(1, -1)  # every device on fsdp
+  n = mesh.size
+  tree = {
+      "w": jax.ShapeDtypeStruct((4 * n, 8), np.float32),
+      "b": jax.ShapeDtypeStruct((3,), np.float32),
+      "e": jax.ShapeDtypeStruct((5, 7), np.int8),
+  }
+  shardings = parallel.param_shardings(tree, mesh, min_size=16)
+  f = parallel.footprint(tree, shardings)
+  assert f.total == 4 * n * 8 * 4 + 3 * 4 + 35
+  assert f.per_device == (4 * n * 8 * 4) // n + 3 * 4 + 35
+  assert (f.largest_whole, f.largest_whole_path) == (35, "['e']")
+  # The same from abstract arrays that carry their shardings (psvae_jax.aot's inputs).
+  assert parallel.footprint(parallel.with_shardings(tree, shardings)) == f

@@ -178,11 +178,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   if jax.process_index() == 0:  # after get_task, which may resolve config fields
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     paths.record(config, str(workdir))  # the runs it points at, relative to it (moved folders)
-  tx = optim.make_optimizer(
-      config.optim,
-      config.num_train_steps,
-      functools.partial(optim.label_params, groups=task.param_groups),
-  )
+  tx = make_tx(task, config)
   abstract = jax.eval_shape(
       functools.partial(create_train_state, task=task, tx=tx), jax.random.key(config.seed)
   )
@@ -194,6 +190,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   parallel.log_replication_report(abstract, shardings, min_size=config.shard_min_size)
   parallel.log_replication_report(consts, min_size=config.shard_min_size, what="constant")
   return Setup(config, workdir, mesh, task, tx, abstract, shardings, consts)
+
+
+def make_tx(task: tasks.Task, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The production optimizer (config.optim over config.num_train_steps) on the task's
+  parameter groups."""
+  return optim.make_optimizer(
+      config.optim,
+      config.num_train_steps,
+      functools.partial(optim.label_params, groups=task.param_groups),
+  )
 
 
 def record_data(workdir: epath.Path, data: dict) -> None:
