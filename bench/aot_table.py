@@ -1,4 +1,4 @@
-"""The paper-size train steps compiled for TPU slices (psvae_jax.aot): README's table.
+"""The paper-size train steps compiled for TPU slices (psvae_jax.aot): the table in docs/pods.md.
 
   python bench/aot_table.py                        # every config x slice below, then the table
   python bench/aot_table.py --configs dit_paper --topologies v5e-64
