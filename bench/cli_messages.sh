@@ -28,8 +28,8 @@ run "PS-VAE workdir to sample" $P.sample --workdir=$D/psvae --prompt=x --out=$W/
 run "--label on a text model" $P.sample --workdir=$D/dit --label=3 --out=$W/e.png
 run "--out unknown extension" $P.sample --workdir=$D/dit --prompt="a red circle on the left" --out=$W/x.xyz
 run "--cfg=-1" $P.sample --workdir=$D/dit --prompt=x --cfg=-1 --out=$W/e.png
-run "cache: existing cache" $P.data.cache --autoencoder=$D/psvae --data=shapes:num=8 --out=$D/latents
-run "cache: missing folder" $P.data.cache --autoencoder=$D/psvae --data=folder:path=/no/such --out=$W/lat
+run "cache: existing cache" $P.cache_latents --autoencoder=$D/psvae --data=shapes:num=8 --out=$D/latents
+run "cache: missing folder" $P.cache_latents --autoencoder=$D/psvae --data=folder:path=/no/such --out=$W/lat
 run "sample OK (4 images)" $P.sample --workdir=$D/dit --prompt="a red circle on the left" --num_images=4 --out=$W/g.png
 run "sample OK, unknown word" $P.sample --workdir=$D/dit --prompt="a purple dog" --num_images=1 --out=$W/h.png
 run "evaluate OK" $P.evaluate --workdir=$D/dit

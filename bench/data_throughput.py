@@ -192,10 +192,10 @@ def cache_rates(ae: Any, workdir: pathlib.Path) -> tuple[float, float]:
   """(cache read images/s, on-the-fly encode images/s) at the same batch size."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from psvae_jax.data import cache, latents  # pylint: disable=g-import-not-at-top
+  from psvae_jax.data import cache, latents, specs  # pylint: disable=g-import-not-at-top
 
   size = ae.image_size
-  data_cfg = cache.parse_data_spec(f"shapes:num={_CACHE_SIZE.value}", size)
+  data_cfg = specs.parse_data_spec(f"shapes:num={_CACHE_SIZE.value}", size)
   cache.write_cache(ae, data_cfg, str(workdir / "cache"), batch_size=_BATCH.value)
   x = jnp.asarray(
       np.random.default_rng(0).uniform(-1, 1, (_BATCH.value, size, size, 3)), jnp.float32
@@ -214,7 +214,7 @@ def main(argv: list[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_threefry_partitionable", True)
-  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  from psvae_jax import shapes_plugin  # pylint: disable=g-import-not-at-top
 
   shapes_plugin.register()  # data.source="shapes" (the tiny configs, the latent cache)
   print(

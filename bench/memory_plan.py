@@ -48,13 +48,12 @@ from configs import (  # pylint: disable=g-import-not-at-top,wrong-import-positi
 )
 from psvae_jax import builders  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.models import (  # pylint: disable=g-import-not-at-top,wrong-import-position
-    text_encoders,
-)
+from psvae_jax.aot import programs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.train.tasks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
     autoencoder,
 )
+from psvae_jax.weights import t5 as t5_weights  # pylint: disable=wrong-import-position
 
 CONFIGS = ("psvae_dinov2_b", "psvae_dinov2_l", "dit_xl2_t5xxl")
 POLICIES = ("none", "full", "dots")
@@ -116,17 +115,7 @@ def _dit_step(mesh, batch: int, remat: str, dtype: str):
   config.dtype = dtype or config.dtype
   config.model.remat = remat != "none"
   config.model.remat_policy = "dots_saveable" if remat == "dots" else "full"
-  t5 = text_encoders.T5Encoder(
-      vocab_size=32128,
-      d_model=4096,
-      d_kv=64,
-      d_ff=10240,
-      num_layers=24,
-      num_heads=64,
-      is_gated_act=True,
-      dense_act_fn="gelu_new",
-      dtype=jnp.dtype(config.dtype),
-  )
+  t5 = t5_weights.t5_module_from_hf_config(programs.T5_XXL, dtype=jnp.dtype(config.dtype))
   ids = jax.ShapeDtypeStruct((batch, config.data.max_length), jnp.int32)
   t5_params = jax.eval_shape(t5.init, jax.random.key(0), ids, ids)["params"]
   text_dtype = builders.text_param_dtype(config)  # frozen: stored so (builders.load_text_encoder)

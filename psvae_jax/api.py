@@ -14,10 +14,8 @@ out = api.load("runs/instruct/dit").instruct(images, "make the circle blue")
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
-from etils import epath
 import jax
 import numpy as np
 
@@ -31,7 +29,7 @@ from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax import paths
 from psvae_jax import pixels
-from psvae_jax.data import provenance
+from psvae_jax import workdir as workdir_lib
 from psvae_jax.data import sources
 from psvae_jax.diffusion import settings
 
@@ -48,7 +46,7 @@ class Pipeline:
       autoencoder: str | None = None,
       text_encoder: str | None = None,
   ):
-    config = autoencoders.read_config(workdir)
+    config = workdir_lib.read_config(workdir)
     # A moved demo folder: the recorded relative paths, or the overrides (psvae_jax/paths.py).
     paths.relocate(config, workdir, autoencoder=autoencoder, text_encoder=text_encoder)
     if config.stage != "dit":
@@ -57,7 +55,7 @@ class Pipeline:
       )
     self.mesh = mesh or parallel.make_mesh(-1, 1)
     self.config = config
-    self.class_names = read_class_names(workdir)
+    self.class_names = workdir_lib.class_names(workdir)
     self.warnings: list[str] = []  # the last generate / edit call's prompt warnings
     if not config.autoencoder:
       raise ValueError(f"{workdir}'s config names no autoencoder (config.autoencoder).")
@@ -402,12 +400,6 @@ class Pipeline:
     if all(r.shape == restored[0].shape for r in restored):
       return np.stack(restored)
     return restored
-
-
-def read_class_names(workdir: str) -> list[str]:
-  """The class names a run trained with (DIR/data.json, written at its start; [] if none)."""
-  path = epath.Path(workdir) / provenance.DATA_FILE
-  return list(json.loads(path.read_text()).get("class_names", [])) if path.exists() else []
 
 
 def load(

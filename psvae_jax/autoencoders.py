@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from typing import Any
 
 import jax
@@ -26,14 +25,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
-from configs import common
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax import runtime
+from psvae_jax import workdir as workdir_lib
 from psvae_jax.models.autoencoder import PSVAE
 
 
@@ -117,14 +115,6 @@ class Autoencoder:
     return self is other
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{workdir} is not a psvae-jax workdir (no config.json).")
-  # A config.json written before the sample keys' rename (cfg -> guidance_scale) loads renamed.
-  return ml_collections.ConfigDict(common.rename_legacy_sample_keys(json.loads(path.read_text())))
-
-
 def load_autoencoder(
     workdir: str,
     mesh: jax.sharding.Mesh | None = None,
@@ -136,7 +126,7 @@ def load_autoencoder(
   The latent statistics are read from `stats_dir` (a DiT workdir's own copy, see
   latent_stats.stats_dir), by default from `workdir`.
   """
-  config = read_config(workdir)
+  config = workdir_lib.read_config(workdir)
   if config.stage not in ("svae", "psvae"):
     raise ValueError(f"{workdir} holds a {config.stage!r} run, not an autoencoder.")
   mesh = mesh or parallel.make_mesh(-1, 1)
@@ -173,12 +163,12 @@ def latent_normalization(config, ae: Autoencoder) -> tuple[np.ndarray, np.ndarra
     )
   source = ae.stats_dir or config.autoencoder
   if ae.stats is None:
-    raise ValueError(f"{source} has no {latent_stats.FILE}: finish its stage 2 first.")
+    raise ValueError(f"{source} has no {workdir_lib.LATENT_STATS}: finish its stage 2 first.")
   mean, std = ae.normalization(sample)
-  data, where = ae.stats, f"{source}/{latent_stats.FILE}"
+  data, where = ae.stats, f"{source}/{workdir_lib.LATENT_STATS}"
   cached = latent_stats.load(config.data.path) if on_cache else None
   if cached is not None and not cached.legacy:
-    data, where = cached, f"{config.data.path}/{latent_stats.FILE}"
+    data, where = cached, f"{config.data.path}/{workdir_lib.LATENT_STATS}"
   if not (data.legacy and sample):  # (select has warned: z's statistics are unknown)
     latent_stats.check_normalized(
         *data.select(sample),

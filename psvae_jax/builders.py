@@ -23,6 +23,7 @@ from psvae_jax.models import siglip
 from psvae_jax.models import vit
 from psvae_jax.models.autoencoder import PSVAE, SemanticDecoder, SemanticEncoder
 from psvae_jax.weights import clip
+from psvae_jax.weights import common as weights_common
 from psvae_jax.weights import dinov2 as dinov2_weights
 from psvae_jax.weights import siglip as siglip_weights
 from psvae_jax.weights import lpips as lpips_weights
@@ -58,7 +59,7 @@ def _module_fields(module) -> dict[str, Any]:
 
 def _check_weights_kind(enc_cfg, kind: str) -> dict:
   """The weights directory's config.json; ValueError (one line) when it is another kind's."""
-  cfg = dinov2_weights.read_config(enc_cfg.weights)
+  cfg = weights_common.read_json(enc_cfg.weights)
   model_type = cfg.get("model_type", "")
   is_siglip = model_type in siglip_weights.MODEL_TYPES
   if (kind == "siglip2") != is_siglip:
@@ -231,7 +232,7 @@ def load_text_encoder(config):
         "A text-conditioned DiT needs --config.text_encoder=DIR (a Hugging Face CLIP "
         "text or T5 encoder directory with its tokenizer)."
     )
-  cfg = clip.read_json(config.text_encoder)
+  cfg = weights_common.read_json(config.text_encoder)
   if cfg.get("model_type", "").startswith("t5"):
     module, params = t5.load_t5_encoder(
         config.text_encoder, dtype=jnp.dtype(config.dtype), param_dtype=text_param_dtype(config)

@@ -26,6 +26,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from psvae_jax import workdir as workdir_lib
+
 
 class DataStateHandler(ocp.CheckpointHandler):
   """Saves a snapshot of each process's input-iterator state as JSON."""
@@ -317,7 +319,7 @@ def absolute(path) -> epath.Path:
 def is_export(workdir: str) -> bool:
   """Whether DIR is an export (psvae_jax/export.py: EMA params as safetensors, no checkpoints/)."""
   d = epath.Path(workdir)
-  return (d / EXPORTED_PARAMS).exists() and not (d / "checkpoints").exists()
+  return (d / EXPORTED_PARAMS).exists() and not (d / workdir_lib.CHECKPOINTS).exists()
 
 
 def restore_params(
@@ -339,7 +341,7 @@ def restore_params(
           f"{workdir} is an export: it holds the EMA params only, not {key!r} at step {step}."
       )
     return restore_exported(str(exported), target)
-  directory = absolute(epath.Path(workdir) / "checkpoints")
+  directory = absolute(epath.Path(workdir) / workdir_lib.CHECKPOINTS)
   mngr = ocp.CheckpointManager(  # every item the training wrote, so none is "unknown"
       directory,
       item_names=("state", "data", "config"),

@@ -2,8 +2,8 @@
 
   python -m psvae_jax.demo --outdir=runs/demo   (what launch/demo.sh runs)
   python -m psvae_jax.demo --outdir=runs/fmnist --data=fashion_mnist   (real images, class-
-      conditioned: psvae_jax/demo_classes.py; launch/demo.sh OUT --data=fashion_mnist installs
-      Debian's dataset-fashion-mnist first when it is missing)
+      conditioned: psvae_jax/experiments/demo_classes.py; launch/demo.sh OUT --data=fashion_mnist
+      installs Debian's dataset-fashion-mnist first when it is missing)
   python -m psvae_jax.demo --outdir=runs/mine --data=folder --data_dir=DIR  (DIR/train, DIR/test
       class folders)
 
@@ -30,7 +30,7 @@ _ENCODER = flags.DEFINE_string(
     "encoder_weights",
     "",
     "Stage 1's representation encoder: a Hugging Face Dinov2 directory (e.g. the one "
-    "python -m psvae_jax.shapes.rep_encoder trains); default: the tiny config's random ViT.",
+    "python -m psvae_jax.experiments.rep_encoder trains); default: the tiny config's random ViT.",
 )
 _DATA = flags.DEFINE_enum(
     "data", "shapes", ["shapes", "fashion_mnist", "folder"], "What the demo trains on."
@@ -57,20 +57,21 @@ def _proxy_figures(outdir: str) -> dict:
   """The demo's fid_proxy / rfid_proxy: trains the proxy into OUTDIR/fid_proxy.safetensors,
   then runs the fid and rfid evaluators of configs/eval.py:demo on OUTDIR/dit (figures also
   land in OUTDIR/dit/metrics.json and its TensorBoard events)."""
+  from psvae_jax.experiments import figures  # pylint: disable=g-import-not-at-top
   from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(outdir, "fid_proxy.safetensors")
   t0 = time.time()
   info = proxy.train_proxy(path, steps=60, num_images=768)
-  out = proxy.fid_figures(os.path.join(outdir, "dit"), path)
+  out = figures.fid_figures(os.path.join(outdir, "dit"), path)
   out["proxy_accuracy"] = info["proxy_accuracy"]
   out["seconds_fid_proxy"] = time.time() - t0
   return out
 
 
 def _class_demo(out: str) -> None:
-  """--data=fashion_mnist | folder: psvae_jax/demo_classes.py -> OUT/report.json."""
-  from psvae_jax import demo_classes  # pylint: disable=g-import-not-at-top
+  """--data=fashion_mnist | folder: psvae_jax/experiments/demo_classes.py -> OUT/report.json."""
+  from psvae_jax.experiments import demo_classes  # pylint: disable=g-import-not-at-top
 
   if _DATA.value == "fashion_mnist":
     if not os.path.isdir(_IDX_DIR.value):
@@ -103,7 +104,7 @@ def main(argv):
   from configs import svae as svae_config  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
   # The shapes world: data.source="shapes", its adherence checker, the "proxy" features.
-  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  from psvae_jax import shapes_plugin  # pylint: disable=g-import-not-at-top
 
   shapes_plugin.register()
   t0 = time.time()
@@ -137,24 +138,13 @@ def main(argv):
   text_dir = shapes_text.build_demo_text_encoder(
       f"{out}/text_encoder", shapes_text.shapes_vocabulary()
   )
-  # Encode the training images once (latent cache): each DiT step then skips image
-  # generation and the encoder (measured 0.23 -> 0.165 s/step).
-  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
-  from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
+  from psvae_jax.experiments import stage3  # pylint: disable=g-import-not-at-top
 
-  ae = autoencoders.load_autoencoder(f"{out}/psvae")
-  cache_dir = f"{out}/latents"
-  cache.ensure_cache(
-      ae,
-      cache.parse_data_spec(f"shapes:num={_CACHE_IMAGES.value}", ae.image_size),
-      cache_dir,
-      batch_size=256,
-      autoencoder_dir=f"{out}/psvae",
-  )
   c3 = _scaled(dit_config.get_config("tiny"), _STEPS_SCALE.value)
-  c3.autoencoder, c3.text_encoder = f"{out}/psvae", text_dir
-  c3.data.source, c3.data.path = "latents", cache_dir
-  m3 = loop.train_and_evaluate(c3, f"{out}/dit")
+  c3.text_encoder = text_dir
+  m3, _ = stage3.train_on_latent_cache(
+      c3, f"{out}/psvae", f"shapes:num={_CACHE_IMAGES.value}", f"{out}/latents", f"{out}/dit"
+  )
   report["stage3"] = m3
   # The DiT's periodic eval reads the validation split (half training compositions, half "val"
   # held-out ones): what tuning may look at. report.json's generation figures are the test split's.
@@ -170,11 +160,11 @@ def main(argv):
   report["seconds_stage3"] = time.time() - t3
   # FID with a shapes-trained proxy feature net (NOT comparable with Inception FID).
   report.update(_proxy_figures(out))
-  # Generation, inpainting and editing on held-out "test" compositions (shapes/figures.py):
+  # Generation, inpainting and editing on held-out "test" compositions (experiments/figures.py):
   # fractions with their standard errors and counts; grids and captions in OUT/test/.
   t_test = time.time()
   from psvae_jax import api  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
+  from psvae_jax.experiments import figures  # pylint: disable=g-import-not-at-top
 
   report["test"] = figures.test_figures(api.load(f"{out}/dit"), f"{out}/test")
   report["seconds_test"] = time.time() - t_test

@@ -3,7 +3,7 @@
 The sampling itself is `Generator.edit_latents` (one jit, the same scan sampler as generation);
 this module holds the host-side parts used by `psvae_jax.api.Pipeline.edit` / `.inpaint`,
 `python -m psvae_jax.sample --init_image=... [--mask=...]` and the demo's figures
-(`psvae_jax.shapes.figures`):
+(`psvae_jax.experiments.figures`):
 
 - `prepare_images`: images of any size -> the model's square resolution, by center crop
   ("crop") or padding ("pad"), with a `Placement` that maps a result back to the input size.
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from configs import common
 from psvae_jax import pixels
 from psvae_jax.data import decode
 

@@ -50,7 +50,7 @@ def main(argv):
   runtime.initialize("auto")
   from psvae_jax.evals import runner  # pylint: disable=g-import-not-at-top
   # The demo's shapes world: its data source, the adherence checker, the "proxy" features.
-  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  from psvae_jax import shapes_plugin  # pylint: disable=g-import-not-at-top
 
   shapes_plugin.register()
   config = _CONFIG.value

@@ -39,7 +39,7 @@ from psvae_jax import autoencoders
 from psvae_jax import checkpoint
 from psvae_jax import cli
 from psvae_jax import latent_stats
-from psvae_jax import paths
+from psvae_jax import workdir as workdir_lib
 
 DEFAULT_MAX_COPY_MB = 2048
 
@@ -59,7 +59,7 @@ def save_params(path: str, params) -> None:
 
 
 def _step(workdir: str) -> int | None:
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), async_save=False)
   try:
     return ckpt.latest_step()
   finally:
@@ -74,12 +74,12 @@ def _dir_mb(path: str) -> float:
 
 def _export_autoencoder(ae: autoencoders.Autoencoder, stats_from: str, out: str) -> None:
   os.makedirs(out)
-  with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+  with open(os.path.join(out, workdir_lib.CONFIG), "w", encoding="utf-8") as f:
     json.dump(ae.config.to_dict(), f, indent=2)
   save_params(os.path.join(out, checkpoint.EXPORTED_PARAMS), ae.params)
-  stats = os.path.join(stats_from, latent_stats.FILE)
+  stats = os.path.join(stats_from, workdir_lib.LATENT_STATS)
   if os.path.exists(stats):
-    shutil.copy2(stats, os.path.join(out, latent_stats.FILE))
+    shutil.copy2(stats, os.path.join(out, workdir_lib.LATENT_STATS))
 
 
 def export(workdir: str, out: str, max_copy_mb: float = DEFAULT_MAX_COPY_MB) -> dict:
@@ -89,7 +89,7 @@ def export(workdir: str, out: str, max_copy_mb: float = DEFAULT_MAX_COPY_MB) -> 
   out = os.path.abspath(out)
   if os.path.exists(out):
     raise FileExistsError(f"--out={out} exists: give a new directory (nothing was written).")
-  config = autoencoders.read_config(workdir)
+  config = workdir_lib.read_config(workdir)
   tmp = out + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)
   info = {"source": os.path.abspath(workdir), "step": _step(workdir), "stage": config.stage}
@@ -101,12 +101,12 @@ def export(workdir: str, out: str, max_copy_mb: float = DEFAULT_MAX_COPY_MB) -> 
     _export_autoencoder(pipe.ae, cfg.autoencoder, os.path.join(tmp, "autoencoder"))
     save_params(os.path.join(tmp, checkpoint.EXPORTED_PARAMS), pipe.params)
     shutil.copy2(
-        os.path.join(latent_stats.stats_dir(workdir, cfg.autoencoder), latent_stats.FILE),
-        os.path.join(tmp, latent_stats.FILE),
+        os.path.join(latent_stats.stats_dir(workdir, cfg.autoencoder), workdir_lib.LATENT_STATS),
+        os.path.join(tmp, workdir_lib.LATENT_STATS),
     )
-    data_json = os.path.join(workdir, "data.json")
+    data_json = os.path.join(workdir, workdir_lib.DATA)
     if os.path.exists(data_json):
-      shutil.copy2(data_json, os.path.join(tmp, "data.json"))
+      shutil.copy2(data_json, os.path.join(tmp, workdir_lib.DATA))
     cfg = cfg.copy_and_resolve_references()
     cfg.autoencoder = os.path.join(out, "autoencoder")
     if cfg.get("text_encoder"):
@@ -118,12 +118,12 @@ def export(workdir: str, out: str, max_copy_mb: float = DEFAULT_MAX_COPY_MB) -> 
       else:
         info["text_encoder_reference"] = os.path.abspath(cfg.text_encoder)
     cfg.init_from = ""
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(tmp, workdir_lib.CONFIG), "w", encoding="utf-8") as f:
       json.dump(cfg.to_dict(), f, indent=2)
     relative = {  # as paths.record writes it: relative to OUT, so a moved export still loads
         k: os.path.relpath(cfg[k], out) for k in ("autoencoder", "text_encoder") if cfg.get(k)
     }
-    with open(os.path.join(tmp, paths.FILE), "w", encoding="utf-8") as f:
+    with open(os.path.join(tmp, workdir_lib.PATHS), "w", encoding="utf-8") as f:
       json.dump(relative, f, indent=2)
   else:
     raise ValueError(f"{workdir} holds a {config.stage!r} run: nothing to export.")

@@ -25,7 +25,6 @@ import numpy as np
 from configs import common
 from psvae_jax import autoencoders
 from psvae_jax import parallel
-from psvae_jax import writers
 from psvae_jax import pixels
 from psvae_jax import runtime
 from psvae_jax.diffusion import objectives

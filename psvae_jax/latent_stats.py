@@ -33,8 +33,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from psvae_jax import parallel
+from psvae_jax import workdir as workdir_lib
 
-FILE = "latent_stats.npz"
 NORMALIZED_STD_RANGE = (0.5, 2.0)  # a normalised latent's std outside this earns a warning
 _MIN_STD = 1e-6
 
@@ -232,7 +232,7 @@ def save(directory: str, stats: LatentStats) -> None:
     return
   if stats.legacy:
     raise ValueError("Refusing to write latent statistics without the sampled z's.")
-  with (epath.Path(directory) / FILE).open("wb") as f:
+  with (epath.Path(directory) / workdir_lib.LATENT_STATS).open("wb") as f:
     np.savez(
         f,
         mean=stats.sample_mean,
@@ -248,7 +248,7 @@ def save(directory: str, stats: LatentStats) -> None:
 
 def load(directory: str) -> LatentStats | None:
   """DIRECTORY/latent_stats.npz (either format), or None when there is none."""
-  path = epath.Path(directory) / FILE
+  path = epath.Path(directory) / workdir_lib.LATENT_STATS
   if not path.exists():
     return None
   with path.open("rb") as f, np.load(f) as data:
@@ -270,7 +270,7 @@ def load(directory: str) -> LatentStats | None:
 def stats_dir(dit_dir: str, autoencoder_dir: str) -> str:
   """The directory a DiT's latent statistics are read from: its own copy (`keep_copy`) if it
   has one, else (a DiT trained before copies were kept) its autoencoder's."""
-  return dit_dir if (epath.Path(dit_dir) / FILE).exists() else autoencoder_dir
+  return dit_dir if (epath.Path(dit_dir) / workdir_lib.LATENT_STATS).exists() else autoencoder_dir
 
 
 def keep_copy(autoencoder_dir: str, dit_dir: str) -> str:
@@ -281,10 +281,13 @@ def keep_copy(autoencoder_dir: str, dit_dir: str) -> str:
   re-measured its statistics). Training and `psvae_jax.api` then normalise with the copy.
   Nothing is copied while the autoencoder has no statistics.
   """
-  src, dst = epath.Path(autoencoder_dir) / FILE, epath.Path(dit_dir) / FILE
+  src, dst = (
+      epath.Path(autoencoder_dir) / workdir_lib.LATENT_STATS,
+      epath.Path(dit_dir) / workdir_lib.LATENT_STATS,
+  )
   if jax.process_index() == 0:
     if not dst.exists() and src.exists():
-      tmp = dst.with_name(FILE + ".tmp")
+      tmp = dst.with_name(workdir_lib.LATENT_STATS + ".tmp")
       tmp.write_bytes(src.read_bytes())
       tmp.rename(dst)  # readers see no file or the whole file
       logging.info("latent_stats: copied %s to %s; this DiT normalises with the copy.", src, dst)

@@ -62,7 +62,7 @@ def main(argv):
   )
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
   # The demo's shapes world: data.source="shapes", its adherence checker, "proxy" features.
-  from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+  from psvae_jax import shapes_plugin  # pylint: disable=g-import-not-at-top
 
   shapes_plugin.register()
   try:

@@ -15,7 +15,8 @@ import os
 from absl import logging
 from etils import epath
 
-FILE = "paths.json"
+from psvae_jax import workdir as workdir_lib
+
 FIELDS = ("autoencoder", "text_encoder", "init_from")
 
 
@@ -32,14 +33,14 @@ def record(config, workdir: str) -> None:
     value = config.get(field) or ""
     if value and _is_local(value):
       out[field] = os.path.relpath(os.path.abspath(value), os.path.abspath(workdir))
-  (epath.Path(workdir) / FILE).write_text(json.dumps(out, indent=2))
+  (epath.Path(workdir) / workdir_lib.PATHS).write_text(json.dumps(out, indent=2))
 
 
 def relocate(config, workdir: str, **overrides: str | None) -> None:
   """Points config's FIELDS at what exists: an override if given, the stored path if it exists,
   else the path recorded relative to the workdir (if that exists). Changes config in place."""
   relative = {}
-  path = epath.Path(workdir) / FILE
+  path = epath.Path(workdir) / workdir_lib.PATHS
   if path.exists():
     relative = json.loads(path.read_text())
   for field in FIELDS:

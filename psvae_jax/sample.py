@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from psvae_jax import cli
+from psvae_jax import workdir as workdir_lib
 
 from configs import common
 from psvae_jax.data import labels
@@ -120,11 +121,10 @@ def _run_config(workdir: str) -> dict:
   """The workdir's config.json as a dict (no JAX), checked to be a stage-3 run."""
   if not os.path.isdir(workdir):
     raise _Usage(f"--workdir={workdir} does not exist.")
-  path = os.path.join(workdir, "config.json")
   try:
-    with open(path, encoding="utf-8") as f:
-      config = json.load(f)
+    config = workdir_lib.read_config_dict(workdir)
   except (OSError, ValueError) as e:
+    path = os.path.join(workdir, workdir_lib.CONFIG)
     raise _Usage(f"--workdir={workdir} is not a training workdir ({path}: {e}).") from None
   if config.get("stage") != "dit":
     raise _Usage(
@@ -174,11 +174,7 @@ def _check_flags() -> tuple[dict, int | None]:
   if cond == "class":
     if _PROMPT.value is not None:
       raise _Usage("this is a class-conditioned model: give --label (an id or a class name).")
-    names = []
-    data_file = os.path.join(_WORKDIR.value, "data.json")
-    if os.path.isfile(data_file):
-      with open(data_file, encoding="utf-8") as f:
-        names = json.load(f).get("class_names", [])
+    names = workdir_lib.class_names(_WORKDIR.value)
     num_classes = int(config.get("model", {}).get("num_classes", 0)) or len(names)
     try:
       label = labels.resolve_label(_LABEL.value, names)

@@ -11,6 +11,7 @@ import numpy as np
 from etils import epath
 
 from psvae_jax import runtime
+from psvae_jax import workdir as workdir_lib
 
 
 def create_writer(workdir: str):
@@ -54,15 +55,12 @@ def write_metrics_json(
   """
   if jax.process_index() != 0:
     return
-  path = epath.Path(workdir) / "metrics.json"
+  path = epath.Path(workdir) / workdir_lib.METRICS
   current = json.loads(path.read_text()) if path.exists() else {}
   current.update({k: (v if isinstance(v, str) else float(v)) for k, v in metrics.items()})
   if eval_step is not None:
     current["eval_step"] = eval_step
   path.write_text(json.dumps(current, indent=2, sort_keys=True))
-
-
-HISTORY_FILE = "eval_history.jsonl"
 
 
 def append_eval_history(workdir: str, step: int, metrics: Mapping[str, float | str]) -> None:
@@ -72,14 +70,14 @@ def append_eval_history(workdir: str, step: int, metrics: Mapping[str, float | s
     return
   figures = {k: (v if isinstance(v, str) else float(v)) for k, v in metrics.items()}
   line = json.dumps({"step": int(step), "figures": figures}, sort_keys=True)
-  with (epath.Path(workdir) / HISTORY_FILE).open("a") as f:
+  with (epath.Path(workdir) / workdir_lib.EVAL_HISTORY).open("a") as f:
     f.write(line + "\n")
 
 
 def read_eval_history(workdir: str) -> dict[int, dict[str, float | str]]:
   """{step: figures} of DIR/eval_history.jsonl, ascending; a step evaluated again (a resumed run)
   keeps its last figures; a torn last line (a run killed while writing) is skipped."""
-  path = epath.Path(workdir) / HISTORY_FILE
+  path = epath.Path(workdir) / workdir_lib.EVAL_HISTORY
   out = {}
   if path.exists():
     for line in path.read_text().splitlines():

@@ -28,7 +28,7 @@ import sys  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax.shapes import plugin  # noqa: E402
+from psvae_jax import shapes_plugin as plugin  # noqa: E402
 from psvae_jax.shapes import text as demo_text  # noqa: E402
 
 # pylint: enable=g-import-not-at-top,wrong-import-position

@@ -1,4 +1,5 @@
-"""The ablation's pieces (psvae_jax/ablation.py; the run itself is launch/ablation.sh, ~25 min):
+"""The ablation's pieces (psvae_jax/experiments/ablation.py; the run itself is launch/ablation.sh,
+~25 min):
 equal autoencoder budgets, what makes each variant what it claims to be, the eval history its
 curves read, and its table and plot."""
 
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 
 from configs import svae as svae_config
-from psvae_jax import ablation
-from psvae_jax import ablation_report
+from psvae_jax.experiments import ablation
+from psvae_jax.experiments import ablation_report
 from psvae_jax import writers
+from psvae_jax import workdir as workdir_lib
 
 
 def _runs(variant):
@@ -43,7 +45,7 @@ def test_eval_history_keeps_the_last_figures_per_step_and_skips_a_torn_line(tmp_
   writers.append_eval_history(str(tmp_path), 10, {"adherence": 0.25})
   writers.append_eval_history(str(tmp_path), 20, {"adherence": 0.5, "ref": "x"})
   writers.append_eval_history(str(tmp_path), 10, {"adherence": 0.75})  # a resumed run
-  with open(tmp_path / writers.HISTORY_FILE, "a") as f:
+  with open(tmp_path / workdir_lib.EVAL_HISTORY, "a") as f:
     f.write('{"step": 30, "figu')  # killed while writing
   h = writers.read_eval_history(str(tmp_path))
   assert h == {10: {"adherence": 0.75}, 20: {"adherence": 0.5, "ref": "x"}}
@@ -93,7 +95,7 @@ def test_class_representation_encoder_learns_the_classes(tmp_path):
   whose class is a bright bar's place (top, bottom, across, down: classes that survive the
   training's horizontal flips): saved as a Dinov2 directory, probed."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+  from psvae_jax.experiments import representation  # pylint: disable=g-import-not-at-top
   from psvae_jax.weights import dinov2  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)

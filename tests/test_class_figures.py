@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from psvae_jax import class_figures
+from psvae_jax.experiments import class_figures
 
 
 def _smooth(n=3, size=32):

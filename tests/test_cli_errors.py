@@ -98,7 +98,7 @@ def test_prompt_warnings_name_unknown_words_truncation_and_empty():
         ("main", ["--config=configs/psvae.py:tiny"], "--workdir must have a value"),
         ("sample", ["--num_images=abc"], "--num_images=abc"),
         ("evaluate", ["--config=configs/eval.py:nope", "--workdir={w}"], "Unknown eval variant"),
-        ("shapes.rep_encoder", ["--steps=0", "--out={w}"], "give --out=DIR and --steps >= 1"),
+        ("experiments.rep_encoder", ["--steps=0", "--out={w}"], "give --out=DIR and --steps >= 1"),
         (
             "main",
             [
@@ -110,7 +110,7 @@ def test_prompt_warnings_name_unknown_words_truncation_and_empty():
             "does not exist",
         ),
         (
-            "data.cache",
+            "cache_latents",
             ["--autoencoder={w}", "--data=folder:path=/x", "--out=" + ROOT + "/tests"],
             "is not a trained workdir",
         ),

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from configs import common
-from psvae_jax import autoencoders
+from psvae_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,10 +72,13 @@ def test_stored_config_with_old_sample_keys_loads_renamed(tmp_path):
   """A config.json from before the rename (sample.cfg, sample.cfg_rescale) reads as the new keys."""
   old = {"stage": "dit", "sample": {"steps": 20, "cfg": 6.5, "cfg_rescale": 0.3, "eta": 0.0}}
   (tmp_path / "config.json").write_text(json.dumps(old))
-  sample = autoencoders.read_config(str(tmp_path)).sample
+  sample = workdir_lib.read_config(str(tmp_path)).sample
   assert (sample.guidance_scale, sample.guidance_rescale, sample.steps) == (6.5, 0.3, 20)
   assert "cfg" not in sample and "cfg_rescale" not in sample
-  assert dict(common.sample_config()) == dict(common.SAMPLE)  # a fresh config has the defaults
+  fresh = common.sample_config()  # a mutable copy: changing a run's settings leaves SAMPLE alone
+  fresh.steps, fresh.guidance_scale = 3, 1.0
+  assert (common.SAMPLE.steps, common.SAMPLE.guidance_scale) == (50, 7.5)
+  assert common.sample_config().steps == 50
 
 
 def test_model_guidance_scale_is_the_runs_own():

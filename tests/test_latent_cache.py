@@ -17,11 +17,12 @@ from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import pixels
+from psvae_jax import cache_latents
 from psvae_jax.data import cache
+from psvae_jax.data import specs
 from psvae_jax.data import iterators
 from psvae_jax.data import latents
 from psvae_jax.data import pipeline
-from psvae_jax.data import sources
 from psvae_jax.shapes import source as shapes_source
 from psvae_jax.shapes import world
 from psvae_jax.train.state import TrainState
@@ -98,7 +99,7 @@ def ae(ae_dir):
 @pytest.fixture(scope="module")
 def cache_dir(ae, ae_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp("cache")
-  cfg = cache.parse_data_spec("shapes:num=40,seed=3", ae.image_size)
+  cfg = specs.parse_data_spec("shapes:num=40,seed=3", ae.image_size)
   cache.write_cache(
       ae, cfg, str(out), batch_size=16, dtype="bfloat16", store="mean_std", autoencoder_dir=ae_dir
   )
@@ -183,7 +184,7 @@ def test_cli_folder_with_bad_records_float32_sample(ae_dir, tmp_path, monkeypatc
 
   monkeypatch.setattr(runtime, "initialize", lambda *a: None)  # Skip the TF import.
   if "autoencoder" not in flags.FLAGS:
-    cache.define_flags()
+    cache_latents.define_flags()
   flags.FLAGS(
       [
           "cache",
@@ -196,7 +197,7 @@ def test_cli_folder_with_bad_records_float32_sample(ae_dir, tmp_path, monkeypatc
       ]
   )
   try:
-    cache.main([])
+    cache_latents.main([])
   finally:
     flags.FLAGS.unparse_flags()
     flags.FLAGS.mark_as_parsed()
@@ -252,15 +253,15 @@ def test_multi_process_cache_files(tmp_path):
 
 
 def test_parse_data_spec(tmp_path):
-  cfg = cache.parse_data_spec("shapes:num=64,seed=2", 32)
+  cfg = specs.parse_data_spec("shapes:num=64,seed=2", 32)
   assert (cfg.source, cfg.num_train, cfg.seed, cfg.image_size) == ("shapes", 64, 2, 32)
-  cfg = cache.parse_data_spec(f"folder:{tmp_path},label_captions=true", 32)
+  cfg = specs.parse_data_spec(f"folder:{tmp_path},label_captions=true", 32)
   assert (cfg.source, cfg.path, cfg.label_captions) == ("folder", str(tmp_path), True)
-  cfg = cache.parse_data_spec(f"tfds:imagenet2012,path={tmp_path},train_split=validation", 32)
+  cfg = specs.parse_data_spec(f"tfds:imagenet2012,path={tmp_path},train_split=validation", 32)
   assert (cfg.tfds_name, cfg.train_split) == ("imagenet2012", "validation")
-  assert cache.parse_data_spec(str(tmp_path), 32).source == "folder"
+  assert specs.parse_data_spec(str(tmp_path), 32).source == "folder"
   (tmp_path / "dataset_info.json").write_text("{}")
-  assert cache.parse_data_spec(str(tmp_path), 32).source == "tfds"
+  assert specs.parse_data_spec(str(tmp_path), 32).source == "tfds"
   for bad, match in (
       ("shapes:num=4,colour=red", "unknown field"),
       ("shapes:num=4,image_size=64", "differs"),
@@ -268,4 +269,4 @@ def test_parse_data_spec(tmp_path):
       ("/no/such/dir", "KIND:ARGS"),
   ):
     with pytest.raises(ValueError, match=match):
-      cache.parse_data_spec(bad, 32)
+      specs.parse_data_spec(bad, 32)

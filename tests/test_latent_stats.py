@@ -17,6 +17,7 @@ from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax.train.tasks import autoencoder as ae_task
 from psvae_jax.train.tasks import dit as dit_task
+from psvae_jax import workdir as workdir_lib
 
 C = 4
 
@@ -66,7 +67,9 @@ def test_save_load_and_old_format(tmp_path, caplog):
   np.testing.assert_array_equal(back.select(True)[1], stats.sample_std)
   np.testing.assert_array_equal(back.select(False)[1], stats.mu_std)
   np.savez(
-      tmp_path / latent_stats.FILE, mean=np.zeros(C, np.float32), std=np.full(C, 2.0, np.float32)
+      tmp_path / workdir_lib.LATENT_STATS,
+      mean=np.zeros(C, np.float32),
+      std=np.full(C, 2.0, np.float32),
   )  # the old format: mean/std of mu
   old = latent_stats.load(str(tmp_path))
   assert old.legacy and old.mu_std[0] == 2.0
@@ -155,9 +158,9 @@ def test_stage2_finish_measures_both_latents_and_a_rerun_keeps_the_file(tmp_path
   stats = latent_stats.load(str(tmp_path))
   assert (stats.num_images, stats.images_seen, stats.step) == (16, 16, 4)
   assert np.all(stats.sample_std > stats.mu_std)  # sigma > 0: z spreads wider than mu
-  mtime = (tmp_path / latent_stats.FILE).stat().st_mtime_ns
+  mtime = (tmp_path / workdir_lib.LATENT_STATS).stat().st_mtime_ns
   task.finish(state, {}, mesh, str(tmp_path), _never())  # same step, same count: kept
-  assert (tmp_path / latent_stats.FILE).stat().st_mtime_ns == mtime
+  assert (tmp_path / workdir_lib.LATENT_STATS).stat().st_mtime_ns == mtime
   config.latent_stats_images = 8  # another count: measured again
   task.finish(state, {}, mesh, str(tmp_path), _batches(np.random.default_rng(0), 1, size=32))
   assert latent_stats.load(str(tmp_path)).num_images == 8
@@ -168,7 +171,7 @@ def test_dit_keeps_its_own_copy_of_the_latent_statistics(tmp_path):
   (tmp_path / "psvae").mkdir()
   (tmp_path / "dit").mkdir()
   assert latent_stats.keep_copy(ae_dir, dit_dir) == ae_dir  # no statistics yet: nothing copied
-  assert not (tmp_path / "dit" / latent_stats.FILE).exists()
+  assert not (tmp_path / "dit" / workdir_lib.LATENT_STATS).exists()
   latent_stats.save(ae_dir, _stats(mu_std=0.5, z_std=1.0))
   assert latent_stats.keep_copy(ae_dir, dit_dir) == dit_dir  # stage 3 starts: copied
   latent_stats.save(ae_dir, _stats(mu_std=0.5, z_std=3.0))  # stage 2's finish re-run later

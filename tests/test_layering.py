@@ -1,4 +1,5 @@
-"""Layering: the library does not import the demo's shapes world (psvae_jax/shapes/)."""
+"""Layering: the library imports neither the demo's shapes world (psvae_jax/shapes/) nor the
+experiments (psvae_jax/experiments/)."""
 
 import os
 import subprocess
@@ -6,30 +7,34 @@ import sys
 import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Entry points: they may use the shapes world (and define absl flags when imported).
+# Entry points: they may use the shapes world and the experiments (and define absl flags when
+# imported), as may the plugin that registers the world.
 ENTRY_POINTS = (
     "psvae_jax.main",
     "psvae_jax.demo",
-    "psvae_jax.ablation",
     "psvae_jax.evaluate",
     "psvae_jax.sample",
+    "psvae_jax.cache_latents",
+    "psvae_jax.aot.__main__",
+    "psvae_jax.shapes_plugin",
 )
+OUTSIDE = ("psvae_jax.shapes", "psvae_jax.experiments")
 # The contract name of the shapes world (DESIGN.md): an alias module over psvae_jax/shapes/.
 ALIASES = ("psvae_jax.data.shapes",)
 
 
-def test_library_does_not_import_shapes():
+def test_library_imports_neither_shapes_nor_experiments():
   # A fresh interpreter, so that other tests' imports (conftest registers the shapes) do not count.
   code = textwrap.dedent(f"""
       import importlib, pathlib, sys
       files = sorted(pathlib.Path("psvae_jax").rglob("*.py"))  # not pkgutil: it imports packages
       names = [".".join(f.with_suffix("").parts).removesuffix(".__init__") for f in files]
-      library = [n for n in names if n not in {ENTRY_POINTS + ALIASES!r}
-                 and n != "psvae_jax.shapes" and not n.startswith("psvae_jax.shapes.")]
+      outside = lambda n: any(n == o or n.startswith(o + ".") for o in {OUTSIDE!r})
+      library = [n for n in names if n not in {ENTRY_POINTS + ALIASES!r} and not outside(n)]
       assert len(library) > 40, library
       for name in library:
         importlib.import_module(name)
-      loaded = sorted(m for m in sys.modules if m.split(".")[:2] == ["psvae_jax", "shapes"])
+      loaded = sorted(m for m in sys.modules if outside(m))
       assert not loaded, f"library modules import {{loaded}}"
       print("imported", len(library))
       """)

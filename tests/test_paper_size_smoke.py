@@ -27,7 +27,7 @@ from configs import svae as svae_config
 from psvae_jax import api
 from psvae_jax import checkpoint
 from psvae_jax.evals import runner as eval_runner
-from psvae_jax.shapes import plugin
+from psvae_jax import shapes_plugin as plugin
 from psvae_jax.shapes import text as demo_text
 from psvae_jax.train import loop
 

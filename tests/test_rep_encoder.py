@@ -1,9 +1,9 @@
-"""The shapes representation encoder's data and probes (psvae_jax/shapes/rep_encoder.py)."""
+"""The shapes representation encoder's data and probes (psvae_jax/experiments/rep_encoder.py)."""
 
 import numpy as np
 
-from psvae_jax import representation
-from psvae_jax.shapes import rep_encoder
+from psvae_jax.experiments import representation
+from psvae_jax.experiments import rep_encoder
 from psvae_jax.shapes import world
 
 

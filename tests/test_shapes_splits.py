@@ -9,7 +9,7 @@ import pytest
 
 from psvae_jax.data import sources
 from psvae_jax.shapes import checker
-from psvae_jax.shapes import figures
+from psvae_jax.experiments import figures
 from psvae_jax.shapes import world
 
 

@@ -18,12 +18,14 @@ from psvae_jax import builders
 from psvae_jax import cli
 from psvae_jax import latent_stats
 from psvae_jax import parallel
+from psvae_jax import workdir as workdir_lib
 from psvae_jax.aot.compiler import GIB, BadInput, Program
 from psvae_jax.models import dit as dit_lib
 from psvae_jax.train import loop
 from psvae_jax.train.tasks import autoencoder as ae_task
 from psvae_jax.train.tasks import dit as dit_task
 from psvae_jax.weights import clip
+from psvae_jax.weights import common as weights_common
 from psvae_jax.weights import t5
 
 T5_XXL = dict(  # google/t5-v1_1-xxl's config.json (the encoder's shapes)
@@ -78,8 +80,8 @@ def _stage3_pieces(config, ae_config_spec: str = ""):
   """(autoencoder with abstract params and identity statistics, (text module, abstract params,
   None)) of a stage-3 config: shapes from config.json files when given, else the defaults."""
   ae_dir = config.autoencoder
-  if ae_dir and os.path.isfile(os.path.join(ae_dir, "config.json")):
-    ae_config = autoencoders.read_config(ae_dir)
+  if ae_dir and os.path.isfile(os.path.join(ae_dir, workdir_lib.CONFIG)):
+    ae_config = workdir_lib.read_config(ae_dir)
   else:
     spec = ae_config_spec or (
         "configs/psvae.py:tiny" if config.model.size == "tiny" else "configs/psvae.py:dinov2_b"
@@ -103,7 +105,7 @@ def _stage3_pieces(config, ae_config_spec: str = ""):
     return ae, (None, None, None)
   text_dir = config.text_encoder
   if text_dir and os.path.isfile(os.path.join(text_dir, "config.json")):
-    hf = clip.read_json(text_dir)
+    hf = weights_common.read_json(text_dir)
   elif config.model.size == "tiny":
     raise BadInput(
         "a tiny text DiT: set --config.text_encoder=HF_DIR (its config.json is read for the "

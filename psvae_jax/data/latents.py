@@ -1,6 +1,6 @@
 """Latent cache format, its random-access source and the stage-3 latent iterator.
 
-A cache directory (written by `python -m psvae_jax.data.cache`) holds:
+A cache directory (written by `python -m psvae_jax.cache_latents`) holds:
   latents-PPPPP-of-NNNNN.array_record  one file per writing process; one msgpack record
                                        per image: {"mu": bytes, "std": bytes} (store
                                        "mean_std") or {"z": bytes} (store "sample"), plus
@@ -40,10 +40,10 @@ from psvae_jax import latent_stats
 from psvae_jax.data import config
 from psvae_jax.data import iterators
 from psvae_jax.data import text
+from psvae_jax import workdir as workdir_lib
 
 FORMAT = "psvae-latent-cache/1"
 META_FILE = "meta.json"
-STATS_FILE = latent_stats.FILE
 DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
 Record = dict[str, Any]
 
@@ -95,7 +95,7 @@ def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
   if not path.is_file():
     raise FileNotFoundError(
         f"{str(path.parent)!r} is not a latent cache (no {META_FILE}). Write one with: "
-        "python -m psvae_jax.data.cache --autoencoder=AE_DIR --data=SPEC --out=DIR"
+        "python -m psvae_jax.cache_latents --autoencoder=AE_DIR --data=SPEC --out=DIR"
     )
   meta = json.loads(path.read_text())
   if meta.get("format") != FORMAT:
@@ -155,7 +155,7 @@ class LatentCacheSource:
     """Per-channel statistics of mu and of the sampled z over the cache."""
     stats = latent_stats.load(str(self._dir))
     if stats is None:
-      raise FileNotFoundError(f"{str(self._dir / STATS_FILE)!r} is missing.")
+      raise FileNotFoundError(f"{str(self._dir / workdir_lib.LATENT_STATS)!r} is missing.")
     return stats
 
   def __repr__(self) -> str:

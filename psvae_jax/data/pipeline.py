@@ -61,7 +61,6 @@ Record = dict[str, Any]
 Batch = dict[str, np.ndarray]
 _IMAGE_KEYS = ("image", "image_enc", "source_image", "source_image_enc")
 SKIPPED_SOURCE_MISMATCH = "skipped_source_mismatch"  # iterators.COUNTERS
-BatchIterator = iterators.BatchIterator
 
 
 class Preprocess(grain.transforms.RandomMap):
@@ -228,7 +227,7 @@ def build_train_iterator(
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> BatchIterator:
+) -> iterators.BatchIterator:
   """Infinite, seeded, checkpointable iterator of this process's batches.
 
   Args:

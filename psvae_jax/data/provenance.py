@@ -1,4 +1,4 @@
-"""What a workdir records about its data (`DATA_FILE`), and the check on resume.
+"""What a workdir records about its data (DIR/data.json), and the check on resume.
 
 Training writes `describe_splits(config.data)` into the workdir when it starts and compares it
 when it resumes (`check_recorded`): a resumed run must read the same records (fingerprints and
@@ -11,8 +11,7 @@ from typing import Any
 
 from psvae_jax.data import config
 from psvae_jax.data import sources
-
-DATA_FILE = "data.json"
+from psvae_jax import workdir as workdir_lib
 
 
 def describe(source: Any) -> dict[str, Any]:
@@ -28,7 +27,7 @@ def describe(source: Any) -> dict[str, Any]:
 def describe_splits(data_cfg: Any) -> dict[str, Any]:
   """{"train": describe(...), "eval": describe(...), "class_names": [...]} of a data config.
 
-  Training writes it into the workdir (DATA_FILE) at its start and compares it on resume
+  Training writes it into the workdir (data.json) at its start and compares it on resume
   (`check_recorded`); the class names are what `--label=NAME` resolves against.
   """
   cfg = config.resolve(data_cfg)
@@ -51,7 +50,7 @@ def check_recorded(recorded: dict[str, Any], now: dict[str, Any], workdir: str) 
           f"{workdir}: the {split} data differ from those the run started with ("
           f"{a.get('num_records')} records, fingerprint {a.get('fingerprint')}; now "
           f"{b.get('num_records')}, {b.get('fingerprint')}: {b.get('source')}). A resumed run "
-          f"must read the same records (see {workdir}/{DATA_FILE}); start a new workdir for "
+          f"must read the same records (see {workdir}/{workdir_lib.DATA}); start a new workdir for "
           "new data."
       )
   if recorded.get("class_names", []) != now.get("class_names", []):

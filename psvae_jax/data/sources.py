@@ -12,7 +12,7 @@ decode). Decoding, caption repair and resizing happen in the input pipeline
   * "tfds": a prepared TensorFlow Datasets dataset in ArrayRecord format
     (`data.tfds_name`, `data.path` = its data_dir; see `tfds_source.py` for how to
     prepare ImageNet, COCO or a folder);
-  * "latents": a latent cache written by `python -m psvae_jax.data.cache` (`data.path`);
+  * "latents": a latent cache written by `python -m psvae_jax.cache_latents` (`data.path`);
     its "eval" split is the eval split of the dataset the cache was made from.
 Subsets (a `num_train` / `num_eval` cap, the folder hold-out, the eval set of
 `pipeline.build_eval_set`) are seeded and stratified by class (`subsets.stratified`, seed
@@ -23,7 +23,7 @@ sorted class subfolder names (folders) or the tfds ClassLabel names; `check_clas
 refuses train and eval splits that disagree (a class missing from one would shift every later
 label).
 Other kinds are registered with `register_source` by whoever provides them: the synthetic
-captioned shapes of the demo ("shapes") by `psvae_jax.shapes.plugin.register()`, which the
+captioned shapes of the demo ("shapes") by `psvae_jax.shapes_plugin.register()`, which the
 entry points that can run a shapes config call.
 """
 
@@ -463,6 +463,6 @@ def get_source(data_cfg: Any, split: str) -> Any:
   if cfg.source not in SOURCES:
     raise ValueError(
         f"Unknown data source {cfg.source!r}; registered: {sorted(SOURCES)} (the demo's "
-        "'shapes': psvae_jax.shapes.plugin.register(), which the entry points call)."
+        "'shapes': psvae_jax.shapes_plugin.register(), which the entry points call)."
     )
   return SOURCES[cfg.source](cfg, split)

@@ -1,7 +1,7 @@
 """Prompt-adherence checkers: a registry of scorers of whether images show what captions say.
 
 The library knows no caption language itself; a world that has one registers its checker
-(the shapes demo's "shapes": `psvae_jax.shapes.plugin.register()`). Users:
+(the shapes demo's "shapes": `psvae_jax.shapes_plugin.register()`). Users:
 
   * the "adherence" evaluator (evals/evaluators.py) and the DiT task's periodic eval pick
     the checker that accepts every caption (`for_captions`);

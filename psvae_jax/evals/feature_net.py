@@ -5,7 +5,7 @@ without Inception weights (what papers on small datasets such as Fashion-MNIST o
       [--image_size=32] [--steps=800] [--batch_size=128] [--seed=0]
 
 Trains a small convnet classifier on the train split of --data (a `KIND:ARGS` spec as for the
-latent cache, `psvae_jax.data.cache.parse_data_spec`; the data must have class labels). A
+latent cache, `psvae_jax.data.specs.parse_data_spec`; the data must have class labels). A
 stratified 10% of the train split is held out as a validation split, which picks the checkpoint
 (evaluated every `eval_every` steps); the test (eval) split, never seen in training or selection,
 gives the reported accuracy with its sample count and standard error. Writes the weights (OUT,

@@ -6,7 +6,7 @@ demo's "proxy").
 
 A loader takes (weights file, image size) and returns (jitted feature function, feature
 dimension). "classifier" is a small convnet trained on the user's labelled data
-(psvae_jax/evals/feature_net.py); `psvae_jax.shapes.plugin.register()` registers "proxy" (a
+(psvae_jax/evals/feature_net.py); `psvae_jax.shapes_plugin.register()` registers "proxy" (a
 small classifier trained on the shapes, psvae_jax/shapes/proxy.py).
 """
 
@@ -43,6 +43,6 @@ def feature_net(kind: str, weights: str, image_size: int) -> tuple[Callable, int
   if kind not in _LOADERS:
     raise ValueError(
         f"Unknown feature net {kind!r}; registered: {sorted(_LOADERS)} (the "
-        "demo's 'proxy': psvae_jax.shapes.plugin.register())."
+        "demo's 'proxy': psvae_jax.shapes_plugin.register())."
     )
   return _LOADERS[kind](weights, image_size)

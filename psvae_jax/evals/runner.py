@@ -29,6 +29,7 @@ from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
 from psvae_jax import runtime
+from psvae_jax import workdir as workdir_lib
 from psvae_jax.data import pipeline
 from psvae_jax.data import sources
 from psvae_jax.data import specs
@@ -82,7 +83,7 @@ def in_training(config, mesh, eval_data, reconstruct=None, generate=None) -> dic
 
 def _load(workdir: str, mesh):
   """(run config, autoencoder, generate or None) of a workdir; a dit's autoencoder loads once."""
-  run_cfg = autoencoders.read_config(workdir)
+  run_cfg = workdir_lib.read_config(workdir)
   if run_cfg.stage != "dit":
     return run_cfg, autoencoders.load_autoencoder(workdir, mesh), None
   pipe = api.load(workdir, mesh)
@@ -99,8 +100,7 @@ def _load(workdir: str, mesh):
 def default_variant(workdir: str) -> str:
   """The configs/eval.py variant that fits a workdir: "demo" for the shapes demo's data, "classes"
   for a class-conditioned DiT, else "inception" (reads only config.json)."""
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    run = json.load(f)
+  run = workdir_lib.read_config_dict(workdir)
   data = run.get("data", {})
   if data.get("source") == "latents" and data.get("path"):
     try:
@@ -241,7 +241,7 @@ def write_results(
   """
   names = {}
   if evals is not None:
-    path = epath.Path(workdir) / "metrics.json"
+    path = epath.Path(workdir) / workdir_lib.METRICS
     stored = json.loads(path.read_text()) if path.exists() else {}
     renamed = {}
     for name in evals:
@@ -300,7 +300,7 @@ def evaluate(workdir: str, config, data_spec: str = "", progress=None) -> dict:
   if step < 0:
     step = (
         checkpoint.Checkpointer(
-            os.path.join(workdir, "checkpoints"), async_save=False
+            os.path.join(workdir, workdir_lib.CHECKPOINTS), async_save=False
         ).latest_step()
         or 0
     )

@@ -36,6 +36,7 @@ from psvae_jax.train import optim
 from psvae_jax.train import preflight
 from psvae_jax.train import tasks
 from psvae_jax.train.state import TrainState, ema_decay, update_ema
+from psvae_jax import workdir as workdir_lib
 
 
 class _Preemption:
@@ -176,7 +177,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   )
   task = tasks.get_task(config, mesh, str(workdir))
   if jax.process_index() == 0:  # after get_task, which may resolve config fields
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / workdir_lib.CONFIG).write_text(config.to_json_best_effort(indent=2))
     paths.record(config, str(workdir))  # the runs it points at, relative to it (moved folders)
   tx = make_tx(task, config)
   abstract = jax.eval_shape(
@@ -205,7 +206,7 @@ def make_tx(task: tasks.Task, config: ml_collections.ConfigDict) -> optax.Gradie
 def record_data(workdir: epath.Path, data: dict) -> None:
   """Writes DIR/data.json (the splits' sizes, fingerprints, class names) at a run's start; a
   resumed run must read the same records (`provenance.check_recorded`)."""
-  path = workdir / provenance.DATA_FILE
+  path = workdir / workdir_lib.DATA
   if path.exists():
     provenance.check_recorded(json.loads(path.read_text()), data, str(workdir))
   elif jax.process_index() == 0:
@@ -286,14 +287,14 @@ def run_eval(s: Setup, state: TrainState, step: int, writer) -> dict[str, float]
   scalars, images = s.task.evaluate(state, s.consts, s.mesh, step)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
   writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
-  notes = dict(getattr(s.task, "grid_notes", {}) or {})  # what made each grid (prompts, labels)
+  notes = dict(s.task.grid_notes or {})  # what made each grid (prompts, labels)
   if notes:
     writer.write_texts(step, {f"eval/{k}_prompts": v for k, v in notes.items() if k in images})
   if jax.process_index() == 0:
     for k, v in images.items():
-      writers.save_png(str(s.workdir / "samples" / f"{k}_{step:07d}.png"), v)
+      writers.save_png(str(s.workdir / workdir_lib.SAMPLES / f"{k}_{step:07d}.png"), v)
       if k in notes:
-        (s.workdir / "samples" / f"{k}_{step:07d}.txt").write_text(notes[k] + "\n")
+        (s.workdir / workdir_lib.SAMPLES / f"{k}_{step:07d}.txt").write_text(notes[k] + "\n")
   writers.write_metrics_json(str(s.workdir), scalars)
   writers.append_eval_history(str(s.workdir), step, scalars)
   logging.info("eval step %d: %s", step, json.dumps({k: round(v, 4) for k, v in scalars.items()}))
@@ -392,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       config.data, global_batch_size=config.batch_size, seed=config.seed
   )
   ckpt = checkpoint.Checkpointer(
-      str(s.workdir / "checkpoints"),
+      str(s.workdir / workdir_lib.CHECKPOINTS),
       max_to_keep=config.keep_checkpoints,
       async_save=config.async_checkpoint,
   )

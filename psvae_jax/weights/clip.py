@@ -51,10 +51,6 @@ _LAYER_RENAMES = {
 }
 
 
-read_json = common.read_json
-weights_path = common.weights_path
-
-
 def cast_params(params: Any, dtype: Any) -> Any:
   """Host (numpy) copies of a parameter tree in `dtype` (e.g. bf16 for a frozen encoder)."""
   dtype = np.dtype(dtype)
@@ -154,7 +150,7 @@ def load_clip_text(
     ValueError: when the weights do not match the config (missing, unexpected
       or mis-shaped tensors are all listed).
   """
-  module = clip_text_module_from_hf_config(read_json(hf_dir), dtype=dtype)
+  module = clip_text_module_from_hf_config(common.read_json(hf_dir), dtype=dtype)
   ids = jnp.zeros((1, 1), jnp.int32)
   params = common.load_hf_params(
       hf_dir, module, convert_clip_text_state_dict, (ids, ids), "CLIP text checkpoint"

@@ -172,9 +172,6 @@ def convert_dinov2_state_dict(
   return out, unused
 
 
-read_config = common.read_json
-
-
 def load_dinov2(hf_dir: str, dtype: Any = jnp.float32) -> tuple[DinoV2, dict]:
   """Loads a Hugging Face DINOv2 checkpoint directory.
 
@@ -191,7 +188,7 @@ def load_dinov2(hf_dir: str, dtype: Any = jnp.float32) -> tuple[DinoV2, dict]:
     ValueError: when the checkpoint does not match the config (missing,
       unexpected or mis-shaped tensors are all listed).
   """
-  module = dinov2_module_from_hf_config(read_config(hf_dir), dtype=dtype)
+  module = dinov2_module_from_hf_config(common.read_json(hf_dir), dtype=dtype)
   p = module.patch_size
   dummy = jnp.zeros((1, p, p, 3), jnp.float32)
   return module, common.load_hf_params(

@@ -42,8 +42,6 @@ _LINEAR = {
 _LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _IGNORED = re.compile(r"^(text_model\.|head\.|logit_scale$|logit_bias$)")
 
-read_config = common.read_json
-
 
 def vision_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
   """(the vision tower's config dict, model_type of the directory); ValueError if not SigLIP."""
@@ -124,7 +122,7 @@ def convert_siglip_state_dict(
 def load_siglip(hf_dir: str, dtype: Any = jnp.float32) -> tuple[SiglipVision, dict]:
   """(module, params) of a Hugging Face SigLIP / SigLIP2 directory; ValueError lists missing,
   unexpected or mis-shaped tensors."""
-  module = siglip_module_from_hf_config(read_config(hf_dir), dtype=dtype)
+  module = siglip_module_from_hf_config(common.read_json(hf_dir), dtype=dtype)
   p = module.patch_size
   dummy = jnp.zeros((1, p, p, 3), jnp.float32)
   return module, common.load_hf_params(

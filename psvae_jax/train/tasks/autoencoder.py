@@ -15,7 +15,6 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from psvae_jax import autoencoders
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
@@ -24,6 +23,7 @@ from psvae_jax import parallel
 from psvae_jax import writers
 from psvae_jax import pixels
 from psvae_jax import runtime
+from psvae_jax import workdir as workdir_lib
 from psvae_jax.data import pipeline  # noqa
 from psvae_jax.evals import checkers as eval_checkers
 from psvae_jax.evals import image_metrics
@@ -41,7 +41,7 @@ def inherit_stage1_model(config) -> None:
   """
   if config.stage != "psvae" or not config.init_from:
     return
-  stage1 = autoencoders.read_config(config.init_from)
+  stage1 = workdir_lib.read_config(config.init_from)
   if stage1.stage != "svae":
     raise ValueError(
         f"--config.init_from={config.init_from} holds a {stage1.stage!r} run, "
@@ -304,7 +304,7 @@ class AutoencoderTask:
   def finish(self, state, consts, mesh, workdir, train_iter):
     """Writes DIR/latent_stats.npz for stage 3 (over config.latent_stats_images): stage 2's is
     what the method diffuses in; stage 1's lets a DiT train on the S-VAE latent too (the
-    ablation, psvae_jax/ablation.py).
+    ablation, psvae_jax/experiments/ablation.py).
 
     A re-run keeps a file that already describes this step over as many images.
     """
@@ -315,7 +315,7 @@ class AutoencoderTask:
       logging.info(
           "latent_stats: %s/%s already describes step %d over %d images; kept.",
           workdir,
-          latent_stats.FILE,
+          workdir_lib.LATENT_STATS,
           step,
           num_images,
       )

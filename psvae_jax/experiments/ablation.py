@@ -1,7 +1,7 @@
 """The paper's central claim at CPU scale: which latent makes diffusion learn, side by side.
 
-  launch/ablation.sh OUT            (python -m psvae_jax.ablation --outdir=OUT; ~25-30 min on 2
-                                     CPU cores; --dit_steps, --variants to change the budget)
+  launch/ablation.sh OUT     (python -m psvae_jax.experiments.ablation --outdir=OUT; ~25-30 min on
+                              2 CPU cores; --dit_steps, --variants to change the budget)
 
 PS-VAE's claim is a trade-off: a pixel VAE reconstructs well but its latent is hard to generate
 from; a semantic latent (S-VAE) is easy to generate from but weak at pixels; PS-VAE gets both.
@@ -11,7 +11,7 @@ seed, steps) in each latent:
 
   pixel_vae     the PS-VAE architecture with the semantic loss off (loss.sem = 0), encoder
                 trained from scratch at the decoder's learning rate: a plain KL-VAE;
-  svae          stage 1 on the project-trained representation encoder (psvae_jax/shapes/
+  svae          stage 1 on the project-trained representation encoder (psvae_jax/experiments/
                 rep_encoder.py, a Hugging Face Dinov2 directory): semantic + KL, the pixel decoder
                 on the detached latent, for the whole budget;
   psvae         stage 1 then stage 2 on that encoder (the method; the demo's step split);
@@ -22,7 +22,7 @@ reconstruction PSNR / SSIM / checker adherence on held-out scenes; linear probes
 (per latent token: shape and colour of the object there; per image: its position from the
 flattened latent; rep_encoder.probe_features); generation adherence on held-out "test"
 compositions (unseen) and training ones (seen) at the default guidance scale and at 1
-(shapes/figures.generation_figures); fid_proxy / rfid_proxy (the shapes-trained feature net,
+(experiments/figures.generation_figures); fid_proxy / rfid_proxy (the shapes-trained feature net,
 shapes/proxy.py: NOT Inception FID); and adherence vs DiT step on the validation prompts (the
 DiT's periodic eval, DIR/eval_history.jsonl): the convergence curve.
 """
@@ -38,7 +38,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from psvae_jax import ablation_report
+from psvae_jax.experiments import ablation_report
 from psvae_jax import cli
 
 VARIANTS = ("pixel_vae", "svae", "psvae", "psvae_random")
@@ -106,7 +106,7 @@ def autoencoder_runs(
 def latent_probe(ae) -> dict:
   """Linear probes of the autoencoder's posterior mean on the 8x8 token grid."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import rep_encoder  # pylint: disable=g-import-not-at-top
+  from psvae_jax.experiments import rep_encoder  # pylint: disable=g-import-not-at-top
 
   def feats(images):
     out = []
@@ -126,7 +126,7 @@ class _Shapes:
   columns = None  # ablation_report.markdown_table's default
 
   def __init__(self, f, out: str):
-    from psvae_jax.shapes import plugin as shapes_plugin  # pylint: disable=g-import-not-at-top
+    from psvae_jax import shapes_plugin  # pylint: disable=g-import-not-at-top
     from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
     from psvae_jax.shapes import text as shapes_text  # pylint: disable=g-import-not-at-top
 
@@ -141,14 +141,14 @@ class _Shapes:
       self.info["proxy"] = proxy.train_proxy(self.proxy_path, steps=60, num_images=768)
 
   def build_encoder(self, enc_dir: str, steps: int) -> None:
-    from psvae_jax.shapes import rep_encoder  # pylint: disable=g-import-not-at-top
+    from psvae_jax.experiments import rep_encoder  # pylint: disable=g-import-not-at-top
 
     rep_encoder.build(enc_dir, steps=steps)
 
   def cache_spec(self, image_size: int):
-    from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
+    from psvae_jax.data import specs  # pylint: disable=g-import-not-at-top
 
-    return cache.parse_data_spec(f"shapes:num={self.f.cache_images}", image_size)
+    return specs.parse_data_spec(f"shapes:num={self.f.cache_images}", image_size)
 
   def latent_probe(self, ae) -> dict:
     return latent_probe(ae)
@@ -167,8 +167,7 @@ class _Shapes:
 
   def figures(self, dit_dir: str, variant: str) -> dict:
     from psvae_jax import api  # pylint: disable=g-import-not-at-top
-    from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
-    from psvae_jax.shapes import proxy  # pylint: disable=g-import-not-at-top
+    from psvae_jax.experiments import figures  # pylint: disable=g-import-not-at-top
 
     pipe = api.load(dit_dir)
     gen = figures.generation_figures(
@@ -176,7 +175,7 @@ class _Shapes:
     )
     r = {k: v for k, v in gen.items() if k.startswith("adherence")}
     r["generation_settings"] = gen["generation_settings"]
-    r.update(proxy.fid_figures(dit_dir, self.proxy_path))
+    r.update(figures.fid_figures(dit_dir, self.proxy_path))
     return r
 
 
@@ -201,8 +200,8 @@ class _Classes:
   columns = CLASS_COLUMNS
 
   def __init__(self, f, out: str):
-    from psvae_jax import demo_classes  # pylint: disable=g-import-not-at-top
-    from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+    from psvae_jax.experiments import demo_classes  # pylint: disable=g-import-not-at-top
+    from psvae_jax.experiments import representation  # pylint: disable=g-import-not-at-top
 
     self.f, self.out, self.info = f, out, {}
     self.curve_name = f"Classifier accuracy of {f.curve_prompts} class-balanced samples"
@@ -215,7 +214,7 @@ class _Classes:
     )
 
   def build_encoder(self, enc_dir: str, steps: int) -> None:
-    from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+    from psvae_jax.experiments import representation  # pylint: disable=g-import-not-at-top
 
     representation.build_for_classes(enc_dir, self.spec, steps=steps)
 
@@ -227,7 +226,7 @@ class _Classes:
   def latent_probe(self, ae) -> dict:
     """The class, read linearly from the flattened posterior mean."""
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from psvae_jax import representation  # pylint: disable=g-import-not-at-top
+    from psvae_jax.experiments import representation  # pylint: disable=g-import-not-at-top
 
     fn = lambda images: ae.encode(jnp.asarray(images, jnp.float32) / 127.5 - 1.0)[0]
     return {"class": representation.class_probe(fn, self.data)}
@@ -329,7 +328,7 @@ def main(argv):
   runtime.initialize("off")
   from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
   from psvae_jax import writers  # pylint: disable=g-import-not-at-top
-  from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
+  from psvae_jax.experiments import stage3  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   variants = list(f.variants)
@@ -384,17 +383,13 @@ def main(argv):
     seconds[f"{variant}_autoencoder"] = time.time() - t
 
     t = time.time()
-    cache_dir = os.path.join(out, "latents", variant)
-    cache.ensure_cache(
-        ae, world.cache_spec(ae.image_size), cache_dir, batch_size=256, autoencoder_dir=ae_dir
-    )
     c3 = world.dit_config(every)
-    c3.autoencoder = ae_dir
-    c3.data.source, c3.data.path = "latents", cache_dir
     c3.num_train_steps = f.dit_steps
     c3.eval_every = c3.ckpt_every = every
     dit_dir = os.path.join(out, "dit", variant)
-    loop.train_and_evaluate(c3, dit_dir)
+    cache_dir = os.path.join(out, "latents", variant)
+    spec = world.cache_spec(ae.image_size)
+    stage3.train_on_latent_cache(c3, ae_dir, spec, cache_dir, dit_dir, ae=ae)
     r["curve"] = world.curve(writers.read_eval_history(dit_dir))
     for s, figs in r["curve"].items():
       tb.write_scalars(

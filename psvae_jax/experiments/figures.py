@@ -28,8 +28,10 @@ from typing import Sequence
 
 import numpy as np
 
+from configs import eval as eval_config
 from psvae_jax import editing
 from psvae_jax import writers
+from psvae_jax.evals import runner
 from psvae_jax.shapes import checker
 from psvae_jax.shapes import world
 
@@ -278,3 +280,28 @@ def summary_table(figures: dict, held_out: str = "test") -> str:
     if isinstance(v, dict) and {"mean", "se", "n"} <= set(v):
       lines.append(f"  {name:34s} {v['mean']:.3f} ± {v['se']:.3f}  (n={v['n']})")
   return "\n".join(lines)
+
+
+def fid_figures(dit_dir: str, proxy_path: str, num_samples: int = 64, num_images: int = 128):
+  """fid_proxy (samples of the DiT run in `dit_dir`) and rfid_proxy (its autoencoder's
+  reconstructions) with the proxy at `proxy_path`: the fid and rfid evaluators of
+  configs/eval.py:demo (figures also land in DIT_DIR/metrics.json and its TensorBoard events).
+
+  Returns {"fid_proxy", "rfid_proxy", "fid_proxy_settings"}."""
+  cfg = eval_config.get_config("demo")
+  cfg.proxy_weights = proxy_path
+  for k in ("psnr", "ssim", "lpips", "adherence"):  # reported elsewhere
+    del cfg.evals[k]
+  cfg.evals.fid_proxy.num_samples = num_samples
+  cfg.evals.fid_proxy.num_reference = 4 * num_samples
+  cfg.evals.rfid_proxy.num_images = num_images
+  r = runner.evaluate(dit_dir, cfg)
+  return {
+      "fid_proxy": r["fid_proxy/fid"],
+      "rfid_proxy": r["rfid_proxy/rfid"],
+      "fid_proxy_settings": {
+          k.split("/", 1)[1]: v
+          for k, v in r.items()
+          if k.startswith("fid_proxy/") and k != "fid_proxy/fid"
+      },
+  }

@@ -1,6 +1,6 @@
 """A representation encoder that means something in the shapes world, trained by the project.
 
-  python -m psvae_jax.shapes.rep_encoder --out=runs/shapes_dinov2 [--steps=1200]
+  python -m psvae_jax.experiments.rep_encoder --out=runs/shapes_dinov2 [--steps=1200]
 
 The demo's default "DINOv2" is a random ViT: its features carry no semantics, so the semantic
 loss of stages 1-2 has nothing to preserve. This trains a DINOv2-shaped ViT of the `tiny`
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psvae_jax import cli
-from psvae_jax import representation
+from psvae_jax.experiments import representation
 from psvae_jax.models import vit
 from psvae_jax.shapes import world
 from psvae_jax.weights import dinov2 as dinov2_weights
@@ -49,9 +49,6 @@ NUM_SHAPE, NUM_COLOR = len(world.SHAPES) + 1, len(world.COLORS) + 1  # + "nothin
 def encoder_module() -> vit.DinoV2:
   """The `tiny` autoencoder encoder's shape (representation.tiny_vit)."""
   return representation.tiny_vit(IMAGE_SIZE)
-
-
-normalize = representation.normalize
 
 
 def scenes(num: int, seed: int, split: str = "train", num_objects: int | None = None):
@@ -91,7 +88,7 @@ def train(steps: int = 1200, batch_size: int = 64, num_images: int = 8192, seed:
   t0 = time.time()
   module, head = encoder_module(), _Head()
   images, shapes, colors, _ = scenes(num_images, seed=seed + 1000)
-  x = normalize(images)
+  x = representation.normalize(images)
   k1, k2 = jax.random.split(jax.random.key(seed))
   params = {"enc": module.init(k1, x[:1])["params"]}
   params["head"] = head.init(k2, module.apply({"params": params["enc"]}, x[:1]))["params"]
@@ -129,7 +126,8 @@ def features(apply: Any, params: Any, images: np.ndarray) -> np.ndarray:
   """Frozen patch features: uint8 (B, S, S, 3) -> float64 (B, h, w, D); `apply(params, x)` is
   the encoder's jitted forward (made once per probe: each new jit compiles again)."""
   out = [
-      np.asarray(apply(params, normalize(images[i : i + 256]))) for i in range(0, len(images), 256)
+      np.asarray(apply(params, representation.normalize(images[i : i + 256])))
+      for i in range(0, len(images), 256)
   ]
   return np.concatenate(out).astype(np.float64)
 
@@ -155,7 +153,7 @@ def probe_features(
   """Linear read-outs of frozen features on scenes of training compositions.
 
   feature_fn: uint8 images (B, 32, 32, 3) -> features (B, 8, 8, D) on the 4 px token grid (an
-  encoder's patch tokens, or an autoencoder's latent: psvae_jax/ablation.py).
+  encoder's patch tokens, or an autoencoder's latent: psvae_jax/experiments/ablation.py).
   shape / colour: per token, of the object covering it (object tokens only), one read-out for
   all tokens (samples: tokens; the s.e. treats them as independent, so it is optimistic);
   position: per single-object image, from the mean-pooled tokens (`pool`) or all of them

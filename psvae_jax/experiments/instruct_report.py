@@ -1,6 +1,6 @@
 """Instruction editing at CPU scale: a source-conditioned DiT against SDEdit (issue 18).
 
-  python -m psvae_jax.shapes.instruct_report --outdir=runs/instruct --demo=runs/demo
+  python -m psvae_jax.experiments.instruct_report --outdir=runs/instruct --demo=runs/demo
   (launch/instruct.sh OUT trains the demo into OUT/demo first when it is missing)
 
 The demo's PS-VAE and its text DiT (`configs/dit.py:tiny`, 3000 steps on captioned scenes) are the
@@ -58,7 +58,7 @@ def triples(split: str, num: int, offset: int, seed: int = 0):
 def score(images: np.ndarray, ts) -> dict:
   """success / preserved / edit_ok rates and target PSNR of edits `images` of triples `ts`."""
   from psvae_jax import editing  # pylint: disable=g-import-not-at-top
-  from psvae_jax.shapes import figures  # pylint: disable=g-import-not-at-top
+  from psvae_jax.experiments import figures  # pylint: disable=g-import-not-at-top
   from psvae_jax.shapes import instruct  # pylint: disable=g-import-not-at-top
 
   size = images.shape[1]
@@ -97,29 +97,19 @@ def _train(out: str, demo: str) -> dict:
   """The instruction DiT at the demo DiT's budget; returns its training figures."""
   # pylint: disable=g-import-not-at-top
   from configs import dit as dit_config
-  from psvae_jax import autoencoders
-  from psvae_jax.data import cache
+  from psvae_jax.experiments import stage3
   from psvae_jax.shapes import instruct
   from psvae_jax.shapes import text as shapes_text
-  from psvae_jax.train import loop
 
   # pylint: enable=g-import-not-at-top
   text_dir = shapes_text.build_demo_text_encoder(f"{out}/text_encoder", instruct.vocabulary())
-  ae = autoencoders.load_autoencoder(f"{demo}/psvae")
-  cache.ensure_cache(
-      ae,
-      cache.parse_data_spec(f"shapes_instruct:num={_CACHE.value}", ae.image_size),
-      f"{out}/latents",
-      batch_size=256,
-      autoencoder_dir=f"{demo}/psvae",
-  )
   c = dit_config.get_config("tiny_instruct")
   base = json.loads(open(f"{demo}/dit/config.json", encoding="utf-8").read())
   c.num_train_steps = _STEPS.value or int(base["num_train_steps"])
   c.batch_size = int(base["batch_size"])
-  c.autoencoder, c.text_encoder = f"{demo}/psvae", text_dir
-  c.data.source, c.data.path = "latents", f"{out}/latents"
-  return loop.train_and_evaluate(c, f"{out}/dit")
+  c.text_encoder = text_dir
+  spec = f"shapes_instruct:num={_CACHE.value}"
+  return stage3.train_on_latent_cache(c, f"{demo}/psvae", spec, f"{out}/latents", f"{out}/dit")[0]
 
 
 def main(argv):
@@ -131,7 +121,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from psvae_jax import api
   from psvae_jax import writers
-  from psvae_jax.shapes import plugin
+  from psvae_jax import shapes_plugin as plugin
 
   # pylint: enable=g-import-not-at-top
   plugin.register()

@@ -8,11 +8,12 @@ encoder's shape (`tiny_vit`: 32 px, 4 px patches, 64 wide, 3 blocks), saved as a
 Dinov2 directory (config.json + model.safetensors) that goes through the same import as real
 DINOv2 weights (`--config.model.encoder.weights=DIR`). Two worlds have one:
 
-  * the shapes world: psvae_jax/shapes/rep_encoder.py (per-token shape and colour);
+  * the shapes world: psvae_jax/experiments/rep_encoder.py (per-token shape and colour);
   * any labelled image folder (the Fashion-MNIST ablation, `--data=fashion_mnist` of
-    psvae_jax/ablation.py): `train_on_classes` supervises EVERY patch token with the image's class
-    through one linear map shared by all tokens (so each token must gather its image's class from
-    the others, as DINOv2's patch tokens carry their image's semantics), with horizontal flips.
+    psvae_jax/experiments/ablation.py): `train_on_classes` supervises EVERY patch token with the
+    image's class through one linear map shared by all tokens (so each token must gather its
+    image's class from the others, as DINOv2's patch tokens carry their image's semantics), with
+    horizontal flips.
 
 `ridge_probe` is the linear read-out both use: ridge regression onto one-hot targets, fitted on
 one set, its penalty chosen on a second, accuracy with its standard error on a third.

@@ -1,5 +1,5 @@
 """The ablation's report: its markdown tables and its convergence plot (adherence vs DiT step,
-one line per variant), from the per-variant results `psvae_jax.ablation` collects."""
+one line per variant), from the per-variant results `psvae_jax.experiments.ablation` collects."""
 
 from __future__ import annotations
 
