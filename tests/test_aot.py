@@ -97,3 +97,23 @@ def test_aot_refuses_what_does_not_fit_and_bad_names():
   r = _aot("--topology=v9z-8")
   assert r.returncode == 1
   assert r.stderr.strip().count("\n") == 0 and "known: v4-8," in r.stderr
+
+
+def test_hlo_traffic_counts_async_slices_once_by_their_destination():
+  from psvae_jax.aot import hlo  # pylint: disable=g-import-not-at-top
+
+  text = "\n".join(
+      [
+          "ENTRY %main {",
+          "  %p = bf16[4096,640]{1,0} parameter(0)",
+          "  %s = ((bf16[4096,640]{1,0}), bf16[1024,640]{1,0}, s32[]) slice-start(%p), "
+          'metadata={op_name="jit(step)/jvp(DiT)/blocks_0/mlp/fc1/dot_general"}',
+          "  %d = bf16[1024,640]{1,0} slice-done(%s)",
+          "  %f = f32[1024,640]{1,0} fusion(%d), kind=kLoop, "
+          'metadata={op_name="jit(step)/transpose(jvp(DiT))/blocks_0/mlp/gelu"}',
+          "}",
+      ]
+  )
+  by_scope = hlo.bytes_by_scope(text)
+  # The slice reads its 1024 rows (+ the 4-byte context), the fusion reads them and writes f32.
+  assert by_scope == {"DiT/blocks_0": 1024 * 640 * 2 + 4 + 1024 * 640 * (2 + 4)}

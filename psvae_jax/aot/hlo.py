@@ -32,10 +32,30 @@ def _scope(op_name: str, depth: int) -> str:
   return "/".join(parts[:depth]) or "(other)"
 
 
+_READS_ITS_RESULT = ("slice", "dynamic-slice")  # reads only what it returns, not its operand
+_PREFETCH = ("slice-start", "copy-start", "dynamic-slice-start")  # async copies of one buffer
+
+
+def _traffic(opcode: str, result: int, operands: int) -> int:
+  """The bytes an op moves. An async op's "-start" returns (its operands, its destination,
+  context scalars) and its "-done" the destination again: the pair counts once, at the start,
+  as the destination's bytes (a prefetch or slice reads only those) plus, for a collective, its
+  operands."""
+  if opcode.endswith("-done"):
+    return 0
+  if opcode.endswith("-start"):
+    dest = max(result - operands, 0)
+    return dest if opcode in _PREFETCH else dest + operands
+  if opcode in _READS_ITS_RESULT:
+    return 2 * result
+  return result + operands
+
+
 def bytes_by_scope(hlo_text: str, depth: int = 2) -> dict[str, float]:
   """Bytes each top-level op of the compiled program's entry computation reads and writes (its
-  operands' and result's sizes, as XLA's cost analysis counts a fusion), summed by the model
-  scope in its metadata: where a memory-bound step's HBM traffic goes."""
+  operands' and result's sizes, as XLA's cost analysis counts a fusion; slices and async copies
+  as `_traffic` says), summed by the model scope in its metadata: where a memory-bound step's
+  HBM traffic goes. An upper bound for fusions that read part of an operand."""
   sizes: dict[str, int] = {}
   out: dict[str, float] = {}
   in_entry = False
@@ -58,5 +78,7 @@ def bytes_by_scope(hlo_text: str, depth: int = 2) -> dict[str, float]:
     operands = sum(sizes.get(a.strip().lstrip("%"), 0) for a in args.split(","))
     op_name = re.search(r'op_name="([^"]*)"', rest)
     key = _scope(op_name.group(1), depth) if op_name else f"({opcode})"
-    out[key] = out.get(key, 0.0) + sizes[name] + operands
+    moved = _traffic(opcode, sizes[name], operands)
+    if moved:
+      out[key] = out.get(key, 0.0) + moved
   return dict(sorted(out.items(), key=lambda kv: -kv[1]))
