@@ -172,12 +172,24 @@ def inpaint_figures(
   }
   k = 16
   mask_rgb = (masks[..., None] * 255).astype(np.uint8).repeat(3, axis=-1)
-  rows = np.stack([im for t in zip(images[:k], mask_rgb[:k], raw[:k], final[:k]) for im in t])
-  writers.save_png(os.path.join(out_dir, "inpaint_input_mask_raw_final.png"), writers.grid(rows, 8))
-  with open(os.path.join(out_dir, "inpaint_captions.txt"), "w", encoding="utf-8") as f:
-    f.write("rows of (input, mask, raw decode, composited), two per grid row:\n")
-    f.write("".join(f"{i}: {c}\n" for i, c in enumerate(captions[:k])))
+  _save_tiles(
+      out_dir,
+      ("inpaint_input_mask_raw_final.png", "inpaint_captions.txt"),
+      (images[:k], mask_rgb[:k], raw[:k], final[:k]),
+      "rows of (input, mask, raw decode, composited), two per grid row:",
+      captions[:k],
+  )
   return out
+
+
+def _save_tiles(out_dir: str, names: tuple[str, str], columns, header: str, captions) -> None:
+  """One grid (8 tiles a row) of the columns' images interleaved per example, and a text file
+  naming each example's caption under `header`."""
+  rows = np.stack([im for t in zip(*columns) for im in t])
+  writers.save_png(os.path.join(out_dir, names[0]), writers.grid(rows, 8))
+  with open(os.path.join(out_dir, names[1]), "w", encoding="utf-8") as f:
+    f.write(header + "\n")
+    f.write("".join(f"{i}: {c}\n" for i, c in enumerate(captions)))
 
 
 def edit_figures(
@@ -220,11 +232,13 @@ def edit_figures(
       "edit_settings": dict(num=num, strength=strength, guidance_scale=guidance_scale, seed=seed),
   }
   k = 16
-  rows = np.stack([im for t in zip(images[:k], edited[:k]) for im in t])
-  writers.save_png(os.path.join(out_dir, "edit_before_after.png"), writers.grid(rows, 8))
-  with open(os.path.join(out_dir, "edit_captions.txt"), "w", encoding="utf-8") as f:
-    f.write("pairs of (input, edited), four per grid row:\n")
-    f.write("".join(f"{i}: {c}\n" for i, c in enumerate(captions[:k])))
+  _save_tiles(
+      out_dir,
+      ("edit_before_after.png", "edit_captions.txt"),
+      (images[:k], edited[:k]),
+      "pairs of (input, edited), four per grid row:",
+      captions[:k],
+  )
   return out
 
 
