@@ -30,7 +30,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import dit as dit_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax import frozen_psvae  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -352,7 +352,7 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
     raise ValueError("Pass text_encoder=(module, params) for a text-conditioned config (only).")
   config.autoencoder = config.autoencoder or "(latent-only stand-in)"
 
-  class LatentOnlyAutoencoder(autoencoders.Autoencoder):
+  class LatentOnlyAutoencoder(frozen_psvae.Autoencoder):
     """Stands in for a PS-VAE workdir on latent-cache batches: DiTTask reads the latent shape
     and statistics (identity) from it; no weights (the step's "ae" constant is empty)."""
 

@@ -178,14 +178,14 @@ def tiny_autoencoder() -> Any:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import svae  # pylint: disable=g-import-not-at-top
-  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  from psvae_jax import frozen_psvae  # pylint: disable=g-import-not-at-top
   from psvae_jax import builders  # pylint: disable=g-import-not-at-top
 
   config = svae.get_config("tiny")
   model = builders.build_psvae(config.model, dtype=jnp.float32)
   size = config.data.image_size
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
-  return autoencoders.Autoencoder(model, params, config)
+  return frozen_psvae.Autoencoder(model, params, config)
 
 
 def cache_rates(ae: Any, workdir: pathlib.Path) -> tuple[float, float]:

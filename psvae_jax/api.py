@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from configs import common
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import editing
@@ -59,10 +59,10 @@ class Pipeline:
     self.warnings: list[str] = []  # the last generate / edit call's prompt warnings
     if not config.autoencoder:
       raise ValueError(f"{workdir}'s config names no autoencoder (config.autoencoder).")
-    self.ae = autoencoders.load_autoencoder(  # latent statistics: the DiT's own copy
+    self.ae = frozen_psvae.load_autoencoder(  # latent statistics: the DiT's own copy
         config.autoencoder, self.mesh, stats_dir=latent_stats.stats_dir(workdir, config.autoencoder)
     )
-    latent_mean, latent_std = autoencoders.latent_normalization(config, self.ae)
+    latent_mean, latent_std = frozen_psvae.latent_normalization(config, self.ae)
     text, text_params, tokenizer = builders.load_text_encoder(config)
     settings.resolve_flow_shift(config, self.ae.latent_shape)
     dit = builders.build_dit(config)

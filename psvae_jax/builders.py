@@ -1,6 +1,6 @@
 """Builds things from config: the models, their pretrained weights, text encoders, templates.
 
-Used by the stage tasks (training), `psvae_jax.api` and `psvae_jax.autoencoders` (inference),
+Used by the stage tasks (training), `psvae_jax.api` and `psvae_jax.frozen_psvae` (inference),
 the benchmarks and the tests; it imports nothing from train/. `models/` holds the pure linen
 modules, `weights/` the checkpoint readers this module wires in.
 """

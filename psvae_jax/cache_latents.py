@@ -23,7 +23,7 @@ import sys
 from absl import app
 from absl import flags
 
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import cli
 from psvae_jax import runtime
 from psvae_jax.data import cache
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
     sys.exit(
         f"cache: error: --autoencoder={f.autoencoder} is not a trained workdir (no config.json)."
     )
-  ae = autoencoders.load_autoencoder(f.autoencoder)
+  ae = frozen_psvae.load_autoencoder(f.autoencoder)
   try:
     data_cfg = specs.parse_data_spec(f.data, ae.image_size)
     sources.get_source(data_cfg, f.split)  # the data exist and can be listed

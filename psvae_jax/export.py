@@ -17,7 +17,7 @@ A DiT export holds everything `api.load(OUT)` needs:
   OUT/paths.json, OUT/export.json (source workdir, step, sha256 of every file)
 
 An autoencoder export (a stage-1/2 workdir) is the autoencoder/ part alone, loaded by
-`autoencoders.load_autoencoder(OUT)`. Loading reads the safetensors file in place of
+`frozen_psvae.load_autoencoder(OUT)`. Loading reads the safetensors file in place of
 checkpoints/ (`checkpoint.restore_params`). OUT is written as OUT.partial and renamed when
 complete: an interrupted export leaves no OUT that looks whole; an existing OUT is refused.
 """
@@ -35,7 +35,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import checkpoint
 from psvae_jax import cli
 from psvae_jax import latent_stats
@@ -72,7 +72,7 @@ def _dir_mb(path: str) -> float:
   )
 
 
-def _export_autoencoder(ae: autoencoders.Autoencoder, stats_from: str, out: str) -> None:
+def _export_autoencoder(ae: frozen_psvae.Autoencoder, stats_from: str, out: str) -> None:
   os.makedirs(out)
   with open(os.path.join(out, workdir_lib.CONFIG), "w", encoding="utf-8") as f:
     json.dump(ae.config.to_dict(), f, indent=2)
@@ -94,7 +94,7 @@ def export(workdir: str, out: str, max_copy_mb: float = DEFAULT_MAX_COPY_MB) -> 
   shutil.rmtree(tmp, ignore_errors=True)
   info = {"source": os.path.abspath(workdir), "step": _step(workdir), "stage": config.stage}
   if config.stage in ("svae", "psvae"):
-    _export_autoencoder(autoencoders.load_autoencoder(workdir), workdir, tmp)
+    _export_autoencoder(frozen_psvae.load_autoencoder(workdir), workdir, tmp)
   elif config.stage == "dit":
     pipe = api.load(workdir)
     cfg = pipe.config  # relocated: the paths that exist

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import common
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import parallel
 from psvae_jax import pixels
 from psvae_jax import runtime
@@ -48,7 +48,7 @@ class Generator:
 
   Attributes:
     dit: the DiT module; text: the frozen text encoder module (or None for class models);
-    ae: the frozen autoencoder (psvae_jax.autoencoders.Autoencoder); objective: eps or flow.
+    ae: the frozen autoencoder (psvae_jax.frozen_psvae.Autoencoder); objective: eps or flow.
   """
 
   def __init__(self, config, dit, text_module, tokenizer, ae, mesh):
@@ -119,10 +119,10 @@ class Generator:
 
   # ---- latents ------------------------------------------------------------------------------
   def normalize(self, consts, z):
-    return autoencoders.normalize(z, consts["latent_mean"], consts["latent_std"])
+    return frozen_psvae.normalize(z, consts["latent_mean"], consts["latent_std"])
 
   def denormalize(self, consts, z):
-    return autoencoders.denormalize(z, consts["latent_mean"], consts["latent_std"])
+    return frozen_psvae.denormalize(z, consts["latent_mean"], consts["latent_std"])
 
   def decode(self, consts, z_norm):
     x = self.ae.decode_with(consts["ae"], self.denormalize(consts, z_norm))

@@ -9,7 +9,7 @@ import pytest
 
 from configs import psvae as psvae_config
 from configs import svae as svae_config
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import losses
 from psvae_jax.models.autoencoder import PSVAE, reparameterize
 from psvae_jax.train import preflight
@@ -151,10 +151,10 @@ def test_trained_with_adv_loads_and_exports_without_the_discriminator(tmp_path, 
       "--config.adv.ndf=16",
       "--config.adv.n_layers=2",
   )
-  ae = autoencoders.load_autoencoder(str(tmp_path / "psvae"))
+  ae = frozen_psvae.load_autoencoder(str(tmp_path / "psvae"))
   assert "disc" not in ae.params and "pix_dec" in ae.params
   out = str(tmp_path / "export")
   export.export(str(tmp_path / "psvae"), out)
-  again = autoencoders.load_autoencoder(out)
+  again = frozen_psvae.load_autoencoder(out)
   for a, b in zip(jax.tree.leaves(ae.params), jax.tree.leaves(again.params)):
     np.testing.assert_array_equal(a, b)

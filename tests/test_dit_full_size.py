@@ -15,7 +15,7 @@ import numpy as np
 
 from configs import dit as dit_config
 from configs import psvae as psvae_config
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import latent_stats
 from psvae_jax import parallel
@@ -40,7 +40,7 @@ def _abstract_dit_task(config, mesh, text_width: int):
   c = ae_config.model.latent_channels
   zeros, ones = np.zeros(c, np.float32), np.ones(c, np.float32)
   stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
-  ae = autoencoders.Autoencoder(model=ae_model, params=ae_params, config=ae_config, stats=stats)
+  ae = frozen_psvae.Autoencoder(model=ae_model, params=ae_params, config=ae_config, stats=stats)
   t5 = text_encoders.T5Encoder(
       vocab_size=32128,
       d_model=text_width,

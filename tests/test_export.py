@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from psvae_jax import api
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import checkpoint
 from psvae_jax import export
 
@@ -46,7 +46,7 @@ def test_autoencoder_export_and_a_damaged_file(trained_dit, tmp_path):
   src = str(trained_dit / "psvae")
   out = tmp_path / "ae"
   export.export(src, str(out))
-  ref, got = autoencoders.load_autoencoder(src), autoencoders.load_autoencoder(str(out))
+  ref, got = frozen_psvae.load_autoencoder(src), frozen_psvae.load_autoencoder(str(out))
   x = np.linspace(-1, 1, 2 * 32 * 32 * 3, dtype=np.float32).reshape(2, 32, 32, 3)
   np.testing.assert_array_equal(np.asarray(ref.encode(x)[0]), np.asarray(got.encode(x)[0]))
   np.testing.assert_array_equal(got.stats.select(True)[1], ref.stats.select(True)[1])
@@ -58,5 +58,5 @@ def test_autoencoder_export_and_a_damaged_file(trained_dit, tmp_path):
   del tensors[name]
   save_file(tensors, path)
   with pytest.raises(checkpoint.IncompatibleCheckpointError, match="missing"):
-    autoencoders.load_autoencoder(str(out))
+    frozen_psvae.load_autoencoder(str(out))
   shutil.rmtree(out)

@@ -90,12 +90,12 @@ def test_condition_drops_have_the_configured_rates():
 
 
 def test_cache_of_pairs_holds_the_source_mean(trained_dit, tmp_path, monkeypatch):
-  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  from psvae_jax import frozen_psvae  # pylint: disable=g-import-not-at-top
   from psvae_jax.data import cache  # pylint: disable=g-import-not-at-top
   from psvae_jax.data import specs  # pylint: disable=g-import-not-at-top
 
   monkeypatch.chdir(trained_dit)  # a relative workdir loads (Orbax wants absolute paths)
-  ae = autoencoders.load_autoencoder("psvae")
+  ae = frozen_psvae.load_autoencoder("psvae")
   monkeypatch.chdir(tmp_path)
   spec = specs.parse_data_spec("shapes_instruct:num=16", ae.image_size)
   cache.write_cache(ae, spec, str(tmp_path / "c"), batch_size=8, dtype="float32")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import svae
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import pixels
@@ -93,7 +93,7 @@ def ae_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ae(ae_dir):
-  return autoencoders.load_autoencoder(ae_dir)
+  return frozen_psvae.load_autoencoder(ae_dir)
 
 
 @pytest.fixture(scope="module")

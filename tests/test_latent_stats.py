@@ -10,7 +10,7 @@ import pytest
 
 from configs import dit as dit_config
 from configs import psvae as psvae_config
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import checkpoint
 from psvae_jax import latent_stats
@@ -83,7 +83,7 @@ def _fake_autoencoder(stats):
   config = psvae_config.get_config("tiny")
   model = builders.build_psvae(config.model, dtype=jnp.float32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-  return autoencoders.Autoencoder(model, abstract, config, stats)
+  return frozen_psvae.Autoencoder(model, abstract, config, stats)
 
 
 def _stats(mu_std, z_std, channels=16):
@@ -127,11 +127,11 @@ def test_normalised_std_out_of_range_warns(tmp_path, caplog):
   config.data.source, config.data.path = "latents", str(tmp_path)
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    autoencoders.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
+    frozen_psvae.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
   assert "Normalised latent std 100 is outside" in caplog.text
   config.diffusion.latent_sample = False
   with pytest.raises(ValueError, match="latent cache"):
-    autoencoders.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
+    frozen_psvae.latent_normalization(config, _fake_autoencoder(_stats(mu_std=0.1, z_std=1.0)))
 
 
 def _never():
@@ -190,11 +190,11 @@ def test_load_autoencoder_reads_the_dit_copy(tmp_path, monkeypatch):
   latent_stats.save(str(ae_dir), _stats(mu_std=0.5, z_std=1.0))
   latent_stats.keep_copy(str(ae_dir), str(dit_dir))
   latent_stats.save(str(ae_dir), _stats(mu_std=0.5, z_std=3.0))
-  ae = autoencoders.load_autoencoder(
+  ae = frozen_psvae.load_autoencoder(
       str(ae_dir), stats_dir=latent_stats.stats_dir(str(dit_dir), str(ae_dir))
   )
   config = dit_config.get_config("tiny")
   config.autoencoder = str(ae_dir)
-  assert autoencoders.latent_normalization(config, ae)[1][0] == 1.0
+  assert frozen_psvae.latent_normalization(config, ae)[1][0] == 1.0
   assert ae.stats_dir == str(dit_dir)
-  assert autoencoders.load_autoencoder(str(ae_dir)).stats.sample_std[0] == 3.0
+  assert frozen_psvae.load_autoencoder(str(ae_dir)).stats.sample_std[0] == 3.0

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import psvae_jax
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import generation
 from psvae_jax import runtime
 from psvae_jax.evals import evaluators
@@ -53,13 +53,13 @@ def test_inference_programs_use_it():
       generation.Generator.__dict__["sample_latents"],
       generation.Generator.__dict__["_decode_jit"],
       generation.Generator.__dict__["_encode_jit"],
-      autoencoders.Autoencoder.__dict__["decode"],
+      frozen_psvae.Autoencoder.__dict__["decode"],
       ae_task.AutoencoderTask.__dict__["_eval_batch"],
       evaluators._psnr,  # pylint: disable=protected-access
   ):
     assert isinstance(program, runtime._NoGradJit), program  # pylint: disable=protected-access
   # What a run trains on keeps the process's flags: the latent cache's encoder.
-  assert not isinstance(autoencoders.Autoencoder.__dict__["encode"], runtime._NoGradJit)
+  assert not isinstance(frozen_psvae.Autoencoder.__dict__["encode"], runtime._NoGradJit)
 
 
 def test_a_child_process_keeps_them_and_a_users_flag_wins():

@@ -13,7 +13,7 @@ import numpy as np
 
 from configs import common
 from configs import psvae as psvae_configs
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import cli
 from psvae_jax import latent_stats
@@ -100,7 +100,7 @@ def _stage3_pieces(config, ae_config_spec: str = ""):
   c = ae_config.model.latent_channels
   zeros, ones = np.zeros(c, np.float32), np.ones(c, np.float32)
   stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
-  ae = autoencoders.Autoencoder(model, params, ae_config, stats)
+  ae = frozen_psvae.Autoencoder(model, params, ae_config, stats)
   if config.model.cond_type != "text":
     return ae, (None, None, None)
   text_dir = config.text_encoder

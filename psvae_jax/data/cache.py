@@ -155,7 +155,7 @@ def write_cache(
   """Encodes `data_cfg`'s split with `ae` into `out_dir`; returns the meta dict.
 
   Args:
-    ae: a loaded autoencoder (`autoencoders.load_autoencoder`).
+    ae: a loaded autoencoder (`frozen_psvae.load_autoencoder`).
     data_cfg: data config (e.g. from `specs.parse_data_spec`); image_size = ae.image_size.
     out_dir: the cache directory (must not hold a cache yet).
     batch_size: global batch size, divisible by the number of devices.

@@ -24,7 +24,7 @@ from etils import epath
 from configs import common
 
 from psvae_jax import api
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import checkpoint
 from psvae_jax import writers
 from psvae_jax import parallel
@@ -85,7 +85,7 @@ def _load(workdir: str, mesh):
   """(run config, autoencoder, generate or None) of a workdir; a dit's autoencoder loads once."""
   run_cfg = workdir_lib.read_config(workdir)
   if run_cfg.stage != "dit":
-    return run_cfg, autoencoders.load_autoencoder(workdir, mesh), None
+    return run_cfg, frozen_psvae.load_autoencoder(workdir, mesh), None
   pipe = api.load(workdir, mesh)
   generate = lambda caps, steps, guidance_scale, seed, labels=None: pipe.generate(
       caps if labels is None else None,

@@ -326,7 +326,7 @@ def main(argv):
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
   runtime.initialize("off")
-  from psvae_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  from psvae_jax import frozen_psvae  # pylint: disable=g-import-not-at-top
   from psvae_jax import writers  # pylint: disable=g-import-not-at-top
   from psvae_jax.experiments import stage3  # pylint: disable=g-import-not-at-top
   from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -377,7 +377,7 @@ def main(argv):
     ae_dir = os.path.join(out, "ae", runs[-1][0])
     for k in ("psnr", "ssim", "recon_adherence", "semantic_cos"):
       r[k] = m.get(k)
-    ae = autoencoders.load_autoencoder(ae_dir)
+    ae = frozen_psvae.load_autoencoder(ae_dir)
     for k, v in world.latent_probe(ae).items():
       r[f"probe_{k}"] = v
     seconds[f"{variant}_autoencoder"] = time.time() - t

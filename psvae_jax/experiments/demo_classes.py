@@ -24,7 +24,7 @@ from configs import eval as eval_config
 from configs import psvae as psvae_config
 from configs import svae as svae_config
 from psvae_jax import api
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax.experiments import class_figures
 from psvae_jax.experiments import stage3
 from psvae_jax.data import idx
@@ -93,7 +93,7 @@ def run(out: str, data_dir: str, steps_scale: float = 1.0) -> dict:
   report["seconds_stage2"] = time.time() - t
 
   t = time.time()
-  ae = autoencoders.load_autoencoder(f"{out}/psvae")
+  ae = frozen_psvae.load_autoencoder(f"{out}/psvae")
   load_s = time.time() - t
   c3 = _steps(dit_config.get_config("tiny_class"), STEPS["dit"], steps_scale)
   c3.eval.num_images = 100  # the end-of-training grids; the figures come from the evaluation

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax.data import cache
 from psvae_jax.data import specs
 from psvae_jax.train import loop
@@ -21,14 +21,14 @@ def train_on_latent_cache(
     cache_dir: str,
     workdir: str,
     *,
-    ae: autoencoders.Autoencoder | None = None,
+    ae: frozen_psvae.Autoencoder | None = None,
     batch_size: int = 256,
 ) -> tuple[dict, float]:
   """Encodes `data` (a `KIND:ARGS` spec or a data config) with the PS-VAE of `ae_dir` into
   `cache_dir` (kept when already complete), then trains the stage-3 `config` on it into `workdir`
   (resuming there). Returns (the run's final figures, the seconds the cache took)."""
   t0 = time.time()
-  ae = ae or autoencoders.load_autoencoder(ae_dir)
+  ae = ae or frozen_psvae.load_autoencoder(ae_dir)
   if isinstance(data, str):
     data = specs.parse_data_spec(data, ae.image_size)
   cache.ensure_cache(ae, data, cache_dir, batch_size=batch_size, autoencoder_dir=ae_dir)

@@ -5,7 +5,7 @@ svae and psvae) or DiTTask (stage 3, dit, given its frozen autoencoder and text 
 files; the DiT workdir keeps its own copy of the autoencoder's latent statistics).
 """
 
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import latent_stats
 from psvae_jax.train.tasks import autoencoder
@@ -23,7 +23,7 @@ def dit_pieces(config, mesh, workdir: str | None = None):
     raise ValueError("Stage 3 needs --config.autoencoder=DIR (a trained PS-VAE workdir).")
   stats_dir = latent_stats.keep_copy(config.autoencoder, workdir) if workdir else None
   return (
-      autoencoders.load_autoencoder(config.autoencoder, mesh, stats_dir=stats_dir),
+      frozen_psvae.load_autoencoder(config.autoencoder, mesh, stats_dir=stats_dir),
       builders.load_text_encoder(config),
   )
 

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from configs import common
-from psvae_jax import autoencoders
+from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import generation
 from psvae_jax import pixels
@@ -63,14 +63,14 @@ class DiTTask:
   param_groups: dict[str, str]
   grid_notes: dict[str, str]
 
-  def __init__(self, config, mesh, ae: autoencoders.Autoencoder, text=(None, None, None)):
-    """ae: the frozen PS-VAE (autoencoders.load_autoencoder); text: (module, params, tokenizer)
+  def __init__(self, config, mesh, ae: frozen_psvae.Autoencoder, text=(None, None, None)):
+    """ae: the frozen PS-VAE (frozen_psvae.load_autoencoder); text: (module, params, tokenizer)
     of the text encoder (builders.load_text_encoder; Nones for a class-conditional config)."""
     self.config = config
     self.mesh = mesh
     self.ae = ae
     self.grid_notes = {}
-    self.latent_mean, self.latent_std = autoencoders.latent_normalization(config, ae)
+    self.latent_mean, self.latent_std = frozen_psvae.latent_normalization(config, ae)
     self.text, self._text_params, tokenizer = text
     settings.resolve_flow_shift(config, ae.latent_shape)  # before config.json is written
     self.model = builders.build_dit(config)

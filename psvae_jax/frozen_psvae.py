@@ -1,4 +1,5 @@
-"""Loading a trained PS-VAE workdir for encoding/decoding (stage 3, latent cache, API).
+"""The trained, frozen PS-VAE that stage 3 and inference use: a stage-1/2 workdir (or export)
+loaded for encoding and decoding (stage 3, the latent cache, the API).
 
   ae = load_autoencoder("runs/demo/psvae")
   mu, logvar = ae.encode(images)          # (B, h, w, C), images (B, H, W, 3) in [-1, 1]
