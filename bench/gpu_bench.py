@@ -139,28 +139,26 @@ def sample(args):
   params = _random_params(model, z, jnp.zeros(b), labels=y)
   model_fn = lambda p, z, t, c: model.apply({"params": p}, z, t, labels=c["labels"])
 
+  steps = 2 if args.dry_run else 50
+
   @jax.jit
-  def sample_fn(p, z, cond, uncond, ts, cfg_scale, rng):
+  def sample_fn(p, z, cond, uncond, s):
     return samplers.ddim_sample(
         functools.partial(model_fn, p),
         schedules.linear_schedule(),
         z,
         cond,
         uncond,
-        ts,
-        cfg_scale,
-        0.0,
-        rng,
+        s,
+        max_steps=max(steps, 50),
     )
 
-  steps = 2 if args.dry_run else 50
-  ts = jnp.asarray(samplers.ddim_timesteps(steps, max_steps=max(steps, 50)))
+  s = samplers.traced(samplers.SampleSettings(steps=steps, guidance_scale=7.5))
   cond, uncond = {"labels": y}, {"labels": jnp.full_like(y, 1000)}
-  rng = jax.random.key(0)
   t0 = time.perf_counter()
-  compiled = sample_fn.lower(params, z, cond, uncond, ts, 7.5, rng).compile()
+  compiled = sample_fn.lower(params, z, cond, uncond, s).compile()
   compile_s = time.perf_counter() - t0
-  run = lambda: compiled(params, z, cond, uncond, ts, 7.5, rng).block_until_ready()
+  run = lambda: compiled(params, z, cond, uncond, s).block_until_ready()
   fl = flops_lib.analytic_flops(cfg["width"], cfg["depth"], (lat // 2) ** 2) * 2 * b * steps
   _report(
       f"sample DDIM-{steps} CFG DiT-{args.size}/2 {args.dtype} batch {b} (latency = ms/call)",

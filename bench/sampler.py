@@ -9,11 +9,12 @@ The model is the class-conditional DiT-S width (384, 6 heads), depth 4, patch 2 
 2B batch in every implementation; eta = 0. Implementations:
 
   scan      psvae_jax.diffusion.samplers.ddim_sample: the whole sampler (all steps) in one jit,
-            lax.scan over a timesteps array padded to --scan-length (default: the library's
-            1000, configs/common.MAX_SAMPLE_STEPS; steps, guidance_scale, eta and seed are traced:
-            one compile for all). Measured on the 2-core CPU (2026-12-05, DDIM-50): scan length
-            1000 vs 50 per image 640 vs 678 ms at batch 1, 517 vs 537 ms at batch 8: the 950
-            skipped iterations cost nothing measurable, so the library keeps one length.
+            lax.scan of length --scan-length (default: the library's 1000,
+            psvae_jax/diffusion/settings.MAX_STEPS; the SampleSettings, steps, guidance_scale,
+            eta and seed among them, are traced: one compile for all). Measured on the 2-core
+            CPU (2026-12-05, DDIM-50): scan length 1000 vs 50 per image 640 vs 678 ms at batch 1,
+            517 vs 537 ms at batch 8: the 950 skipped iterations cost nothing measurable, so the
+            library keeps one length.
   loop      a Python loop over one jitted DDIM+CFG step
   diffusers diffusers' DDIMScheduler (linear betas, "leading" spacing) + DiTTransformer2DModel,
             torch eager
@@ -67,24 +68,22 @@ def _jax_model():
   return params, model_fn
 
 
-def _scan_sampler(model_fn):
-  import jax  # pylint: disable=g-import-not-at-top
+def _scan_sampler(model_fn, max_steps: int):
   from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
 
-  def sample(params, sched, z, cond, uncond, timesteps, guidance_scale, eta, rng):
+  def sample(params, sched, z, cond, uncond, s):
     return samplers.ddim_sample(
-        functools.partial(model_fn, params),
-        sched,
-        z,
-        cond,
-        uncond,
-        timesteps,
-        guidance_scale,
-        eta,
-        rng,
+        functools.partial(model_fn, params), sched, z, cond, uncond, s, max_steps=max_steps
     )
 
   return runtime.no_grad_jit(sample)  # as the library compiles its sampler
+
+
+def _settings(steps, guidance_scale, eta=0.0, seed=0):
+  from psvae_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+
+  s = samplers.SampleSettings(steps=steps, guidance_scale=guidance_scale, eta=eta, seed=seed)
+  return samplers.traced(s)
 
 
 def _loop_sampler(model_fn):
@@ -157,7 +156,7 @@ def _torch_model(params):
 
 def worker(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from psvae_jax.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
+  from psvae_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
 
   params, model_fn = _jax_model()
   z, y = _inputs(args.batch)
@@ -172,22 +171,9 @@ def worker(args) -> dict:
         1
     ]  # Runs once per trace of the sampler.
     counter = runtime.CompileCounter()
-    scan = _scan_sampler(counting_fn)
-    rng = jax.random.key(0, impl="unsafe_rbg")
+    scan = _scan_sampler(counting_fn, MAX_STEPS)
     t0 = time.perf_counter()
-    ours = np.asarray(
-        scan(
-            params,
-            sched,
-            z,
-            cond,
-            uncond,
-            samplers.ddim_timesteps(n, max_steps=MAX_STEPS),
-            CFG,
-            0.0,
-            rng,
-        )
-    )
+    ours = np.asarray(scan(params, sched, z, cond, uncond, _settings(n, CFG)))
     first = counter.count
     out["first_call_s"] = time.perf_counter() - t0
     for steps, guidance_scale, eta, seed in (
@@ -195,17 +181,8 @@ def worker(args) -> dict:
         (n, 1.0, 0.5, 2),
         (MAX_STEPS, 7.5, 1.0, 3),
     ):
-      scan(
-          params,
-          sched,
-          z,
-          cond,
-          uncond,
-          samplers.ddim_timesteps(steps, max_steps=MAX_STEPS),
-          guidance_scale,
-          eta,
-          jax.random.key(seed, impl="unsafe_rbg"),
-      ).block_until_ready()
+      settings = _settings(steps, guidance_scale, eta, seed)
+      scan(params, sched, z, cond, uncond, settings).block_until_ready()
     out["compiles_first"], out["compiles_after"], out["traces"] = (
         first,
         counter.count - first,
@@ -219,14 +196,13 @@ def worker(args) -> dict:
     return out
 
   if args.impl == "scan":
-    scan = _scan_sampler(model_fn)
-    ts = samplers.ddim_timesteps(n, max_steps=MAX_STEPS)
-    rng = jax.random.key(0, impl="unsafe_rbg")
+    scan = _scan_sampler(model_fn, MAX_STEPS)
+    settings = _settings(n, CFG)
     t0 = time.perf_counter()
-    compiled = scan.lower(params, sched, z, cond, uncond, ts, CFG, 0.0, rng).compile()
+    compiled = scan.lower(params, sched, z, cond, uncond, settings).compile()
     out["compile_s"] = time.perf_counter() - t0
     params_d = jax.device_put(params)
-    run = lambda: compiled(params_d, sched, z, cond, uncond, ts, CFG, 0.0, rng).block_until_ready()
+    run = lambda: compiled(params_d, sched, z, cond, uncond, settings).block_until_ready()
   elif args.impl == "loop":
     counter = runtime.CompileCounter()
     loop = _loop_sampler(model_fn)
@@ -259,7 +235,7 @@ def main():
       "--scan-length",
       type=int,
       default=0,
-      help="the scan sampler's length (0: the library's, configs/common.MAX_SAMPLE_STEPS = "
+      help="the scan sampler's length (0: the library's, psvae_jax/diffusion/settings.MAX_STEPS = "
       "1000; the steps beyond --num-steps are skipped by lax.cond)",
   )
   ap.add_argument("--reps", type=int, default=10, help="timed full samples per run (median)")
@@ -274,9 +250,9 @@ def main():
   _common.add_load_args(ap)
   args = ap.parse_args()
   if not args.scan_length:
-    from configs import common  # pylint: disable=g-import-not-at-top
+    from psvae_jax.diffusion import settings  # pylint: disable=g-import-not-at-top  (no JAX)
 
-    args.scan_length = common.MAX_SAMPLE_STEPS
+    args.scan_length = settings.MAX_STEPS
   if args.worker:
     _common.emit(worker(args))
     return

@@ -6,6 +6,8 @@ as `--config.optim.lrr=1` fails before any compute, naming the key.
 
 import ml_collections
 
+from psvae_jax.diffusion import settings
+
 
 def base_config(stage: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -114,54 +116,14 @@ def data_config() -> ml_collections.ConfigDict:
   )  # records checked at start-up: none usable -> fail fast
 
 
-# The sampling defaults: the only place they are written. Stage-3 configs start their `sample`
-# from `sample_config()`; `psvae_jax.api.Pipeline`, `Generator.generate`, the sample CLI, the
-# evaluators (configs/eval.py) and the demo read these numbers.
-#   steps: sampler steps (DDIM or Euler, <= generation.MAX_STEPS; no recompile).
-#   guidance_scale: classifier-free guidance scale s (1 = no guidance).
-#   eta: DDIM eta (0 = deterministic).
-#   guidance_rescale: guidance rescale phi (0 = plain classifier-free guidance).
-#   guidance_interval: the noise levels (t/T or flow t, 1 = pure noise) where guidance_scale
-#     applies, scale 1 elsewhere ((0, 1): every step).
-#   shift: the SAMPLING timestep shift of the Euler grid (flow models; traced, so changing it does
-#     not recompile), independent of diffusion.flow_shift. A workdir whose config.json predates it
-#     samples with its diffusion.flow_shift (psvae_jax/diffusion/settings.sampling_shift).
-#   image_guidance_scale: s_I of two-condition guidance (instruction editing: models with
-#     model.source_condition; InstructPix2Pix's 1.5 by default; 1 = none on the source image).
-SAMPLE = ml_collections.FrozenConfigDict(
-    dict(
-        steps=50,
-        guidance_scale=7.5,
-        eta=0.0,
-        guidance_rescale=0.0,
-        guidance_interval=(0.0, 1.0),
-        shift=1.0,
-        image_guidance_scale=1.5,
-    )
-)
-
-# The most sampler steps (the sampler's scan length: any steps up to it reuse one compile).
-MAX_SAMPLE_STEPS = 1000
-
-# Stored configs (a workdir's config.json) written before the rename: old sample key -> new.
-LEGACY_SAMPLE_KEYS = {"cfg": "guidance_scale", "cfg_rescale": "guidance_rescale"}
-
-
 def sample_config() -> ml_collections.ConfigDict:
-  """A stage-3 config's `sample` fields at their defaults (a mutable copy of `SAMPLE`)."""
-  return ml_collections.ConfigDict(SAMPLE)
-
-
-def model_guidance_scale(config) -> float:
-  """A stage-3 run's own guidance scale (what an unset guidance scale means in the API, the sample
-  CLI and evaluate): its config's sample.guidance_scale (a ConfigDict or a stored config.json
-  dict; one written before the rename has it as sample.cfg), else SAMPLE's."""
-  sample = config.get("sample") or {}
-  legacy = [old for old, new in LEGACY_SAMPLE_KEYS.items() if new == "guidance_scale"]
-  for key in ("guidance_scale", *legacy):
-    if key in sample:
-      return float(sample[key])
-  return float(SAMPLE.guidance_scale)
+  """A stage-3 config's `sample` fields at their defaults (psvae_jax/diffusion/settings.py
+  `SampleSettings`, the one place they are written and explained; seed and resample are per
+  call, not stored)."""
+  defaults = settings.SampleSettings()
+  return ml_collections.ConfigDict(
+      {k: getattr(defaults, k) for k in settings.SampleSettings.CONFIG_FIELDS}
+  )
 
 
 def edits_by_instruction(config) -> bool:
@@ -169,16 +131,6 @@ def edits_by_instruction(config) -> bool:
   takes a source image per sample and edits by instruction; it does not generate from text alone
   nor run SDEdit. config: a ConfigDict or a stored config.json dict."""
   return bool((config.get("model") or {}).get("source_condition", False))
-
-
-def rename_legacy_sample_keys(raw: dict) -> dict:
-  """A stored config dict with its `sample` keys renamed per LEGACY_SAMPLE_KEYS (a new key wins)."""
-  sample = raw.get("sample")
-  if not isinstance(sample, dict) or not any(k in sample for k in LEGACY_SAMPLE_KEYS):
-    return raw
-  renamed = {LEGACY_SAMPLE_KEYS.get(k, k): v for k, v in sample.items() if k in LEGACY_SAMPLE_KEYS}
-  renamed.update({k: v for k, v in sample.items() if k not in LEGACY_SAMPLE_KEYS})
-  return {**raw, "sample": renamed}
 
 
 def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> str:

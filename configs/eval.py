@@ -15,12 +15,12 @@ workdir's own data); every evaluator's image count is checked before anything is
 
 import ml_collections
 
-from configs import common
+from psvae_jax.diffusion import settings
 
-# The generating evaluators sample with the library's default steps (configs/common.py SAMPLE)
+# The generating evaluators sample with the library's default steps (SampleSettings)
 # and, unless an evaluator sets guidance_scale, the model's own guidance scale (its config's
 # sample.guidance_scale; psvae_jax/evals/runner.evaluate fills it in and records it).
-_SAMPLING = dict(steps=common.SAMPLE.steps, seed=0)
+_SAMPLING = dict(steps=settings.SampleSettings().steps, seed=0)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

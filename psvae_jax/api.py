@@ -3,6 +3,8 @@
 from psvae_jax import api
 pipe = api.load("runs/demo/dit")
 images = pipe.generate(["a red circle on the left and a blue square on the right"], seed=0)
+# sampling settings as keywords (unset = the model's own: its config's `sample`), or one object:
+# pipe.generate(prompts, settings=pipe.sample_settings(steps=25, guidance_scale=3.0))
 z = pipe.encode(images)            # normalised latents (B, h, w, C)
 again = pipe.decode(z)             # uint8 (B, H, W, 3)
 edited = pipe.edit(images, ["a blue circle on the left and a blue square on the right"],
@@ -33,7 +35,7 @@ from psvae_jax import workdir as workdir_lib
 from psvae_jax.data import sources
 from psvae_jax.diffusion import settings
 
-_SAMPLE = common.SAMPLE  # the sampling defaults
+SampleSettings = settings.SampleSettings
 
 
 class Pipeline:
@@ -77,11 +79,13 @@ class Pipeline:
         consts, parallel.param_shardings(consts, self.mesh, min_size=config.shard_min_size)
     )
 
-  def guidance_scale(self, value: float | None = None) -> float:
-    """`value`, or the model's own (`common.model_guidance_scale`) when None."""
-    if value is not None:
-      return float(value)
-    return common.model_guidance_scale(self.config)
+  def sample_settings(self, base: SampleSettings | None = None, **overrides) -> SampleSettings:
+    """The settings a call samples with: `base` (or, when None, this model's own: its config's
+    `sample`, `SampleSettings.resolve`), then the `overrides` (SampleSettings fields) not None.
+    One line (ValueError / TypeError) names a bad or unknown setting."""
+    if base is None:
+      return self.gen.sample_settings(**overrides)
+    return base.replace(**overrides)
 
   @property
   def image_size(self) -> int:
@@ -90,28 +94,21 @@ class Pipeline:
   def generate(
       self,
       prompts: Sequence[str] | None = None,
-      steps: int = _SAMPLE.steps,
-      guidance_scale: float | None = None,
-      eta: float = _SAMPLE.eta,
-      seed: int = 0,
+      settings: SampleSettings | None = None,
+      *,
       labels: Sequence[int | str] | None = None,
-      guidance_rescale: float | None = None,
-      guidance_interval: tuple[float, float] | None = None,
-      shift: float | None = None,
+      **overrides,
   ) -> np.ndarray:
-    """Prompts (or class labels) -> uint8 images (N, H, W, 3). Same seed, same images.
+    """Prompts (or class labels) -> uint8 images (N, H, W, 3). Same settings, same images.
 
     labels: class ids or class names ("sneaker"; `self.class_names`, saved at training start).
-
-    steps, eta default to the sampling defaults (configs/common.py SAMPLE).
-    guidance_scale: the classifier-free guidance scale (1 = no guidance); None: the model
-      config's sample.guidance_scale (the value chosen for that model: 4 for the demo's).
-    guidance_rescale: guidance rescale phi (None: the model config's sample.guidance_rescale).
-    guidance_interval: (lo, hi) noise levels (1 = pure noise) where guidance_scale applies, scale
-      1 elsewhere (None: the model config's sample.guidance_interval; (0, 1) = every step).
-    shift: the Euler sampler's timestep shift, > 0 (flow models; None: the model config's
-      sample.shift, or its training diffusion.flow_shift if it has none). No recompile.
+    settings: a SampleSettings (None: the model's own, from its config's `sample`);
+    overrides: SampleSettings fields on top of it (None = unset), e.g. steps=25, seed=3,
+      guidance_scale (1 = no guidance; the model's own: 4 for the demo's), guidance_rescale,
+      guidance_interval=(lo, hi) (noise levels where the scale applies), shift (the Euler
+      sampler's timestep shift, flow models), eta (DDIM). None of them recompiles.
     """
+    s = self.sample_settings(settings, **overrides)
     if prompts is not None and isinstance(prompts, str):
       prompts = [prompts]
     self.warnings = self.prompt_warnings(prompts)
@@ -119,19 +116,7 @@ class Pipeline:
       if isinstance(labels, (str, int, np.integer)):
         labels = [labels]
       labels = [self.label_id(x) for x in labels]
-    return self.gen.generate(
-        self.params,
-        self.consts,
-        prompts=prompts,
-        labels=labels,
-        steps=steps,
-        guidance_scale=self.guidance_scale(guidance_scale),
-        eta=eta,
-        seed=seed,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        shift=shift,
-    )
+    return self.gen.generate(self.params, self.consts, s, prompts=prompts, labels=labels)
 
   def prompt_warnings(self, prompts: Sequence[str] | None) -> list[str]:
     """What the text encoder will not see of `prompts` (unknown words, tokens past its length,
@@ -176,42 +161,27 @@ class Pipeline:
       images,
       prompts,
       strength: float = 0.7,
-      steps: int = _SAMPLE.steps,
-      guidance_scale: float | None = None,
-      eta: float = _SAMPLE.eta,
-      seed: int = 0,
+      settings: SampleSettings | None = None,
       *,
       fit: str = "crop",
-      guidance_rescale: float | None = None,
-      guidance_interval: tuple[float, float] | None = None,
-      shift: float | None = None,
+      **overrides,
   ):
     """SDEdit: images (any size) re-generated towards `prompts` from noise level strength·T.
 
     strength 0 returns the PS-VAE reconstruction, 1 ignores the input (plain generation with the
     same seed). Images are center-cropped ("crop") or padded ("pad") to the model's resolution
     and the results returned at the input's size (a uint8 array if the input was one, else a
-    list). One compile per batch size for all strengths (and shared with `inpaint`). `shift`:
-    the sampling shift, as in `generate` (it also sets the SDEdit start time of flow models).
+    list). One compile per batch size for all strengths (and shared with `inpaint`). settings /
+    overrides: as in `generate` (the sampling shift also sets the SDEdit start time of flow
+    models).
     """
+    s = self.sample_settings(settings, **overrides)
+    if s.resample:
+      raise editing.EditInputError("resample (RePaint jumps) is for inpaint; edit regenerates all.")
     strength = editing.check_strength(strength)
     square, places = editing.prepare_images(images, self.image_size, fit)
     masks = np.ones(square.shape[:3], np.float32)
-    out = self._edit(
-        square,
-        masks,
-        prompts,
-        strength=strength,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        seed=seed,
-        dilation=0,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        resample=0,
-        shift=shift,
-    )
+    out = self._edit(square, masks, prompts, s, strength=strength, dilation=0)
     return self._restore(images, out, places)
 
   def inpaint(
@@ -219,20 +189,14 @@ class Pipeline:
       images,
       masks,
       prompts,
-      steps: int = _SAMPLE.steps,
-      guidance_scale: float | None = None,
-      eta: float = _SAMPLE.eta,
-      seed: int = 0,
+      settings: SampleSettings | None = None,
       *,
       strength: float = 1.0,
       dilation: int = 1,
       feather: float = 1.0,
       fit: str = "crop",
       composite: bool = True,
-      guidance_rescale: float | None = None,
-      guidance_interval: tuple[float, float] | None = None,
-      resample: int = 0,
-      shift: float | None = None,
+      **overrides,
   ):
     """Regenerates the masked region (mask >= 0.5, i.e. white) of each image for its prompt.
 
@@ -242,17 +206,15 @@ class Pipeline:
     blended (Gaussian edge of sigma `feather` px) with the original pixels outside the mask. An
     all-black mask returns the input (the reconstruction with composite=False); an all-white
     one is plain generation. `strength` < 1 starts the masked region from the noised input.
-    `resample` = N > 0 adds N RePaint resampling jumps per step (re-noise one step, denoise
-    again: N + 1 model calls per step) to harmonise the region with its surroundings. `shift`:
-    the sampling shift, as in `generate`.
+    settings / overrides: as in `generate`; `resample` = N > 0 adds N RePaint resampling jumps
+    per step (re-noise one step, denoise again: N + 1 model calls per step) to harmonise the
+    region with its surroundings.
     """
     strength = editing.check_strength(strength)
-    if (
-        isinstance(resample, bool)
-        or not isinstance(resample, (int, np.integer))
-        or not (0 <= resample <= 100)
-    ):
-      raise editing.EditInputError(f"resample must be an integer in [0, 100], got {resample!r}.")
+    try:
+      s = self.sample_settings(settings, **overrides)
+    except ValueError as e:  # resample out of range, ...: a bad edit input
+      raise editing.EditInputError(str(e)) from None
     if isinstance(masks, np.ndarray) and masks.ndim == 2:
       masks = [masks]
     square, places = editing.prepare_images(images, self.image_size, fit)
@@ -265,21 +227,7 @@ class Pipeline:
         )
     ]
     pix = np.stack([editing.prepare_mask(m, p, self.image_size) for m, p in zip(masks, places)])
-    out = self._edit(
-        square,
-        pix,
-        prompts,
-        strength=strength,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        seed=seed,
-        dilation=dilation,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        resample=int(resample),
-        shift=shift,
-    )
+    out = self._edit(square, pix, prompts, s, strength=strength, dilation=dilation)
     restored = self._restore(images, out, places)
     if not composite:
       return restored
@@ -293,23 +241,18 @@ class Pipeline:
       self,
       images,
       instructions,
-      steps: int = _SAMPLE.steps,
-      guidance_scale: float | None = None,
-      image_guidance_scale: float | None = None,
-      eta: float = _SAMPLE.eta,
-      seed: int = 0,
+      settings: SampleSettings | None = None,
       *,
       fit: str = "crop",
-      guidance_rescale: float | None = None,
-      guidance_interval: tuple[float, float] | None = None,
-      shift: float | None = None,
+      **overrides,
   ):
     """Instruction editing (a model trained with model.source_condition): images (any size) and
     one instruction each (or one for all) -> the edited images, at the input's size.
 
-    guidance_scale: the instruction's scale s_T (None: the model's sample.guidance_scale);
-    image_guidance_scale: the source image's s_I (None: the model's sample.image_guidance_scale;
-    higher keeps more of the source). The rest as in `generate`. Same seed, same edits."""
+    guidance_scale: the instruction's scale s_T; image_guidance_scale: the source image's s_I
+    (higher keeps more of the source); both default to the model's own. settings / overrides: as
+    in `generate`. Same seed, same edits."""
+    s = self.sample_settings(settings, **overrides)
     if not common.edits_by_instruction(self.config):
       raise editing.EditInputError(
           "This model was not trained for instruction editing (model.source_condition is off); "
@@ -323,38 +266,11 @@ class Pipeline:
       raise editing.EditInputError(f"Got {n} images but {len(instructions)} instructions.")
     self.warnings = self.prompt_warnings(instructions)
     out = self.gen.instruct(
-        self.params,
-        self.consts,
-        pixels.to_float(square),
-        list(instructions),
-        steps=steps,
-        guidance_scale=self.guidance_scale(guidance_scale),
-        image_guidance_scale=image_guidance_scale,
-        eta=eta,
-        seed=seed,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        shift=shift,
+        self.params, self.consts, pixels.to_float(square), list(instructions), s
     )
     return self._restore(images, out, places)
 
-  def _edit(
-      self,
-      square,
-      pix_masks,
-      prompts,
-      *,
-      strength,
-      steps,
-      guidance_scale,
-      eta,
-      seed,
-      dilation,
-      guidance_rescale,
-      guidance_interval,
-      resample,
-      shift,
-  ) -> np.ndarray:
+  def _edit(self, square, pix_masks, prompts, s, *, strength, dilation) -> np.ndarray:
     """uint8 (N, S, S, 3) images and {0, 1} (N, S, S) masks -> uint8 (N, S, S, 3) results."""
     n = square.shape[0]
     if isinstance(prompts, str):
@@ -374,22 +290,7 @@ class Pipeline:
         parallel.pad_to_multiple(v, self.mesh.size) for v in (z0, lat_mask, prompts)
     )
     batch = self.gen.host_condition(prompts=list(prompts))
-    z = self.gen.edit_latents(
-        self.params,
-        self.consts,
-        batch,
-        z0,
-        lat_mask,
-        strength=strength,
-        steps=steps,
-        guidance_scale=self.guidance_scale(guidance_scale),
-        eta=eta,
-        seed=seed,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        resample=resample,
-        shift=shift,
-    )
+    z = self.gen.edit_latents(self.params, self.consts, batch, z0, lat_mask, s, strength=strength)
     return self.gen.to_images(self.consts, z)[:n]
 
   @staticmethod
@@ -413,4 +314,4 @@ def load(
   return Pipeline(dit_dir, mesh, autoencoder=autoencoder, text_encoder=text_encoder)
 
 
-__all__ = ["Pipeline", "load"]
+__all__ = ["Pipeline", "SampleSettings", "load"]

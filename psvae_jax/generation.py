@@ -1,14 +1,16 @@
 """Prompts -> images: the conditioning, the one-jit scan sampler (DDIM / Euler) and decoding.
 
 Used by stage 3's periodic samples, `psvae_jax.api.Pipeline` and `python -m psvae_jax.sample`.
-The sampler compiles once per (batch size, resolution): the number of steps (up to
-`max_steps`), the start index (SDEdit strength), the guidance scale, the sampling shift,
-eta, seeds and prompts are traced values.
+The sampler compiles once per (batch size, resolution): the sampling settings
+(`settings.SampleSettings`: steps up to `MAX_STEPS`, guidance, shift, interval, eta, seed,
+resampling), the start index (SDEdit strength) and the prompts are traced values. Every method
+takes one resolved `SampleSettings` (`Generator.sample_settings(**overrides)`: unset = the
+model's own).
 
 Two timestep shifts: the training shift `diffusion.flow_shift` (FlowObjective.sample_t; with
 `diffusion.flow_shift_base_dim` > 0 resolved from the latent's size by `settings.resolve_flow_shift`
 at stage-3 start) and the sampling shift `sample.shift` of the Euler grid and the SDEdit
-start time (`settings.sampling_shift`; a workdir whose config has none samples with its training
+start time (`SampleSettings.resolve`: a workdir whose config has none samples with its training
 shift, as before the two were separate).
 """
 
@@ -32,7 +34,8 @@ from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import settings
 from psvae_jax.weights import clip
 
-MAX_STEPS = common.MAX_SAMPLE_STEPS  # scan length; any steps <= MAX_STEPS reuse the compile
+MAX_STEPS = settings.MAX_STEPS  # scan length; any steps <= MAX_STEPS reuse the compile
+SampleSettings = settings.SampleSettings
 
 
 def initial_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> jax.Array:
@@ -60,7 +63,7 @@ class Generator:
         ae,
     )
     self.mesh = mesh
-    self.objective = settings.make_objective(config.diffusion)
+    self.objective = objectives.make(config.diffusion)
     self.latent_shape = ae.latent_shape  # (h, w, C)
 
   # ---- conditioning -----------------------------------------------------------------------
@@ -134,31 +137,19 @@ class Generator:
     )
 
   # ---- sampling -----------------------------------------------------------------------------
+  def sample_settings(self, **overrides) -> SampleSettings:
+    """This model's sampling settings: its config's `sample`, then the overrides not None."""
+    return SampleSettings.resolve(self.config, **overrides)
+
   @functools.partial(runtime.no_grad_jit, static_argnums=(0,), static_argnames=("use_inpaint",))
   def sample_latents(
-      self,
-      params,
-      consts,
-      batch,
-      z_start,
-      timesteps,
-      guidance_scale,
-      eta,
-      rng,
-      start_index,
-      inpaint=None,
-      guidance_rescale=0.0,
-      guidance_interval=(0.0, 1.0),
-      resample=0,
-      shift=1.0,
-      image_guidance_scale=1.0,
-      *,
-      use_inpaint=False,
+      self, params, consts, batch, z_start, s, start_index, inpaint=None, *, use_inpaint=False
   ):
-    """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents.
+    """One jit, one lax.scan: z_start (noise, or noised latents for SDEdit) -> clean latents; `s`
+    the traced settings (`samplers.traced`).
 
     A source-conditioned model guides on two conditions (samplers._guided): the unconditional
-    side is the pair (source without the text, neither), `image_guidance_scale` the source's
+    side is the pair (source without the text, neither), `s.image_guidance_scale` the source's
     scale."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
@@ -169,67 +160,22 @@ class Generator:
       c_on["drop_source"] = yes
       c_off = ({**c_off, "drop_source": yes}, {**c_off, "drop_source": no})
     model_fn = lambda z, t, c: self.dit.apply({"params": params["dit"]}, z, t, **c)
-    sharding = parallel.batch_sharding(self.mesh, z_start.ndim)
-    inp = inpaint if use_inpaint else None
-    if isinstance(self.objective, objectives.EpsilonObjective):
-      return samplers.ddim_sample(
-          model_fn,
-          self.objective.schedule,
-          z_start,
-          c_on,
-          c_off,
-          timesteps,
-          guidance_scale,
-          eta,
-          rng,
-          start_index=start_index,
-          carry_sharding=sharding,
-          inpaint=inp,
-          guidance_rescale=guidance_rescale,
-          guidance_interval=guidance_interval,
-          resample=resample,
-          image_guidance_scale=image_guidance_scale,
-      )
-    num_steps = jnp.sum(timesteps >= 0)
-    return samplers.euler_sample(
-        model_fn,
-        z_start,
-        c_on,
-        c_off,
-        num_steps,
-        shift,
-        guidance_scale,
+    kw = dict(
         max_steps=MAX_STEPS,
         start_index=start_index,
-        carry_sharding=sharding,
-        inpaint=inp,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        resample=resample,
-        rng=rng,
-        image_guidance_scale=image_guidance_scale,
+        carry_sharding=parallel.batch_sharding(self.mesh, z_start.ndim),
+        inpaint=inpaint if use_inpaint else None,
     )
+    if isinstance(self.objective, objectives.EpsilonObjective):
+      return samplers.ddim_sample(model_fn, self.objective.schedule, z_start, c_on, c_off, s, **kw)
+    return samplers.euler_sample(model_fn, z_start, c_on, c_off, s, **kw)
 
   @functools.partial(runtime.no_grad_jit, static_argnums=(0,))
   def _decode_jit(self, consts, z):
     return self.decode(consts, z)
 
-  def generate(
-      self,
-      params,
-      consts,
-      *,
-      prompts=None,
-      labels=None,
-      steps=common.SAMPLE.steps,
-      guidance_scale=common.SAMPLE.guidance_scale,
-      eta=common.SAMPLE.eta,
-      seed=0,
-      guidance_rescale=None,
-      guidance_interval=None,
-      shift=None,
-  ) -> np.ndarray:
-    """Text (or class) -> uint8 images (N, H, W, 3); same seed, same images."""
+  def generate(self, params, consts, s: SampleSettings, *, prompts=None, labels=None) -> np.ndarray:
+    """Text (or class) -> uint8 images (N, H, W, 3); same settings (seed), same images."""
     if common.edits_by_instruction(self.config):
       raise ValueError(
           "This model edits by instruction (model.source_condition): it needs a source image "
@@ -244,21 +190,8 @@ class Generator:
     if labels is not None:
       labels = parallel.pad_to_multiple(np.asarray(labels), self.mesh.size)
     batch = self.host_condition(prompts=prompts, labels=labels)
-    z_t = initial_noise(seed, np.arange(n + (-n) % self.mesh.size), self.latent_shape)
-    z0 = self.run(
-        params,
-        consts,
-        batch,
-        z_t,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        seed=seed,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        shift=shift,
-    )
-    return self.to_images(consts, z0)[:n]
+    z_t = initial_noise(s.seed, np.arange(n + (-n) % self.mesh.size), self.latent_shape)
+    return self.to_images(consts, self.run(params, consts, batch, z_t, s))[:n]
 
   def host_condition(self, prompts=None, labels=None) -> dict[str, np.ndarray]:
     if self.config.model.cond_type == "class":
@@ -270,54 +203,13 @@ class Generator:
     return self.tokenize(prompts)
 
   def timesteps(self, steps: int) -> np.ndarray:
-    if isinstance(self.objective, objectives.EpsilonObjective):
-      return samplers.ddim_timesteps(
-          steps, self.objective.schedule.num_timesteps, max_steps=MAX_STEPS
-      )
-    if not 1 <= steps <= MAX_STEPS:
-      raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}.")
-    ts = np.full((MAX_STEPS,), -1, np.int32)
-    ts[:steps] = np.arange(steps)
-    return ts
+    """The DDIM grid of `steps` (host side: the SDEdit start)."""
+    return samplers.ddim_timesteps(
+        steps, self.objective.schedule.num_timesteps, max_steps=MAX_STEPS
+    )
 
-  def run(
-      self,
-      params,
-      consts,
-      batch,
-      z_start,
-      *,
-      steps,
-      guidance_scale,
-      eta,
-      seed,
-      start_index=0,
-      inpaint=None,
-      guidance_rescale=None,
-      guidance_interval=None,
-      resample=0,
-      shift=None,
-      image_guidance_scale=None,
-  ):
-    """Samples from z_start; guidance_rescale / guidance_interval / shift / image_guidance_scale
-    None take the config's sample.* values (shift: `settings.sampling_shift`; only the Euler
-    sampler uses it; image_guidance_scale: only source-conditioned models)."""
-    shift = settings.check_shift(settings.sampling_shift(self.config) if shift is None else shift)
-    if image_guidance_scale is None:
-      image_guidance_scale = self.config.sample.get(
-          "image_guidance_scale", common.SAMPLE.image_guidance_scale
-      )
-    if guidance_rescale is None:
-      guidance_rescale = self.config.sample.get("guidance_rescale", common.SAMPLE.guidance_rescale)
-    if guidance_interval is None:
-      guidance_interval = self.config.sample.get(
-          "guidance_interval", common.SAMPLE.guidance_interval
-      )
-    lo, hi = (float(v) for v in guidance_interval)
-    if not 0.0 <= lo <= hi <= 1.0:
-      raise ValueError(
-          "guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got " f"{guidance_interval}."
-      )
+  def run(self, params, consts, batch, z_start, s: SampleSettings, *, start_index=0, inpaint=None):
+    """Samples from z_start with the settings `s` (resolved: `sample_settings()`)."""
     put = lambda x: jax.device_put(  # a global jax.Array (already on the mesh) stays there
         x if isinstance(x, jax.Array) else np.asarray(x),
         parallel.batch_sharding(self.mesh, np.ndim(x)),
@@ -334,106 +226,50 @@ class Generator:
         consts,
         batch,
         z_start,
-        jnp.asarray(self.timesteps(steps)),
-        jnp.float32(guidance_scale),
-        jnp.float32(eta),
-        jax.random.fold_in(jax.random.key(seed), 1 << 20),
+        samplers.traced(s),
         jnp.int32(start_index),
         inp,
-        jnp.float32(guidance_rescale),
-        jnp.asarray([lo, hi], jnp.float32),
-        jnp.int32(resample),
-        jnp.float32(shift),
-        jnp.float32(image_guidance_scale),
         use_inpaint=inpaint is not None,
     )
 
-  def start_latents(self, z0, noise, steps: int, start_index: int, shift: float = 1.0) -> jax.Array:
+  def start_latents(self, z0, noise, s: SampleSettings, start_index: int) -> jax.Array:
     """SDEdit start: z0 noised to the start step's level; start 0 (strength 1) is the noise itself
-    (so strength 1 is plain generation), start == steps (strength 0) is z0. `shift`: the Euler
-    grid's sampling shift."""
+    (so strength 1 is plain generation), start == steps (strength 0) is z0 (Euler: on the grid of
+    the sampling shift `s.shift`)."""
     if start_index <= 0:
       return noise
     if isinstance(self.objective, objectives.EpsilonObjective):
       return samplers.ddim_start_latents(
-          self.objective.schedule, z0, jnp.asarray(self.timesteps(steps)), start_index, noise
+          self.objective.schedule, z0, jnp.asarray(self.timesteps(s.steps)), start_index, noise
       )
-    return samplers.euler_start_latents(z0, noise, steps, start_index, shift)
+    return samplers.euler_start_latents(z0, noise, s.steps, start_index, s.shift)
 
-  def edit_latents(
-      self,
-      params,
-      consts,
-      batch,
-      z0,
-      mask,
-      *,
-      strength,
-      steps,
-      guidance_scale,
-      eta,
-      seed,
-      guidance_rescale=None,
-      guidance_interval=None,
-      resample=0,
-      shift=None,
-  ):
+  def edit_latents(self, params, consts, batch, z0, mask, s: SampleSettings, *, strength):
     """SDEdit / inpainting in the latent: normalised z0 (B, h, w, C), mask (B, h, w, 1) with
     1 = regenerate -> clean latents.
 
     Noise to strength·T, then the scan sampler from there with the known region (mask 0) reset
     to the noised z0 after each step. Edits (mask all 1) and inpaints share one compile per
-    batch size: strength, masks, steps, guidance_scale, eta, seed, shift and ``resample``
-    (RePaint jumps per step, samplers._resampled) are traced.
+    batch size: strength, masks and every setting (`s.resample`: RePaint jumps per step,
+    samplers._resampled) are traced.
     """
-    if not 0 <= int(resample) <= 100:
-      raise ValueError(f"resample must be an integer in [0, 100], got {resample}.")
-    start = samplers.sdedit_start_index(steps, strength)
-    noise = initial_noise(seed, np.arange(z0.shape[0]), self.latent_shape)
+    start = samplers.sdedit_start_index(s.steps, strength)
+    noise = initial_noise(s.seed, np.arange(z0.shape[0]), self.latent_shape)
     z0 = jnp.asarray(z0, jnp.float32)
     mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), z0.shape)
-    shift = settings.check_shift(settings.sampling_shift(self.config) if shift is None else shift)
-    z_start = self.start_latents(z0, noise, steps, start, shift)
-    return self.run(
-        params,
-        consts,
-        batch,
-        z_start,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        seed=seed,
-        start_index=start,
-        inpaint=(z0, mask, noise),
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        resample=resample,
-        shift=shift,
-    )
+    z_start = self.start_latents(z0, noise, s, start)
+    return self.run(params, consts, batch, z_start, s, start_index=start, inpaint=(z0, mask, noise))
 
   def instruct_latents(
-      self,
-      params,
-      consts,
-      source,
-      instructions: Sequence[str],
-      *,
-      steps=common.SAMPLE.steps,
-      guidance_scale=common.SAMPLE.guidance_scale,
-      image_guidance_scale=None,
-      eta=common.SAMPLE.eta,
-      seed=0,
-      guidance_rescale=None,
-      guidance_interval=None,
-      shift=None,
+      self, params, consts, source, instructions: Sequence[str], s: SampleSettings
   ) -> jax.Array:
     """Instruction editing: normalised source latents (N, h, w, C), or those rows already padded to
     the mesh (as `encode_images` returns them, still on the devices), and one instruction each ->
     clean latents (padded to the mesh: the first N rows are the edits).
 
     From noise, as InstructPix2Pix samples: the source enters as the DiT's channel-concatenated
-    condition, guided by `image_guidance_scale` (s_I) and the instruction by `guidance_scale`
-    (s_T). Same seed, same edits; one compile per batch size (both scales are traced)."""
+    condition, guided by `s.image_guidance_scale` (s_I) and the instruction by `s.guidance_scale`
+    (s_T). Same seed, same edits; one compile per batch size."""
     if not common.edits_by_instruction(self.config):
       raise ValueError(
           "This model was not trained for instruction editing (model.source_condition is off): "
@@ -446,21 +282,8 @@ class Generator:
     if source.shape[0] != len(prompts):
       source = parallel.pad_to_multiple(np.asarray(source, np.float32), self.mesh.size)
     batch = {**self.host_condition(prompts=prompts), "source": source}
-    z_t = initial_noise(seed, np.arange(len(prompts)), self.latent_shape)
-    return self.run(
-        params,
-        consts,
-        batch,
-        z_t,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        seed=seed,
-        guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval,
-        shift=shift,
-        image_guidance_scale=image_guidance_scale,
-    )
+    z_t = initial_noise(s.seed, np.arange(len(prompts)), self.latent_shape)
+    return self.run(params, consts, batch, z_t, s)
 
   @functools.partial(runtime.no_grad_jit, static_argnums=(0,))
   def _encode_jit(self, consts, images):
@@ -471,14 +294,15 @@ class Generator:
     x = parallel.pad_to_multiple(np.asarray(images, np.float32), self.mesh.size)
     return self._encode_jit(consts, jax.device_put(x, parallel.batch_sharding(self.mesh, 4)))
 
-  def instruct(self, params, consts, images: np.ndarray, instructions: Sequence[str], **kw):
-    """Instruction editing of float [-1, 1] images (N, S, S, 3) -> uint8 (N, S, S, 3) edits
-    (`instruct_latents`' keywords)."""
+  def instruct(
+      self, params, consts, images: np.ndarray, instructions: Sequence[str], s: SampleSettings
+  ):
+    """Instruction editing of float [-1, 1] images (N, S, S, 3) -> uint8 (N, S, S, 3) edits."""
     n = len(images)
     if n != len(instructions):
       raise ValueError(f"Got {n} source images but {len(instructions)} instructions.")
     z = self.encode_images(consts, images)  # padded to the mesh, stays on the devices
-    return self.to_images(consts, self.instruct_latents(params, consts, z, instructions, **kw))[:n]
+    return self.to_images(consts, self.instruct_latents(params, consts, z, instructions, s))[:n]
 
   def to_images(self, consts, z0) -> np.ndarray:
     return pixels.to_uint8(parallel.to_host(self._decode_jit(consts, z0)))  # all processes

@@ -17,12 +17,13 @@ outside [0, 1], a mask without an image, a shift <= 0) exit with a one-line mess
 
 Same seed, same images. The sampler compiles once per batch size; steps, guidance_scale, eta,
 shift, seed and prompt do not recompile. `--cfg` is an alias of `--guidance_scale` (its old name).
-Defaults: configs/common.py SAMPLE; guidance scale, interval and shift: the model config's sample
-settings (what was chosen for that model).
+An unset sampling flag is the model's own: its config's sample settings (what was chosen for that
+model; psvae_jax/diffusion/settings.py SampleSettings has the defaults), checked with the other
+flags before JAX loads; the settings used are written beside the images.
 """
 
+import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ from psvae_jax import workdir as workdir_lib
 
 from configs import common
 from psvae_jax.data import labels
+from psvae_jax.diffusion import settings as settings_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Stage-3 (dit) workdir.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Text prompt (text-conditioned models).")
@@ -44,7 +46,9 @@ _LABEL = flags.DEFINE_string(
     "label", None, "Class (class-conditioned models): an id (7) or a class name (sneaker)."
 )
 _NUM = flags.DEFINE_integer("num_images", 4, "Images to generate.")
-_STEPS = flags.DEFINE_integer("steps", common.SAMPLE.steps, "Sampler steps.")
+_STEPS = flags.DEFINE_integer(
+    "steps", None, "Sampler steps. Default: the model config's sample.steps (50)."
+)
 _GUIDANCE_SCALE = flags.DEFINE_float(
     "guidance_scale",
     None,
@@ -52,7 +56,9 @@ _GUIDANCE_SCALE = flags.DEFINE_float(
     "sample.guidance_scale.",
 )
 flags.DEFINE_alias("cfg", "guidance_scale")  # the flag's old name
-_ETA = flags.DEFINE_float("eta", common.SAMPLE.eta, "DDIM eta (0 = deterministic).")
+_ETA = flags.DEFINE_float(
+    "eta", None, "DDIM eta (0 = deterministic). Default: the model config's sample.eta (0)."
+)
 _INTERVAL = flags.DEFINE_list(
     "guidance_interval",
     None,
@@ -134,8 +140,9 @@ def _run_config(workdir: str) -> dict:
   return config
 
 
-def _check_flags() -> tuple[dict, int | None]:
-  """Every check that needs no model: (the run's config, the class id or None)."""
+def _check_flags() -> tuple[dict, int | None, settings_lib.SampleSettings]:
+  """Every check that needs no model: (the run's config, the class id or None, the sampling
+  settings: the flags over the model's own)."""
   if not _WORKDIR.value:
     raise _Usage("--workdir is required.")
   if not (_OUT.value or _OUT_DIR.value):
@@ -153,22 +160,23 @@ def _check_flags() -> tuple[dict, int | None]:
     )
   if _NUM.value < 1:
     raise _Usage(f"--num_images={_NUM.value} must be >= 1.")
-  if not 1 <= _STEPS.value <= common.MAX_SAMPLE_STEPS:
-    raise _Usage(f"--steps={_STEPS.value} must be in [1, {common.MAX_SAMPLE_STEPS}].")
-  scale = _GUIDANCE_SCALE.value
-  if scale is not None and not (math.isfinite(scale) and scale >= 0):
-    raise _Usage(f"--guidance_scale={scale:g} must be >= 0 (1 = no guidance).")
-  if not (math.isfinite(_ETA.value) and _ETA.value >= 0):
-    raise _Usage(f"--eta={_ETA.value:g} must be >= 0.")
-  if _SHIFT.value is not None and not (math.isfinite(_SHIFT.value) and _SHIFT.value > 0):
-    raise _Usage(f"--shift must be a number > 0, got {_SHIFT.value:g}.")
-  image_scale = _IMAGE_GUIDANCE.value
-  if image_scale is not None and not (math.isfinite(image_scale) and image_scale >= 0):
-    raise _Usage(f"--image_guidance_scale={image_scale:g} must be >= 0 (1 = no guidance).")
+  overrides = dict(
+      steps=_STEPS.value,
+      guidance_scale=_GUIDANCE_SCALE.value,
+      eta=_ETA.value,
+      guidance_interval=_interval(),
+      shift=_SHIFT.value,
+      image_guidance_scale=_IMAGE_GUIDANCE.value,
+      seed=_SEED.value,
+      resample=_RESAMPLE.value,
+  )
+  try:
+    settings_lib.SampleSettings.resolve(None, **overrides)  # the flags alone: name the bad one
+  except ValueError as e:
+    raise _Usage(f"--{e}") from None
   config = _run_config(_WORKDIR.value)
   _check_instruction(config)
-  if scale is None:  # the model's own setting, recorded in the settings JSON as used
-    flags.FLAGS.guidance_scale = common.model_guidance_scale(config)
+  settings = settings_lib.SampleSettings.resolve(config, **overrides)
   cond = config.get("model", {}).get("cond_type", "text")
   label = None
   if cond == "class":
@@ -184,7 +192,7 @@ def _check_flags() -> tuple[dict, int | None]:
       raise _Usage(f"--label={_LABEL.value}: class ids are 0..{num_classes - 1}.")
   elif _LABEL.value is not None:
     raise _Usage("--label is for class-conditioned models; this one takes --prompt.")
-  return config, label
+  return config, label, settings
 
 
 def _check_instruction(config: dict) -> None:
@@ -203,25 +211,22 @@ def _check_instruction(config: dict) -> None:
         raise _Usage(f"--instruction edits the whole image from --init_image: drop --{name}.")
     if _STRENGTH.value is not None:
       raise _Usage("--strength is SDEdit's; instruction editing starts from noise: drop it.")
-    if _IMAGE_GUIDANCE.value is None:  # the model's own, recorded in the settings JSON as used
-      sample = config.get("sample", {})
-      flags.FLAGS.image_guidance_scale = float(
-          sample.get("image_guidance_scale", common.SAMPLE.image_guidance_scale)
-      )
   elif source_model:
     raise _Usage('this model edits by instruction: give --init_image=IMG and --instruction="...".')
   elif _IMAGE_GUIDANCE.value is not None:
     raise _Usage("--image_guidance_scale is for --instruction (instruction-editing models).")
+  if _RESAMPLE.value and not _MASK.value:
+    raise _Usage("--resample (RePaint jumps) is for inpainting: give --mask, or drop it.")
 
 
 def main(argv):
   del argv
   try:
-    _, label = _check_flags()
+    _, label, settings = _check_flags()
     init, mask, strength = _edit_inputs()
   except _Usage as e:
     sys.exit(f"sample: error: {e} (--help lists the flags)")
-  _generate(label, init, mask, strength)
+  _generate(label, init, mask, strength, settings)
 
 
 def _edit_inputs():
@@ -260,36 +265,28 @@ def _interval():
   return interval
 
 
-def _settings(label, strength) -> dict:
-  """The flags that made the images (written beside them)."""
-  return {
+def _settings(label, strength, settings) -> dict:
+  """What made the images (written beside them): the flags, and the sampling settings used."""
+  out = {
       "workdir": os.path.abspath(_WORKDIR.value),
       "prompt": _PROMPT.value,
       "label": _LABEL.value,
       "class_id": label,
       "num_images": _NUM.value,
-      "steps": _STEPS.value,
-      "guidance_scale": _GUIDANCE_SCALE.value,
-      "guidance_interval": _INTERVAL.value,
-      "eta": _ETA.value,
-      "shift": _SHIFT.value,
-      "seed": _SEED.value,
+      **dataclasses.asdict(settings),
       "init_image": _INIT.value,
       "mask": _MASK.value,
       "strength": None if _INSTRUCTION.value is not None else strength,
       "instruction": _INSTRUCTION.value,
-      "image_guidance_scale": _IMAGE_GUIDANCE.value,
       "order": "row-major, image i from seed and position i",
   }
+  if _INSTRUCTION.value is None:
+    del out["image_guidance_scale"]  # not used: only instruction-editing models guide on images
+  return out
 
 
-def _generate(label, init, mask, strength):
+def _generate(label, init, mask, strength, settings):
   from psvae_jax import editing  # pylint: disable=g-import-not-at-top
-
-  try:
-    interval = _interval()
-  except _Usage as e:
-    sys.exit(f"sample: error: {e} (--help lists the flags)")
   from psvae_jax import runtime  # pylint: disable=g-import-not-at-top
 
   runtime.initialize("auto")
@@ -302,46 +299,30 @@ def _generate(label, init, mask, strength):
   t0 = time.time()
   n = _NUM.value
   if init is not None:
-    kw = dict(
-        steps=_STEPS.value,
-        guidance_scale=_GUIDANCE_SCALE.value,
-        eta=_ETA.value,
-        seed=_SEED.value,
-        fit=_FIT.value,
-        guidance_interval=interval,
-        shift=_SHIFT.value,
-    )
     try:
       if _INSTRUCTION.value is not None:
-        images = pipe.instruct(
-            [init] * n, [_INSTRUCTION.value] * n, image_guidance_scale=_IMAGE_GUIDANCE.value, **kw
-        )
+        images = pipe.instruct([init] * n, [_INSTRUCTION.value] * n, settings, fit=_FIT.value)
       elif mask is None:
-        images = pipe.edit([init] * n, [_PROMPT.value] * n, strength=strength, **kw)
+        images = pipe.edit([init] * n, [_PROMPT.value] * n, strength, settings, fit=_FIT.value)
       else:
         images = pipe.inpaint(
             [init] * n,
             [mask] * n,
             [_PROMPT.value] * n,
+            settings,
             strength=strength,
             dilation=_DILATION.value,
             feather=_FEATHER.value,
-            resample=_RESAMPLE.value,
-            **kw,
+            fit=_FIT.value,
         )
     except editing.EditInputError as e:
       sys.exit(f"sample: error: {e}")
     images = np.stack(images)
   else:
     images = pipe.generate(
-        prompts=None if _PROMPT.value is None else [_PROMPT.value] * n,
+        None if _PROMPT.value is None else [_PROMPT.value] * n,
+        settings,
         labels=None if label is None else [label] * n,
-        steps=_STEPS.value,
-        guidance_scale=_GUIDANCE_SCALE.value,
-        eta=_ETA.value,
-        seed=_SEED.value,
-        guidance_interval=interval,
-        shift=_SHIFT.value,
     )
   print(f"sample: {n} images in {time.time() - t0:.1f} s (compile included)", flush=True)
   for w in pipe.warnings:  # unknown words, truncated or empty prompts
@@ -356,7 +337,7 @@ def _generate(label, init, mask, strength):
   for path in (_OUT.value, _OUT_DIR.value and os.path.join(_OUT_DIR.value, "settings")):
     if path:  # what made the images, beside them: GRID.png.json, DIR/settings.json
       with open(path + ".json", "w", encoding="utf-8") as f:
-        json.dump(_settings(label, strength), f, indent=2)
+        json.dump(_settings(label, strength, settings), f, indent=2)
 
 
 if __name__ == "__main__":

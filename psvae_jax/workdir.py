@@ -18,6 +18,8 @@ import json
 
 from etils import epath
 
+from psvae_jax.diffusion import settings
+
 CONFIG = "config.json"
 DATA = "data.json"
 PATHS = "paths.json"
@@ -31,12 +33,10 @@ SAMPLES = "samples"
 def read_config_dict(workdir: str) -> dict:
   """DIR/config.json as a dict, its `sample` keys as they are named now (a config written before
   the rename cfg -> guidance_scale loads renamed). FileNotFoundError when it is not a workdir."""
-  from configs import common  # pylint: disable=g-import-not-at-top  (ml_collections)
-
   path = epath.Path(workdir) / CONFIG
   if not path.exists():
     raise FileNotFoundError(f"{workdir} is not a psvae-jax workdir (no {CONFIG}).")
-  return common.rename_legacy_sample_keys(json.loads(path.read_text()))
+  return settings.rename_legacy_sample_keys(json.loads(path.read_text()))
 
 
 def read_config(workdir: str):

@@ -1,13 +1,11 @@
 """CLI input errors: one line, exit status 1, before any model loads, nothing written."""
 
 import json
-import os
-import subprocess
-import sys
 
+import helpers
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = helpers.ROOT
 
 
 @pytest.fixture(name="workdirs", scope="module")
@@ -35,10 +33,12 @@ CASES = [
     ("text", ["--label=1"], "--label is for class-conditioned models"),
     ("psvae", ["--prompt=a"], "holds a 'psvae' run"),
     ("missing", ["--prompt=a"], "does not exist"),
-    ("text", ["--prompt=a", "--steps=0"], "--steps=0 must be in [1, 1000]"),
+    ("text", ["--prompt=a", "--steps=0"], "--steps must be in [1, 1000], got 0"),
     ("text", ["--prompt=a", "--steps=100000"], "must be in [1, 1000]"),
-    ("text", ["--prompt=a", "--cfg=-1"], "--guidance_scale=-1 must be >= 0"),
+    ("text", ["--prompt=a", "--cfg=-1"], "--guidance_scale must be >= 0"),
     ("text", ["--prompt=a", "--num_images=0"], "--num_images=0 must be >= 1"),
+    ("text", ["--prompt=a", "--guidance_interval=0.8,0.2"], "--guidance_interval wants lo,hi"),
+    ("text", ["--prompt=a", "--resample=2"], "--resample (RePaint jumps) is for inpainting"),
     ("text", ["--prompt=a", "--out=grid.unknownext"], "no image format for '.unknownext'"),
 ]
 
@@ -48,13 +48,7 @@ def test_sample_cli_errors_are_one_line(workdirs, tmp_path, workdir, args, messa
   out = tmp_path / "out.png"
   if not any(a.startswith("--out=") for a in args):
     args = [*args, f"--out={out}"]
-  r = subprocess.run(
-      [sys.executable, "-m", "psvae_jax.sample", f"--workdir={workdirs / workdir}", *args],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=120,
-  )
+  r = helpers.run_module("psvae_jax.sample", f"--workdir={workdirs / workdir}", *args, timeout=120)
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1, r.stderr[-2000:]
   assert len(lines) == 1 and lines[0].startswith("sample: error: ") and message in lines[0], lines
@@ -118,13 +112,7 @@ def test_prompt_warnings_name_unknown_words_truncation_and_empty():
 )
 def test_entry_point_flag_errors_are_one_line(tmp_path, module, args, message):
   workdir = tmp_path / "run"
-  r = subprocess.run(
-      [sys.executable, "-m", f"psvae_jax.{module}", *(a.format(w=workdir) for a in args)],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=120,
-  )
+  r = helpers.run_module(f"psvae_jax.{module}", *(a.format(w=workdir) for a in args), timeout=120)
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1, r.stderr[-2000:]
   assert len(lines) == 1 and message in lines[0] and "error" in lines[0], lines

@@ -11,6 +11,7 @@ from absl import flags
 
 from configs import common
 from psvae_jax import workdir as workdir_lib
+from psvae_jax.diffusion.settings import SampleSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,17 +76,57 @@ def test_stored_config_with_old_sample_keys_loads_renamed(tmp_path):
   sample = workdir_lib.read_config(str(tmp_path)).sample
   assert (sample.guidance_scale, sample.guidance_rescale, sample.steps) == (6.5, 0.3, 20)
   assert "cfg" not in sample and "cfg_rescale" not in sample
-  fresh = common.sample_config()  # a mutable copy: changing a run's settings leaves SAMPLE alone
+  fresh = common.sample_config()  # a mutable copy: changing a run's settings leaves the defaults
   fresh.steps, fresh.guidance_scale = 3, 1.0
-  assert (common.SAMPLE.steps, common.SAMPLE.guidance_scale) == (50, 7.5)
+  assert (SampleSettings().steps, SampleSettings().guidance_scale) == (50, 7.5)
   assert common.sample_config().steps == 50
+  assert sorted(common.sample_config()) == sorted(SampleSettings.CONFIG_FIELDS)
 
 
-def test_model_guidance_scale_is_the_runs_own():
+def test_unset_sample_settings_are_the_runs_own():
   from configs import dit  # pylint: disable=g-import-not-at-top
 
-  assert common.model_guidance_scale(dit.get_config("tiny")) == 4.0  # tuned on validation
-  assert common.model_guidance_scale(dit.get_config("tiny_class")) == 7.5
-  assert common.model_guidance_scale({"sample": {"guidance_scale": 3.0}}) == 3.0
-  assert common.model_guidance_scale({"sample": {"cfg": 5.0}}) == 5.0  # before the rename
-  assert common.model_guidance_scale({}) == common.SAMPLE.guidance_scale
+  resolve = SampleSettings.resolve
+  assert resolve(dit.get_config("tiny")).guidance_scale == 4.0  # tuned on validation
+  assert resolve(dit.get_config("tiny")).guidance_interval == (0.5, 1.0)
+  assert resolve(dit.get_config("tiny_class")).guidance_scale == 7.5
+  assert resolve({"sample": {"guidance_scale": 3.0}}).guidance_scale == 3.0
+  assert resolve({"sample": {"cfg": 5.0}}).guidance_scale == 5.0  # before the rename
+  assert resolve({}) == SampleSettings()
+  # An override wins; None is unset; the config's own otherwise (steps, eta included).
+  s = resolve({"sample": {"steps": 20, "eta": 0.5, "guidance_scale": 3.0}}, steps=None, eta=0.0)
+  assert (s.steps, s.eta, s.guidance_scale) == (20, 0.0, 3.0)
+  # A config from before the sampling shift samples with its training shift.
+  assert resolve({"sample": {}, "diffusion": {"flow_shift": 2.5}}).shift == 2.5
+  assert resolve({"sample": {"shift": 3.0}, "diffusion": {"flow_shift": 2.5}}).shift == 3.0
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (dict(steps=0), "steps must be in [1, 1000]"),
+        (dict(steps=2.5), "steps must be int"),
+        (dict(guidance_scale=-1), "guidance_scale must be >= 0"),
+        (dict(eta=float("nan")), "eta must be finite"),
+        (dict(guidance_interval=(0.7, 0.2)), "guidance_interval must be (lo, hi)"),
+        (dict(guidance_interval=(0.5,)), "guidance_interval must be (lo, hi)"),
+        (dict(shift=0.0), "shift must be a number > 0"),
+        (dict(resample=101), "resample must be an integer in [0, 100]"),
+        (dict(image_guidance_scale=-0.5), "image_guidance_scale must be >= 0"),
+    ],
+)
+def test_sample_settings_refuse_bad_values_in_one_line(override, message):
+  with pytest.raises(ValueError) as e:
+    SampleSettings.resolve(None, **override)
+  assert message in str(e.value) and "\n" not in str(e.value)
+  with pytest.raises(TypeError, match="guidance"):  # an unknown name lists the known ones
+    SampleSettings.resolve(None, guidance=3.0)
+
+
+def test_sample_settings_module_loads_without_jax():
+  code = (
+      "import sys; sys.modules['jax'] = None; "
+      "from psvae_jax.diffusion import settings; print(settings.SampleSettings().steps)"
+  )
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+  assert r.stdout.strip() == "50", r.stderr[-2000:]

@@ -28,6 +28,12 @@ def _key(seed: int) -> jax.Array:
   return jax.random.key(seed, impl="unsafe_rbg")
 
 
+def _settings(steps, guidance_scale=1.0, eta=0.0, seed=0, **kw) -> samplers.SampleSettings:
+  """The sampler's traced settings, keyed with "unsafe_rbg" (see `_key`)."""
+  s = samplers.SampleSettings(steps=steps, guidance_scale=guidance_scale, eta=eta, seed=seed, **kw)
+  return samplers.traced(s, impl="unsafe_rbg")
+
+
 def _diffusers_ddim(**kw) -> DDIMScheduler:
   return DDIMScheduler(
       num_train_timesteps=1000,
@@ -57,7 +63,7 @@ def _fake_eps_torch(z, t, c):
   return 0.1 * z * (1.0 + c) + torch.sin(t / 100.0 + c)
 
 
-_SAMPLE = jax.jit(functools.partial(samplers.ddim_sample, _fake_eps_jax))
+_SAMPLE = jax.jit(functools.partial(samplers.ddim_sample, _fake_eps_jax, max_steps=MAX_STEPS))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -103,6 +109,11 @@ def test_ddim_timesteps_match_diffusers():
     np.testing.assert_array_equal(samplers.ddim_timesteps(n), sched.timesteps.numpy())
   padded = samplers.ddim_timesteps(20, max_steps=25)
   assert padded.shape == (25,) and (padded[20:] == -1).all() and padded[19] == 0
+  grid = jax.jit(samplers.ddim_grid, static_argnums=(1, 2))  # the sampler's own, traced steps
+  for n in (1, 7, 20, 50, 64):
+    np.testing.assert_array_equal(
+        grid(np.int32(n), 1000, 64), samplers.ddim_timesteps(n, max_steps=64)
+    )
 
 
 @pytest.mark.parametrize("guidance_scale,eta", [(None, 0.0), (7.5, 0.0), (7.5, 0.7)])
@@ -110,20 +121,17 @@ def test_ddim_parity_with_diffusers(guidance_scale, eta):
   z_T = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
   c, c_null = np.array([0.5, -0.2], np.float32), np.array([-0.3, -0.3], np.float32)
   c_null = None if guidance_scale is None else c_null
-  rng = _key(3)
-  # 50 steps inside a 64-long padded timesteps array: padding must be a no-op.
+  s = _settings(50, guidance_scale or 1.0, eta, seed=3)
+  # 50 steps inside a 64-long scan: the steps past them must be no-ops.
   ours = _SAMPLE(
       schedules.linear_schedule(),
       z_T,
       {"c": c},
       None if c_null is None else {"c": c_null},
-      samplers.ddim_timesteps(50, max_steps=MAX_STEPS),
-      guidance_scale or 1.0,
-      eta,
-      rng,
+      s,
       start_index=0,
   )
-  ref = _reference_ddim(z_T, c, c_null, 50, guidance_scale, eta, rng)
+  ref = _reference_ddim(z_T, c, c_null, 50, guidance_scale, eta, s.seed)
   # This fake model is no denoiser: final latents reach |z| ~ 200, so the bound is relative to
   # max|ref|.
   err = np.abs(np.asarray(ours) - ref).max() / max(1.0, np.abs(ref).max())
@@ -138,17 +146,8 @@ def test_ddim_does_not_recompile():
   def run(
       n, guidance_scale, eta, seed, start_index
   ):  # Python floats/ints, as a caller passes them.
-    return _SAMPLE(
-        sched,
-        z,
-        cond,
-        uncond,
-        samplers.ddim_timesteps(n, max_steps=MAX_STEPS),
-        guidance_scale,
-        eta,
-        _key(seed),
-        start_index=start_index,
-    )
+    s = _settings(n, guidance_scale, eta, seed)
+    return _SAMPLE(sched, z, cond, uncond, s, start_index=start_index)
 
   first = run(50, 7.5, 0.0, 0, 0)  # Compiles, unless an earlier test already did.
   traces = len(_TRACES)
@@ -292,7 +291,7 @@ def _inpaint_inputs():
   return known, mask, noise
 
 
-_DDIM_INPAINT = jax.jit(functools.partial(samplers.ddim_sample, _gauss_eps))
+_DDIM_INPAINT = jax.jit(functools.partial(samplers.ddim_sample, _gauss_eps, max_steps=10))
 
 
 @pytest.mark.parametrize("resample,start", _INPAINT_CASES, ids=_INPAINT_IDS)
@@ -300,24 +299,15 @@ def test_ddim_inpaint_matches_reference(resample, start):
   """DDIM with CFG, known-region reset at t_prev,
   RePaint jumps and an SDEdit start (one compile)."""
   known, mask, noise = _inpaint_inputs()
-  sched, n, key = schedules.linear_schedule(), 10, _key(5)
+  sched, n = schedules.linear_schedule(), 10
+  s = _settings(n, _SCALE, seed=5, resample=resample)
   ts = samplers.ddim_timesteps(n)
   z_start = np.asarray(samplers.ddim_start_latents(sched, known, ts, start, noise))
   if start:  # SDEdit: q_sample(z0, t_start) at the start step's timestep
     a = _ABAR[ts[start]]
     np.testing.assert_allclose(z_start, np.sqrt(a) * known + np.sqrt(1 - a) * noise, atol=1e-6)
   out = _DDIM_INPAINT(
-      sched,
-      z_start,
-      {"m": _M_C},
-      {"m": _M_U},
-      ts,
-      _SCALE,
-      0.0,
-      key,
-      start_index=start,
-      inpaint=(known, mask, noise),
-      resample=resample,
+      sched, z_start, {"m": _M_C}, {"m": _M_U}, s, start_index=start, inpaint=(known, mask, noise)
   )
   ref = _reference_ddim_inpaint(
       z_start,
@@ -327,7 +317,7 @@ def test_ddim_inpaint_matches_reference(resample, start):
       noise=noise,
       resample=resample,
       start=start,
-      key=jax.random.fold_in(key, 1 << 30),
+      key=jax.random.fold_in(s.seed, 1 << 30),
   )
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
   np.testing.assert_allclose(np.asarray(out)[:, :, :2], known[:, :, :2], atol=1e-6)  # ᾱ_{-1} = 1
@@ -345,7 +335,7 @@ def test_euler_grid_shift_and_guidance_match_reference():
   np.testing.assert_allclose(t, sh(np.clip(1 - u, 0, 1)), atol=1e-6)
   np.testing.assert_allclose(t_next, sh(np.clip(1 - u - 1 / 7, 0, 1)), atol=1e-6)
   for n, shift in [(12, 1.0), (7, 3.0)]:
-    out = _EULER(z_1, {"m": _M_C}, {"m": _M_U}, n, shift, _SCALE)
+    out = _EULER(z_1, {"m": _M_C}, {"m": _M_U}, _settings(n, _SCALE, shift=shift))
     np.testing.assert_allclose(np.asarray(out), _reference_euler(z_1, n, shift), atol=1e-5)
 
 
@@ -357,21 +347,13 @@ def test_euler_inpaint_matches_reference(resample, start):
   """Euler with CFG, known-region reset at t_next,
   RePaint jumps and an SDEdit start (one compile)."""
   known, mask, noise = _inpaint_inputs()
-  n, shift, key = 10, 2.0, _key(7)
+  n, shift = 10, 2.0
+  s = _settings(n, _SCALE, seed=7, shift=shift, resample=resample)
   z_start = np.asarray(samplers.euler_start_latents(known, noise, n, start, shift))
   t0 = shift * (1 - start / n) / (1 + (shift - 1) * (1 - start / n))
   np.testing.assert_allclose(z_start, (1 - t0) * known + t0 * noise, atol=1e-6)
   out = _EULER_INPAINT(
-      z_start,
-      {"m": _M_C},
-      {"m": _M_U},
-      n,
-      shift,
-      _SCALE,
-      start_index=start,
-      inpaint=(known, mask, noise),
-      resample=resample,
-      rng=key,
+      z_start, {"m": _M_C}, {"m": _M_U}, s, start_index=start, inpaint=(known, mask, noise)
   )
   ref = _reference_euler(
       z_start,
@@ -382,7 +364,7 @@ def test_euler_inpaint_matches_reference(resample, start):
       noise=noise,
       resample=resample,
       start=start,
-      key=key,
+      key=s.seed,
   )
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
   np.testing.assert_allclose(np.asarray(out)[:, :, :2], known[:, :, :2], atol=1e-6)
@@ -449,14 +431,15 @@ def test_guidance_rescale_matches_conditional_std():
   z = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
   model = lambda x, t, c: x * c["s"][:, None, None, None] + 0.1
   cond, uncond = {"s": jnp.array([2.0, 3.0])}, {"s": jnp.array([0.5, 0.5])}
-  plain = _guided(model, cond, uncond, jnp.float32(7.5))(z, 10.0, 0.01)
-  full = _guided(model, cond, uncond, jnp.float32(7.5), 1.0)(z, 10.0, 0.01)
+  scale = samplers.SampleSettings(guidance_scale=7.5)
+  plain = _guided(model, cond, uncond, scale)(z, 10.0, 0.01)
+  full = _guided(model, cond, uncond, scale.replace(guidance_rescale=1.0))(z, 10.0, 0.01)
   cond_out = model(z, None, cond)
   np.testing.assert_allclose(
       jnp.std(full, axis=(1, 2, 3)), jnp.std(cond_out, axis=(1, 2, 3)), rtol=1e-5
   )
   np.testing.assert_allclose(
-      _guided(model, cond, uncond, jnp.float32(7.5), 0.0)(z, 10.0, 0.01), plain
+      _guided(model, cond, uncond, scale.replace(guidance_rescale=0.0))(z, 10.0, 0.01), plain
   )
 
 
@@ -465,8 +448,9 @@ def test_guidance_interval_applies_cfg_only_inside():
   z1 = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
   model = lambda x, t, c: 0.3 * x * c["s"][:, None, None, None] + 1e-3 * t[:, None, None, None]
   cond, uncond = {"s": jnp.array([2.0, 3.0])}, {"s": jnp.array([0.5, 0.5])}
+  settings = lambda interval: _settings(10, 4.0, guidance_interval=interval)
   run = lambda interval: samplers.euler_sample(
-      model, z1, cond, uncond, 10, 1.0, 4.0, guidance_interval=interval
+      model, z1, cond, uncond, settings(interval), max_steps=10
   )
   z = z1
   for i in range(10):
@@ -476,6 +460,6 @@ def test_guidance_interval_applies_cfg_only_inside():
     s = 4.0 if t >= 0.5 else 1.0
     z = z + (t_next - t) * (vu + s * (vc - vu))
   np.testing.assert_allclose(run((0.5, 1.0)), z, rtol=1e-5, atol=1e-6)
-  plain = samplers.euler_sample(model, z1, cond, uncond, 10, 1.0, 4.0)
+  plain = samplers.euler_sample(model, z1, cond, uncond, _settings(10, 4.0), max_steps=10)
   np.testing.assert_allclose(run((0.0, 1.0)), plain, rtol=1e-6)
   assert float(jnp.max(jnp.abs(run((0.5, 1.0)) - plain))) > 1e-3  # the interval changes the result

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from psvae_jax.models import dit
 
 B, L, D_TEXT = 2, 5, 16  # batch, text tokens, text width
@@ -34,10 +35,7 @@ def _text_inputs(h=4, w=4, c=8):
 def _perturbed(params, seed=1):
   """Params with every leaf moved off its init (so zero-initialised layers stop hiding
   everything)."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(
-      lambda p: np.asarray(p) + np.float32(0.05) * rng.standard_normal(p.shape, np.float32), params
-  )
+  return helpers.perturbed(jax.tree.map(np.asarray, params), 0.05, seed)
 
 
 @pytest.fixture(scope="module")

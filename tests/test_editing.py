@@ -1,19 +1,14 @@
 """Editing (SDEdit) and inpainting: endpoints, one compile, any input size, bad inputs, CLI."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
+import helpers
 from psvae_jax import api
 from psvae_jax import editing
 from psvae_jax import runtime
 from psvae_jax.shapes import world
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -121,19 +116,15 @@ def test_bad_inputs(pipe, tmp_path):
   for r in (-1, 2.5, 101):
     with pytest.raises(editing.EditInputError, match="resample"):
       pipe.inpaint(images, [np.ones((32, 32))], caps, resample=r)
+  with pytest.raises(editing.EditInputError, match="resample"):  # not silently ignored
+    pipe.edit(images, caps, resample=2)
 
 
 def _cli(trained_dit, *args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [
-      sys.executable,
-      "-m",
-      "psvae_jax.sample",
-      f"--workdir={trained_dit / 'dit'}",
-      f"--prompt={world.generate(0, 32)[1]}",
-      *args,
-  ]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  prompt = world.generate(0, 32)[1]
+  return helpers.run_module(
+      "psvae_jax.sample", f"--workdir={trained_dit / 'dit'}", f"--prompt={prompt}", *args, devices=1
+  )
 
 
 def test_sample_cli_inpaint_and_clear_errors(trained_dit, tmp_path):
@@ -190,11 +181,8 @@ def test_ddim_edit_endpoints_and_known_region(pipe):
           ddim.gen.host_condition(caps),
           z0,
           mask,
+          ddim.sample_settings(steps=10, guidance_scale=7.5, eta=0.0, seed=0),
           strength=1.0,
-          steps=10,
-          guidance_scale=7.5,
-          eta=0.0,
-          seed=0,
       )
   )
   np.testing.assert_allclose(z[:, :, :4], z0[:, :, :4], atol=1e-5)  # known latents kept

@@ -102,20 +102,14 @@ def test_two_condition_guidance():
   ones, zeros = jnp.ones((2,)), jnp.zeros((2,))
   cond = {"img": ones, "txt": ones}
   uncond = ({"img": ones, "txt": zeros}, {"img": zeros, "txt": zeros})
-  pred = samplers._guided(model_fn, cond, uncond, jnp.float32(3.0), image_guidance_scale=2.0)
+  s = samplers.SampleSettings(guidance_scale=3.0, image_guidance_scale=2.0)
+  pred = samplers._guided(model_fn, cond, uncond, s)
   np.testing.assert_allclose(pred(jnp.zeros((2, 1)), 500.0, 0.5), 2 * 1 + 3 * 10)
   assert calls == [6]
-  outside = samplers._guided(
-      model_fn,
-      cond,
-      uncond,
-      jnp.float32(3.0),
-      guidance_interval=(0.6, 1.0),
-      image_guidance_scale=2.0,
-  )
+  outside = samplers._guided(model_fn, cond, uncond, s.replace(guidance_interval=(0.6, 1.0)))
   np.testing.assert_allclose(outside(jnp.zeros((2, 1)), 500.0, 0.5), 11.0)  # scales 1: ε(I,T)
   # Through the flow sampler: one Euler step from t=1 to 0 is z - v.
   z = samplers.euler_sample(
-      model_fn, jnp.zeros((2, 1)), cond, uncond, 1, 1.0, 3.0, image_guidance_scale=2.0
+      model_fn, jnp.zeros((2, 1)), cond, uncond, samplers.traced(s.replace(steps=1)), max_steps=1
   )
   np.testing.assert_allclose(z, -(2 * 1 + 3 * 10))

@@ -3,8 +3,6 @@ condition dropout, a trained source-conditioned DiT through the API and the samp
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -12,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import helpers
 from configs import common
-from conftest import ROOT
 from conftest import run_main
 from psvae_jax.data import iterators
 from psvae_jax.data import latents
@@ -165,9 +163,7 @@ def test_trained_instruct_model_edits_through_api_and_cli(instruct_dit, tmp_path
 
   Image.fromarray(src[0]).save(tmp_path / "in.png")
 
-  def cli(*args):
-    cmd = [sys.executable, "-m", "psvae_jax.sample", f"--workdir={instruct_dit}", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  cli = lambda *args: helpers.run_module("psvae_jax.sample", f"--workdir={instruct_dit}", *args)
 
   r = cli(
       f"--init_image={tmp_path / 'in.png'}",
@@ -191,14 +187,11 @@ def test_trained_instruct_model_edits_through_api_and_cli(instruct_dit, tmp_path
 
 
 def test_instruction_on_a_text_model_is_refused(trained_dit, tmp_path):
-  cmd = [
-      sys.executable,
-      "-m",
+  r = helpers.run_module(
       "psvae_jax.sample",
       f"--workdir={trained_dit / 'dit'}",
       "--init_image=x.png",
       "--instruction=make the circle blue",
       f"--out={tmp_path / 'x.png'}",
-  ]
-  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  )
   assert r.returncode == 1 and "not trained for instruction editing" in r.stderr, r.stderr

@@ -353,3 +353,24 @@ def test_encoder_input_and_tokens(indexed, tmp_path):
   np.testing.assert_array_equal(tokens["input_ids"], [2, 3, 4, 3])  # Truncated.
   with pytest.raises(ValueError, match="No tokenizer"):
     text.make_tokenizer(dict(tokenizer=str(tmp_path), max_length=4))
+
+
+def test_a_runs_data_config_is_resolved_once_where_it_starts(monkeypatch):
+  """A stage config's data (complete from base_config) goes through the data functions as it is:
+  nothing re-fills the defaults (it was resolved six times per training call); a partial one (a
+  test's dict) is still completed."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from psvae_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+  from psvae_jax.data import provenance  # pylint: disable=g-import-not-at-top
+
+  fills = []
+  resolve = data_config.resolve
+  monkeypatch.setattr(data_config, "resolve", lambda c: (fills.append(1), resolve(c))[1])
+  cfg = common.data_config()
+  cfg.update(source="shapes", image_size=32, num_train=16, num_eval=8, num_workers=0)
+  cfg.lock()  # as a run's config is
+  provenance.describe_splits(cfg)
+  next(pipeline.build_train_iterator(cfg, global_batch_size=4, seed=0))
+  pipeline.build_eval_set(cfg, 4)
+  assert not fills, f"the data defaults were re-filled {len(fills)} times"
+  assert data_config.complete(dict(source="shapes")).max_length == 77 and fills == [1]

@@ -1,14 +1,12 @@
 """Stage 3 end to end: the API and CLI sample with one compile; same seed, same images."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+import helpers
 from psvae_jax import api
 from psvae_jax import runtime
 
@@ -35,11 +33,15 @@ def test_generate_compiles_once_and_is_deterministic(trained_dit):
   b = pipe.generate(prompts[::-1], steps=20, guidance_scale=3.0, eta=0.5, seed=1)
   c = pipe.generate(prompts, steps=50, guidance_scale=7.5, seed=0)
   d = pipe.generate(prompts, steps=50, guidance_scale=7.5, seed=0, shift=3.0)  # the sampling shift
+  e = pipe.generate(prompts, steps=10, guidance_interval=(0.3, 0.9), guidance_rescale=0.7)
+  # One settings object, as the sample CLI passes it: the same images as the keywords.
+  f = pipe.generate(prompts, pipe.sample_settings(steps=50, guidance_scale=7.5, seed=0))
   assert (
       counter.count == first
-  ), "another guidance scale/steps/eta/seed/prompt/shift must not recompile"
+  ), "another guidance scale/steps/eta/seed/prompt/shift/interval/rescale must not recompile"
   np.testing.assert_array_equal(a, c)
-  assert not np.array_equal(a, b)
+  np.testing.assert_array_equal(a, f)
+  assert not np.array_equal(a, b) and not np.array_equal(a, e)
   # (a 4-step DiT's velocity is ~constant, so any grid gives ~the same images: tests/test_shift.py
   # checks what the shift does; here that it reaches the sampler, traced.)
   assert d.shape == a.shape
@@ -67,11 +69,7 @@ def test_encode_decode_roundtrip(trained_dit):
 
 def test_sample_cli(trained_dit, tmp_path):
   out = tmp_path / "grid.png"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [
-      sys.executable,
-      "-m",
+  r = helpers.run_module(
       "psvae_jax.sample",
       f"--workdir={trained_dit / 'dit'}",
       f"--prompt={PROMPTS[0]}",
@@ -80,8 +78,8 @@ def test_sample_cli(trained_dit, tmp_path):
       "--shift=2.5",
       f"--out={out}",
       f"--out_dir={tmp_path / 'each'}",
-  ]
-  r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+      devices=1,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(out).size[0] > 32
   assert len(list((tmp_path / "each").glob("*.png"))) == 2

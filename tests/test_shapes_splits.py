@@ -10,6 +10,7 @@ import pytest
 from psvae_jax.data import sources
 from psvae_jax.shapes import checker
 from psvae_jax.experiments import figures
+from psvae_jax.diffusion import settings
 from psvae_jax.shapes import world
 
 
@@ -74,8 +75,9 @@ class _FakePipe:
   def __init__(self, mode):
     self.mode = mode
 
-  def guidance_scale(self, value=None):  # api.Pipeline.guidance_scale
-    return self.config.sample.guidance_scale if value is None else value
+  def sample_settings(self, guidance_scale=None):  # api.Pipeline.sample_settings
+    scale = self.config.sample.guidance_scale if guidance_scale is None else guidance_scale
+    return settings.SampleSettings(steps=self.config.sample.steps, guidance_scale=scale)
 
   def _draw(self, captions):
     return np.stack([world.render(world.parse_caption(c), 32) for c in captions])

@@ -2,15 +2,14 @@
 (diffusion.flow_shift, optionally dimension-dependent), the presets, and the CLI's check."""
 
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+
+import helpers
 
 from configs import dit as dit_config
 from psvae_jax import generation
@@ -20,7 +19,6 @@ from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENT = (2, 2, 1)  # (h, w, C)
 B = 8  # one example per simulated device
 S = 0.5  # data std of the stub model
@@ -83,7 +81,11 @@ def test_sampling_shift_is_separate_from_training_shift(gen):
   z1 = np.asarray(generation.initial_noise(0, np.arange(B), LATENT))
   run = lambda **kw: np.asarray(
       gen.run(
-          {"dit": {}}, {}, {"label": labels}, z1, steps=6, guidance_scale=2.0, eta=0.0, seed=0, **kw
+          {"dit": {}},
+          {},
+          {"label": labels},
+          z1,
+          gen.sample_settings(steps=6, guidance_scale=2.0, eta=0.0, seed=0, **kw),
       )
   )
   counter = runtime.CompileCounter()
@@ -99,7 +101,7 @@ def test_sampling_shift_is_separate_from_training_shift(gen):
   assert counter.count == first, "a sampling-shift change recompiled the sampler"
   assert np.abs(out15 - out3).max() > 1e-2
   del gen.config.sample["shift"]  # an older workdir's config: its training shift samples
-  assert settings.sampling_shift(gen.config) == 5.0
+  assert gen.sample_settings().shift == 5.0
   np.testing.assert_allclose(run(), _reference(z1, labels, 6, 5.0, 2.0), atol=1e-5)
   gen.config.sample.shift = 3.0
   gen.config.diffusion.flow_shift = 1.0
@@ -109,19 +111,8 @@ def test_sdedit_start_uses_the_sampling_shift(gen):
   labels = np.arange(B, dtype=np.int32) % 3
   z0 = np.random.default_rng(0).standard_normal((B,) + LATENT).astype(np.float32)
   mask = np.ones((B,) + LATENT[:2] + (1,), np.float32)  # regenerate everything: a plain edit
-  out = gen.edit_latents(
-      {"dit": {}},
-      {},
-      {"label": labels},
-      z0,
-      mask,
-      strength=0.5,
-      steps=6,
-      guidance_scale=2.0,
-      eta=0.0,
-      seed=1,
-      shift=2.0,
-  )
+  s = gen.sample_settings(steps=6, guidance_scale=2.0, eta=0.0, seed=1, shift=2.0)
+  out = gen.edit_latents({"dit": {}}, {}, {"label": labels}, z0, mask, s, strength=0.5)
   noise = np.asarray(generation.initial_noise(1, np.arange(B), LATENT), np.float64)
   start = samplers.sdedit_start_index(6, 0.5)  # 3
   t0 = 2.0 * (1 - start / 6) / (1 + (1 - start / 6))  # shift 2 at u = 1 − 3/6
@@ -134,27 +125,27 @@ def test_sdedit_start_uses_the_sampling_shift(gen):
 def test_training_objective_ignores_the_sampling_shift():
   cfg = _config(flow_shift=2.0, shift=3.0)
   key = jax.random.key(0)
-  t = settings.make_objective(cfg.diffusion).sample_t(key, (64,))
+  t = objectives.make(cfg.diffusion).sample_t(key, (64,))
   cfg.sample.shift = 7.0
-  np.testing.assert_array_equal(settings.make_objective(cfg.diffusion).sample_t(key, (64,)), t)
+  np.testing.assert_array_equal(objectives.make(cfg.diffusion).sample_t(key, (64,)), t)
   cfg.diffusion.flow_shift = 3.0
-  assert not np.allclose(settings.make_objective(cfg.diffusion).sample_t(key, (64,)), t)
+  assert not np.allclose(objectives.make(cfg.diffusion).sample_t(key, (64,)), t)
 
 
 def test_dimension_dependent_training_shift():
   # s = sqrt(h*w*C / 4096) (SD3 section 5.3.2; RAE's time_dist_shift with base 4096).
-  assert objectives.dimension_shift((16, 16, 96)) == pytest.approx(math.sqrt(6.0))  # PS-VAE
-  assert objectives.dimension_shift((16, 16, 768)) == pytest.approx(math.sqrt(48.0))  # RAE
-  assert objectives.dimension_shift((32, 32, 4)) == pytest.approx(1.0)  # SD-VAE at 256
-  assert objectives.dimension_shift((8, 8, 16), 256) == pytest.approx(2.0)
+  assert settings.dimension_shift((16, 16, 96)) == pytest.approx(math.sqrt(6.0))  # PS-VAE
+  assert settings.dimension_shift((16, 16, 768)) == pytest.approx(math.sqrt(48.0))  # RAE
+  assert settings.dimension_shift((32, 32, 4)) == pytest.approx(1.0)  # SD-VAE at 256
+  assert settings.dimension_shift((8, 8, 16), 256) == pytest.approx(2.0)
   with pytest.raises(ValueError, match="base_dim"):
-    objectives.dimension_shift((16, 16, 96), 0)
+    settings.dimension_shift((16, 16, 96), 0)
   c = dit_config.get_config("paper")
   c.lock()  # as main.py's config_flags leave it
   assert settings.resolve_flow_shift(c, (16, 16, 96)) == pytest.approx(math.sqrt(6.0))
   assert c.diffusion.flow_shift == pytest.approx(math.sqrt(6.0))  # what config.json will record
   assert '"flow_shift": 2.449' in c.to_json()
-  assert settings.make_objective(c.diffusion).shift == pytest.approx(math.sqrt(6.0))
+  assert objectives.make(c.diffusion).shift == pytest.approx(math.sqrt(6.0))
   assert c.sample.shift == 3.0  # the sampling shift stays its own
   seed = dit_config.get_config("XL_text")  # base 0: flow_shift as given
   assert settings.resolve_flow_shift(seed, (16, 16, 96)) == 1.0
@@ -165,26 +156,24 @@ def test_presets():
   assert (paper.model.size, paper.model.cond_type) == ("XL", "text")
   assert paper.diffusion.objective == "flow" and paper.diffusion.flow_shift_base_dim == 4096
   assert (paper.sample.steps, paper.sample.shift, paper.sample.guidance_scale) == (50, 3.0, 6.5)
-  assert isinstance(settings.make_objective(paper.diffusion), objectives.FlowObjective)
+  assert isinstance(objectives.make(paper.diffusion), objectives.FlowObjective)
   assert (seed.model.size, seed.model.cond_type) == ("XL", "text")
   assert seed.diffusion.objective == "eps" and seed.diffusion.schedule == "linear"
   assert (seed.sample.steps, seed.sample.guidance_scale, seed.sample.eta) == (50, 7.5, 0.0)
-  assert isinstance(settings.make_objective(seed.diffusion), objectives.EpsilonObjective)
+  assert isinstance(objectives.make(seed.diffusion), objectives.EpsilonObjective)
   for c in (paper, seed):  # the final eval's size: 64 prompts x 50 steps x (guidance_scale, 1.0)
     assert c.eval.num_images == 64 and tuple(c.eval.guidance_scales) == ()
 
 
 def test_sample_cli_rejects_bad_shift(tmp_path):
   for bad in ("0", "-1", "nan"):
-    cmd = [
-        sys.executable,
-        "-m",
+    r = helpers.run_module(
         "psvae_jax.sample",
         f"--workdir={tmp_path}",
         "--prompt=a",
         f"--out={tmp_path / 'x.png'}",
         f"--shift={bad}",
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        timeout=120,
+    )
     assert r.returncode != 0 and "--shift must be a number > 0" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr

@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+import helpers
 from psvae_jax.models import siglip
 from psvae_jax.weights import siglip as siglip_weights
 
@@ -22,13 +23,7 @@ _CFG = dict(
 
 
 def _perturb(model):
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
-      elif p.ndim == 1:
-        p.add_(0.2 * torch.randn_like(p))
-  return model.eval()
+  return helpers.perturb_torch(model).eval()
 
 
 def _images(hw, seed=1):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from configs import dit as dit_config
 from configs import psvae as psvae_config
 from configs import svae as svae_config
@@ -52,13 +53,7 @@ def _norm(tree) -> float:
   return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in leaves)))
 
 
-def _perturbed(params, scale: float = 0.02, seed: int = 0):
-  """params + scale * N(0, 1): zero-initialised layers (E_s's output) would block every gradient."""
-  leaves, tree = jax.tree.flatten(params)
-  rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(
-      tree, [x + jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) for x in leaves]
-  )
+_perturbed = helpers.perturbed  # zero-initialised layers (E_s's output) would block every gradient
 
 
 def _run_steps(config, num_steps: int = 2):

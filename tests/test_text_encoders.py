@@ -13,6 +13,7 @@ import transformers
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
+import helpers
 from psvae_jax.shapes import text as demo_text
 from psvae_jax.shapes import world
 from psvae_jax.weights import clip as clip_weights
@@ -21,17 +22,6 @@ from psvae_jax.weights import t5 as t5_weights
 _TOL = 1e-5
 _VOCAB, _LEN, _BOS, _EOS = 100, 12, 98, 99
 _VALID = (12, 7, 3)  # Real tokens per row; the rest is padding.
-
-
-def _perturb(model: torch.nn.Module, seed: int) -> None:
-  """Moves constant-initialised norms/biases off their defaults."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
-      elif p.ndim == 1:
-        p.add_(0.2 * torch.randn_like(p))
 
 
 def _inputs(seed: int = 1, eos: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -44,10 +34,6 @@ def _inputs(seed: int = 1, eos: int | None = None) -> tuple[np.ndarray, np.ndarr
       ids[row, 0], ids[row, n - 1] = _BOS, eos
   ids = np.where(mask == 1, ids, 0)
   return ids, mask
-
-
-def _max_err(a, b) -> float:
-  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
 @pytest.mark.parametrize(
@@ -89,7 +75,7 @@ def test_clip_text_matches_transformers(tmp_path, hidden_act, legacy_eos, full_c
   else:
     model = saver = transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_cfg))
   saver.eval()
-  _perturb(saver, seed=0)
+  helpers.perturb_torch(saver, seed=0)
   saver.save_pretrained(str(tmp_path))
 
   module, params = clip_weights.load_clip_text(str(tmp_path))
@@ -105,8 +91,8 @@ def test_clip_text_matches_transformers(tmp_path, hidden_act, legacy_eos, full_c
   assert hidden.shape == (len(_VALID), _LEN, 32) and pooled.shape == (3, 32)
   # All positions, padded ones included: with right padding and a causal mask
   # every query sees at least one real key, so they agree as well.
-  assert _max_err(hidden, ref.last_hidden_state.numpy()) <= _TOL
-  assert _max_err(pooled, ref.pooler_output.numpy()) <= _TOL
+  assert helpers.max_err(hidden, ref.last_hidden_state.numpy()) <= _TOL
+  assert helpers.max_err(pooled, ref.pooler_output.numpy()) <= _TOL
 
 
 @pytest.mark.parametrize(
@@ -132,7 +118,7 @@ def test_t5_encoder_matches_transformers(tmp_path, proj, full_model):
   torch.manual_seed(0)
   cls = transformers.T5ForConditionalGeneration if full_model else transformers.T5EncoderModel
   model = cls(cfg).eval()
-  _perturb(model, seed=0)
+  helpers.perturb_torch(model, seed=0)
   model.save_pretrained(str(tmp_path))
 
   module, params = t5_weights.load_t5_encoder(str(tmp_path))
@@ -146,9 +132,9 @@ def test_t5_encoder_matches_transformers(tmp_path, proj, full_model):
   ref = ref.last_hidden_state.numpy()
   hidden, pooled = jax.jit(module.apply)({"params": params}, ids, mask)
   # All positions compared (padded queries still attend to the real keys).
-  assert _max_err(hidden, ref) <= _TOL
+  assert helpers.max_err(hidden, ref) <= _TOL
   m = mask[..., None].astype(np.float32)
-  assert _max_err(pooled, (ref * m).sum(1) / m.sum(1)) <= _TOL
+  assert helpers.max_err(pooled, (ref * m).sum(1) / m.sum(1)) <= _TOL
 
 
 def test_bad_checkpoint_names_entries(tmp_path):
@@ -194,10 +180,10 @@ def test_demo_text_encoder(tmp_path):
   assert ids[0, mask[0].sum() - 1] == tokenizer.eos_token_id == module.eos_token_id
   hidden, pooled = jax.jit(module.apply)({"params": params}, ids, mask)
   assert hidden.shape == (2, 16, 32)
-  assert _max_err(pooled[0], pooled[1]) > 1e-3
+  assert helpers.max_err(pooled[0], pooled[1]) > 1e-3
   # Same word, different context -> different states; same prefix -> same.
   np.testing.assert_allclose(hidden[0, :2], hidden[1, :2], atol=1e-6)  # [BOS] a
-  assert _max_err(hidden[0, 2], hidden[1, 2]) > 1e-3  # red vs blue
+  assert helpers.max_err(hidden[0, 2], hidden[1, 2]) > 1e-3  # red vs blue
 
 
 def _demo_captions() -> list[str]:
@@ -239,8 +225,8 @@ def test_demo_text_encoder_loads_in_transformers(tmp_path):
         input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
     )
   hidden, pooled = jax.jit(module.apply)({"params": params}, ids, mask)
-  assert _max_err(hidden, ref.last_hidden_state.numpy()) <= _TOL
-  assert _max_err(pooled, ref.pooler_output.numpy()) <= _TOL
+  assert helpers.max_err(hidden, ref.last_hidden_state.numpy()) <= _TOL
+  assert helpers.max_err(pooled, ref.pooler_output.numpy()) <= _TOL
 
 
 def test_demo_text_encoder_builds_without_torch(tmp_path):

@@ -20,6 +20,7 @@ from psvae_jax import latent_stats
 from psvae_jax import parallel
 from psvae_jax import workdir as workdir_lib
 from psvae_jax.aot.compiler import GIB, BadInput, Program
+from psvae_jax.diffusion import samplers
 from psvae_jax.models import dit as dit_lib
 from psvae_jax.train import loop
 from psvae_jax.train.tasks import autoencoder as ae_task
@@ -186,24 +187,10 @@ def build_programs(config, devices, wanted=(), ae_config_spec: str = "") -> list
     gen = task.gen
     sample_batch = _batch(_condition_shapes(config, n), mesh)
     z = _batch({"z": ((n, h, w, c), f32)}, mesh)["z"]
-    scalar = lambda dtype=f32: jax.ShapeDtypeStruct((), dtype)
-    args = (
-        state.ema_params,
-        consts,
-        sample_batch,
-        z,
-        jax.ShapeDtypeStruct((gen.timesteps(1).shape[0],), jnp.int32),
-        scalar(),
-        scalar(),
-        jax.eval_shape(lambda: jax.random.key(0)),
-        scalar(jnp.int32),
-        None,
-        scalar(),
-        jax.ShapeDtypeStruct((2,), f32),
-        scalar(jnp.int32),
-        scalar(),
-        scalar(),
-    )
+    abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+    settings = jax.tree.map(abstract, samplers.traced(gen.sample_settings()))
+    start = jax.ShapeDtypeStruct((), jnp.int32)
+    args = (state.ema_params, consts, sample_batch, z, settings, start, None)
     programs.append(Program("sample", gen.sample_latents, args, {"use_inpaint": False}, batch=n))
     programs.append(Program("decode", gen._decode_jit, (consts, z), batch=n))
   if wanted:

@@ -48,7 +48,7 @@ class _Indexed:
 
 def _records(source: Any, data_cfg: Any, start: int, stop: int, counts: dict[str, int]):
   """Good preprocessed records of source[start:stop], in order; counts the rest."""
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   preprocess = pipeline.preprocess_from_cfg(cfg, train=False, source=source)
   ds = grain.MapDataset.source(_Indexed(source))[start:stop]
   ds = ds.map(lambda r: {**preprocess.random_map(r, None), "index": r["index"]})

@@ -1,9 +1,11 @@
 """The data config every `psvae_jax.data` entry point reads, complete.
 
 The fields and their defaults are written once, in `configs.common.data_config`.
-Callers may pass a partial config: a test's dict, or the data config of an older
-workdir's config.json or latent cache's meta.json (written before a field existed);
-`resolve` fills the missing fields from those defaults, so the code reads
+A run resolves its data config once, where it starts: a stage config's `data` is complete from
+`base_config`, and the stored configs a run reads (a workdir's config.json, a latent cache's
+meta.json, written before a field existed) are resolved when read. The data functions take the
+config through `complete`, which hands a complete ConfigDict back as it is (no copy, nothing
+re-filled) and resolves only a partial one (a test's dict, a plugin's), so the code reads
 `cfg.field` and never restates a default.
 """
 
@@ -16,6 +18,15 @@ from typing import Any
 import ml_collections
 
 from configs import common
+
+_FIELDS = frozenset(common.data_config())
+
+
+def complete(data_cfg: Any) -> ml_collections.ConfigDict:
+  """`data_cfg` itself when it is a ConfigDict with every data field, else `resolve(data_cfg)`."""
+  if isinstance(data_cfg, ml_collections.ConfigDict) and _FIELDS.issubset(data_cfg.keys()):
+    return data_cfg
+  return resolve(data_cfg)
 
 
 def resolve(data_cfg: Any) -> ml_collections.ConfigDict:

@@ -216,7 +216,7 @@ def build_latent_iterator(
     process_index: this process (default jax.process_index()).
     process_count: number of processes (default jax.process_count()).
   """
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   index, count = iterators.process_info(process_index, process_count)
   batch_size = iterators.per_process_batch(global_batch_size, count)
   cache = LatentCacheSource(cfg.path)

@@ -201,7 +201,7 @@ def preprocess_from_cfg(data_cfg: Any, train: bool = True, source: Any = None) -
   source: the source it reads; one whose `has_captions` is False (class folders without caption
   files, a tfds set without a caption feature) does not count its missing captions.
   """
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   random_flip = bool(cfg.random_flip) and train
   if random_flip and cfg.source in ("shapes", "shapes_instruct"):
     raise ValueError("random_flip must be off for shapes: captions say left/right.")
@@ -251,7 +251,7 @@ def build_train_iterator(
     ValueError: if global_batch_size is not divisible by the process count, this
       process's shard is empty, or none of the probed records is usable.
   """
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   if cfg.source == "latents":
     return latents.build_latent_iterator(
         cfg,
@@ -350,7 +350,7 @@ def build_eval_set(data_cfg: Any, num_images: int) -> dict[str, Any]:
 
 def read_split(data_cfg: Any, split: str, num_images: int = 0) -> dict[str, Any]:
   """`build_eval_set` of any split ("train" or "eval"); num_images 0 = every good record."""
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   source = sources.get_source(cfg, split)
   preprocess = preprocess_from_cfg(cfg, train=False, source=source)
   wanted = int(num_images) or len(source)

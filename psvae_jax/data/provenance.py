@@ -30,7 +30,7 @@ def describe_splits(data_cfg: Any) -> dict[str, Any]:
   Training writes it into the workdir (data.json) at its start and compares it on resume
   (`check_recorded`); the class names are what `--label=NAME` resolves against.
   """
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   train, held_out = sources.get_source(cfg, "train"), sources.get_source(cfg, "eval")
   return {
       "train": describe(train),

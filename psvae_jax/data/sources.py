@@ -287,7 +287,7 @@ def eval_split_is_separate(data_cfg: Any) -> bool:
   """Whether the eval split is a split of its own (shapes' held-out indices, an eval/ or test/
   folder, a tfds split), so that `num_eval` is only a cap; False where the held-out images are
   carved out of one folder (`num_eval` then moves images out of training)."""
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   if cfg.source == "latents":
     origin = latents.read_meta(cfg.path)["data"]
     return origin.get("source") != "latents" and eval_split_is_separate(origin)
@@ -414,14 +414,14 @@ def _latent_source(cfg: Any, split: str) -> Any:
   from (its data config is in meta.json), e.g. prompts and images for stage-3 eval."""
   if split == "train":
     return _cap(latents.LatentCacheSource(cfg.path), cfg.num_train, cfg.seed)
-  origin = dict(latents.read_meta(cfg.path)["data"])
-  origin["num_eval"] = cfg.num_eval
+  origin = config.resolve(latents.read_meta(cfg.path)["data"])  # resolved when read
+  origin.num_eval = cfg.num_eval
   if origin.get("source") == "latents":
     raise ValueError("A latent cache made from a latent cache has no eval split.")
   return get_source(origin, "eval")
 
 
-# data.source -> builder(cfg, split), cfg complete (`config.resolve`); more through
+# data.source -> builder(cfg, split), cfg complete (`config.complete`); more through
 # `register_source`.
 SOURCES: dict[str, Callable[[Any, str], Any]] = {
     "folder": _folder_source,
@@ -433,7 +433,7 @@ SOURCES: dict[str, Callable[[Any, str], Any]] = {
 def register_source(name: str, factory: Callable[[Any, str], Any]) -> None:
   """Registers (or replaces) data.source=`name`: factory(resolved data cfg, split) -> source.
 
-  The factory gets the data config completed by `config.resolve` and "train" or "eval",
+  The factory gets the complete data config (`config.complete`) and "train" or "eval",
   and returns a random-access source of dict records (module docstring).
   """
   SOURCES[name] = factory
@@ -459,7 +459,7 @@ def get_source(data_cfg: Any, split: str) -> Any:
   """
   if split not in _SPLIT_DIRS:
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   if cfg.source not in SOURCES:
     raise ValueError(
         f"Unknown data source {cfg.source!r}; registered: {sorted(SOURCES)} (the demo's "

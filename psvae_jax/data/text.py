@@ -130,7 +130,7 @@ class CaptionTokenizer:
 def make_tokenizer(data_cfg: Any) -> CaptionTokenizer | None:
   """The tokenizer of `data.tokenizer` ("": none), loaded now so a bad directory fails
   early."""
-  cfg = config.resolve(data_cfg)
+  cfg = config.complete(data_cfg)
   if not cfg.tokenizer:
     return None
   tokenizer = CaptionTokenizer(cfg.tokenizer, cfg.max_length)

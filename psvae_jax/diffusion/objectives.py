@@ -13,13 +13,12 @@ Time conventions:
 - ``FlowObjective``: t ∈ (0, 1), t = 1 is pure noise; z_t = (1 − t) z0 + t ε; target v = ε −
   z0; model time = 1000·t, so a DiT's timestep embedder sees the same range under either objective
   (``t_scale`` = 1). t is drawn logit-normal, then shifted: t' = s·t / (1 + (s − 1)·t) (s > 1
-  moves mass towards noise). ``dimension_shift`` gives the dimension-dependent training shift s =
-  √(h·w·C / n).
+  moves mass towards noise). ``settings.dimension_shift`` gives the dimension-dependent training
+  shift s = √(h·w·C / n).
 """
 
 from __future__ import annotations
 
-import math
 
 from flax import struct
 import jax
@@ -28,40 +27,12 @@ import jax.numpy as jnp
 from psvae_jax.diffusion import schedules
 
 MODEL_TIME_SCALE = 1000.0  # flow time t ∈ [0, 1] → model time t · 1000
-SHIFT_BASE_DIM = (
-    4096  # the reference dimension n of ``dimension_shift``: 64×64, or 32×32×4 SD latents
-)
 
 
 def shift_time(t: jax.Array, shift: float | jax.Array) -> jax.Array:
   """Timestep shift t' = s·t / (1 + (s − 1)·t): identity at s = 1, fixes 0 and 1,
   monotone for s > 0."""
   return shift * t / (1.0 + (shift - 1.0) * t)
-
-
-def dimension_shift(latent_shape: tuple[int, ...], base_dim: int = SHIFT_BASE_DIM) -> float:
-  """The dimension-dependent timestep shift s = √(m / n), m = h·w·C the latent's dimension.
-
-  The "resolution-dependent shifting of timestep schedules" of SD3 (Esser et al. 2024, "Scaling
-  Rectified Flow Transformers for High-Resolution Image Synthesis", §5.3.2): a latent with m
-  elements at the same noise level keeps more signal than one with n, so t is shifted by
-  α = √(m / n) in t' = α·t / (1 + (α − 1)·t) (``shift_time``). RAE (Zheng et al. 2025,
-  "Diffusion Transformers with Representation Autoencoders"; bytetriper/RAE src/train.py:
-  ``time_dist_shift = math.sqrt(time_dist_shift_dim / time_dist_shift_base)`` with dim =
-  prod(latent_size) and base 4096) applies it to representation latents with n = 4096 (a
-  64×64 image, or the 32×32×4 latent of a 256² SD-VAE image). E.g. 16×16×96 (PS-VAE) → √6
-  ≈ 2.449; 16×16×768 (DINOv2-B, RAE) → √48 ≈ 6.93; 32×32×4 → 1.
-
-  Args:
-    latent_shape: the latent's (h, w, C) (any shape: m is the product).
-    base_dim: the reference dimension n.
-
-  Returns:
-    s as a Python float.
-  """
-  if base_dim <= 0:
-    raise ValueError(f"base_dim must be > 0, got {base_dim}.")
-  return math.sqrt(math.prod(int(d) for d in latent_shape) / base_dim)
 
 
 def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
@@ -137,3 +108,18 @@ class FlowObjective:
   def loss(self, pred: jax.Array, target: jax.Array) -> jax.Array:
     """Per-example MSE, (B,)."""
     return mse_per_example(pred, target)
+
+
+def make(diff_cfg):
+  """The objective of a stage-3 config's `diffusion` fields (eps: its schedule; flow: its
+  training shift)."""
+  if diff_cfg.objective == "eps":
+    sched = (
+        schedules.linear_schedule(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
+        if diff_cfg.schedule == "linear"
+        else schedules.cosine_schedule(diff_cfg.num_timesteps)
+    )
+    return EpsilonObjective(sched)
+  if diff_cfg.objective == "flow":
+    return FlowObjective(shift=diff_cfg.flow_shift)
+  raise ValueError(f"Unknown diffusion.objective {diff_cfg.objective!r} (eps | flow).")

@@ -8,21 +8,20 @@ conditional and unconditional halves as ONE batch of 2B:
 ``pred = pred(∅) + s · (pred(c) − pred(∅))``; pass ``uncond=None`` to sample without
 guidance.
 
-Compile once, vary freely: the number of steps, the start index (SDEdit strength),
-``guidance_scale``, ``eta``, the Euler sampler's ``shift`` and the rng are traced values. DDIM takes
-a timesteps array of a fixed length padded with −1 (``ddim_timesteps(n, max_steps=M)``); the Euler
-sampler takes a static scan length ``max_steps`` and a traced ``num_steps ≤ max_steps``. Steps
-that are padding or before ``start_index`` are skipped with ``lax.cond`` (no model call). Typical
-use::
+Compile once, vary freely: the sampling settings (``settings.SampleSettings``: steps, guidance
+scale, eta, rescale, interval, shift, image guidance, seed, resampling) are one traced pytree
+(``traced`` gives it stable dtypes), and so is the start index (SDEdit strength). The scan has a
+static length ``max_steps``; steps past ``settings.steps`` or before ``start_index`` are skipped
+with ``lax.cond`` (no model call). Typical use::
 
-  sample = jax.jit(functools.partial(ddim_sample, model_fn), static_argnames=("carry_sharding",))
-  z0 = sample(sched, z_T, cond, uncond, ddim_timesteps(50, max_steps=100), 7.5, 0.0, rng)
+  sample = jax.jit(functools.partial(ddim_sample, model_fn, sched), static_argnames=("max_steps",))
+  s = settings.SampleSettings(steps=50, guidance_scale=7.5, seed=0)
+  z0 = sample(z_T, cond, uncond, traced(s), max_steps=100)
 
-Static (hashable) arguments: ``model_fn`` (closed over with ``functools.partial``),
-``carry_sharding``, the Euler sampler's ``max_steps``, and whether ``uncond`` / ``inpaint`` are
-``None``. Everything else is traced; keep its types stable (``eta=0`` then ``eta=0.5`` is int then
-float: a retrace), e.g. pass Python floats or ``np.float32`` scalars, and non-weakly-typed arrays
-(``np.full``, not ``jnp.full(shape, 0.5)``).
+Static (hashable) arguments: ``model_fn`` (closed over with ``functools.partial``), the schedule,
+``max_steps``, ``carry_sharding``, and whether ``uncond`` / ``inpaint`` are ``None``. Pass settings
+through ``traced`` (or keep their Python types stable: ``eta=0`` then ``eta=0.5`` is int then
+float, a retrace).
 """
 
 from __future__ import annotations
@@ -35,6 +34,16 @@ import numpy as np
 
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import schedules
+from psvae_jax.diffusion import settings
+
+SampleSettings = settings.SampleSettings
+# The settings are a pytree: their fields are the sampler's traced values.
+jax.tree_util.register_dataclass(
+    SampleSettings, data_fields=SampleSettings.field_names(), meta_fields=[]
+)
+# The sampler's own randomness (DDIM eta, RePaint) is keyed apart from the initial noise's
+# fold_in(key(seed), index): fold_in(key(seed), KEY_OFFSET) (`traced`).
+KEY_OFFSET = 1 << 20
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 Inpaint = tuple[
@@ -67,6 +76,33 @@ def ddim_timesteps(
   return out
 
 
+def ddim_grid(num_steps: jax.Array, T: int, max_steps: int) -> jax.Array:
+  """``ddim_timesteps(num_steps, T, max_steps=max_steps)`` for a traced ``num_steps``."""
+  n = jnp.asarray(num_steps, jnp.int32)
+  i = jnp.arange(max_steps, dtype=jnp.int32)
+  return jnp.where(i < n, (n - 1 - i) * (T // jnp.maximum(n, 1)), -1)
+
+
+def traced(s: SampleSettings, impl: str | None = None) -> SampleSettings:
+  """Checked host settings -> the sampler's traced form: numpy scalars of fixed dtypes (int32
+  counts, float32 numbers, a float32 (2,) interval), so any values share one compile, and `seed`
+  replaced by the key of the sampler's own randomness, ``fold_in(key(seed, impl), KEY_OFFSET)``
+  (made here, outside the sampler's jit: a threefry hash costs seconds of compile on XLA:CPU)."""
+  s = s.validate()
+  f32 = np.float32
+  return SampleSettings(
+      steps=np.int32(s.steps),
+      guidance_scale=f32(s.guidance_scale),
+      eta=f32(s.eta),
+      guidance_rescale=f32(s.guidance_rescale),
+      guidance_interval=np.asarray(s.guidance_interval, f32),
+      shift=f32(s.shift),
+      image_guidance_scale=f32(s.image_guidance_scale),
+      seed=jax.random.fold_in(jax.random.key(s.seed, impl=impl), KEY_OFFSET),
+      resample=np.int32(s.resample),
+  )
+
+
 def sdedit_start_index(num_steps: int, strength: float) -> int:
   """First step index for SDEdit at ``strength`` (diffusers' img2img rule): 0 runs all steps."""
   init = min(int(num_steps * strength), num_steps)
@@ -89,29 +125,23 @@ def ddim_start_latents(
 
 
 def _guided(
-    model_fn: ModelFn,
-    cond: Any,
-    uncond: Any,
-    guidance_scale: jax.Array,
-    guidance_rescale: float | jax.Array = 0.0,
-    guidance_interval: Any = (0.0, 1.0),
-    image_guidance_scale: float | jax.Array = 1.0,
+    model_fn: ModelFn, cond: Any, uncond: Any, s: SampleSettings
 ) -> Callable[..., jax.Array]:
   """(z, scalar model time, noise level) → float32 prediction; CFG as one 2B batch if ``uncond``
   is given.
 
   Two-condition guidance (InstructPix2Pix, eq. 3: a source image I and an instruction T): with
   ``uncond`` a pair (image-only condition, null condition), the three predictions run as one 3B
-  batch and combine as ε(∅,∅) + s_I (ε(I,∅) − ε(∅,∅)) + s_T (ε(I,T) − ε(I,∅)), s_T the
-  guidance scale and s_I ``image_guidance_scale`` (both inside ``guidance_interval``).
+  batch and combine as ε(∅,∅) + s_I (ε(I,∅) − ε(∅,∅)) + s_T (ε(I,T) − ε(I,∅)), s_T
+  ``s.guidance_scale`` and s_I ``s.image_guidance_scale`` (both inside the guidance interval).
 
-  ``guidance_interval`` = (lo, hi) applies the guidance scale only at noise levels lo ≤ level ≤
+  ``s.guidance_interval`` = (lo, hi) applies the guidance scale only at noise levels lo ≤ level ≤
   hi (level: t/T for DDIM, flow time t; 1 = pure noise) and scale 1 (the conditional prediction)
   elsewhere: guidance in a limited interval (Kynkäänniemi et al. 2024). (0, 1), the default, is
   plain CFG at every step. Traced.
 
-  ``guidance_rescale`` = φ > 0 applies guidance rescaling (Lin et al. 2023, "Common diffusion noise
-  schedules and sample steps are flawed", eq. 15-16): the guided prediction is scaled towards
+  ``s.guidance_rescale`` = φ > 0 applies guidance rescaling (Lin et al. 2023, "Common diffusion
+  noise schedules and sample steps are flawed", eq. 15-16): the guided prediction is scaled towards
   the per-sample standard deviation of the conditional one, which keeps large guidance scales
   from over-saturating. φ = 0 is plain CFG (diffusers' default).
   """
@@ -124,11 +154,12 @@ def _guided(
 
     return pred
 
-  interval = jnp.asarray(guidance_interval, jnp.float32)  # (2,)
+  guidance_scale = jnp.asarray(s.guidance_scale, jnp.float32)
+  interval = jnp.asarray(s.guidance_interval, jnp.float32)  # (2,)
   if isinstance(uncond, tuple):  # (image-only, null): two-condition guidance
     image_only, null = uncond
     three = jax.tree.map(lambda c, i, u: jnp.concatenate([c, i, u], axis=0), cond, image_only, null)
-    s_img = jnp.asarray(image_guidance_scale, jnp.float32)
+    s_img = jnp.asarray(s.image_guidance_scale, jnp.float32)
 
     def pred3(z, t, level):
       z3 = jnp.concatenate([z, z, z], axis=0)  # (3B, ...)
@@ -156,7 +187,7 @@ def _guided(
     ratio = jnp.std(out_c, axis=axes, keepdims=True) / (
         jnp.std(guided, axis=axes, keepdims=True) + 1e-8
     )
-    phi = jnp.asarray(guidance_rescale, jnp.float32)
+    phi = jnp.asarray(s.guidance_rescale, jnp.float32)
     return jnp.where(phi > 0, guided * (1.0 - phi + phi * ratio), guided)
 
   return pred
@@ -207,18 +238,12 @@ def ddim_sample(
     z_T: jax.Array,
     cond: Any,
     uncond: Any,
-    timesteps: jax.Array,
-    guidance_scale: float | jax.Array,
-    eta: float | jax.Array,
-    rng: jax.Array,
+    s: SampleSettings,
     *,
+    max_steps: int,
     start_index: int | jax.Array = 0,
     carry_sharding: Any = None,
     inpaint: Inpaint | None = None,
-    guidance_rescale: float | jax.Array = 0.0,
-    guidance_interval: Any = (0.0, 1.0),
-    resample: int | jax.Array = 0,
-    image_guidance_scale: float | jax.Array = 1.0,
 ) -> jax.Array:
   """DDIM sampling (Song et al. 2021), step for step as diffusers' ``DDIMScheduler.step``
   (ε-prediction).
@@ -236,38 +261,26 @@ def ddim_sample(
     cond: conditioning pytree, leaves (B, ...).
     uncond: null conditioning pytree like ``cond``, or None for no guidance, or a pair
       (image-only, null) for two-condition guidance (``_guided``).
-    timesteps: int (S,) from ``ddim_timesteps``: descending timesteps, then −1 padding.
-    guidance_scale: guidance scale s (traced).
-    eta: DDIM η (traced): 0 deterministic, 1 DDPM-like.
-    rng: key for the η > 0 noise of step i: ``fold_in(rng, i)`` (i indexes ``timesteps``).
+    s: the settings (traced; ``traced``): s.steps steps on ``ddim_timesteps``' grid, s.eta
+      (0 deterministic, 1 DDPM-like), guidance (``_guided``), s.seed (the key ``traced`` made of
+      the seed: the η > 0 noise of step i is ``fold_in(key, i)``), s.resample: with
+      ``inpaint``, RePaint resampling jumps
+      per step (0 = none), see ``_resampled``: z_t = √(ᾱ_t/ᾱ_prev) z_prev + √(1 − ᾱ_t/ᾱ_prev) ε,
+      then the step again.
+    max_steps: the scan's static length (s.steps ≤ max_steps).
     start_index: first step to run (traced); earlier steps are skipped (SDEdit).
     carry_sharding: optional sharding for the latents carried through the scan.
     inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset
       to q_sample(z_known, t_prev, noise); mask 1 = regenerate.
-    guidance_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
-    guidance_interval: (lo, hi) noise levels t/T where the guidance scale applies (traced), see
-      ``_guided``.
-    image_guidance_scale: s_I of two-condition guidance (traced; with a pair ``uncond``).
-    resample: with ``inpaint``, RePaint resampling jumps per step (traced; 0 = none), see
-      ``_resampled``: z_t = √(ᾱ_t/ᾱ_prev) z_prev + √(1 − ᾱ_t/ᾱ_prev) ε, then the step
-      again.
 
   Returns:
     Final latents z_0, like z_T.
   """
-  timesteps = jnp.asarray(timesteps, jnp.int32)  # (S,)
-  num_steps = jnp.maximum(jnp.sum(timesteps >= 0), 1)
-  ratio = sched.num_timesteps // num_steps
-  eta = jnp.asarray(eta, jnp.float32)
-  pred = _guided(
-      model_fn,
-      cond,
-      uncond,
-      jnp.asarray(guidance_scale, jnp.float32),
-      guidance_rescale,
-      guidance_interval,
-      image_guidance_scale,
-  )
+  timesteps = ddim_grid(s.steps, sched.num_timesteps, max_steps)  # (S,)
+  ratio = sched.num_timesteps // jnp.maximum(jnp.asarray(s.steps, jnp.int32), 1)
+  eta = jnp.asarray(s.eta, jnp.float32)
+  rng = s.seed  # the key (``traced``)
+  pred = _guided(model_fn, cond, uncond, s)
 
   def step(z, i, t):
     t_prev = t - ratio
@@ -292,7 +305,7 @@ def ddim_sample(
       r = schedules.alpha_cumprod_at(sched, t) / schedules.alpha_cumprod_at(sched, t - ratio)
       return jnp.sqrt(r) * z + jnp.sqrt(1.0 - r) * jax.random.normal(key, z.shape, jnp.float32)
 
-    step = _resampled(step, renoise, resample, jax.random.fold_in(rng, 1 << 30))
+    step = _resampled(step, renoise, s.resample, jax.random.fold_in(rng, 1 << 30))
 
   idx = jnp.arange(timesteps.shape[0], dtype=jnp.int32)
   active = (timesteps >= 0) & (idx >= start_index)
@@ -331,19 +344,12 @@ def euler_sample(
     z_1: jax.Array,
     cond: Any,
     uncond: Any,
-    num_steps: int | jax.Array,
-    shift: float | jax.Array,
-    guidance_scale: float | jax.Array,
+    s: SampleSettings,
     *,
-    max_steps: int | None = None,
+    max_steps: int,
     start_index: int | jax.Array = 0,
     carry_sharding: Any = None,
     inpaint: Inpaint | None = None,
-    guidance_rescale: float | jax.Array = 0.0,
-    guidance_interval: Any = (0.0, 1.0),
-    resample: int | jax.Array = 0,
-    rng: jax.Array | None = None,
-    image_guidance_scale: float | jax.Array = 1.0,
 ) -> jax.Array:
   """Flow-matching Euler sampler: z ← z + (t_next − t) · v̂(z, t), t from 1 (noise) to 0
   (data).
@@ -354,41 +360,24 @@ def euler_sample(
     cond: conditioning pytree, leaves (B, ...).
     uncond: null conditioning like ``cond``, or None for no guidance, or a pair (image-only,
       null) for two-condition guidance (``_guided``).
-    num_steps: number of Euler steps (traced when ``max_steps`` is given).
-    shift: timestep shift s applied to the uniform grid (traced): the sampling shift (config
-      ``sample.shift``), a setting of its own, not necessarily the training
-      ``diffusion.flow_shift``.
-    guidance_scale: guidance scale (traced).
-    max_steps: static scan length (default ``num_steps``, which must then be a Python int).
+    s: the settings (traced; ``traced``): s.steps Euler steps on t_i = shift(1 − i/steps) with
+      s.shift the sampling shift (config ``sample.shift``, not necessarily the training
+      ``diffusion.flow_shift``), guidance (``_guided``), s.resample: with ``inpaint``, RePaint
+      resampling jumps per step, see ``_resampled``: z_t = ((1 − t)/(1 − t_next)) z_next +
+      √(t² − ((1 − t)/(1 − t_next))² t_next²) ε, then the step again (noise from the key
+      ``traced`` made of s.seed).
+    max_steps: the scan's static length (s.steps ≤ max_steps).
     start_index: first step to run (traced).
     carry_sharding: optional sharding for the carried latents.
     inpaint: optional ``(z_known, mask, noise)``: after each step the known region (mask 0) is reset
       to (1 − t_next) z_known + t_next noise.
-    guidance_rescale: guidance rescale φ (traced; 0 = plain CFG), see ``_guided``.
-    guidance_interval: (lo, hi) flow times where the guidance scale applies (traced), see
-      ``_guided``.
-    resample: with ``inpaint`` and ``rng``, RePaint resampling jumps per step (traced), see
-      ``_resampled``: z_t = ((1 − t)/(1 − t_next)) z_next + √(t² − ((1 − t)/(1 −
-      t_next))² t_next²) ε, then the step again.
-    rng: key for the resampling noise (None: no resampling).
 
   Returns:
     Final latents, like z_1.
   """
-  if max_steps is None:
-    if not isinstance(num_steps, int):
-      raise ValueError("euler_sample needs a static max_steps when num_steps is traced.")
-    max_steps = num_steps
-  t_grid, t_next_grid = flow_time_grid(num_steps, shift, max_steps)
-  pred = _guided(
-      model_fn,
-      cond,
-      uncond,
-      jnp.asarray(guidance_scale, jnp.float32),
-      guidance_rescale,
-      guidance_interval,
-      image_guidance_scale,
-  )
+  num_steps = jnp.asarray(s.steps, jnp.int32)
+  t_grid, t_next_grid = flow_time_grid(num_steps, jnp.asarray(s.shift, jnp.float32), max_steps)
+  pred = _guided(model_fn, cond, uncond, s)
 
   def step(z, i, t, t_next):
     del i
@@ -399,14 +388,14 @@ def euler_sample(
       z = mask * z + (1.0 - mask) * ((1.0 - t_next) * z_known + t_next * known_noise)
     return z
 
-  if inpaint is not None and rng is not None:
+  if inpaint is not None:
 
     def renoise(z, key, t, t_next):
       r = (1.0 - t) / (1.0 - t_next)
       sd = jnp.sqrt(jnp.maximum(t**2 - (r * t_next) ** 2, 0.0))
       return r * z + sd * jax.random.normal(key, z.shape, jnp.float32)
 
-    step = _resampled(step, renoise, resample, rng)
+    step = _resampled(step, renoise, s.resample, s.seed)
 
   idx = jnp.arange(max_steps, dtype=jnp.int32)
   active = (idx < num_steps) & (idx >= start_index)

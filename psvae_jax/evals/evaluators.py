@@ -14,7 +14,7 @@ sharded over the context's mesh; padded rows are masked out, per-image values ar
 in float64 in image order and FID statistics are exact float64 sums, so results do not
 depend on the eval batch size or the device count. Every FID comes with its sampler steps,
 guidance scale, number of samples and reference set. Unset steps / guidance_scale take the
-sampling defaults (configs/common.py SAMPLE).
+sampling defaults (psvae_jax/diffusion/settings.py SampleSettings).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
 from psvae_jax import parallel
+from psvae_jax.diffusion import settings as sample_settings
 from psvae_jax.evals import checkers
 from psvae_jax import pixels
 from psvae_jax import runtime
@@ -160,8 +160,8 @@ class FID:
     self.num_ref = cfg.get("num_reference", 1000)
     if "cfg" in cfg:
       raise ValueError("The evaluator setting 'cfg' is now 'guidance_scale'.")
-    self.steps = cfg.get("steps", common.SAMPLE.steps)
-    self.guidance_scale = cfg.get("guidance_scale", common.SAMPLE.guidance_scale)
+    self.steps = cfg.get("steps", sample_settings.SampleSettings().steps)
+    self.guidance_scale = cfg.get("guidance_scale", sample_settings.SampleSettings().guidance_scale)
     self.seed = cfg.get("seed", 0)
     self.feature = cfg.get("feature", "inception")
     self.ref_path = cfg.get("reference", "")  # .npz (ours or ADM); "" = own pass over eval data

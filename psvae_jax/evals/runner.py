@@ -21,7 +21,6 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from configs import common
 
 from psvae_jax import api
 from psvae_jax import frozen_psvae
@@ -33,6 +32,7 @@ from psvae_jax import workdir as workdir_lib
 from psvae_jax.data import pipeline
 from psvae_jax.data import sources
 from psvae_jax.data import specs
+from psvae_jax.diffusion import settings as sample_settings
 from psvae_jax.evals import evaluators
 from psvae_jax.evals import feature_net
 from psvae_jax.evals import features
@@ -89,10 +89,10 @@ def _load(workdir: str, mesh):
   pipe = api.load(workdir, mesh)
   generate = lambda caps, steps, guidance_scale, seed, labels=None: pipe.generate(
       caps if labels is None else None,
+      labels=labels,
       steps=steps,
       guidance_scale=guidance_scale,
       seed=seed,
-      labels=labels,
   )
   return run_cfg, pipe.gen.ae, generate
 
@@ -285,7 +285,7 @@ def evaluate(workdir: str, config, data_spec: str = "", progress=None) -> dict:
   if ctx.generate is None:  # autoencoder workdir: reconstruction evaluators only
     evals = {k: v for k, v in evals.items() if dict(v)["type"] not in GENERATION_TYPES}
   else:  # an unset guidance scale is the model's own (its config's sample.guidance_scale)
-    own = common.model_guidance_scale(run_cfg)
+    own = sample_settings.SampleSettings.resolve(run_cfg).guidance_scale
     evals = {
         k: {"guidance_scale": own, **dict(v)} if dict(v)["type"] in GENERATION_TYPES else v
         for k, v in evals.items()

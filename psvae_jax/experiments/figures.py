@@ -90,7 +90,7 @@ def generation_figures(
     name = f"{'seen' if split == 'train' else 'unseen'}_{'single' if n_obj == 1 else 'two'}"
     groups[name] = [world.caption(s) for s in scenes]
   prompts = [c for caps in groups.values() for c in caps]
-  default = pipe.guidance_scale()
+  default = pipe.sample_settings().guidance_scale
   out = {}
   for scale in tuple(scales) or (default, 1.0):
     images = pipe.generate(prompts, guidance_scale=scale, seed=seed)
@@ -132,7 +132,7 @@ def inpaint_figures(
   """Inpainting of the first object of two-object scenes (half training compositions, half
   `held_out` ones)."""
   size = pipe.image_size
-  guidance_scale = pipe.guidance_scale(guidance_scale)
+  guidance_scale = pipe.sample_settings(guidance_scale=guidance_scale).guidance_scale
   half = num // 2
   im_a, sc_a = test_scenes(half, "train", 2, size, seed, offset=5 * 10**6)
   im_b, sc_b = test_scenes(num - half, held_out, 2, size, seed, offset=6 * 10**6)
@@ -203,7 +203,7 @@ def edit_figures(
   """SDEdit of new scenes (training compositions, half one object, half two): first object's
   colour changed."""
   size = pipe.image_size
-  guidance_scale = pipe.guidance_scale(guidance_scale)
+  guidance_scale = pipe.sample_settings(guidance_scale=guidance_scale).guidance_scale
   half = num // 2
   im_a, sc_a = test_scenes(half, "train", 1, size, seed, offset=8 * 10**6)
   im_b, sc_b = test_scenes(num - half, "train", 2, size, seed, offset=9 * 10**6)

@@ -171,8 +171,8 @@ def main(argv):
   report["settings"] = {
       "num_eval": n,
       "num_val": len(val),
-      "instruct_guidance_scale": models["instruct"].guidance_scale(),
-      "sdedit_guidance_scale": models["sdedit"].guidance_scale(),
+      "instruct_guidance_scale": models["instruct"].sample_settings().guidance_scale,
+      "sdedit_guidance_scale": models["sdedit"].sample_settings().guidance_scale,
       "steps": 50,
   }
   report["seconds"] = time.time() - t0

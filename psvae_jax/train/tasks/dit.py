@@ -139,17 +139,17 @@ class DiTTask:
       self._eval = pipeline.build_eval_set(self.config.data, self.config.eval.num_images)
     return self._eval
 
+  def sample_settings(self, **overrides) -> settings.SampleSettings:
+    """The run's own sampling settings (its config's `sample`) with the eval seed."""
+    return self.gen.sample_settings(seed=self._eval_seed, **overrides)
+
   def generate(self, params, consts, captions, labels, guidance_scale):
-    s = self.config.sample
     return self.gen.generate(
         params,
         consts,
+        self.sample_settings(guidance_scale=guidance_scale),
         prompts=None if labels is not None else captions,
         labels=labels,
-        steps=s.steps,
-        guidance_scale=guidance_scale,
-        eta=s.eta,
-        seed=self._eval_seed,
     )
 
   def _eval_scales(self):
@@ -166,8 +166,8 @@ class DiTTask:
 
   def _note(self, name, sampler_settings, conds):
     """The text written beside grid `name`: the sampler settings, then one line per tile."""
-    s = self.config.sample
-    head = f"steps={s.steps} {sampler_settings} seed={self._eval_seed}; tiles row-major:"
+    steps = self.sample_settings().steps
+    head = f"steps={steps} {sampler_settings} seed={self._eval_seed}; tiles row-major:"
     self.grid_notes[name] = "\n".join([head] + [f"{i}: {c}" for i, c in enumerate(conds)])
 
   def evaluate(self, state, consts, mesh, step):
@@ -178,7 +178,7 @@ class DiTTask:
     captions = list(data["caption"])
     labels = data.get("label") if self.config.model.cond_type == "class" else None
     scalars, images = {}, {}
-    s = self.config.sample
+    s = self.sample_settings()
     checker = eval_checkers.for_captions(captions)  # a registered one that reads these captions
     for scale, suffix in self._eval_scales():
       out = self.generate(state.ema_params, consts, captions, labels, scale)
@@ -187,29 +187,23 @@ class DiTTask:
       k = min(self.config.eval.num_grid, len(out))
       images["samples" + suffix] = writers.grid(out[:k])
       conds = [f"label {int(x)}" for x in labels[:k]] if labels is not None else captions[:k]
-      interval = tuple(s.get("guidance_interval", common.SAMPLE.guidance_interval))
       self._note(
           "samples" + suffix,
-          f"guidance_scale={scale:g} eta={s.eta:g} guidance_interval={interval}",
+          s.replace(guidance_scale=scale).describe("guidance_scale", "eta", "guidance_interval"),
           conds,
       )
     logging.info(
-        "sample settings: steps=%d guidance_scale=%g eta=%g guidance_interval=%s n=%d",
-        s.steps,
-        s.guidance_scale,
-        s.eta,
-        tuple(s.get("guidance_interval", common.SAMPLE.guidance_interval)),
+        "sample settings: %s n=%d",
+        s.describe("steps", "guidance_scale", "eta", "guidance_interval"),
         len(captions),
     )
     if self.config.get("evals"):  # configured evaluators (fid with a reference .npz, ...)
       gen = lambda caps, steps, guidance_scale, seed, labels=None: self.gen.generate(
           state.ema_params,
           consts,
+          self.gen.sample_settings(steps=steps, guidance_scale=guidance_scale, seed=seed),
           prompts=caps if labels is None else None,
           labels=labels,
-          steps=steps,
-          guidance_scale=guidance_scale,
-          seed=seed,
       )
       scalars.update(
           eval_runner.in_training(
@@ -226,7 +220,7 @@ class DiTTask:
     captions, where a checker reads them: pairs whose target is empty are left out) per guidance
     scale, and grids of (source, edit) tile pairs."""
     data = self.eval_prompts()
-    s = self.config.sample
+    s = self.sample_settings()
     targets = list(data.get("target_caption", [""] * len(data["caption"])))
     scored = [i for i, c in enumerate(targets) if c]
     checker = eval_checkers.for_captions([targets[i] for i in scored])
@@ -237,10 +231,7 @@ class DiTTask:
           consts,
           data["source_image"],
           list(data["caption"]),
-          steps=s.steps,
-          guidance_scale=scale,
-          eta=s.eta,
-          seed=self._eval_seed,
+          s.replace(guidance_scale=scale),
       )
       if checker is not None and scored:
         scalars["edit_adherence" + suffix] = eval_checkers.adherence(
@@ -251,11 +242,10 @@ class DiTTask:
       images["edits" + suffix] = writers.grid(
           np.stack([src, out[:k]], 1).reshape(-1, *src.shape[1:])
       )
-      image_scale = s.get("image_guidance_scale", common.SAMPLE.image_guidance_scale)
       self._note(
           "edits" + suffix,
-          f"guidance_scale={scale:g} image_guidance_scale={image_scale:g} eta={s.eta:g} "
-          "(tile pairs: source, edit)",
+          s.replace(guidance_scale=scale).describe("guidance_scale", "image_guidance_scale", "eta")
+          + " (tile pairs: source, edit)",
           data["caption"][:k],
       )
     return scalars, images
