@@ -112,9 +112,15 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
   return emb
 
 
+def per_token(v: jax.Array) -> jax.Array:
+  """A conditioning vector for every token: (B, D) -> (B, 1, D); (B, N, D) (per-token
+  conditioning, as a DDT head's) as it is."""
+  return v[:, None] if v.ndim == 2 else v
+
+
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  """x (B, N, D) · (1 + scale) + shift, with shift/scale (B, D)."""
-  return x * (1.0 + scale[:, None]) + shift[:, None]
+  """x (B, N, D) · (1 + scale) + shift, with shift/scale (B, D) or per token (B, N, D)."""
+  return x * (1.0 + per_token(scale)) + per_token(shift)
 
 
 class DiTBlock(nn.Module):
@@ -152,8 +158,8 @@ class DiTBlock(nn.Module):
       context: jax.Array | None = None,
       context_mask: jax.Array | None = None,
   ) -> jax.Array:
-    """x (B, N, D) tokens; c (B, D) conditioning; context (B, L, D) (already at width);
-    mask (B, L) bool."""
+    """x (B, N, D) tokens; c (B, D) conditioning, or (B, N, D) per token; context (B, L, D)
+    (already at width); mask (B, L) bool."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}.")
@@ -164,7 +170,7 @@ class DiTBlock(nn.Module):
     h = modulate(self._norm("norm1")(x), shift_msa, scale_msa)
     qkv = self._dense(3 * d, "qkv")(h).reshape(b, n, 3, heads, hd)  # (B, N, 3, H, Dh)
     a = self._attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, n, d)  # (B, N, D)
-    x = x + gate_msa[:, None] * self._dense(d, "attn_proj")(a)
+    x = x + per_token(gate_msa) * self._dense(d, "attn_proj")(a)
 
     if self.cross_attention:
       h = self._norm("norm_cross", affine=True)(x)
@@ -180,7 +186,7 @@ class DiTBlock(nn.Module):
     h = modulate(self._norm("norm2")(x), shift_mlp, scale_mlp)
     h = self._dense(int(d * self.mlp_ratio), "mlp_fc1")(h)
     h = self._dense(d, "mlp_fc2")(nn.gelu(h, approximate=True))
-    return x + gate_mlp[:, None] * h
+    return x + per_token(gate_mlp) * h
 
 
 class _ScanStep(nn.Module):

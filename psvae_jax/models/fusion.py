@@ -1,0 +1,143 @@
+"""The paper's generator: text and latent tokens through shared language-model blocks (Qwen2,
+Transfusion-style), then a wide DDT head.
+
+Sequence ``[text tokens (L) | latent tokens (N)]`` through one Qwen2 stack
+(``models/qwen2.Qwen2Model``, initialised from Qwen2.5 by ``weights/qwen2.load_qwen2``):
+
+* text tokens attend causally to the text (as the language model was trained), and never to the
+  latent tokens, so their keys and values depend on neither t nor the latent (a sampler can
+  compute them once per prompt);
+* latent tokens attend to every text token of their prompt and to all latent tokens;
+* the latent, patchified (p), is projected to the model width; the timestep embedding is added to
+  the latent tokens' initial hidden states;
+* positions: the latent tokens continue the text's 1-D RoPE positions (n_text, n_text + 1, ...:
+  the language model's rotary geometry is kept as pretrained, as Transfusion does) and get a
+  fixed 2-D sin-cos embedding added at the input (the grid, as DiT's). 2-D RoPE on the latent
+  tokens would change what the pretrained heads' rotations mean for half the sequence; the added
+  embedding leaves them as they are and costs nothing;
+* the backbone's final-norm states of the latent tokens condition the DDT head
+  (``models/ddt.DDTHead``), which predicts the velocity (or ε).
+
+Classifier-free guidance drops the text: ``drop`` rows see no text token (the empty prompt, which
+a Qwen2 tokenizer encodes as no tokens), and their latent positions start at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from psvae_jax.models import ddt
+from psvae_jax.models import dit
+from psvae_jax.models import layers
+from psvae_jax.models import qwen2
+
+
+def sequence_mask(text_mask: jax.Array, num_latent: int) -> jax.Array:
+  """(B, L) text tokens (1 = token) -> (B, 1, S, S) bool, S = L + N: text rows causal over the
+  text (each also sees itself, so a padded row is never empty), latent rows every text token and
+  every latent token."""
+  b, l = text_mask.shape
+  s = l + num_latent
+  keys = jnp.concatenate([text_mask.astype(bool), jnp.ones((b, num_latent), bool)], axis=1)
+  q = jnp.arange(s)[:, None]
+  k = jnp.arange(s)[None, :]
+  text_rows = (q < l) & (k < l) & (k <= q)
+  latent_rows = q >= l
+  allowed = (text_rows[None] & keys[:, None, :]) | (latent_rows[None] & keys[:, None, :])
+  allowed = allowed | (jnp.eye(s, dtype=bool)[None] & (q < l)[None])
+  return allowed[:, None]
+
+
+def sequence_positions(text_mask: jax.Array, num_latent: int) -> jax.Array:
+  """(B, S) RoPE positions: text 0..L-1, latent tokens n_text .. n_text + N - 1 (n_text the
+  row's token count)."""
+  b, l = text_mask.shape
+  n_text = jnp.sum(text_mask.astype(jnp.int32), axis=1, keepdims=True)  # (B, 1)
+  text = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+  return jnp.concatenate([text, n_text + jnp.arange(num_latent, dtype=jnp.int32)[None]], axis=1)
+
+
+class FusionGenerator(nn.Module):
+  """(noisy latent, model time, prompt tokens) -> prediction; see the module docstring.
+
+  Attributes:
+    backbone: the Qwen2 stack's fields (a dict: vocab_size, hidden_size, intermediate_size,
+      num_layers, num_heads, num_kv_heads, rope_theta, rms_norm_eps), as
+      weights/qwen2.config_values gives them.
+    patch_size: p of the latent tokens.
+    head_width, head_depth, head_heads, mlp_ratio: the DDT head.
+    freq_dim: sinusoidal timestep embedding size.
+    dtype, attention_impl: compute dtype (params float32, output float32); attention path.
+  """
+
+  backbone: dict
+  patch_size: int = 1
+  head_width: int = 1024
+  head_depth: int = 2
+  head_heads: int = 16
+  mlp_ratio: float = 4.0
+  freq_dim: int = 256
+  dtype: Any = jnp.float32
+  attention_impl: str = ""
+
+  def setup(self):
+    self.lm = qwen2.Qwen2Model(
+        **self.backbone, dtype=self.dtype, attention_impl=self.attention_impl, name="backbone"
+    )
+    width = self.backbone["hidden_size"]
+    dense = lambda f, name, init=dit._XAVIER: dit._dense(f, name, self.dtype, init)  # pylint: disable=protected-access
+    self.latent_in = dense(width, "latent_in")
+    self.t_fc1 = dense(width, "t_fc1", dit._NORMAL)  # pylint: disable=protected-access
+    self.t_fc2 = dense(width, "t_fc2", dit._NORMAL)  # pylint: disable=protected-access
+    self.head = ddt.DDTHead(
+        self.head_width,
+        self.head_depth,
+        self.head_heads,
+        self.mlp_ratio,
+        self.patch_size,
+        freq_dim=self.freq_dim,
+        dtype=self.dtype,
+        attention_impl=self.attention_impl or None,
+        name="head",
+    )
+
+  def latent_inputs(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The latent tokens' initial hidden states: projected patches + 2-D sin-cos + t."""
+    _, h, w, _ = x.shape
+    p, width = self.patch_size, self.backbone["hidden_size"]
+    tokens = self.latent_in(ddt.patchify(x, p).astype(self.dtype))
+    tokens = tokens + jnp.asarray(layers.sincos_2d(h // p, w // p, width), self.dtype)[None]
+    t_emb = self.t_fc2(nn.silu(self.t_fc1(dit.timestep_embedding(t, self.freq_dim))))
+    return tokens + t_emb[:, None]
+
+  def states(self, x, t, input_ids, attention_mask, drop=None) -> jax.Array:
+    """The backbone's final-norm states of the whole sequence (B, L + N, d)."""
+    text_mask = attention_mask.astype(bool)
+    if drop is not None:
+      text_mask = text_mask & ~drop[:, None]
+    latent = self.latent_inputs(x, t)  # (B, N, d)
+    n = latent.shape[1]
+    seq = jnp.concatenate([self.lm.embed(input_ids), latent], axis=1)
+    return self.lm(
+        inputs_embeds=seq,
+        positions=sequence_positions(text_mask, n),
+        mask=sequence_mask(text_mask, n),
+    )
+
+  def __call__(
+      self,
+      x: jax.Array,
+      t: jax.Array,
+      input_ids: jax.Array,
+      attention_mask: jax.Array,
+      drop: jax.Array | None = None,
+  ) -> jax.Array:
+    """x (B, h, w, C) noisy latents; t (B,) model time (0..1000); input_ids / attention_mask
+    (B, L) the prompt's tokens (right-padded); drop (B,) bool: rows without text (CFG).
+    Returns the (B, h, w, C) float32 prediction."""
+    states = self.states(x, t, input_ids, attention_mask, drop)
+    return self.head(x, states[:, input_ids.shape[1] :], t)

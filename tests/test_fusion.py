@@ -1,0 +1,100 @@
+"""The shared-block generator (models/fusion.py) and its DDT head (models/ddt.py): what attends
+to what, positions, condition dropping, and that the backbone is a Qwen2 stack a checkpoint loads
+into."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import helpers
+from psvae_jax.models import fusion
+from psvae_jax.weights import qwen2
+
+_BACKBONE = dict(
+    vocab_size=32,
+    hidden_size=32,
+    intermediate_size=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    rope_theta=1e4,
+    rms_norm_eps=1e-6,
+)
+_IDS = np.array([[3, 4, 5, 0], [6, 7, 0, 0]], np.int32)
+_MASK = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.int32)
+_T = np.array([100.0, 700.0], np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+  m = fusion.FusionGenerator(_BACKBONE, patch_size=2, head_width=48, head_depth=1, head_heads=4)
+  x = _latent(0)
+  params = jax.jit(m.init)(jax.random.key(0), x, _T, _IDS, _MASK)["params"]
+  params = helpers.perturbed(params, 0.05, seed=1)  # the zero-initialised head hides everything
+  apply = jax.jit(lambda *a, **kw: m.apply({"params": params}, *a, **kw))
+  states = jax.jit(lambda *a: m.apply({"params": params}, *a, method=m.states))
+  return m, params, apply, states
+
+
+def _latent(seed):
+  return np.random.default_rng(seed).standard_normal((2, 4, 4, 3)).astype(np.float32)
+
+
+def test_masks_and_positions():
+  mask = np.asarray(fusion.sequence_mask(jnp.asarray(_MASK), 2))[:, 0]  # (B, 6, 6)
+  # Row 1 (2 tokens): text query 1 sees text keys 0..1; padded text row 3 those and itself.
+  assert mask[1, 1].tolist() == [True, True, False, False, False, False]
+  assert mask[1, 3].tolist() == [True, True, False, True, False, False]
+  # Latent queries see the valid text and every latent token; no text query sees a latent.
+  assert mask[1, 4].tolist() == [True, True, False, False, True, True]
+  assert not mask[:, :4, 4:].any()
+  pos = np.asarray(fusion.sequence_positions(jnp.asarray(_MASK), 2))
+  assert pos.tolist() == [[0, 1, 2, 3, 3, 4], [0, 1, 2, 3, 2, 3]]
+
+
+def test_text_states_depend_on_neither_t_nor_the_latent(model):
+  """What lets a sampler compute the text's keys and values once per prompt."""
+  _, _, apply, states = model
+  a = np.asarray(states(_latent(0), _T, _IDS, _MASK))
+  b = np.asarray(states(_latent(1), _T[::-1], _IDS, _MASK))
+  np.testing.assert_array_equal(a[:, :4], b[:, :4])
+  assert np.abs(a[:, 4:] - b[:, 4:]).max() > 1e-3
+  out = np.asarray(apply(_latent(0), _T, _IDS, _MASK))
+  assert out.shape == (2, 4, 4, 3) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_the_prompt_reaches_the_prediction_and_padding_does_not(model):
+  _, _, apply, _ = model
+  x = _latent(0)
+  out = np.asarray(apply(x, _T, _IDS, _MASK))
+  padded = _IDS.copy()
+  padded[1, 2:] = 9  # other ids where the mask is 0
+  np.testing.assert_allclose(np.asarray(apply(x, _T, padded, _MASK)), out, atol=1e-6)
+  other = _IDS.copy()
+  other[1, 1] = 9  # another valid token
+  changed = np.asarray(apply(x, _T, other, _MASK))
+  assert np.abs(changed[1] - out[1]).max() > 1e-4
+  np.testing.assert_array_equal(changed[0], out[0])  # rows are independent
+
+
+def test_drop_is_the_empty_prompt(model):
+  """CFG's null condition: a dropped row sees no text, as the empty prompt (no tokens) does."""
+  _, _, apply, _ = model
+  x = _latent(0)
+  drop = np.array([True, True])
+  a = np.asarray(apply(x, _T, _IDS, _MASK, drop))
+  b = np.asarray(apply(x, _T, _IDS[::-1].copy(), _MASK[::-1].copy(), drop))
+  np.testing.assert_allclose(a, b, atol=1e-6)  # independent of the prompt
+  empty = np.asarray(apply(x, _T, _IDS, np.zeros_like(_MASK)))
+  np.testing.assert_allclose(a, empty, atol=1e-6)
+  assert np.abs(a - np.asarray(apply(x, _T, _IDS, _MASK))).max() > 1e-4
+
+
+def test_the_backbone_is_the_qwen2_a_checkpoint_loads_into(model):
+  _, params, _, _ = model
+  module = qwen2.Qwen2Model(**_BACKBONE)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  want = jax.eval_shape(module.init, jax.random.key(0), ids, ids)["params"]
+  got = jax.tree.map(lambda a: a.shape, params["backbone"])
+  assert got == jax.tree.map(lambda a: a.shape, want)
