@@ -98,3 +98,17 @@ def test_the_backbone_is_the_qwen2_a_checkpoint_loads_into(model):
   want = jax.eval_shape(module.init, jax.random.key(0), ids, ids)["params"]
   got = jax.tree.map(lambda a: a.shape, params["backbone"])
   assert got == jax.tree.map(lambda a: a.shape, want)
+
+
+def test_the_text_cache_gives_the_same_prediction(model):
+  """The sampler's reuse: the text's keys and values computed once, then only the latent tokens
+  run; equal to the whole sequence, dropped rows included."""
+  m, params, apply, _ = model
+  cache_fn = jax.jit(lambda *a: m.apply({"params": params}, *a, method=m.text_cache))
+  for drop in (np.array([False, False]), np.array([False, True])):
+    cache = cache_fn(_IDS, _MASK, drop)
+    for seed, t in ((0, _T), (1, _T[::-1].copy())):
+      x = _latent(seed)
+      want = np.asarray(apply(x, t, _IDS, _MASK, drop))
+      got = np.asarray(apply(x, t, text_cache=cache))
+      np.testing.assert_allclose(got, want, atol=2e-5)

@@ -52,6 +52,11 @@ def sequence_mask(text_mask: jax.Array, num_latent: int) -> jax.Array:
   return allowed[:, None]
 
 
+def _text_mask(attention_mask, drop):
+  text_mask = attention_mask.astype(bool)
+  return text_mask if drop is None else text_mask & ~drop[:, None]
+
+
 def sequence_positions(text_mask: jax.Array, num_latent: int) -> jax.Array:
   """(B, S) RoPE positions: text 0..L-1, latent tokens n_text .. n_text + N - 1 (n_text the
   row's token count)."""
@@ -116,9 +121,7 @@ class FusionGenerator(nn.Module):
 
   def states(self, x, t, input_ids, attention_mask, drop=None) -> jax.Array:
     """The backbone's final-norm states of the whole sequence (B, L + N, d)."""
-    text_mask = attention_mask.astype(bool)
-    if drop is not None:
-      text_mask = text_mask & ~drop[:, None]
+    text_mask = _text_mask(attention_mask, drop)
     latent = self.latent_inputs(x, t)  # (B, N, d)
     n = latent.shape[1]
     seq = jnp.concatenate([self.lm.embed(input_ids), latent], axis=1)
@@ -128,16 +131,38 @@ class FusionGenerator(nn.Module):
         mask=sequence_mask(text_mask, n),
     )
 
+  def text_cache(self, input_ids, attention_mask, drop=None) -> dict:
+    """The text's per-layer keys and values (they depend on neither t nor the latent: compute
+    them once per prompt) with its mask, for `__call__(..., text_cache=)`."""
+    text_mask = _text_mask(attention_mask, drop)
+    _, kv = self.lm(
+        input_ids,
+        positions=sequence_positions(text_mask, 0),
+        mask=sequence_mask(text_mask, 0),
+        return_cache=True,
+    )
+    return {"kv": kv, "mask": text_mask}
+
   def __call__(
       self,
       x: jax.Array,
       t: jax.Array,
-      input_ids: jax.Array,
-      attention_mask: jax.Array,
+      input_ids: jax.Array | None = None,
+      attention_mask: jax.Array | None = None,
       drop: jax.Array | None = None,
+      text_cache: dict | None = None,
   ) -> jax.Array:
     """x (B, h, w, C) noisy latents; t (B,) model time (0..1000); input_ids / attention_mask
-    (B, L) the prompt's tokens (right-padded); drop (B,) bool: rows without text (CFG).
+    (B, L) the prompt's tokens (right-padded); drop (B,) bool: rows without text (CFG); or
+    text_cache (`text_cache(...)`, drop already applied): only the latent tokens run.
     Returns the (B, h, w, C) float32 prediction."""
-    states = self.states(x, t, input_ids, attention_mask, drop)
-    return self.head(x, states[:, input_ids.shape[1] :], t)
+    if text_cache is None:
+      states = self.states(x, t, input_ids, attention_mask, drop)
+      return self.head(x, states[:, input_ids.shape[1] :], t)
+    text_mask = text_cache["mask"]
+    latent = self.latent_inputs(x, t)  # (B, N, d)
+    n = latent.shape[1]
+    mask = sequence_mask(text_mask, n)[:, :, text_mask.shape[1] :]  # latent rows, all keys
+    positions = sequence_positions(text_mask, n)[:, text_mask.shape[1] :]
+    states = self.lm(inputs_embeds=latent, positions=positions, mask=mask, prefix=text_cache["kv"])
+    return self.head(x, states, t)

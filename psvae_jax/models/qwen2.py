@@ -78,7 +78,11 @@ class Qwen2Attention(nn.Module):
   attention_impl: str = ""
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask, prefix=None):
+    """x (B, L, d) -> (out (B, L, d), (k, v) of these tokens, each (B, L, KV, D) after RoPE).
+
+    prefix: (k, v) of earlier tokens (a cache), prepended to the keys and values; `mask` is then
+    (B, 1, L, L_prefix + L)."""
     b, l, d = x.shape
     dense = lambda f, bias, name: nn.Dense(
         f, use_bias=bias, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_INIT, name=name
@@ -89,11 +93,15 @@ class Qwen2Attention(nn.Module):
     q = apply_rope(q.reshape(b, l, self.num_heads, self.head_dim), cos, sin)
     k = apply_rope(k.reshape(b, l, self.num_kv_heads, self.head_dim), cos, sin)
     v = v.reshape(b, l, self.num_kv_heads, self.head_dim)
+    own = (k, v)
+    if prefix is not None:
+      k = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)
     groups = self.num_heads // self.num_kv_heads
     if groups > 1:  # each key/value head serves `groups` query heads (as transformers repeats)
       k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     out = attention.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
-    return dense(d, False, "o_proj")(out.reshape(b, l, self.num_heads * self.head_dim))
+    return dense(d, False, "o_proj")(out.reshape(b, l, self.num_heads * self.head_dim)), own
 
 
 class Qwen2MLP(nn.Module):
@@ -123,18 +131,20 @@ class Qwen2Block(nn.Module):
   attention_impl: str = ""
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask, prefix=None):
+    """-> (x after the block, this block's (k, v) of x's tokens); prefix: cached (k, v)."""
     norm = lambda name: RMSNorm(self.rms_norm_eps, self.dtype, name=name)
-    h = x + Qwen2Attention(
+    a, kv = Qwen2Attention(
         self.num_heads,
         self.num_kv_heads,
         self.head_dim,
         self.dtype,
         self.attention_impl,
         name="self_attn",
-    )(norm("input_layernorm")(x), cos, sin, mask)
+    )(norm("input_layernorm")(x), cos, sin, mask, prefix)
+    h = x + a
     mlp = Qwen2MLP(self.intermediate_size, self.dtype, name="mlp")
-    return h + mlp(norm("post_attention_layernorm")(h))
+    return h + mlp(norm("post_attention_layernorm")(h)), kv
 
 
 class Qwen2Model(nn.Module):
@@ -198,11 +208,16 @@ class Qwen2Model(nn.Module):
       inputs_embeds: jax.Array | None = None,
       positions: jax.Array | None = None,
       mask: jax.Array | None = None,
-  ) -> jax.Array:
+      prefix: list | None = None,
+      return_cache: bool = False,
+  ):
     """Token ids (B, L) (or `inputs_embeds` (B, L, d)) -> the final-norm hidden states (B, L, d).
 
     attention_mask: (B, L), 1 = token (default all); with causal attention unless `mask`
-    (B, 1, L, L) bool, query x key, is given. positions: (B, L) integers (default 0..L-1)."""
+    (B, 1, L, L) bool, query x key, is given. positions: (B, L) integers (default 0..L-1).
+    prefix: a cache of earlier tokens (per layer (k, v), as `return_cache` gives it): those tokens
+    are not recomputed, only attended to; `mask` is then (B, 1, L, L_prefix + L).
+    return_cache: also return this call's per-layer (k, v) of its tokens."""
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
     b, l = x.shape[:2]
     if positions is None:
@@ -211,6 +226,9 @@ class Qwen2Model(nn.Module):
       keys = jnp.ones((b, l), bool) if attention_mask is None else attention_mask
       mask = causal_mask(keys)
     cos, sin = rope_tables(positions, self.head_dim, self.rope_theta)
-    for layer in self.layers:
-      x = layer(x, cos, sin, mask)
-    return self.norm(x)
+    cache = []
+    for i, layer in enumerate(self.layers):
+      x, kv = layer(x, cos, sin, mask, None if prefix is None else prefix[i])
+      cache.append(kv)
+    x = self.norm(x)
+    return (x, cache) if return_cache else x
