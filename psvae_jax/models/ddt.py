@@ -11,6 +11,9 @@ layer maps each token to its patch of the prediction.
 
 from __future__ import annotations
 
+# The DiT's dense layer and initialisers (dit._dense, dit._XAVIER, ...) are shared on purpose.
+# pylint: disable=protected-access
+
 from typing import Any
 
 import flax.linen as nn
@@ -60,8 +63,8 @@ class DDTHead(nn.Module):
   dtype: Any = jnp.float32
   attention_impl: str | None = None
 
-  def _dense(self, features, name, init=dit._XAVIER):  # pylint: disable=protected-access
-    return dit._dense(features, name, self.dtype, init)  # pylint: disable=protected-access
+  def _dense(self, features, name, init=dit._XAVIER):
+    return dit._dense(features, name, self.dtype, init)
 
   @nn.compact
   def __call__(self, x: jax.Array, states: jax.Array, t: jax.Array) -> jax.Array:
@@ -73,7 +76,7 @@ class DDTHead(nn.Module):
     tokens = tokens + jnp.asarray(layers.sincos_2d(h // p, w // p, self.width), self.dtype)[None]
     t_emb = dit.timestep_embedding(t, self.freq_dim)
     t_emb = self._dense(self.width, "t_fc2")(
-        nn.silu(self._dense(self.width, "t_fc1", dit._NORMAL)(t_emb))  # pylint: disable=protected-access
+        nn.silu(self._dense(self.width, "t_fc1", dit._NORMAL)(t_emb))
     )
     c = self._dense(self.width, "cond_proj")(states.astype(self.dtype)) + t_emb[:, None]
     for i in range(self.depth):
@@ -91,6 +94,6 @@ class DDTHead(nn.Module):
     )
     norm = nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=jnp.float32, name="final_norm")
     tokens = dit.modulate(norm(tokens), shift, scale)
-    out = dit._dense(p * p * out_ch, "final_linear", jnp.float32, zero)(tokens)  # pylint: disable=protected-access
+    out = dit._dense(p * p * out_ch, "final_linear", jnp.float32, zero)(tokens)
     del ch
     return unpatchify(out, h, w, p).astype(jnp.float32)

@@ -24,6 +24,9 @@ a Qwen2 tokenizer encodes as no tokens), and their latent positions start at 0.
 
 from __future__ import annotations
 
+# The DiT's dense layer and initialisers (dit._dense, dit._XAVIER, ...) are shared on purpose.
+# pylint: disable=protected-access
+
 from typing import Any
 
 import flax.linen as nn
@@ -94,10 +97,10 @@ class FusionGenerator(nn.Module):
         **self.backbone, dtype=self.dtype, attention_impl=self.attention_impl, name="backbone"
     )
     width = self.backbone["hidden_size"]
-    dense = lambda f, name, init=dit._XAVIER: dit._dense(f, name, self.dtype, init)  # pylint: disable=protected-access
+    dense = lambda f, name, init=dit._XAVIER: dit._dense(f, name, self.dtype, init)
     self.latent_in = dense(width, "latent_in")
-    self.t_fc1 = dense(width, "t_fc1", dit._NORMAL)  # pylint: disable=protected-access
-    self.t_fc2 = dense(width, "t_fc2", dit._NORMAL)  # pylint: disable=protected-access
+    self.t_fc1 = dense(width, "t_fc1", dit._NORMAL)
+    self.t_fc2 = dense(width, "t_fc2", dit._NORMAL)
     self.head = ddt.DDTHead(
         self.head_width,
         self.head_depth,
