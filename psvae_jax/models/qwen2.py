@@ -10,8 +10,9 @@ default, whatever the padding).
 
 The blocks also run on given embeddings with given positions and mask (``inputs_embeds``,
 ``positions``, ``mask``): what a model that puts other tokens through the same blocks needs (the
-text-and-latent generator). Parameters are float32; ``dtype`` sets the compute dtype; RMSNorm
-statistics, the attention logits and softmax are float32. No dropout, no KV cache here.
+text-and-latent generator), and take a cache of earlier tokens' keys and values. Parameters are
+float32; ``dtype`` sets the compute dtype; the RMSNorm (T5's: float32 statistics and scale, one
+rounding to ``dtype``), the attention logits and softmax are float32. No dropout.
 """
 
 from __future__ import annotations
@@ -23,22 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from psvae_jax.models import attention
+from psvae_jax.models import text_encoders
 
 _INIT = nn.initializers.normal(stddev=0.02)
-
-
-class RMSNorm(nn.Module):
-  """x / rms(x) * scale, statistics in float32 (transformers' ``Qwen2RMSNorm``)."""
-
-  eps: float = 1e-6
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return scale.astype(self.dtype) * y.astype(self.dtype)
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -133,7 +121,7 @@ class Qwen2Block(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, mask, prefix=None):
     """-> (x after the block, this block's (k, v) of x's tokens); prefix: cached (k, v)."""
-    norm = lambda name: RMSNorm(self.rms_norm_eps, self.dtype, name=name)
+    norm = lambda name: text_encoders.T5LayerNorm(self.rms_norm_eps, self.dtype, name=name)
     a, kv = Qwen2Attention(
         self.num_heads,
         self.num_kv_heads,
@@ -195,7 +183,7 @@ class Qwen2Model(nn.Module):
         )
         for i in range(self.num_layers)
     ]
-    self.norm = RMSNorm(self.rms_norm_eps, self.dtype)
+    self.norm = text_encoders.T5LayerNorm(self.rms_norm_eps, self.dtype)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.embed_tokens(input_ids).astype(self.dtype)
