@@ -18,7 +18,7 @@ logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
 
 The two presets of the method (DESIGN.md section 1):
 - `XL_text` (the seed, the default): eps-prediction, linear betas, T = 1000; DDIM 50 steps
-  (eta 0), guidance scale 7.5 (configs/common.py SAMPLE).
+  (eta 0), guidance scale 7.5 (the defaults: psvae_jax/diffusion/settings.py SampleSettings).
 - `paper` (the PS-VAE paper's recipe): XL text; flow matching (v = eps - z0), logit-normal(0, 1)
   t with the dimension-dependent training shift sqrt(h*w*C / 4096) (diffusion.flow_shift_base_dim
   = 4096: resolved from the autoencoder's latent at stage-3 start, sqrt(6) ~ 2.449 on the 16x16x96
@@ -112,8 +112,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           latent_sample=True,
       )
   )
-  # steps, guidance_scale, eta, guidance_rescale, guidance_interval, shift: configs/common.py
-  # (SAMPLE) says what each is; see psvae_jax/diffusion/samplers.py.
+  # steps, guidance_scale, eta, guidance_rescale, guidance_interval, shift, image_guidance_scale:
+  # psvae_jax/diffusion/settings.py (SampleSettings) says what each is and holds the defaults.
   c.sample = common.sample_config()
   c.data.max_length = 77
   c.optim.lr = 1e-4
