@@ -83,6 +83,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           remat_policy="full",
           scan_blocks=False,
           attention_impl="",  # "": the CPU path on CPU, else jax's; "cpu" | "cudnn" | "xla"
+          # head_width > 0: a wide DDT head (RAE's DiT^DH: head_depth adaLN blocks of that width,
+          # conditioned per token on the blocks' output and t) replaces DiT's final layer;
+          # RAE's DiT^DH-XL uses width 2048, depth 2. 0: DiT's own final layer.
+          head_width=0,
+          head_depth=2,
+          head_heads=16,
           # Instruction editing (InstructPix2Pix): the DiT also reads a source image's latent,
           # concatenated on channels; the data must give pairs (records with a source image,
           # or a latent cache of them) and "caption" is the instruction. Sampling with

@@ -207,6 +207,9 @@ def build_dit(config) -> dit_lib.DiT:
       remat_policy=m.get("remat_policy", "full"),
       scan_blocks=m.get("scan_blocks", False),
       attention_impl=m.attention_impl or None,
+      head_width=m.get("head_width", 0),
+      head_depth=m.get("head_depth", 2),
+      head_heads=m.get("head_heads", 16),
   )
 
 

@@ -223,3 +223,24 @@ def test_flat_dense_is_nn_dense(dtype):
       rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6,
       atol=1e-2 if dtype == jnp.bfloat16 else 1e-6,
   )
+
+
+def test_a_ddt_head_replaces_the_final_layer():
+  """model.head_width > 0: RAE's DiT^DH head (per-token adaLN on the blocks' output) predicts;
+  zero at init (its output layer), then a function of the latent, t and the condition. An
+  instruction-editing DiT's head reads the noisy latent, not the source."""
+  model = _tiny(cond_type="class", patch_size=2, num_classes=10, head_width=96, head_heads=4)
+  x = np.random.default_rng(0).standard_normal((B, 8, 8, 4)).astype(np.float32)
+  t, labels = np.array([3.0, 500.0], np.float32), np.array([1, 7], np.int32)
+  src = np.random.default_rng(1).standard_normal((B, 8, 8, 4)).astype(np.float32)
+  init = jax.jit(functools.partial(model.init, labels=labels, source=src))
+  params = init(_INIT_KEY, x, t)["params"]
+  assert "final_linear" not in params and params["head"]["patch_embed"]["kernel"].shape == (16, 96)
+  apply = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, labels=y, source=src))
+  np.testing.assert_array_equal(apply(params, x, t, labels), 0.0)
+  params = _perturbed(params)
+  out = np.asarray(apply(params, x, t, labels))
+  assert out.shape == (B, 8, 8, 4) and np.isfinite(out).all()
+  for other in (apply(params, x[::-1], t, labels), apply(params, x, t[::-1], labels)):
+    assert np.abs(np.asarray(other) - out).max() > 1e-3
+  assert np.abs(np.asarray(apply(params, x, t, labels[::-1])) - out).max() > 1e-3

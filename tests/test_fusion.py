@@ -1,4 +1,4 @@
-"""The shared-block generator (models/fusion.py) and its DDT head (models/ddt.py): what attends
+"""The shared-block generator (models/fusion.py) and its DDT head (models/dit.DDTHead): what attends
 to what, positions, condition dropping, and that the backbone is a Qwen2 stack a checkpoint loads
 into."""
 

@@ -189,6 +189,86 @@ class DiTBlock(nn.Module):
     return x + per_token(gate_mlp) * h
 
 
+def patchify(x: jax.Array, p: int) -> jax.Array:
+  """(B, h, w, C) -> (B, (h/p)(w/p), p·p·C), row-major tokens."""
+  b, h, w, c = x.shape
+  if h % p or w % p:
+    raise ValueError(f"Latent {h}x{w} is not divisible by patch size {p}.")
+  gh, gw = h // p, w // p
+  return x.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)
+
+
+def unpatchify(tokens: jax.Array, h: int, w: int, p: int) -> jax.Array:
+  """(B, (h/p)(w/p), p·p·C) -> (B, h, w, C)."""
+  b, _, f = tokens.shape
+  c = f // (p * p)
+  x = tokens.reshape(b, h // p, w // p, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h, w, c)
+
+
+class DDTHead(nn.Module):
+  """A wide DDT head (RAE's DiT^DH; Wang et al. 2025, "DDT: Decoupled Diffusion Transformer"):
+  a few wide adaLN-Zero blocks that re-read the noisy latent's patches at their own width, each
+  modulated per token by ``Dense(backbone state) + t embedding`` of that token, then a
+  zero-initialised linear layer to each token's patch of the prediction.
+
+  noisy latent (B, h, w, C), backbone states (B, N, D_b), model time (B,) -> (B, h, w, C_out).
+
+  Attributes:
+    width, depth, num_heads, mlp_ratio: the head's blocks (wide and shallow: RAE's DiT^DH-XL uses
+      width 2048, depth 2).
+    patch_size: p, as the backbone's (N = (h/p)(w/p)).
+    out_channels: C_out (0: the latent's C).
+    freq_dim: sinusoidal timestep embedding size.
+    dtype, attention_impl: as dit.DiT.
+  """
+
+  width: int
+  depth: int = 2
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  patch_size: int = 1
+  out_channels: int = 0
+  freq_dim: int = 256
+  dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  def _dense(self, features, name, init=_XAVIER):
+    return _dense(features, name, self.dtype, init)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, states: jax.Array, t: jax.Array) -> jax.Array:
+    b, h, w, ch = x.shape
+    p, out_ch = self.patch_size, self.out_channels or x.shape[-1]
+    tokens = self._dense(self.width, "patch_embed")(patchify(x, p).astype(self.dtype))
+    if states.shape[1] != tokens.shape[1]:
+      raise ValueError(f"DDT head: {states.shape[1]} backbone states for {tokens.shape[1]} tokens.")
+    tokens = tokens + jnp.asarray(layers.sincos_2d(h // p, w // p, self.width), self.dtype)[None]
+    t_emb = timestep_embedding(t, self.freq_dim)
+    t_emb = self._dense(self.width, "t_fc2")(
+        nn.silu(self._dense(self.width, "t_fc1", _NORMAL)(t_emb))
+    )
+    c = self._dense(self.width, "cond_proj")(states.astype(self.dtype)) + t_emb[:, None]
+    for i in range(self.depth):
+      tokens = DiTBlock(
+          self.width,
+          self.num_heads,
+          self.mlp_ratio,
+          dtype=self.dtype,
+          attention_impl=self.attention_impl,
+          name=f"blocks_{i}",
+      )(tokens, c)
+    zero = nn.initializers.zeros
+    shift, scale = jnp.split(
+        self._dense(2 * self.width, "final_adaLN", zero)(nn.silu(c)).astype(jnp.float32), 2, -1
+    )
+    norm = nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=jnp.float32, name="final_norm")
+    tokens = modulate(norm(tokens), shift, scale)
+    out = _dense(p * p * out_ch, "final_linear", jnp.float32, zero)(tokens)
+    del ch
+    return unpatchify(out, h, w, p).astype(jnp.float32)
+
+
 class _ScanStep(nn.Module):
   """One DiTBlock as an ``nn.scan`` body: (tokens, c, context, mask) -> (tokens, None)."""
 
@@ -222,6 +302,9 @@ class DiT(nn.Module):
     scan_blocks: run the blocks as one ``nn.scan`` (params stacked under ``blocks/block`` with a
       leading depth axis; not loadable from unscanned checkpoints): one traced block, for compile
       time of deep models.
+    head_width, head_depth, head_heads: > 0: a DDT head (``DDTHead``, RAE's DiT^DH) of that
+      width, depth and heads replaces the final layer, conditioned per token on the blocks'
+      output; 0 (default): DiT's own final layer.
 
   Text conditioning creates ``null_context`` with the (L, d_text) of the context seen at init: pad
   prompts to that fixed length L (as tokenizers do with ``padding="max_length"``) and mask the
@@ -244,6 +327,9 @@ class DiT(nn.Module):
   remat_policy: str = "full"
   attention_impl: str | None = None
   scan_blocks: bool = False
+  head_width: int = 0
+  head_depth: int = 2
+  head_heads: int = 16
 
   def _dense(self, features: int, name: str, kernel_init=_XAVIER) -> layers.Dense:
     return _dense(features, name, self.dtype, kernel_init)
@@ -378,6 +464,24 @@ class DiT(nn.Module):
       for i in range(self.depth):
         tokens = block_cls(**block_kw, name=f"blocks_{i}")(tokens, c, ctx, ctx_mask)
 
+    if self.head_width:  # a DDT head on the noisy latent (not the source), per-token condition
+      head = DDTHead(
+          self.head_width,
+          self.head_depth,
+          self.head_heads,
+          self.mlp_ratio,
+          p,
+          out_ch,
+          self.freq_dim,
+          self.dtype,
+          self.attention_impl,
+          name="head",
+      )
+      return head(
+          x[..., : x.shape[-1] - (0 if source is None else source.shape[-1])],
+          tokens,
+          t * self.t_scale,
+      )
     # Final layer: adaLN (shift, scale) + zero-initialised linear to patch outputs. The norm,
     # modulation and head run in float32 whatever self.dtype (cheap: the head is D x p·p·C), so
     # the prediction the loss compares is not rounded to bf16.

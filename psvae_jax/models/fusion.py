@@ -16,7 +16,7 @@ Sequence ``[text tokens (L) | latent tokens (N)]`` through one Qwen2 stack
   tokens would change what the pretrained heads' rotations mean for half the sequence; the added
   embedding leaves them as they are and costs nothing;
 * the backbone's final-norm states of the latent tokens condition the DDT head
-  (``models/ddt.DDTHead``), which predicts the velocity (or ε).
+  (``models/dit.DDTHead``), which predicts the velocity (or ε).
 
 Classifier-free guidance drops the text: ``drop`` rows see no text token (the empty prompt, which
 a Qwen2 tokenizer encodes as no tokens), and their latent positions start at 0.
@@ -33,7 +33,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from psvae_jax.models import ddt
 from psvae_jax.models import dit
 from psvae_jax.models import layers
 from psvae_jax.models import qwen2
@@ -101,7 +100,7 @@ class FusionGenerator(nn.Module):
     self.latent_in = dense(width, "latent_in")
     self.t_fc1 = dense(width, "t_fc1", dit._NORMAL)
     self.t_fc2 = dense(width, "t_fc2", dit._NORMAL)
-    self.head = ddt.DDTHead(
+    self.head = dit.DDTHead(
         self.head_width,
         self.head_depth,
         self.head_heads,
@@ -117,7 +116,7 @@ class FusionGenerator(nn.Module):
     """The latent tokens' initial hidden states: projected patches + 2-D sin-cos + t."""
     _, h, w, _ = x.shape
     p, width = self.patch_size, self.backbone["hidden_size"]
-    tokens = self.latent_in(ddt.patchify(x, p).astype(self.dtype))
+    tokens = self.latent_in(dit.patchify(x, p).astype(self.dtype))
     tokens = tokens + jnp.asarray(layers.sincos_2d(h // p, w // p, width), self.dtype)[None]
     t_emb = self.t_fc2(nn.silu(self.t_fc1(dit.timestep_embedding(t, self.freq_dim))))
     return tokens + t_emb[:, None]
