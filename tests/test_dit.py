@@ -244,3 +244,31 @@ def test_a_ddt_head_replaces_the_final_layer():
   for other in (apply(params, x[::-1], t, labels), apply(params, x, t[::-1], labels)):
     assert np.abs(np.asarray(other) - out).max() > 1e-3
   assert np.abs(np.asarray(apply(params, x, t, labels[::-1])) - out).max() > 1e-3
+
+
+def test_a_ddt_head_trains_in_the_production_stage3_step():
+  """--config.model.head_width through the task, the optimizer and EMA: two steps move the head
+  (its zero output layer first: adaLN-Zero), the loss stays finite."""
+  from bench import _common  # pylint: disable=g-import-not-at-top
+  from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+  from psvae_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+  config = dit_config.get_config("tiny_class")
+  config.model.update(num_classes=10, depth=1, head_width=64, head_heads=4)
+  config.batch_size = 4
+  task, tx, step = _common.production_dit_step(config, (8, 8, 4))
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(_INIT_KEY)
+  rng = np.random.default_rng(0)
+  batch = {
+      "latent": rng.standard_normal((4, 8, 8, 4)).astype(np.float32),
+      "label": np.arange(4, dtype=np.int32),
+  }
+  consts = task.constants()
+  step = jax.jit(step)
+  before = state.params["dit"]["head"]["final_linear"]["kernel"]
+  for _ in range(2):
+    state, metrics = step(state, batch, consts)
+  assert np.isfinite(float(metrics["loss"]))
+  assert (
+      np.abs(np.asarray(state.params["dit"]["head"]["final_linear"]["kernel"] - before)).max() > 0
+  )
