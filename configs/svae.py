@@ -6,7 +6,8 @@
       --config.data.path=/data/imagenet/train
 
 Variants: `dinov2_b` (the PS-VAE paper: DINOv2-B, 224 in, 256 out, C=96, conv decoder),
-`dinov2_l` (the seed: DINOv2-L, d=1024), `siglip2_so400m` (the paper's second encoder;
+`dinov2_l` (the seed: DINOv2-L, d=1024), `siglip2_so400m` (Google's SigLIP2-so400m-patch14-224,
+27 blocks; the paper's SigLIP2 is Bagel's 26-block tower, not loadable here;
 `--config.model.encoder.weights=` a SigLIP2-so400m-patch14-224 directory), `tiny` (CPU demo
 and tests: 32 px shapes, a small random-init ViT with 4 px patches, 8x8x16 latent, small conv
 decoder).
@@ -91,8 +92,10 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   if variant == "dinov2_l":
     c.model.encoder.size = "L"
   if variant == "siglip2_so400m":
-    # The paper's second encoder: google/siglip2-so400m-patch14-224 (1152 wide, 27 blocks,
-    # patch 14: 16 x 16 tokens at 224 px, the DINOv2 latent grid).
+    # The paper's second encoder family: google/siglip2-so400m-patch14-224 (1152 wide, 27 blocks,
+    # patch 14: 16 x 16 tokens at 224 px, the DINOv2 latent grid). Not the paper's exact tower:
+    # PS-VAE used Bagel's SigLIP2 (26 blocks, positions cropped from a 70 x 70 table), whose
+    # layout this importer does not read (docs/training.md).
     c.model.encoder.kind, c.model.encoder.size = "siglip2", "so400m"
   if variant == "tiny":
     c.dtype = "float32"  # XLA:CPU runs bf16 no faster; the demo's figures were measured in fp32
