@@ -76,10 +76,12 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   # adv: weight of the optional adversarial loss (stage 2 only; 0 = off): LDM's PatchGAN with a
   # hinge loss, its generator term scaled by adv x the adaptive weight (||grad nll|| / ||grad
   # adv|| at the pixel decoder's last layer), from adv.start_step on (psvae_jax/models/
-  # discriminator.py; the discriminator trains in the same step at the default learning rate).
+  # discriminator.py; the discriminator trains in the same step, its optimizer below).
   c.loss = ml_collections.ConfigDict(dict(sem=1.0, cos=0.0, pix=1.0, lpips=0.1, kl=1e-4, adv=0.0))
+  # The discriminator's optimizer: Adam (b1, b2) = LDM's (0.5, 0.9), lr 0 = optim.lr; its
+  # gradients are clipped by their own global norm, apart from the autoencoder's.
   c.adv = ml_collections.ConfigDict(
-      dict(start_step=0, ndf=64, n_layers=3, adaptive=True, max_weight=1e4)
+      dict(start_step=0, ndf=64, n_layers=3, adaptive=True, max_weight=1e4, lr=0.0, b1=0.5, b2=0.9)
   )
   # LPIPS weights: torchvision vgg16 .pth/.safetensors and the lpips package's vgg.pth
   # heads. "random" (tests only) uses random VGG weights, which are not perceptual.

@@ -158,3 +158,25 @@ def test_trained_with_adv_loads_and_exports_without_the_discriminator(tmp_path, 
   again = frozen_psvae.load_autoencoder(out)
   for a, b in zip(jax.tree.leaves(ae.params), jax.tree.leaves(again.params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_each_player_is_clipped_by_its_own_norm():
+  """One global-norm clip over both players let the discriminator's gradient (norm 9.2 at init
+  against the autoencoder's 1.35) set the autoencoder's step; each is now clipped on its own,
+  and without players the clip is the one global clip of before."""
+  from psvae_jax.train import optim  # pylint: disable=g-import-not-at-top
+
+  grads = {
+      "pix_dec": {"w": np.full((4,), 1.35 / 2, np.float32)},
+      "disc": {"w": np.full((4,), 4.6, np.float32)},
+  }
+  labels = lambda tree: optim.label_params(tree, {r"^disc/": "disc"})
+  norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
+  clip = optim.clip_by_player(1.0, labels, {"disc": {}})
+  out, _ = clip.update(grads, clip.init(grads), grads)
+  np.testing.assert_allclose(norm(out["pix_dec"]), 1.0, rtol=1e-6)  # 1.35 -> 1, not 1.35 / 9.3
+  np.testing.assert_allclose(norm(out["disc"]), 1.0, rtol=1e-6)
+  one = optim.clip_by_player(1.0, labels, None)
+  both, _ = one.update(grads, one.init(grads), grads)
+  np.testing.assert_allclose(norm(both), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(norm(both["pix_dec"]), 1.35 / norm(grads), rtol=1e-5)

@@ -200,6 +200,7 @@ def make_tx(task: tasks.Task, config: ml_collections.ConfigDict) -> optax.Gradie
       config.optim,
       config.num_train_steps,
       functools.partial(optim.label_params, groups=task.param_groups),
+      players=getattr(task, "players", None),
   )
 
 

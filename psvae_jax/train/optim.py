@@ -53,20 +53,48 @@ def learning_rates(cfg: ml_collections.ConfigDict, total_steps: int, step: int) 
   return out
 
 
+def clip_by_player(
+    max_norm: float, labels: Callable[[Any], Any] | Any, players: Mapping[str, Any] | None = None
+) -> optax.GradientTransformation:
+  """Global-norm clipping to `max_norm`, each player on its own: the leaves labelled with a key
+  of `players` per label, all other leaves (the model) together. No players: one global norm."""
+  if not players:
+    return optax.clip_by_global_norm(max_norm)
+
+  def group(name):
+    def mask(tree):
+      labelled = labels(tree) if callable(labels) else labels
+      return jax.tree.map(lambda lab: lab == name if name else lab not in players, labelled)
+
+    return mask
+
+  clips = [optax.masked(optax.clip_by_global_norm(max_norm), group(None))]
+  clips += [optax.masked(optax.clip_by_global_norm(max_norm), group(name)) for name in players]
+  return optax.chain(*clips)
+
+
 def make_optimizer(
-    cfg: ml_collections.ConfigDict, total_steps: int, labels: Callable[[Any], Any] | Any
+    cfg: ml_collections.ConfigDict,
+    total_steps: int,
+    labels: Callable[[Any], Any] | Any,
+    players: Mapping[str, Mapping[str, float]] | None = None,
 ) -> optax.GradientTransformation:
   """AdamW (decoupled weight decay) per label group; "frozen" leaves get zero updates.
 
   cfg fields: lr, warmup_steps, weight_decay, b1, b2, eps, grad_clip, min_lr_ratio and
   lr_groups ({label: lr}) for groups other than "default".
+  players: labels of other players of the same step (the adversarial loss' discriminator:
+  {"disc": {"lr": ..., "b1": ..., "b2": ...}}), each with its own Adam settings and clipped by
+  its own global norm; the rest (the model) is clipped by its global norm apart from them, so a
+  player's large gradient does not shrink the model's step.
   """
+  players = dict(players or {})
 
-  def adamw(lr):
+  def adamw(lr, b1=None, b2=None):
     return optax.adamw(
         schedule(lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio),
-        b1=cfg.b1,
-        b2=cfg.b2,
+        b1=cfg.b1 if b1 is None else b1,
+        b2=cfg.b2 if b2 is None else b2,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
     )
@@ -74,8 +102,8 @@ def make_optimizer(
   transforms = {"default": adamw(cfg.lr), FROZEN: optax.set_to_zero()}
   for label, lr in cfg.lr_groups.items():
     transforms[label] = adamw(lr)
-  chain = []
-  if cfg.grad_clip > 0:
-    chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+  for label, p in players.items():
+    transforms[label] = adamw(p.get("lr") or cfg.lr, p.get("b1"), p.get("b2"))
+  chain = [clip_by_player(cfg.grad_clip, labels, players)] if cfg.grad_clip > 0 else []
   chain.append(optax.multi_transform(transforms, labels))
   return optax.chain(*chain)

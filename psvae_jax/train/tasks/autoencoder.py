@@ -83,8 +83,19 @@ class AutoencoderTask:
     if config.loss.lpips > 0:
       self._lpips = builders.build_lpips(config.lpips, config.data.image_size)
     # The optional adversarial loss (stage 2, loss.adv > 0): a PatchGAN under params["disc"]
-    # (trained by the same optimizer, default group; not part of the autoencoder).
+    # (not part of the autoencoder), trained in the same step as another player: its own Adam
+    # settings (adv.lr, adv.b1, adv.b2: LDM's (0.5, 0.9)) and its own gradient clipping
+    # (optim.make_optimizer's players).
     self.disc = builders.build_discriminator(config)
+    self.players = {}
+    if self.disc is not None:
+      self.param_groups[r"^disc/"] = "disc"
+      adv = config.adv
+      self.players["disc"] = {
+          "lr": float(adv.get("lr", 0.0)),
+          "b1": float(adv.get("b1", config.optim.b1)),
+          "b2": float(adv.get("b2", config.optim.b2)),
+      }
 
   # ---- init -----------------------------------------------------------------------------
   def init(self, rng: jax.Array):
