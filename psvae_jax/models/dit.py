@@ -415,13 +415,8 @@ class DiT(nn.Module):
       x = jnp.concatenate([x, source.astype(x.dtype)], axis=-1)  # (B, h, w, C + C_s)
       ch = x.shape[-1]
     p = self.patch_size
-    if h % p or w % p:
-      raise ValueError(f"Latent {h}x{w} is not divisible by patch size {p}.")
     gh, gw = h // p, w // p
-
-    patches = (
-        x.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * ch)
-    )
+    patches = patchify(x, p)  # (B, N, p·p·C); refuses a latent not divisible by p
     tokens = self._dense(self.width, "patch_embed")(patches.astype(self.dtype))  # (B, N, D)
     tokens = tokens + jnp.asarray(layers.sincos_2d(gh, gw, self.width), self.dtype)[None]
 
@@ -493,5 +488,5 @@ class DiT(nn.Module):
     )
     tokens = modulate(norm(tokens), shift.astype(jnp.float32), scale.astype(jnp.float32))
     out = _dense(p * p * out_ch, "final_linear", jnp.float32, _ZERO)(tokens)  # (B, N, p·p·C_out)
-    out = out.reshape(b, gh, gw, p, p, out_ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, out_ch)
+    out = unpatchify(out, h, w, p)
     return out.astype(jnp.float32)
