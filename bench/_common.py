@@ -30,6 +30,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import dit as dit_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psvae_jax import builders  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax import frozen_psvae  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax import latent_stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psvae_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -348,8 +349,12 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
   `functools.partial(loop.create_train_state, task=task, tx=tx)`; consts: task.constants().
   mesh: DiTTask's (default: all devices on "data").
   """
-  if (config.model.cond_type == "text") != (text_encoder is not None):
-    raise ValueError("Pass text_encoder=(module, params) for a text-conditioned config (only).")
+  needs_text = config.model.cond_type == "text" and not builders.is_fusion(config)
+  if needs_text != (text_encoder is not None):
+    raise ValueError(
+        "Pass text_encoder=(module, params) for a text-conditioned DiT config (only: not for a "
+        "fusion generator, which reads the tokens)."
+    )
   config.autoencoder = config.autoencoder or "(latent-only stand-in)"
 
   class LatentOnlyAutoencoder(frozen_psvae.Autoencoder):
@@ -364,6 +369,8 @@ def production_dit_step(config, latent_shape: Sequence[int], text_encoder=None, 
   stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
   ae = LatentOnlyAutoencoder(model=None, params={}, config=None, stats=stats)
   text = (None, None, None) if text_encoder is None else (*text_encoder, None)
+  if builders.is_fusion(config):  # its tokenizer, where generator.weights names a directory
+    text = builders.load_text_encoder(config)
   task = dit_task.DiTTask(config, mesh or parallel.make_mesh(-1, 1), ae, text)
   tx = loop.make_tx(task, config)
   return task, tx, functools.partial(loop.train_step, task=task, tx=tx, config=config)

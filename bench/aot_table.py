@@ -33,6 +33,7 @@ CONFIGS = {
     "psvae_siglip2_so400m": "configs/psvae.py:siglip2_so400m",
     "dit_XL_text": "configs/dit.py:XL_text",
     "dit_paper": "configs/dit.py:paper",
+    "dit_paper_fusion": "configs/dit.py:paper_fusion",
 }
 TOPOLOGIES = ("v5e-16", "v5e-64", "v5p-8", "v5p-32", "v4-32", "v6e-8", "h100-8")
 

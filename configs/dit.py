@@ -11,7 +11,9 @@ Variants: `<S|B|L|XL>_<text|class>` (DiT paper sizes, patch 1 on the 16x16xC lat
 text encoder, guidance scale 4, 8x8x16 shapes latents)
 `tiny_class` (the same, class-conditioned: the Fashion-MNIST demo, `launch/demo.sh OUT
 --data=fashion_mnist`) and `tiny_instruct` (the same, instruction editing on the shapes
-triples: `launch/instruct.sh OUT`). Class models take their class count from the data
+triples: `launch/instruct.sh OUT`), `paper_fusion` (the paper's generator: Qwen2.5-0.5B blocks
+shared by text and latent tokens, a DDT head; `--config.generator.weights=QWEN2_DIR`) and
+`tiny_fusion` (its demo-world size). Class models take their class count from the data
 (model.num_classes).
 Objective: eps-prediction with the linear beta schedule (seed) or flow matching with
 logit-normal t and timestep shift (`--config.diffusion.objective=flow`).
@@ -39,6 +41,8 @@ VARIANTS = tuple(f"{s}_{c}" for s in SIZES for c in CONDS) + (
     "tiny",
     "tiny_class",
     "tiny_instruct",
+    "paper_fusion",
+    "tiny_fusion",
 )
 
 
@@ -61,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "tiny_class": ("tiny", "class"),
       "tiny_instruct": ("tiny", "text"),
       "paper": ("XL", "text"),
+      "paper_fusion": ("XL", "text"),
+      "tiny_fusion": ("tiny", "text"),
   }.get(variant, tuple(variant.split("_")))
   c.model = ml_collections.ConfigDict(
       dict(
@@ -96,6 +102,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           source_condition=False,
       )
   )
+  # The generator: "dit" (the cross-attention DiT of model.size over config.text_encoder) or
+  # "fusion" (the paper's: text and latent tokens through shared Qwen2 blocks, then a wide DDT
+  # head of model.head_width/head_depth/head_heads; psvae_jax/models/fusion.py). A fusion
+  # generator's blocks start from generator.weights, a Hugging Face Qwen2 directory (config.json,
+  # model.safetensors and the tokenizer, which also tokenizes the captions: e.g. Qwen2.5-0.5B);
+  # the whole model trains; it needs no text_encoder. generator.backbone names a published config
+  # (psvae_jax/weights/qwen2.NAMED) for programs built without the directory (launch/aot.sh);
+  # training refuses to start without generator.weights. model.size and model.depth are the
+  # DiT's (a fusion generator does not read them); patch_size and the head fields serve both.
+  c.generator = ml_collections.ConfigDict(dict(kind="dit", weights="", backbone=""))
   # flow_shift: the TRAINING timestep shift s of flow matching (t' = s*t / (1 + (s-1)*t) on the
   # logit-normal t); flow_shift_base_dim > 0 replaces it at stage-3 start by the dimension-
   # dependent shift sqrt(h*w*C / flow_shift_base_dim) (SD3 section 5.3.2, RAE: base 4096;
@@ -139,12 +155,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if size != "tiny":  # every device on fsdp (configs/common.py says why)
     c.mesh.data, c.mesh.fsdp = 1, -1
 
-  if variant == "paper":
+  if variant in ("paper", "paper_fusion"):
     c.diffusion.objective = "flow"
     c.diffusion.flow_shift_base_dim = 4096  # training shift sqrt(h*w*C / 4096)
     c.sample.update(shift=3.0, guidance_scale=6.5)
 
-  if variant in ("tiny", "tiny_class", "tiny_instruct"):
+  if variant == "paper_fusion":
+    # The paper's generator: Qwen2.5-0.5B's 24 blocks over [text | latent], DDT head 2048 x 2
+    # (RAE's DiT^DH-XL head); 661.6M parameters on the 16x16x96 latent (the paper: 653M). The
+    # paper trains at a batch of about 730; 768 divides the chips of v5p-32 (16) and v5e-64.
+    c.generator.update(kind="fusion", backbone="qwen2.5-0.5b")
+    c.model.update(head_width=2048, head_depth=2, head_heads=16)
+    c.batch_size = 768
+  if variant in ("tiny", "tiny_class", "tiny_instruct", "tiny_fusion"):
     c.dtype = c.text_encoder_dtype = "float32"  # XLA:CPU: bf16 is no faster
     # Measured on the 2-core CPU (shapes, 8x8x16 latent): flow matching reached adherence
     # 0.16 after 800 steps where eps-prediction reached 0.0, and 0.41 after 1600; patch 2
@@ -182,6 +205,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train_text_encoder = True
     # Chosen on the validation split only (512 prompts, paired seeds, interval (0.5, 1)): scale
     # 4 0.812, 7.5 0.764, 4 with shift 2 0.807, 4 on t >= 0.3 0.797 (s.e. about 0.018).
+    c.sample.guidance_scale = 4.0
+  if variant == "tiny_fusion":
+    # The demo world's fusion generator: a tiny Qwen2-shaped stack (random, with a word-level
+    # tokenizer over the shapes vocabulary: `python -m psvae_jax.shapes.text --out=DIR
+    # --qwen2`) at the tiny DiT's recipe (steps, batch, learning rate, sampling); the DDT head
+    # as wide as the stack. Set --config.generator.weights=DIR.
+    c.generator.kind = "fusion"
+    c.model.update(head_width=128, head_depth=2, head_heads=4)
     c.sample.guidance_scale = 4.0
   if variant == "tiny_instruct":
     # Triples of the shapes world (psvae_jax/shapes/instruct.py), paired latents from a cache.

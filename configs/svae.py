@@ -77,11 +77,24 @@ def autoencoder_config(stage: str, variant: str) -> ml_collections.ConfigDict:
   # hinge loss, its generator term scaled by adv x the adaptive weight (||grad nll|| / ||grad
   # adv|| at the pixel decoder's last layer), from adv.start_step on (psvae_jax/models/
   # discriminator.py; the discriminator trains in the same step, its optimizer below).
+  # adv.start_step -1 (the default) starts it at adv.start_fraction of num_train_steps (resolved
+  # at stage-2 start, written into the workdir's config.json): the reconstruction first, as LDM
+  # starts its discriminator after 50k steps.
   c.loss = ml_collections.ConfigDict(dict(sem=1.0, cos=0.0, pix=1.0, lpips=0.1, kl=1e-4, adv=0.0))
   # The discriminator's optimizer: Adam (b1, b2) = LDM's (0.5, 0.9), lr 0 = optim.lr; its
   # gradients are clipped by their own global norm, apart from the autoencoder's.
   c.adv = ml_collections.ConfigDict(
-      dict(start_step=0, ndf=64, n_layers=3, adaptive=True, max_weight=1e4, lr=0.0, b1=0.5, b2=0.9)
+      dict(
+          start_step=-1,
+          start_fraction=0.5,
+          ndf=64,
+          n_layers=3,
+          adaptive=True,
+          max_weight=1e4,
+          lr=0.0,
+          b1=0.5,
+          b2=0.9,
+      )
   )
   # LPIPS weights: torchvision vgg16 .pth/.safetensors and the lpips package's vgg.pth
   # heads. "random" (tests only) uses random VGG weights, which are not perceptual.

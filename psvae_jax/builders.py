@@ -18,6 +18,7 @@ from absl import logging
 from configs import common
 from psvae_jax.models import discriminator
 from psvae_jax.models import dit as dit_lib
+from psvae_jax.models import fusion
 from psvae_jax.models import pixel_decoder
 from psvae_jax.models import siglip
 from psvae_jax.models import vit
@@ -27,6 +28,7 @@ from psvae_jax.weights import common as weights_common
 from psvae_jax.weights import dinov2 as dinov2_weights
 from psvae_jax.weights import siglip as siglip_weights
 from psvae_jax.weights import lpips as lpips_weights
+from psvae_jax.weights import qwen2 as qwen2_weights
 from psvae_jax.weights import t5
 
 RANDOM = "random"  # `model.encoder.weights` value that asks for a random-init encoder
@@ -191,8 +193,62 @@ def build_lpips(lpips_cfg, image_size: int):
 
 
 # ---- stage 3: the DiT, its text encoder and its parameter template ---------------------------
-def build_dit(config) -> dit_lib.DiT:
-  """The DiT of config.model (its output channels follow the input latent's)."""
+GENERATOR_KINDS = ("dit", "fusion")
+
+
+def generator_kind(config) -> str:
+  """`generator.kind`: "dit" (also configs written before the field) or "fusion"."""
+  kind = (config.get("generator") or {}).get("kind", "dit") or "dit"
+  if kind not in GENERATOR_KINDS:
+    raise ValueError(f"--config.generator.kind={kind!r}: one of {list(GENERATOR_KINDS)}")
+  return kind
+
+
+def is_fusion(config) -> bool:
+  """True for the paper's shared-block generator (models/fusion.py)."""
+  return config.stage == "dit" and generator_kind(config) == "fusion"
+
+
+def fusion_backbone(config) -> dict[str, Any]:
+  """The fusion generator's Qwen2 fields: generator.weights' config.json, else the published
+  config generator.backbone names (weights/qwen2.NAMED; shapes only: compiles, counts)."""
+  g = config.generator
+  if g.weights:
+    return qwen2_weights.config_values(weights_common.read_json(g.weights))
+  if g.backbone in qwen2_weights.NAMED:
+    return qwen2_weights.config_values(qwen2_weights.NAMED[g.backbone])
+  raise ValueError(
+      "A fusion generator needs --config.generator.weights=QWEN2_DIR (a Hugging Face Qwen2 "
+      f"directory), or --config.generator.backbone= one of {sorted(qwen2_weights.NAMED)} for "
+      "its shapes alone"
+  )
+
+
+def build_fusion(config) -> fusion.FusionGenerator:
+  m = config.model
+  return fusion.FusionGenerator(
+      backbone=fusion_backbone(config),
+      patch_size=m.patch_size,
+      head_width=m.head_width,
+      head_depth=m.head_depth,
+      head_heads=m.head_heads,
+      dtype=jnp.dtype(config.dtype),
+      attention_impl=m.attention_impl,
+  )
+
+
+def load_fusion_backbone(config, target: Any) -> Any:
+  """generator.weights' Qwen2 parameters, sharded like `target` (the generator's "backbone")."""
+  _, loaded = qwen2_weights.load_qwen2(config.generator.weights)
+  logging.info("Loaded the fusion generator's Qwen2 blocks from %s", config.generator.weights)
+  return place_like(loaded, target)
+
+
+def build_dit(config) -> dit_lib.DiT | fusion.FusionGenerator:
+  """The stage-3 generator of config: the DiT of config.model (its output channels follow the
+  input latent's), or the fusion generator (`generator.kind`)."""
+  if is_fusion(config):
+    return build_fusion(config)
   m = config.model
   kw = dit_lib.dit_config(m.size)
   if m.get("depth", 0):  # a shallower (or deeper) stack at the size's width (tests, ablations)
@@ -227,9 +283,13 @@ def trains_text_encoder(config) -> bool:
 
 
 def load_text_encoder(config):
-  """(module, params, tokenizer) of config.text_encoder (CLIP text or T5), or Nones for class."""
+  """(module, params, tokenizer) of config.text_encoder (CLIP text or T5), or Nones for class;
+  a fusion generator has no text encoder: (None, None, generator.weights' tokenizer)."""
   if config.model.cond_type != "text":
     return None, None, None
+  if is_fusion(config):
+    tok = clip.load_tokenizer(config.generator.weights) if config.generator.weights else None
+    return None, None, tok
   if not config.text_encoder:
     raise ValueError(
         "A text-conditioned DiT needs --config.text_encoder=DIR (a Hugging Face CLIP "
@@ -248,9 +308,10 @@ def load_text_encoder(config):
 
 
 def init_dit_params(
-    config, model: dit_lib.DiT, rng, latent_shape, text_module=None, text_params=None
+    config, model, rng, latent_shape, text_module=None, text_params=None
 ) -> dict[str, Any]:
-  """Stage 3's params: {"dit": ...} (+ "text" when the text encoder trains jointly).
+  """Stage 3's params: {"dit": ...} (+ "text" when the text encoder trains jointly); "dit" holds
+  the fusion generator's for a fusion config (its Qwen2 blocks under "backbone").
 
   latent_shape: the autoencoder's (h, w, C); text_module/text_params: the text encoder (params
   may be abstract) of a text-conditioned config. The "text" entry is a zero placeholder of the
@@ -264,6 +325,10 @@ def init_dit_params(
   if config.model.cond_type == "class":
     return {"dit": model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32), **src)["params"]}
   ids = jnp.zeros((1, config.data.max_length), jnp.int32)
+  if is_fusion(config):
+    return {
+        "dit": model.init(rng, x, t, input_ids=ids, attention_mask=jnp.ones_like(ids))["params"]
+    }
   hid, pooled = jax.eval_shape(text_module.apply, {"params": text_params}, ids, ids)
   params = {
       "dit": model.init(
@@ -282,7 +347,7 @@ def init_dit_params(
 
 
 def dit_param_template(
-    config, model: dit_lib.DiT, latent_shape, text_module=None, text_params=None
+    config, model, latent_shape, text_module=None, text_params=None
 ) -> dict[str, Any]:
   """The abstract (ShapeDtypeStruct) params of init_dit_params, e.g. to restore a checkpoint."""
   return jax.eval_shape(

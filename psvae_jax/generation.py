@@ -32,6 +32,7 @@ from psvae_jax import runtime
 from psvae_jax.diffusion import objectives
 from psvae_jax.diffusion import samplers
 from psvae_jax.diffusion import settings
+from psvae_jax.models import fusion
 from psvae_jax.weights import clip
 
 MAX_STEPS = settings.MAX_STEPS  # scan length; any steps <= MAX_STEPS reuse the compile
@@ -50,11 +51,17 @@ class Generator:
   """Conditioning + sampling + decoding for one trained stage-3 model.
 
   Attributes:
-    dit: the DiT module; text: the frozen text encoder module (or None for class models);
+    dit: the DiT module, or the fusion generator (models/fusion.py: it reads the prompt's tokens
+      itself); text: the frozen text encoder module (or None for class and fusion models);
     ae: the frozen autoencoder (psvae_jax.frozen_psvae.Autoencoder); objective: eps or flow.
   """
 
   def __init__(self, config, dit, text_module, tokenizer, ae, mesh):
+    if isinstance(dit, fusion.FusionGenerator) and common.edits_by_instruction(config):
+      raise ValueError(
+          "--config.model.source_condition (instruction editing) is not built for "
+          "--config.generator.kind=fusion yet: use the DiT (generator.kind=dit)"
+      )
     self.config, self.dit, self.text, self.tokenizer, self.ae = (
         config,
         dit,
@@ -104,9 +111,16 @@ class Generator:
       )
     return jax.lax.stop_gradient(self.encode(consts, batch["source_image"]))
 
+  @property
+  def is_fusion(self) -> bool:
+    """True for the fusion generator (models/fusion.py), which reads the prompt's tokens."""
+    return isinstance(self.dit, fusion.FusionGenerator)
+
   def _text_or_class(self, params, consts, batch) -> dict[str, jax.Array]:
     if self.config.model.cond_type == "class":
       return {"labels": batch["label"].astype(jnp.int32)}
+    if self.is_fusion:  # the generator reads the tokens
+      return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     trained = "text" in params
     text_params = params["text"] if trained else consts["text"]
     hidden, pooled = self.text.apply(
@@ -150,7 +164,7 @@ class Generator:
 
     A source-conditioned model guides on two conditions (samplers._guided): the unconditional
     side is the pair (source without the text, neither), `s.image_guidance_scale` the source's
-    scale."""
+    scale. A fusion generator's prompt keys and values are computed once, before the scan."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
     yes, no = jnp.zeros((b,), bool), jnp.ones((b,), bool)
@@ -159,6 +173,17 @@ class Generator:
     if "source" in cond:
       c_on["drop_source"] = yes
       c_off = ({**c_off, "drop_source": yes}, {**c_off, "drop_source": no})
+    if self.is_fusion:  # the text's keys and values once per prompt, not once per step
+      cache = lambda c: {
+          "text_cache": self.dit.apply(
+              {"params": params["dit"]},
+              c["input_ids"],
+              c["attention_mask"],
+              c["drop"],
+              method=fusion.FusionGenerator.text_cache,
+          )
+      }
+      c_on, c_off = cache(c_on), cache(c_off)
     model_fn = lambda z, t, c: self.dit.apply({"params": params["dit"]}, z, t, **c)
     kw = dict(
         max_steps=MAX_STEPS,

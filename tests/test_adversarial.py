@@ -135,6 +135,26 @@ def test_stage1_with_adv_refuses():
     preflight.check(c)
 
 
+def test_the_adversarial_term_starts_at_a_fraction_of_the_run_by_default():
+  """adv.start_step -1 (the default): adv.start_fraction (0.5) of num_train_steps, resolved when
+  the task is built (before config.json is written); a given start_step is kept."""
+  assert psvae_config.get_config("tiny").adv.start_step == -1
+  c = _config(start=-1)
+  c.num_train_steps = 900
+  preflight.check(c)
+  autoencoder.AutoencoderTask(c)
+  assert c.adv.start_step == 450
+  c = _config(start=7)
+  autoencoder.AutoencoderTask(c)
+  assert c.adv.start_step == 7
+  c.adv.start_step = -2
+  with pytest.raises(preflight.ConfigError, match=r"start_step=-2"):
+    preflight.check(c)
+  c.adv.update(start_step=-1, start_fraction=1.5)
+  with pytest.raises(preflight.ConfigError, match=r"start_fraction=1.5"):
+    preflight.check(c)
+
+
 def test_trained_with_adv_loads_and_exports_without_the_discriminator(tmp_path, svae_dir):
   from psvae_jax import export  # pylint: disable=g-import-not-at-top
 

@@ -112,3 +112,82 @@ def test_the_text_cache_gives_the_same_prediction(model):
       want = np.asarray(apply(x, t, _IDS, _MASK, drop))
       got = np.asarray(apply(x, t, text_cache=cache))
       np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_the_fusion_generator_in_stage3(tmp_path):
+  """configs/dit.py:tiny_fusion through the production stage 3: the task starts the blocks from
+  generator.weights (a Hugging Face Qwen2 directory with its tokenizer), four optimizer steps
+  move the backbone and the head, and the sampler, which computes the prompts' keys and values
+  once before its scan, gives the latents of running the whole sequence at every step."""
+  # pylint: disable=g-import-not-at-top
+  import functools
+  from bench import _common
+  from configs import dit as dit_config
+  from psvae_jax import generation
+  from psvae_jax.diffusion import samplers
+  from psvae_jax.shapes import text as shapes_text
+  from psvae_jax.train import loop
+  # pylint: enable=g-import-not-at-top
+
+  words = "a red blue circle square on the left right and".split()
+  qdir = shapes_text.build_demo_qwen2(
+      str(tmp_path / "qwen2"),
+      words,
+      hidden_size=32,
+      layers=2,
+      heads=4,
+      kv_heads=2,
+      intermediate_size=48,
+  )
+  config = dit_config.get_config("tiny_fusion")
+  config.generator.weights = qdir
+  config.model.update(head_width=32, head_depth=1, head_heads=4)
+  config.batch_size = 8
+
+  task, tx, step = _common.production_dit_step(config, (4, 4, 4))
+  state = jax.jit(functools.partial(loop.create_train_state, task=task, tx=tx))(jax.random.key(0))
+  state = loop.reset_params(state, task.warm_start(state.params), task=task)
+  _, loaded = qwen2.load_qwen2(qdir)
+  got = jax.tree.map(np.asarray, state.params["dit"]["backbone"])
+  jax.tree.map(np.testing.assert_array_equal, got, loaded)
+
+  prompts = ["a red circle on the left", "a blue square", "", "a blue circle on the right"] * 2
+  batch = task.gen.tokenize(prompts)
+  assert batch["attention_mask"][2].sum() == 2  # the empty prompt: BOS and EOS
+  rng = np.random.default_rng(0)
+  data = {"latent": rng.standard_normal((8, 4, 4, 4)).astype(np.float32), **batch}
+  consts = task.constants()
+  before = state.params["dit"]
+  train = jax.jit(step)
+  for _ in range(4):  # lr 0 at step 0; then the head's output layer, its adaLN, the backbone
+    state, metrics = train(state, data, consts)
+  assert np.isfinite(float(metrics["loss"]))
+  for part in ("backbone", "head"):
+    moved = jax.tree.map(
+        lambda a, b: np.abs(np.asarray(a - b)).max(), state.params["dit"][part], before[part]
+    )
+    assert max(jax.tree.leaves(moved)) > 0, part
+
+  rep = jax.sharding.NamedSharding(task.mesh, jax.sharding.PartitionSpec())
+  # Perturbed: after four small steps the head's output barely reads the prompt.
+  params = helpers.perturbed(jax.device_get(state.params), 0.05, seed=1)
+  params, consts, gen = jax.device_put((params, consts), rep) + (task.gen,)
+  s = gen.sample_settings(steps=4, guidance_scale=3.0, seed=0)
+  z = generation.initial_noise(1, np.zeros(8, int), (4, 4, 4))  # one noise for every row
+  got = np.asarray(gen.run(params, consts, batch, z, s))
+  whole = lambda x, t, c: task.model.apply({"params": params["dit"]}, x, t, **c)
+  cond = {k: jnp.asarray(v) for k, v in batch.items()}
+  yes, no = jnp.zeros((8,), bool), jnp.ones((8,), bool)
+  want = jax.jit(
+      lambda x, st: samplers.euler_sample(
+          whole,
+          x,
+          {**cond, "drop": yes},
+          {**cond, "drop": no},
+          st,
+          max_steps=generation.MAX_STEPS,
+      )
+  )(z, samplers.traced(s))
+  np.testing.assert_allclose(got, np.asarray(want), atol=2e-5)
+  assert np.abs(got[0] - got[1]).max() > 2e-3  # the prompt reaches the sample
+  np.testing.assert_allclose(got[0], got[4], atol=1e-6)

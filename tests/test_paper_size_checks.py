@@ -174,3 +174,12 @@ def test_preflight_stage3_and_intervals():
   k = dit_config.get_config("B_class")
   k.autoencoder = "/runs/psvae"
   preflight.check(k)  # class models need no text encoder
+  f = dit_config.get_config("paper_fusion")
+  f.autoencoder = "/runs/psvae"
+  with pytest.raises(preflight.ConfigError, match=r"--config\.generator\.weights="):
+    preflight.check(f)  # the published backbone's shapes alone do not train
+  f.generator.weights = "/ckpt/qwen2.5-0.5b"
+  preflight.check(f)  # no text encoder: the Qwen2 blocks read the prompt
+  f.model.source_condition = True
+  with pytest.raises(preflight.ConfigError, match=r"source_condition"):
+    preflight.check(f)

@@ -232,6 +232,12 @@ def main(argv):
       f"{slice_.num_chips} chips, {rows[0]['hbm_gib']:.2f} GiB usable each), mesh "
       f"{_mesh_text(config)}, global batch {config.batch_size}, {config.dtype}"
   )
+  trained = rows[0].get("trained_params")
+  if trained:
+    title += f"; {trained / 1e6:.1f}M trained parameters"
+    fusion = config.stage == "dit" and (config.get("generator") or {}).get("kind") == "fusion"
+    if fusion and trained > 1e8:
+      title += " (the PS-VAE paper's generator: 653M)"
   print(compiler.format_table(rows, title))
   if _JSON.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)

@@ -48,9 +48,10 @@ def sharding_plan(state, consts) -> dict:
   """What the sharding rules put on each chip, in GiB: the state, the state and the constants
   (bench/memory_plan.py's figure; jit drops constants a step does not read, e.g. the frozen PS-VAE
   of a step on latent-cache batches), their unsharded total, and the largest array left whole on
-  every chip (a large one is a sharding rule to fix)."""
+  every chip (a large one is a sharding rule to fix); and the count of trained parameters."""
   both = parallel.footprint((state, consts))
   return {
+      "trained_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
       "state_gib": parallel.footprint(state).per_device / GIB,
       "state_consts_gib": both.per_device / GIB,
       "state_consts_total_gib": both.total / GIB,
@@ -102,8 +103,8 @@ def _stage3_pieces(config, ae_config_spec: str = ""):
   zeros, ones = np.zeros(c, np.float32), np.ones(c, np.float32)
   stats = latent_stats.LatentStats(mu_mean=zeros, mu_std=ones, sample_mean=zeros, sample_std=ones)
   ae = frozen_psvae.Autoencoder(model, params, ae_config, stats)
-  if config.model.cond_type != "text":
-    return ae, (None, None, None)
+  if config.model.cond_type != "text" or builders.is_fusion(config):
+    return ae, (None, None, None)  # class labels, or the fusion generator's own blocks
   text_dir = config.text_encoder
   if text_dir and os.path.isfile(os.path.join(text_dir, "config.json")):
     hf = weights_common.read_json(text_dir)
@@ -174,7 +175,7 @@ def build_programs(config, devices, wanted=(), ae_config_spec: str = "") -> list
     shapes.update(cond)
     step = loop.jit_train_step(task, tx, config, shardings, mesh)
     flops = 0.0
-    if config.model.size != "tiny":
+    if config.model.size != "tiny" and not builders.is_fusion(config):
       kw = dit_lib.dit_config(config.model.size)
       depth = config.model.get("depth", 0) or kw["depth"]
       tokens = (h // config.model.patch_size) * (w // config.model.patch_size)

@@ -203,14 +203,98 @@ def build_demo_text_encoder(
   return out_dir
 
 
+def _random_qwen2_weights(
+    vocab_size: int, hidden_size: int, layers: int, heads: int, kv_heads: int, ff: int, seed: int
+) -> dict[str, np.ndarray]:
+  """Random Qwen2Model tensors under transformers' names, float32, as
+  ``Qwen2PreTrainedModel._init_weights`` draws them: linear and embedding weights N(0, 0.02),
+  biases 0, RMSNorm weights 1."""
+  rng = np.random.default_rng(seed)
+  d, kv = hidden_size, kv_heads * (hidden_size // heads)
+  normal = lambda *shape: (0.02 * rng.standard_normal(shape)).astype(np.float32)
+  sd = {"embed_tokens.weight": normal(vocab_size, d), "norm.weight": np.ones(d, np.float32)}
+  for i in range(layers):
+    p = f"layers.{i}."
+    for name, out in (("q_proj", d), ("k_proj", kv), ("v_proj", kv)):
+      sd[p + f"self_attn.{name}.weight"] = normal(out, d)  # (out, in)
+      sd[p + f"self_attn.{name}.bias"] = np.zeros(out, np.float32)
+    sd[p + "self_attn.o_proj.weight"] = normal(d, d)
+    sd[p + "mlp.gate_proj.weight"] = normal(ff, d)
+    sd[p + "mlp.up_proj.weight"] = normal(ff, d)
+    sd[p + "mlp.down_proj.weight"] = normal(d, ff)
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+      sd[p + f"{norm}.weight"] = np.ones(d, np.float32)
+  return sd
+
+
+def build_demo_qwen2(
+    out_dir: str,
+    vocab_words: list[str],
+    hidden_size: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 512,
+    max_length: int = 16,
+    seed: int = 0,
+) -> str:
+  """Writes the demo tokenizer and a random tiny Qwen2 model to ``out_dir``: the blocks of the
+  demo world's fusion generator (configs/dit.py:tiny_fusion, `--config.generator.weights`).
+
+  The same word-level tokenizer as the demo text encoder's; the weights as transformers
+  initialises a ``Qwen2Model`` (numpy, written with ``safetensors.numpy``: no torch). Readable by
+  ``weights/qwen2.load_qwen2`` and by transformers' ``AutoTokenizer`` / ``Qwen2Model``.
+  Returns ``out_dir``.
+  """
+  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file
+  import transformers
+  # pylint: enable=g-import-not-at-top
+  if hidden_size % heads or heads % kv_heads:
+    raise ValueError(
+        f"heads={heads} must divide hidden_size={hidden_size}, kv_heads={kv_heads} heads"
+    )
+  os.makedirs(out_dir, exist_ok=True)
+  tokenizer = _build_tokenizer(vocab_words, max_length)
+  tokenizer.save_pretrained(out_dir)
+  vocab_size = len(tokenizer)
+  config = transformers.Qwen2Config(
+      vocab_size=vocab_size,
+      hidden_size=hidden_size,
+      intermediate_size=intermediate_size,
+      num_hidden_layers=layers,
+      num_attention_heads=heads,
+      num_key_value_heads=kv_heads,
+      max_position_embeddings=4 * max_length,
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=False,
+      pad_token_id=tokenizer.pad_token_id,
+      bos_token_id=tokenizer.bos_token_id,
+      eos_token_id=tokenizer.eos_token_id,
+      architectures=["Qwen2Model"],
+  )
+  config.to_json_file(os.path.join(out_dir, "config.json"))
+  weights = _random_qwen2_weights(
+      vocab_size, hidden_size, layers, heads, kv_heads, intermediate_size, seed
+  )
+  save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  return out_dir
+
+
 def main(argv: list[str]) -> None:
-  """`python -m psvae_jax.shapes.text --out=DIR`: the demo's text encoder, for stage 3 by hand."""
+  """`python -m psvae_jax.shapes.text --out=DIR [--qwen2]`: the demo's text encoder (or, with
+  --qwen2, the tiny fusion generator's Qwen2 blocks), for stage 3 by hand."""
   del argv
+  if flags.FLAGS.qwen2:
+    out = build_demo_qwen2(flags.FLAGS.out, shapes_vocabulary())
+    print(f"wrote the demo's tiny Qwen2 (random, shapes vocabulary) to {out}")
+    return
   out = build_demo_text_encoder(flags.FLAGS.out, shapes_vocabulary())
   print(f"wrote the demo text encoder (random CLIP-shaped, shapes vocabulary) to {out}")
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("out", None, "Output directory (tokenizer + model.safetensors).")
+  flags.DEFINE_bool("qwen2", False, "A tiny random Qwen2 (configs/dit.py:tiny_fusion) instead.")
   flags.mark_flag_as_required("out")
   app.run(main)

@@ -78,17 +78,36 @@ def _adversarial(config) -> str | None:
         f"--config.loss.adv={config.loss.adv} is a stage-2 option (configs/psvae.py): stage 1's "
         "pixel decoder only judges the S-VAE; set --config.loss.adv=0"
     )
-  if config.adv.start_step < 0:
-    return f"--config.adv.start_step={config.adv.start_step} must be >= 0"
+  if config.adv.start_step < -1:
+    return (
+        f"--config.adv.start_step={config.adv.start_step} must be >= 0 (or -1: "
+        "adv.start_fraction of the run)"
+    )
+  frac = config.adv.get("start_fraction", 0.5)
+  if config.adv.start_step == -1 and not 0 <= frac <= 1:
+    return f"--config.adv.start_fraction={frac} must be in [0, 1]"
   return None
 
 
 def _stage3_inputs(config) -> str | None:
-  """Stage 3 trains in a PS-VAE's latent, conditioned by a text encoder for text models."""
+  """Stage 3 trains in a PS-VAE's latent, conditioned by a text encoder for text models (a fusion
+  generator: by its own Qwen2 blocks, from generator.weights)."""
   if config.stage != "dit":
     return None
   if not config.autoencoder:
     return "stage 3 trains in a PS-VAE's latent: set --config.autoencoder=STAGE2_WORKDIR"
+  if (config.get("generator") or {}).get("kind", "dit") == "fusion":
+    if not config.generator.weights:
+      return (
+          "a fusion generator starts from a Qwen2 model: set --config.generator.weights=HF_DIR "
+          "(e.g. Qwen2.5-0.5B's directory: config.json, model.safetensors, tokenizer files)"
+      )
+    if config.model.get("source_condition"):
+      return (
+          "--config.model.source_condition (instruction editing) is not built for "
+          "--config.generator.kind=fusion yet: use the DiT (--config.generator.kind=dit)"
+      )
+    return None
   if config.model.cond_type == "text" and not config.text_encoder:
     return (
         "a text-conditioned DiT needs --config.text_encoder=HF_DIR (a CLIP text or T5 encoder "

@@ -48,6 +48,23 @@ _LAYER_RENAMES = {
 _NORMS = ("input_layernorm", "post_attention_layernorm")
 _IGNORED_KEYS = ("lm_head.weight",)
 
+# Published configs by name (their config.json fields), for programs built without the weights'
+# directory (ahead-of-time compiles, memory plans, parameter counts). Training loads a directory.
+NAMED = {
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+}
+
 
 def config_values(cfg: Mapping[str, Any]) -> dict[str, Any]:
   """A Qwen2 config.json dict -> the module's fields (ValueError, one line, for what the port

@@ -34,6 +34,8 @@ def get_task(config, mesh, workdir: str | None = None) -> Task:
     return autoencoder.AutoencoderTask(config)
   if config.stage == "dit":
     if config.model.cond_type == "text" and not config.data.tokenizer:
-      config.data.tokenizer = config.text_encoder  # the encoder's own tokenizer
+      # the text encoder's own tokenizer (a fusion generator's: its Qwen2 directory's)
+      fusion = builders.is_fusion(config)
+      config.data.tokenizer = config.generator.weights if fusion else config.text_encoder
     return dit.DiTTask(config, mesh, *dit_pieces(config, mesh, workdir))
   raise ValueError(f"Unknown stage {config.stage!r}.")

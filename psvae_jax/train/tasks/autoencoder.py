@@ -91,6 +91,14 @@ class AutoencoderTask:
     if self.disc is not None:
       self.param_groups[r"^disc/"] = "disc"
       adv = config.adv
+      if adv.start_step < 0:  # before config.json is written: the run records its start
+        adv.start_step = int(round(adv.get("start_fraction", 0.5) * config.num_train_steps))
+        logging.info(
+            "adv.start_step = %d (adv.start_fraction %g of %d steps)",
+            adv.start_step,
+            adv.get("start_fraction", 0.5),
+            config.num_train_steps,
+        )
       self.players["disc"] = {
           "lr": float(adv.get("lr", 0.0)),
           "b1": float(adv.get("b1", config.optim.b1)),

@@ -74,6 +74,7 @@ class DiTTask:
     self.text, self._text_params, tokenizer = text
     settings.resolve_flow_shift(config, ae.latent_shape)  # before config.json is written
     self.model = builders.build_dit(config)
+    self.fusion = builders.is_fusion(config)
     self.gen = generation.Generator(config, self.model, self.text, tokenizer, ae, mesh)
     self.objective = self.gen.objective
     self.train_text = builders.trains_text_encoder(config)
@@ -106,7 +107,12 @@ class DiTTask:
     )
 
   def warm_start(self, params):
-    """A jointly trained text encoder starts from the text_encoder directory's weights."""
+    """A jointly trained text encoder starts from the text_encoder directory's weights; a fusion
+    generator's Qwen2 blocks from generator.weights' (the rest of it as initialised)."""
+    if self.fusion:
+      dit = dict(params["dit"])
+      dit["backbone"] = builders.load_fusion_backbone(self.config, dit["backbone"])
+      return {**params, "dit": dit}
     if not self.train_text:
       return None
     return {**params, "text": builders.place_like(self._text_params, params["text"])}
