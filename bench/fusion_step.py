@@ -82,9 +82,8 @@ def main():
     )
   dit = sorted(med["tiny"])[len(med["tiny"]) // 2]
   fus = sorted(med["tiny_fusion"])[len(med["tiny_fusion"]) // 2]
-  print(
-      f"ratio fusion/dit {fus / dit:.2f} (batch {args.batch}, latent {LATENT}, {jax.devices()[0].platform})"
-  )
+  platform = jax.devices()[0].platform
+  print(f"ratio fusion/dit {fus / dit:.2f} (batch {args.batch}, latent {LATENT}, {platform})")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, VARIANTS, "XL_text")
   c = common.base_config("dit")
   c.autoencoder = ""  # stage-2 (PS-VAE) workdir: frozen encoder/decoder + latent_stats.npz
+  # A stage-3 workdir whose EMA weights this run starts from (train/tasks/dit.start_from): e.g.
+  # an instruction-editing model from the text-to-image one (InstructPix2Pix's start: the source
+  # latent's new input channels zero; a text encoder of a larger vocabulary keeps the rows of
+  # the words both know).
+  c.init_from = ""
   c.text_encoder = ""  # HF directory of a CLIP text model or T5 encoder (+ its tokenizer)
   c.train_text_encoder = False  # True: fine-tune it jointly (small encoders; the demo's)
   # Storage dtype of a FROZEN text encoder's params (a jointly trained one stays float32); they

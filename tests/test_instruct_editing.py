@@ -237,3 +237,35 @@ def test_two_condition_guidance_gives_each_branch_its_own_conditions():
     s = gen.sample_settings(steps=1, guidance_scale=s_t, image_guidance_scale=s_i, seed=0)
     out = gen.sample_latents({"dit": {}}, {"text": {}}, batch, z, samplers.traced(s), 0)
     np.testing.assert_allclose(np.asarray(out), z - (s_i * 10 + s_t * 101), rtol=1e-5, atol=1e-5)
+
+
+def test_an_instruction_model_starts_as_the_text_to_image_model():
+  """init_from's mapping (train/tasks/dit.start_from): the source's new input channels start at
+  zero, so at the start the instruction model predicts what the text-to-image model does,
+  whatever the source; a larger vocabulary keeps the rows of the tokens both know; other shapes
+  are refused, naming the path."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from psvae_jax.models import dit  # pylint: disable=g-import-not-at-top
+
+  kw = dict(width=32, depth=1, num_heads=2, patch_size=2, cond_type="class", num_classes=3)
+  model = dit.DiT(**kw)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+  source = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+  t, labels = np.array([100.0, 900.0], np.float32), np.array([0, 2], np.int32)
+  old = helpers.perturbed(model.init(jax.random.key(0), x, t, labels=labels)["params"], 0.05)
+  new = model.init(jax.random.key(1), x, t, labels=labels, source=source)["params"]
+  started = dit_task.start_from(new, old, patch_size=2)
+  want = model.apply({"params": old}, x, t, labels=labels)
+  for src in (source, -source):
+    got = model.apply({"params": started}, x, t, labels=labels, source=src)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+  emb_old = {"text": {"token_embedding": {"embedding": np.arange(6.0).reshape(3, 2)}}}
+  emb_new = {"text": {"token_embedding": {"embedding": -np.ones((4, 2))}}}
+  out = dit_task.start_from(emb_new, emb_old, 1, vocab={0: 0, 1: 2, 3: 1})
+  assert out["text"]["token_embedding"]["embedding"].tolist() == [[0, 1], [4, 5], [-1, -1], [2, 3]]
+  with pytest.raises(ValueError, match=r"dense/kernel \(2, 3\) -> \(2, 4\)"):
+    dit_task.start_from(
+        {"dense": {"kernel": jnp.zeros((2, 4))}}, {"dense": {"kernel": np.ones((2, 3))}}, 1
+    )

@@ -7,7 +7,10 @@ The demo's PS-VAE and its text DiT (`configs/dit.py:tiny`, 3000 steps on caption
 baseline: SDEdit of the source image towards the *target's caption*. The instruction model
 (`configs/dit.py:tiny_instruct`) is the same DiT at the same budget (3000 steps, batch 64) in the
 same latent, trained on (source, instruction, target) triples (`instruct.py`) from a latent cache
-of the pairs, reading the source latent on its channels and the instruction as its text.
+of the pairs, reading the source latent on its channels and the instruction as its text. It starts
+from the demo's text-to-image DiT (`--config.init_from`: the source's new input channels zero, the
+words both vocabularies know keep their embeddings), as InstructPix2Pix starts from Stable
+Diffusion; `--from_text_to_image=false` trains it from scratch.
 
 Measured on triples no training or tuning saw, each a fraction with its standard error:
   success    the checker accepts the target caption, and for move / remove nothing is left where
@@ -41,6 +44,12 @@ _DEMO = flags.DEFINE_string(
     "demo", "", "A trained demo (launch/demo.sh OUT): its psvae/, text DiT dit/ (the baseline)."
 )
 _STEPS = flags.DEFINE_integer("dit_steps", 0, "Instruction DiT steps (0: the demo DiT's).")
+_FROM_T2I = flags.DEFINE_bool(
+    "from_text_to_image",
+    True,
+    "The instruction DiT starts from the demo's text-to-image DiT (--config.init_from, as "
+    "InstructPix2Pix starts from Stable Diffusion); false: from scratch.",
+)
 _CACHE = flags.DEFINE_integer("cache_pairs", 12800, "Training triples in the latent cache.")
 _NUM = flags.DEFINE_integer("num_eval", 256, "Triples per evaluation group (val: half).")
 _IMAGE_SCALES = flags.DEFINE_list("image_scales", ["1", "1.5", "3"], "s_I values tuned on val.")
@@ -108,6 +117,8 @@ def _train(out: str, demo: str) -> dict:
   c.num_train_steps = _STEPS.value or int(base["num_train_steps"])
   c.batch_size = int(base["batch_size"])
   c.text_encoder = text_dir
+  if _FROM_T2I.value:
+    c.init_from = f"{demo}/dit"
   spec = f"shapes_instruct:num={_CACHE.value}"
   return stage3.train_on_latent_cache(c, f"{demo}/psvae", spec, f"{out}/latents", f"{out}/dit")[0]
 

@@ -15,11 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from flax import traverse_util
+
 from configs import common
+from psvae_jax import checkpoint
 from psvae_jax import frozen_psvae
 from psvae_jax import builders
 from psvae_jax import generation
+from psvae_jax import parallel
+from psvae_jax import paths
 from psvae_jax import pixels
+from psvae_jax import workdir as workdir_lib
 from psvae_jax import writers
 from psvae_jax.data import latents
 from psvae_jax.data import pipeline
@@ -55,6 +61,58 @@ def check_drops(diff_cfg) -> None:
         f"--config.diffusion.p_drop_both={p_both} must be in [0, min(p_uncond={p_text}, "
         f"p_drop_source={p_src})] with p_uncond + p_drop_source - p_drop_both <= 1."
     )
+
+
+_EMBEDDINGS = ("token_embedding/embedding", "embed_tokens/embedding", "shared/embedding")
+
+
+def vocabulary_map(new_tokenizer, old_tokenizer) -> dict[int, int]:
+  """{new token id: old token id} for the tokens both tokenizers know (by their strings)."""
+  old = old_tokenizer.get_vocab()
+  return {i: old[t] for t, i in new_tokenizer.get_vocab().items() if t in old}
+
+
+def start_from(params, old, patch_size: int, vocab: dict[int, int] | None = None):
+  """This run's initialised `params` <- `old`, another run's (host arrays, same paths):
+
+  * a leaf of the same path and shape: old's;
+  * `dit/patch_embed/kernel` with a source latent's channels added (instruction editing, its input
+    (p, p, C + C_s) per token): old's rows for the latent's C channels, zeros for the source's, so
+    the model starts as old did (InstructPix2Pix's start: new inputs zero);
+  * a token embedding of another vocabulary: old's rows for the tokens both know (`vocab`: new id
+    -> old id, `vocabulary_map`), the others as initialised;
+  * a leaf old does not have: as initialised.
+  Any other mismatch is a ValueError listing the paths. Returns host arrays."""
+  new_flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  old_flat = traverse_util.flatten_dict(jax.device_get(old), sep="/")
+  out, bad, fresh = {}, [], []
+  for path, x in new_flat.items():
+    x = np.asarray(x)
+    if path not in old_flat:
+      out[path] = x
+      fresh.append(path)
+      continue
+    o = np.asarray(old_flat[path], x.dtype)
+    if o.shape == x.shape:
+      out[path] = o
+    elif path.endswith("patch_embed/kernel") and o.shape[1:] == x.shape[1:]:
+      c_old, c_new = o.shape[0] // patch_size**2, x.shape[0] // patch_size**2
+      k = np.zeros((patch_size, patch_size, c_new, x.shape[1]), x.dtype)
+      k[:, :, :c_old] = o.reshape(patch_size, patch_size, c_old, -1)
+      out[path] = k.reshape(x.shape)
+    elif path.endswith(_EMBEDDINGS) and vocab is not None and o.shape[1:] == x.shape[1:]:
+      e = x.copy()
+      for new_id, old_id in vocab.items():
+        if new_id < e.shape[0] and old_id < o.shape[0]:
+          e[new_id] = o[old_id]
+      out[path] = e
+    else:
+      bad.append(f"{path} {o.shape} -> {x.shape}")
+  if bad:
+    raise ValueError(f"--config.init_from: parameters of other shapes: {'; '.join(bad)}")
+  if fresh:
+    logging.info("init_from: %d parameters not in the source run, as initialised", len(fresh))
+  return traverse_util.unflatten_dict(out, sep="/")
 
 
 class DiTTask:
@@ -107,8 +165,12 @@ class DiTTask:
     )
 
   def warm_start(self, params):
-    """A jointly trained text encoder starts from the text_encoder directory's weights; a fusion
-    generator's Qwen2 blocks from generator.weights' (the rest of it as initialised)."""
+    """`init_from` (a stage-3 workdir, e.g. the text-to-image model an instruction model starts
+    from): its EMA weights, mapped by `start_from`. Else a jointly trained text encoder starts
+    from the text_encoder directory's weights, and a fusion generator's Qwen2 blocks from
+    generator.weights' (the rest of it as initialised)."""
+    if self.config.get("init_from"):
+      return self._from_stage3_run(params)
     if self.fusion:
       dit = dict(params["dit"])
       dit["backbone"] = builders.load_fusion_backbone(self.config, dit["backbone"])
@@ -116,6 +178,30 @@ class DiTTask:
     if not self.train_text:
       return None
     return {**params, "text": builders.place_like(self._text_params, params["text"])}
+
+  def _from_stage3_run(self, params):
+    src = self.config.init_from
+    old_cfg = workdir_lib.read_config(src)
+    paths.relocate(old_cfg, src)  # a moved folder: its text encoder recorded relative to it
+    if old_cfg.stage != "dit" or builders.generator_kind(old_cfg) != builders.generator_kind(
+        self.config
+    ):
+      raise ValueError(
+          f"--config.init_from={src} holds a {old_cfg.stage!r} "
+          f"({builders.generator_kind(old_cfg) if old_cfg.stage == 'dit' else ''}) run; a "
+          f"stage-3 run of the same generator kind is needed"
+      )
+    text, text_params, old_tok = builders.load_text_encoder(old_cfg)
+    model = builders.build_dit(old_cfg)
+    abstract = builders.dit_param_template(old_cfg, model, self.ae.latent_shape, text, text_params)
+    shardings = parallel.param_shardings(abstract, self.mesh, min_size=old_cfg.shard_min_size)
+    old = checkpoint.restore_params(src, parallel.with_shardings(abstract, shardings))
+    vocab = None
+    if old_tok is not None and self.gen.tokenizer is not None:
+      vocab = vocabulary_map(self.gen.tokenizer, old_tok)
+    logging.info("Starting from stage-3 run %s (its EMA weights)", src)
+    host = start_from(params, old, self.config.model.patch_size, vocab)
+    return builders.place_like(host, params)
 
   def _latents(self, consts, batch, rng):
     if "latent" in batch:
