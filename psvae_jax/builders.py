@@ -325,10 +325,9 @@ def init_dit_params(
   if config.model.cond_type == "class":
     return {"dit": model.init(rng, x, t, labels=jnp.zeros((1,), jnp.int32), **src)["params"]}
   ids = jnp.zeros((1, config.data.max_length), jnp.int32)
-  if is_fusion(config):
-    return {
-        "dit": model.init(rng, x, t, input_ids=ids, attention_mask=jnp.ones_like(ids))["params"]
-    }
+  if is_fusion(config):  # (a source-conditioned one: its source tokens' projection too)
+    mask = jnp.ones_like(ids)
+    return {"dit": model.init(rng, x, t, input_ids=ids, attention_mask=mask, **src)["params"]}
   hid, pooled = jax.eval_shape(text_module.apply, {"params": text_params}, ids, ids)
   params = {
       "dit": model.init(

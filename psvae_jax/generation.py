@@ -57,11 +57,6 @@ class Generator:
   """
 
   def __init__(self, config, dit, text_module, tokenizer, ae, mesh):
-    if isinstance(dit, fusion.FusionGenerator) and common.edits_by_instruction(config):
-      raise ValueError(
-          "--config.model.source_condition (instruction editing) is not built for "
-          "--config.generator.kind=fusion yet: use the DiT (generator.kind=dit)"
-      )
     self.config, self.dit, self.text, self.tokenizer, self.ae = (
         config,
         dit,
@@ -164,7 +159,8 @@ class Generator:
 
     A source-conditioned model guides on two conditions (samplers._guided): the unconditional
     side is the pair (source without the text, neither), `s.image_guidance_scale` the source's
-    scale. A fusion generator's prompt keys and values are computed once, before the scan."""
+    scale. A fusion generator's prompt (and source) keys and values are computed once, before the
+    scan."""
     cond = self.condition(params, consts, batch)
     b = z_start.shape[0]
     yes, no = jnp.zeros((b,), bool), jnp.ones((b,), bool)
@@ -173,17 +169,20 @@ class Generator:
     if "source" in cond:
       c_on["drop_source"] = yes
       c_off = ({**c_off, "drop_source": yes}, {**c_off, "drop_source": no})
-    if self.is_fusion:  # the text's keys and values once per prompt, not once per step
+    if self.is_fusion:  # the condition's keys and values once per prompt, not once per step
       cache = lambda c: {
           "text_cache": self.dit.apply(
               {"params": params["dit"]},
               c["input_ids"],
               c["attention_mask"],
               c["drop"],
+              c.get("source"),
+              c.get("drop_source"),
               method=fusion.FusionGenerator.text_cache,
           )
       }
-      c_on, c_off = cache(c_on), cache(c_off)
+      c_on = cache(c_on)
+      c_off = tuple(map(cache, c_off)) if isinstance(c_off, tuple) else cache(c_off)
     model_fn = lambda z, t, c: self.dit.apply({"params": params["dit"]}, z, t, **c)
     kw = dict(
         max_steps=MAX_STEPS,

@@ -114,6 +114,30 @@ def test_the_text_cache_gives_the_same_prediction(model):
       np.testing.assert_allclose(got, want, atol=2e-5)
 
 
+def test_the_source_enters_as_tokens_and_is_cached_with_the_text():
+  """Instruction editing in the fusion generator: the source's tokens reach the prediction, a
+  dropped source is no source at all, and the condition's cache (text and source: neither sees
+  the noisy latent) gives the prediction of the whole sequence, every drop combination."""
+  m = fusion.FusionGenerator(_BACKBONE, patch_size=2, head_width=48, head_depth=1, head_heads=4)
+  src = _latent(5)
+  params = jax.jit(m.init)(jax.random.key(0), _latent(0), _T, _IDS, _MASK, source=src)["params"]
+  params = helpers.perturbed(params, 0.05, seed=1)
+  apply = jax.jit(lambda *a, **kw: m.apply({"params": params}, *a, **kw))
+  cache_fn = jax.jit(lambda *a: m.apply({"params": params}, *a, method=m.text_cache))
+  x = _latent(0)
+  with_src = np.asarray(apply(x, _T, _IDS, _MASK, source=src))
+  assert np.abs(with_src - np.asarray(apply(x, _T, _IDS, _MASK, source=-src))).max() > 1e-4
+  gone = np.asarray(apply(x, _T, _IDS, _MASK, source=src, drop_source=np.array([True, True])))
+  np.testing.assert_allclose(gone, np.asarray(apply(x, _T, _IDS, _MASK)), atol=1e-6)
+  for drop, drop_src in ((False, False), (True, False), (True, True), (False, True)):
+    d, ds = np.array([drop, False]), np.array([drop_src, True])
+    cache = cache_fn(_IDS, _MASK, d, src, ds)
+    for seed, t in ((0, _T), (1, _T[::-1].copy())):
+      x = _latent(seed)
+      want = np.asarray(apply(x, t, _IDS, _MASK, d, source=src, drop_source=ds))
+      np.testing.assert_allclose(np.asarray(apply(x, t, text_cache=cache)), want, atol=2e-5)
+
+
 def test_the_fusion_generator_in_stage3(tmp_path):
   """configs/dit.py:tiny_fusion through the production stage 3: the task starts the blocks from
   generator.weights (a Hugging Face Qwen2 directory with its tokenizer), four optimizer steps

@@ -20,6 +20,13 @@ Sequence ``[text tokens (L) | latent tokens (N)]`` through one Qwen2 stack
 
 Classifier-free guidance drops the text: ``drop`` rows see no text token (the empty prompt, which
 a Qwen2 tokenizer encodes as no tokens), and their latent positions start at 0.
+
+Instruction editing (``source``): the source image's latent enters the sequence as tokens, as the
+paper does, ``[text | source | latent]``. The source tokens (projected by their own ``source_in``,
+with the same 2-D sin-cos and the same RoPE positions as the latent tokens of their cell, no t)
+see the text and the source, never the noisy latent, so their keys and values are computed once
+per prompt with the text's (``text_cache``); the latent tokens see all three. ``drop_source`` rows
+see no source token (two-condition guidance: the source's null).
 """
 
 from __future__ import annotations
@@ -38,19 +45,25 @@ from psvae_jax.models import layers
 from psvae_jax.models import qwen2
 
 
-def sequence_mask(text_mask: jax.Array, num_latent: int) -> jax.Array:
-  """(B, L) text tokens (1 = token) -> (B, 1, S, S) bool, S = L + N: text rows causal over the
-  text (each also sees itself, so a padded row is never empty), latent rows every text token and
-  every latent token."""
+def sequence_mask(
+    text_mask: jax.Array, num_latent: int, source_mask: jax.Array | None = None
+) -> jax.Array:
+  """(B, L) text tokens (1 = token) [, (B, Ns) source tokens (1 = seen)] -> (B, 1, S, S) bool,
+  S = L + Ns + N: text rows causal over the text (each also sees itself, so a padded row is never
+  empty), source rows every text and source token, latent rows every text, source and latent
+  token."""
   b, l = text_mask.shape
-  s = l + num_latent
-  keys = jnp.concatenate([text_mask.astype(bool), jnp.ones((b, num_latent), bool)], axis=1)
+  ns = 0 if source_mask is None else source_mask.shape[1]
+  s = l + ns + num_latent
+  parts = [text_mask.astype(bool)]
+  if source_mask is not None:
+    parts.append(source_mask.astype(bool))
+  keys = jnp.concatenate(parts + [jnp.ones((b, num_latent), bool)], axis=1)  # (B, S)
   q = jnp.arange(s)[:, None]
   k = jnp.arange(s)[None, :]
-  text_rows = (q < l) & (k < l) & (k <= q)
-  latent_rows = q >= l
-  allowed = (text_rows[None] & keys[:, None, :]) | (latent_rows[None] & keys[:, None, :])
-  allowed = allowed | (jnp.eye(s, dtype=bool)[None] & (q < l)[None])
+  allowed = ((q < l) & (k <= q)) | ((q >= l) & (q < l + ns) & (k < l + ns)) | (q >= l + ns)
+  allowed = allowed[None] & keys[:, None, :]
+  allowed = allowed | (jnp.eye(s, dtype=bool)[None] & (q < l + ns)[None])
   return allowed[:, None]
 
 
@@ -59,13 +72,23 @@ def _text_mask(attention_mask, drop):
   return text_mask if drop is None else text_mask & ~drop[:, None]
 
 
-def sequence_positions(text_mask: jax.Array, num_latent: int) -> jax.Array:
-  """(B, S) RoPE positions: text 0..L-1, latent tokens n_text .. n_text + N - 1 (n_text the
-  row's token count)."""
+def _source_mask(source, drop_source, num_tokens: int):
+  if source is None:
+    return None
+  keep = jnp.ones((source.shape[0], num_tokens), bool)
+  return keep if drop_source is None else keep & ~drop_source[:, None]
+
+
+def sequence_positions(text_mask: jax.Array, num_latent: int, num_source: int = 0) -> jax.Array:
+  """(B, S) RoPE positions: text 0..L-1, then the source tokens and the latent tokens each
+  n_text .. n_text + N - 1 (n_text the row's token count; a source token shares its cell's
+  position with the latent token of that cell)."""
   b, l = text_mask.shape
   n_text = jnp.sum(text_mask.astype(jnp.int32), axis=1, keepdims=True)  # (B, 1)
   text = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-  return jnp.concatenate([text, n_text + jnp.arange(num_latent, dtype=jnp.int32)[None]], axis=1)
+  cells = lambda n: n_text + jnp.arange(n, dtype=jnp.int32)[None]
+  parts = [text] + ([cells(num_source)] if num_source else []) + [cells(num_latent)]
+  return jnp.concatenate(parts, axis=1)
 
 
 class FusionGenerator(nn.Module):
@@ -98,6 +121,7 @@ class FusionGenerator(nn.Module):
     width = self.backbone["hidden_size"]
     dense = lambda f, name, init=dit._XAVIER: dit._dense(f, name, self.dtype, init)
     self.latent_in = dense(width, "latent_in")
+    self.source_in = dense(width, "source_in")  # instruction editing only (created on use)
     self.t_fc1 = dense(width, "t_fc1", dit._NORMAL)
     self.t_fc2 = dense(width, "t_fc2", dit._NORMAL)
     self.head = dit.DDTHead(
@@ -121,29 +145,56 @@ class FusionGenerator(nn.Module):
     t_emb = self.t_fc2(nn.silu(self.t_fc1(dit.timestep_embedding(t, self.freq_dim))))
     return tokens + t_emb[:, None]
 
-  def states(self, x, t, input_ids, attention_mask, drop=None) -> jax.Array:
-    """The backbone's final-norm states of the whole sequence (B, L + N, d)."""
+  def source_inputs(self, source: jax.Array) -> jax.Array:
+    """The source latent's tokens: projected patches + the latent's 2-D sin-cos (no t)."""
+    _, h, w, _ = source.shape
+    p, width = self.patch_size, self.backbone["hidden_size"]
+    tokens = self.source_in(dit.patchify(source, p).astype(self.dtype))
+    return tokens + jnp.asarray(layers.sincos_2d(h // p, w // p, width), self.dtype)[None]
+
+  def _prefix(self, input_ids, attention_mask, drop, source, drop_source):
+    """The condition's embeddings [text | source] and their key mask (B, L + Ns)."""
     text_mask = _text_mask(attention_mask, drop)
+    embeds = [self.lm.embed(input_ids)]
+    ns = 0
+    if source is not None:
+      src = self.source_inputs(source)
+      ns = src.shape[1]
+      embeds.append(src)
+    return jnp.concatenate(embeds, axis=1), text_mask, _source_mask(source, drop_source, ns)
+
+  def states(
+      self, x, t, input_ids, attention_mask, drop=None, source=None, drop_source=None
+  ) -> jax.Array:
+    """The backbone's final-norm states of the whole sequence (B, L + Ns + N, d)."""
+    prefix, text_mask, source_mask = self._prefix(
+        input_ids, attention_mask, drop, source, drop_source
+    )
     latent = self.latent_inputs(x, t)  # (B, N, d)
-    n = latent.shape[1]
-    seq = jnp.concatenate([self.lm.embed(input_ids), latent], axis=1)
+    n, ns = latent.shape[1], prefix.shape[1] - text_mask.shape[1]
     return self.lm(
-        inputs_embeds=seq,
-        positions=sequence_positions(text_mask, n),
-        mask=sequence_mask(text_mask, n),
+        inputs_embeds=jnp.concatenate([prefix, latent], axis=1),
+        positions=sequence_positions(text_mask, n, ns),
+        mask=sequence_mask(text_mask, n, source_mask),
     )
 
-  def text_cache(self, input_ids, attention_mask, drop=None) -> dict:
-    """The text's per-layer keys and values (they depend on neither t nor the latent: compute
-    them once per prompt) with its mask, for `__call__(..., text_cache=)`."""
-    text_mask = _text_mask(attention_mask, drop)
+  def text_cache(self, input_ids, attention_mask, drop=None, source=None, drop_source=None) -> dict:
+    """The condition's per-layer keys and values, the text's (and the source's: they depend on
+    neither t nor the latent: compute them once per prompt) with their key mask, for
+    `__call__(..., text_cache=)`."""
+    prefix, text_mask, source_mask = self._prefix(
+        input_ids, attention_mask, drop, source, drop_source
+    )
+    ns = prefix.shape[1] - text_mask.shape[1]
+    positions = sequence_positions(text_mask, 0, ns)
     _, kv = self.lm(
-        input_ids,
-        positions=sequence_positions(text_mask, 0),
-        mask=sequence_mask(text_mask, 0),
+        inputs_embeds=prefix,
+        positions=positions,
+        mask=sequence_mask(text_mask, 0, source_mask),
         return_cache=True,
     )
-    return {"kv": kv, "mask": text_mask}
+    keys = text_mask if source_mask is None else jnp.concatenate([text_mask, source_mask], 1)
+    return {"kv": kv, "mask": keys, "n_text": jnp.sum(text_mask.astype(jnp.int32), axis=1)}
 
   def __call__(
       self,
@@ -153,18 +204,23 @@ class FusionGenerator(nn.Module):
       attention_mask: jax.Array | None = None,
       drop: jax.Array | None = None,
       text_cache: dict | None = None,
+      source: jax.Array | None = None,
+      drop_source: jax.Array | None = None,
   ) -> jax.Array:
     """x (B, h, w, C) noisy latents; t (B,) model time (0..1000); input_ids / attention_mask
-    (B, L) the prompt's tokens (right-padded); drop (B,) bool: rows without text (CFG); or
-    text_cache (`text_cache(...)`, drop already applied): only the latent tokens run.
-    Returns the (B, h, w, C) float32 prediction."""
+    (B, L) the prompt's tokens (right-padded); drop (B,) bool: rows without text (CFG); source
+    (B, h, w, C_s) a source image's normalised latent (instruction editing) and drop_source (B,)
+    bool: rows without it; or text_cache (`text_cache(...)`, the drops already applied): only
+    the latent tokens run. Returns the (B, h, w, C) float32 prediction."""
     if text_cache is None:
-      states = self.states(x, t, input_ids, attention_mask, drop)
-      return self.head(x, states[:, input_ids.shape[1] :], t)
-    text_mask = text_cache["mask"]
+      states = self.states(x, t, input_ids, attention_mask, drop, source, drop_source)
+      n = x.shape[1] * x.shape[2] // self.patch_size**2
+      return self.head(x, states[:, states.shape[1] - n :], t)
+    keys = text_cache["mask"]  # (B, L + Ns): the prefix's keys
     latent = self.latent_inputs(x, t)  # (B, N, d)
-    n = latent.shape[1]
-    mask = sequence_mask(text_mask, n)[:, :, text_mask.shape[1] :]  # latent rows, all keys
-    positions = sequence_positions(text_mask, n)[:, text_mask.shape[1] :]
+    b, n = latent.shape[:2]
+    allowed = jnp.concatenate([keys, jnp.ones((b, n), bool)], axis=1)  # latent rows see all
+    mask = jnp.broadcast_to(allowed[:, None, None, :], (b, 1, n, allowed.shape[1]))
+    positions = text_cache["n_text"][:, None] + jnp.arange(n, dtype=jnp.int32)[None]
     states = self.lm(inputs_embeds=latent, positions=positions, mask=mask, prefix=text_cache["kv"])
     return self.head(x, states, t)

@@ -102,11 +102,6 @@ def _stage3_inputs(config) -> str | None:
           "a fusion generator starts from a Qwen2 model: set --config.generator.weights=HF_DIR "
           "(e.g. Qwen2.5-0.5B's directory: config.json, model.safetensors, tokenizer files)"
       )
-    if config.model.get("source_condition"):
-      return (
-          "--config.model.source_condition (instruction editing) is not built for "
-          "--config.generator.kind=fusion yet: use the DiT (--config.generator.kind=dit)"
-      )
     return None
   if config.model.cond_type == "text" and not config.text_encoder:
     return (
