@@ -14,6 +14,8 @@ A DiT export holds everything `api.load(OUT)` needs:
   OUT/text_encoder/           a copy of the text encoder directory (weights + tokenizer) when it
                               is at most --max_copy_mb; else config.json names the original and
                               `api.load(OUT, text_encoder=DIR)` overrides it
+  OUT/generator/              a fusion generator's Qwen2 directory without its weight files
+                              (config.json and tokenizer: the trained blocks are in the params)
   OUT/paths.json, OUT/export.json (source workdir, step, sha256 of every file)
 
 An autoencoder export (a stage-1/2 workdir) is the autoencoder/ part alone, loaded by
@@ -42,6 +44,10 @@ from psvae_jax import latent_stats
 from psvae_jax import workdir as workdir_lib
 
 DEFAULT_MAX_COPY_MB = 2048
+
+
+# Weight files a fusion generator's Qwen2 directory holds: not copied into an export.
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".index.json")
 
 
 def save_params(path: str, params) -> None:
@@ -117,12 +123,22 @@ def export(workdir: str, out: str, max_copy_mb: float = DEFAULT_MAX_COPY_MB) -> 
         cfg.text_encoder = os.path.join(out, "text_encoder")
       else:
         info["text_encoder_reference"] = os.path.abspath(cfg.text_encoder)
+    if (cfg.get("generator") or {}).get("weights"):  # a fusion generator: its Qwen2 directory's
+      # config and tokenizer (the blocks' trained weights are in the exported params)
+      os.makedirs(os.path.join(tmp, "generator"))
+      for name in sorted(os.listdir(cfg.generator.weights)):
+        path = os.path.join(cfg.generator.weights, name)
+        if os.path.isfile(path) and not name.endswith(_WEIGHT_FILES):
+          shutil.copy2(path, os.path.join(tmp, "generator", name))
+      cfg.generator.weights = os.path.join(out, "generator")
     cfg.init_from = ""
     with open(os.path.join(tmp, workdir_lib.CONFIG), "w", encoding="utf-8") as f:
       json.dump(cfg.to_dict(), f, indent=2)
     relative = {  # as paths.record writes it: relative to OUT, so a moved export still loads
         k: os.path.relpath(cfg[k], out) for k in ("autoencoder", "text_encoder") if cfg.get(k)
     }
+    if (cfg.get("generator") or {}).get("weights"):
+      relative["generator.weights"] = os.path.relpath(cfg.generator.weights, out)
     with open(os.path.join(tmp, workdir_lib.PATHS), "w", encoding="utf-8") as f:
       json.dump(relative, f, indent=2)
   else:

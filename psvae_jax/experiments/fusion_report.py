@@ -78,7 +78,7 @@ def main(argv):
   plugin.register()
   demo = _DEMO.value
   out = _OUTDIR.value or os.path.join(demo, "fusion")
-  for need in ("psvae/config.json", "dit/config.json", "report.json"):
+  for need in ("psvae/config.json", "dit/config.json", "latents/meta.json"):
     if not os.path.isfile(os.path.join(demo, need)):
       raise app.UsageError(f"--demo={demo!r} has no {need}: train it with launch/demo.sh DIR.")
   os.makedirs(out, exist_ok=True)
@@ -97,6 +97,8 @@ def main(argv):
   seconds_train = time.time() - t0
   pipe = api.load(f"{out}/dit")
   test = figures.test_figures(pipe, f"{out}/test")
+  if not os.path.isfile(f"{demo}/report.json"):  # the demo still running: its figures come last
+    raise app.UsageError(f"{demo}/report.json is missing: rerun when the demo has finished.")
   demo_report = json.loads(open(f"{demo}/report.json", encoding="utf-8").read())
   counts = {
       "dit": param_counts(api.load(f"{demo}/dit").params),
