@@ -177,6 +177,10 @@ def test_the_fusion_generator_in_stage3(tmp_path):
 
   prompts = ["a red circle on the left", "a blue square", "", "a blue circle on the right"] * 2
   batch = task.gen.tokenize(prompts)
+  # The directory's own word-level tokenizer (not Qwen2's byte-level one, which AutoTokenizer
+  # picks from config.json's model type and which read every prompt as one unknown token).
+  assert batch["attention_mask"][0].sum() == 8  # BOS, the six words, EOS
+  assert task.gen.tokenizer.unk_token_id not in batch["input_ids"][0]
   assert batch["attention_mask"][2].sum() == 2  # the empty prompt: BOS and EOS
   rng = np.random.default_rng(0)
   data = {"latent": rng.standard_normal((8, 4, 4, 4)).astype(np.float32), **batch}

@@ -18,6 +18,8 @@ configured one (`data.tokenizer`, `data.max_length`).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from typing import Any
 
@@ -84,6 +86,28 @@ def clean_caption(
   return text, kinds
 
 
+# The generic tokenizer classes a directory can declare (transformers 5 writes "TokenizersBackend").
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_local_tokenizer(path: str) -> Any:
+  """The directory's tokenizer, offline, as the directory declares it. transformers'
+  AutoTokenizer picks the tokenizer class of config.json's model type over tokenizer_config.json's
+  own: a word-level tokenizer saved beside a Qwen2 config (the demo's tiny fusion generator) came
+  back as Qwen2's byte-level one and read every prompt as one unknown token. A directory that
+  declares the generic class is loaded with it; any other through AutoTokenizer."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  declared = ""
+  config = os.path.join(path, "tokenizer_config.json")
+  if os.path.isfile(config):
+    with open(config, encoding="utf-8") as f:
+      declared = json.load(f).get("tokenizer_class", "")
+  if declared in _GENERIC_TOKENIZERS:
+    return transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+  return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
 class CaptionTokenizer:
   """A local `transformers` tokenizer, padded / truncated to `max_length` tokens.
 
@@ -101,10 +125,8 @@ class CaptionTokenizer:
   def load(self) -> Any:
     """Loads the tokenizer now (raises ValueError if the directory has none)."""
     if self._tokenizer is None:
-      from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
-
       try:
-        tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        tokenizer = load_local_tokenizer(self.path)
       except (OSError, ValueError) as e:
         raise ValueError(
             f"No tokenizer could be loaded from the local directory "

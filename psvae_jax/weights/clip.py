@@ -159,10 +159,11 @@ def load_clip_text(
 
 
 def load_tokenizer(hf_dir: str) -> Any:
-  """The directory's tokenizer via ``AutoTokenizer`` (local files only)."""
-  import transformers  # pylint: disable=g-import-not-at-top
+  """The directory's tokenizer, offline, of the class it declares (`data.text.load_local_tokenizer`:
+  AutoTokenizer, unless the directory declares the generic fast tokenizer)."""
+  from psvae_jax.data import text  # pylint: disable=g-import-not-at-top
 
-  return transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+  return text.load_local_tokenizer(hf_dir)
 
 
 def prompt_warnings(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[str]:
