@@ -126,6 +126,14 @@ def sample_config() -> ml_collections.ConfigDict:
   )
 
 
+def uses_fusion_generator(config) -> bool:
+  """Whether a stage-3 config's generator is the fusion one (`generator.kind`; configs written
+  before the field are DiTs). No JAX: preflight and the compile CLI's report read it;
+  builders.generator_kind also refuses an unknown kind."""
+  kind = (config.get("generator") or {}).get("kind") or "dit"
+  return config.get("stage") == "dit" and kind == "fusion"
+
+
 def edits_by_instruction(config) -> bool:
   """Whether a stage-3 model was trained with model.source_condition (InstructPix2Pix pairs): it
   takes a source image per sample and edits by instruction; it does not generate from text alone

@@ -57,6 +57,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from configs import common  # noqa: E402
 from psvae_jax import cli  # noqa: E402
 from psvae_jax import topologies  # noqa: E402
 from psvae_jax.aot import compiler  # noqa: E402  (JAX loads on first use)
@@ -235,8 +236,7 @@ def main(argv):
   trained = rows[0].get("trained_params")
   if trained:
     title += f"; {trained / 1e6:.1f}M trained parameters"
-    fusion = config.stage == "dit" and (config.get("generator") or {}).get("kind") == "fusion"
-    if fusion and trained > 1e8:
+    if common.uses_fusion_generator(config) and trained > 1e8:
       title += " (the PS-VAE paper's generator: 653M)"
   print(compiler.format_table(rows, title))
   if _JSON.value:

@@ -14,6 +14,8 @@ from typing import Callable
 from absl import logging
 import ml_collections
 
+from configs import common
+
 
 class ConfigError(ValueError):
   """The config cannot train what it claims; the message names the flag to set."""
@@ -96,7 +98,7 @@ def _stage3_inputs(config) -> str | None:
     return None
   if not config.autoencoder:
     return "stage 3 trains in a PS-VAE's latent: set --config.autoencoder=STAGE2_WORKDIR"
-  if (config.get("generator") or {}).get("kind", "dit") == "fusion":
+  if common.uses_fusion_generator(config):
     if not config.generator.weights:
       return (
           "a fusion generator starts from a Qwen2 model: set --config.generator.weights=HF_DIR "
